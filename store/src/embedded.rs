@@ -1,0 +1,229 @@
+//! A private PostgreSQL cluster, created in a temporary directory from the machine's PostgreSQL
+//! binaries, for the demo and the tests when `DATABASE_URL` is unset. PostgreSQL refuses to run as
+//! root, so when the process is root the cluster runs as the `postgres` user (or `nobody`).
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::{Error, Result};
+
+/// A running private cluster. Dropping it stops the cluster and removes its directory.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    bindir: PathBuf,
+    port: u16,
+    owner: Option<(u32, u32)>,
+}
+
+impl PrivatePostgres {
+    /// Creates and starts a cluster on a free loopback port.
+    pub fn start() -> Result<PrivatePostgres> {
+        let bindir = find_bindir()?;
+        let owner = unprivileged_owner()?;
+        let dir = tempfile::Builder::new()
+            .prefix("learnsync-pg-")
+            .tempdir()
+            .map_err(|error| Error::Embedded(format!("temporary directory: {error}")))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .map_err(|error| Error::Embedded(format!("chown {}: {error}", dir.path().display())))?;
+        }
+        let data = dir.path().join("data");
+        run(
+            Command::new(bindir.join("initdb"))
+                .args(["--auth=trust", "--username=postgres", "--encoding=UTF8", "--locale=C", "--no-sync"])
+                .arg("-D")
+                .arg(&data),
+            owner,
+            dir.path(),
+        )?;
+        let mut last_error = None;
+        for _ in 0..3 {
+            let port = free_port()?;
+            let options = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+                 -c full_page_writes=off -c max_connections=400 -c shared_buffers=128MB",
+                dir.path().display()
+            );
+            let started = run(
+                Command::new(bindir.join("pg_ctl"))
+                    .args(["start", "-w", "-t", "60", "-D"])
+                    .arg(&data)
+                    .arg("-l")
+                    .arg(dir.path().join("postgres.log"))
+                    .arg("-o")
+                    .arg(options),
+                owner,
+                dir.path(),
+            );
+            match started {
+                Ok(()) => {
+                    tracing::info!(port, dir = %dir.path().display(), "private postgres started");
+                    return Ok(PrivatePostgres {
+                        dir,
+                        bindir,
+                        port,
+                        owner,
+                    });
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Embedded("could not start".into())))
+    }
+
+    /// The URL of the cluster's `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The URL of another database of the cluster.
+    pub fn url_for(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Makes sure the cluster stops and its directory goes when this process exits, even if the
+    /// handle is never dropped (a handle in a `static` is not): a small shell watchdog waits for
+    /// this process to end.
+    pub fn stop_when_process_exits(&self) -> Result<()> {
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             kill -INT $(head -n 1 '{dir}/data/postmaster.pid') 2>/dev/null; sleep 3; rm -rf '{dir}'",
+            pid = std::process::id(),
+            dir = self.dir.path().display()
+        );
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|error| Error::Embedded(format!("watchdog: {error}")))?;
+        Ok(())
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let stopped = run(
+            Command::new(self.bindir.join("pg_ctl"))
+                .args(["stop", "-m", "fast", "-w", "-D"])
+                .arg(&data),
+            self.owner,
+            self.dir.path(),
+        );
+        if let Err(error) = stopped {
+            tracing::warn!(%error, "private postgres did not stop cleanly");
+        }
+    }
+}
+
+fn run(command: &mut Command, owner: Option<(u32, u32)>, cwd: &Path) -> Result<()> {
+    command
+        .current_dir(cwd)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some((uid, gid)) = owner {
+        command.uid(uid).gid(gid).env("HOME", cwd);
+    }
+    let output = command
+        .output()
+        .map_err(|error| Error::Embedded(format!("{:?}: {error}", command.get_program())))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Error::Embedded(format!(
+        "{:?} failed ({}): {}{}",
+        command.get_program(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )))
+}
+
+fn free_port() -> Result<u16> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|error| Error::Embedded(format!("no free port: {error}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|error| Error::Embedded(format!("no free port: {error}")))?
+        .port();
+    Ok(port)
+}
+
+/// Finds the directory holding `initdb` and `pg_ctl`: `$PG_BINDIR`, `pg_config --bindir`, the
+/// usual install paths (newest version first), then `$PATH`.
+pub fn find_bindir() -> Result<PathBuf> {
+    let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(dir) = std::env::var_os("PG_BINDIR").map(PathBuf::from) {
+        if has_tools(&dir) {
+            return Ok(dir);
+        }
+    }
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if output.status.success() && has_tools(&dir) {
+            return Ok(dir);
+        }
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for root in ["/usr/lib/postgresql", "/usr/local/pgsql", "/opt/homebrew/opt", "/usr/pgsql"] {
+        if let Ok(entries) = std::fs::read_dir(root) {
+            let mut versions: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).collect();
+            versions.sort_by_key(|path| {
+                std::cmp::Reverse(
+                    path.parent()
+                        .and_then(|p| p.file_name())
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.trim_start_matches("postgresql@").parse::<u32>().ok())
+                        .unwrap_or(0),
+                )
+            });
+            candidates.extend(versions);
+        }
+    }
+    candidates.push(PathBuf::from("/usr/local/pgsql/bin"));
+    candidates.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    candidates.into_iter().find(|dir| has_tools(dir)).ok_or_else(|| {
+        Error::Embedded(
+            "no PostgreSQL server binaries (initdb, pg_ctl) found: install PostgreSQL, set PG_BINDIR, \
+             or set DATABASE_URL to an existing server"
+                .into(),
+        )
+    })
+}
+
+/// When running as root, the uid and gid to run PostgreSQL as (`postgres`, else `nobody`).
+fn unprivileged_owner() -> Result<Option<(u32, u32)>> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|uid| uid.parse::<u32>().ok());
+    if euid != Some(0) {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    for user in ["postgres", "nobody"] {
+        for line in passwd.lines() {
+            let fields: Vec<&str> = line.split(':').collect();
+            if fields.len() >= 4 && fields[0] == user {
+                if let (Ok(uid), Ok(gid)) = (fields[2].parse(), fields[3].parse()) {
+                    return Ok(Some((uid, gid)));
+                }
+            }
+        }
+    }
+    Err(Error::Embedded(
+        "running as root and neither a postgres nor a nobody user exists to run PostgreSQL as".into(),
+    ))
+}

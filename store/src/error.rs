@@ -1,0 +1,70 @@
+//! The store's error type. The server maps each variant to one gRPC code in one place.
+
+/// A store result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A condition the request needs that the state does not meet (gRPC `FAILED_PRECONDITION` with a
+/// `PreconditionFailure` violation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Precondition {
+    /// A stable, upper-case code, e.g. `RUN_ACTIVE`.
+    pub kind: &'static str,
+    /// What the condition is about, e.g. `connections/<id>/areas/enrollments`.
+    pub subject: String,
+    /// What is missing, for a person.
+    pub description: String,
+}
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Postgres refused or failed a statement.
+    #[error("database error: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    /// No connection could be had from the pool.
+    #[error("database pool error: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The store's options are wrong.
+    #[error("store configuration: {0}")]
+    Config(String),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// The named thing does not exist (or is not visible to the caller).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request needs a state that does not hold.
+    #[error("{}: {}", .0.kind, .0.description)]
+    Precondition(Precondition),
+    /// Credentials could not be encrypted or decrypted.
+    #[error("secrets: {0}")]
+    Secrets(String),
+    /// A row holds a value the code does not know (a newer schema, or a bug).
+    #[error("unexpected value in the database: {0}")]
+    Corrupt(String),
+    /// A private PostgreSQL cluster could not be started.
+    #[error("private postgres: {0}")]
+    Embedded(String),
+}
+
+impl Error {
+    /// Builds a precondition failure.
+    pub fn precondition(kind: &'static str, subject: impl Into<String>, description: impl Into<String>) -> Error {
+        Error::Precondition(Precondition {
+            kind,
+            subject: subject.into(),
+            description: description.into(),
+        })
+    }
+
+    /// Whether Postgres reported a unique violation on the named constraint or index.
+    pub fn is_unique_violation(&self, constraint: &str) -> bool {
+        match self {
+            Error::Database(error) => error.as_db_error().is_some_and(|db| {
+                db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                    && db.constraint() == Some(constraint)
+            }),
+            _ => false,
+        }
+    }
+}

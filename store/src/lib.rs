@@ -1,0 +1,126 @@
+//! learnsync's job state in Postgres. This is the one crate that speaks SQL: the server and the
+//! workers change state only through the functions here, and every state change is one guarded
+//! statement or one transaction, so two servers, or a server and a late worker, never both win.
+//!
+//! Layout:
+//! - [`Store`]: the connection pool, migrations, transactions.
+//! - [`model`]: the domain types (areas, runs, jobs, log events) and their names in SQL.
+//! - [`connections`], [`areas`], [`runs`], [`logs`], [`idempotency`]: the control plane's
+//!   statements.
+//! - [`worker`]: what workers do: claim jobs, keep leases, checkpoint, finish; the ledger and the
+//!   Docebo call budget.
+//! - [`secrets`]: credentials encrypted at rest (AES-256-GCM).
+//! - [`listen`]: one long-lived LISTEN connection fanned out to tasks (NOTIFY as wake-up).
+//! - [`embedded`]: a private PostgreSQL cluster from the machine's binaries (demo, tests).
+//! - [`testing`]: a database per test, cloned from a migrated template.
+
+pub mod areas;
+pub mod connections;
+pub mod embedded;
+mod error;
+pub mod idempotency;
+pub mod listen;
+pub mod logs;
+pub mod model;
+pub mod runs;
+pub mod secrets;
+pub mod testing;
+pub mod worker;
+
+pub use deadpool_postgres::{GenericClient, Object as Conn, Transaction};
+pub use error::{Error, Precondition, Result};
+
+use std::time::Duration;
+
+mod embedded_migrations {
+    refinery::embed_migrations!("../migrations");
+}
+
+/// The NOTIFY channel that says "a job may be claimable" (payload: the run id).
+pub const CHANNEL_JOBS: &str = "learnsync_jobs";
+/// The NOTIFY channel that says "a run was asked to stop" (payload: the run id).
+pub const CHANNEL_CANCEL: &str = "learnsync_cancel";
+/// The NOTIFY channel that says "a connection's log grew" (payload: the connection id).
+pub const CHANNEL_LOGS: &str = "learnsync_logs";
+/// The NOTIFY channel that says "a run reached a final state" (payload: the run id).
+pub const CHANNEL_RUNS: &str = "learnsync_runs";
+
+/// Options to reach Postgres.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A libpq-style URL or key-value string.
+    pub database_url: String,
+    /// The most connections the pool opens.
+    pub max_connections: usize,
+}
+
+/// A pool of Postgres connections with learnsync's statements.
+#[derive(Clone)]
+pub struct Store {
+    pool: deadpool_postgres::Pool,
+    database_url: String,
+}
+
+impl Store {
+    /// Opens a pool (lazily: no connection is made until the first use).
+    pub fn connect(options: &Options) -> Result<Store> {
+        let pg_config: tokio_postgres::Config = options
+            .database_url
+            .parse()
+            .map_err(|error| Error::Config(format!("invalid database url: {error}")))?;
+        let manager = deadpool_postgres::Manager::from_config(
+            pg_config,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(options.max_connections.max(1))
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|error| Error::Config(format!("connection pool: {error}")))?;
+        Ok(Store {
+            pool,
+            database_url: options.database_url.clone(),
+        })
+    }
+
+    /// The URL the store was opened with (LISTEN connections are made from it).
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
+    /// Takes a connection from the pool.
+    pub async fn conn(&self) -> Result<Conn> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Runs the migrations in `migrations/` that have not run yet. Several processes may call it at
+    /// once: an advisory lock makes them take turns.
+    pub async fn migrate(&self) -> Result<()> {
+        migrate(&self.database_url).await
+    }
+}
+
+/// Runs the pending migrations against the database at `database_url`, under an advisory lock.
+pub async fn migrate(database_url: &str) -> Result<()> {
+    let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    // The key is arbitrary but fixed: every learnsync process migrating this database waits here.
+    client.execute("SELECT pg_advisory_lock(7350001)", &[]).await?;
+    let outcome = embedded_migrations::migrations::runner()
+        .set_migration_table_name("learnsync_migrations")
+        .run_async(&mut client)
+        .await;
+    client.execute("SELECT pg_advisory_unlock(7350001)", &[]).await?;
+    drop(client);
+    driver.abort();
+    let report = outcome.map_err(|error| Error::Migration(error.to_string()))?;
+    for migration in report.applied_migrations() {
+        tracing::info!(version = migration.version(), name = migration.name(), "migration applied");
+    }
+    Ok(())
+}

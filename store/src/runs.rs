@@ -1,0 +1,478 @@
+//! Runs and their jobs: Start, Stop, Resynchronize, and reading them back.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::model::{
+    Area, AreaConfig, Counts, Job, JobKind, JobState, LogLevel, NewLogEvent, Run, RunState, Trigger, area_subject,
+};
+use crate::{CHANNEL_CANCEL, CHANNEL_JOBS, CHANNEL_RUNS, Error, Result, areas, logs};
+
+const RUN_COLUMNS: &str = "id, connection_id, area, trigger, timeframe_start, timeframe_end, full_sync, updated_from, \
+    rewrite_unchanged, state, stop_time, first_error_sequence, error_message, create_time, start_time, end_time";
+
+const JOB_COLUMNS: &str = "id, run_id, connection_id, kind, state, attempt, read_count, written_count, \
+    unchanged_count, failed_count, expected_count, status_message, error_message, start_time, end_time";
+
+fn run_from_row(row: &Row) -> Result<Run> {
+    Ok(Run {
+        id: row.try_get("id")?,
+        connection_id: row.try_get("connection_id")?,
+        area: Area::parse(row.try_get("area")?)?,
+        trigger: Trigger::parse(row.try_get("trigger")?)?,
+        timeframe_start: row.try_get("timeframe_start")?,
+        timeframe_end: row.try_get("timeframe_end")?,
+        full_sync: row.try_get("full_sync")?,
+        updated_from: row.try_get("updated_from")?,
+        rewrite_unchanged: row.try_get("rewrite_unchanged")?,
+        state: RunState::parse(row.try_get("state")?)?,
+        stop_time: row.try_get("stop_time")?,
+        first_error_sequence: row.try_get("first_error_sequence")?,
+        error_message: row.try_get("error_message")?,
+        create_time: row.try_get("create_time")?,
+        start_time: row.try_get("start_time")?,
+        end_time: row.try_get("end_time")?,
+        jobs: Vec::new(),
+    })
+}
+
+/// Reads a job row selected with the job columns.
+pub fn job_from_row(row: &Row) -> Result<Job> {
+    Ok(Job {
+        id: row.try_get("id")?,
+        run_id: row.try_get("run_id")?,
+        connection_id: row.try_get("connection_id")?,
+        kind: JobKind::parse(row.try_get("kind")?)?,
+        state: JobState::parse(row.try_get("state")?)?,
+        attempt: row.try_get("attempt")?,
+        counts: Counts {
+            read: row.try_get("read_count")?,
+            written: row.try_get("written_count")?,
+            unchanged: row.try_get("unchanged_count")?,
+            failed: row.try_get("failed_count")?,
+            expected: row.try_get("expected_count")?,
+        },
+        status_message: row.try_get("status_message")?,
+        error_message: row.try_get("error_message")?,
+        start_time: row.try_get("start_time")?,
+        end_time: row.try_get("end_time")?,
+    })
+}
+
+/// What a new run covers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRequest {
+    /// What starts it.
+    pub trigger: Trigger,
+    /// Timeframe start (inclusive).
+    pub timeframe_start: Option<DateTime<Utc>>,
+    /// Timeframe end (exclusive).
+    pub timeframe_end: Option<DateTime<Utc>>,
+    /// Full or incremental.
+    pub full_sync: bool,
+    /// Incremental: read changes from here.
+    pub updated_from: Option<DateTime<Utc>>,
+    /// Write even unchanged records.
+    pub rewrite_unchanged: bool,
+}
+
+fn active_states() -> Vec<&'static str> {
+    RunState::ACTIVE.iter().map(|state| state.as_str()).collect()
+}
+
+/// Fails with `AREA_NOT_CONFIGURED` or `AREA_DISABLED` unless the area may run.
+fn require_enabled(connection_id: Uuid, area: Area, config: Option<AreaConfig>) -> Result<AreaConfig> {
+    let subject = area_subject(connection_id, area);
+    match config {
+        None => Err(Error::precondition(
+            "AREA_NOT_CONFIGURED",
+            subject,
+            format!("the {area} area has not been configured: call Configure first"),
+        )),
+        Some(config) if !config.enabled => Err(Error::precondition(
+            "AREA_DISABLED",
+            subject,
+            format!("the {area} area is disabled: enable it with Configure first"),
+        )),
+        Some(config) => Ok(config),
+    }
+}
+
+/// Reads the active run of an area, if any.
+pub async fn active(client: &impl GenericClient, connection_id: Uuid, area: Area) -> Result<Option<Run>> {
+    let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE connection_id = $1 AND area = $2 AND state = ANY($3)");
+    let row = client
+        .query_opt(&sql, &[&connection_id, &area.as_str(), &active_states()])
+        .await?;
+    match row {
+        Some(row) => {
+            let mut run = run_from_row(&row)?;
+            run.jobs = jobs_of(client, run.id).await?;
+            Ok(Some(run))
+        }
+        None => Ok(None),
+    }
+}
+
+fn run_active_error(connection_id: Uuid, area: Area, run: &Run) -> Error {
+    Error::precondition(
+        "RUN_ACTIVE",
+        area_subject(connection_id, area),
+        format!("the {area} area already has an active run ({}, {})", run.id, run.state),
+    )
+}
+
+/// Launches an area's first synchronization. Must run in a transaction (it locks the area).
+pub async fn start(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    area: Area,
+    timeframe: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+) -> Result<Run> {
+    let config = require_enabled(connection_id, area, areas::lock(client, connection_id, area).await?)?;
+    if config.first_success_time.is_some() {
+        return Err(Error::precondition(
+            "ALREADY_SYNCHRONIZED",
+            area_subject(connection_id, area),
+            format!("the {area} area has completed its first synchronization: use Resynchronize"),
+        ));
+    }
+    if area == Area::Enrollments {
+        areas::require_enrollment_prerequisites(client, connection_id).await?;
+    }
+    if let Some(run) = active(client, connection_id, area).await? {
+        return Err(run_active_error(connection_id, area, &run));
+    }
+    let request = RunRequest {
+        trigger: Trigger::Start,
+        timeframe_start: timeframe.0,
+        timeframe_end: timeframe.1,
+        full_sync: true,
+        updated_from: None,
+        rewrite_unchanged: false,
+    };
+    create(client, connection_id, area, &request).await
+}
+
+/// Runs an area again from scratch. Must run in a transaction (it locks the area).
+pub async fn resynchronize(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    area: Area,
+    timeframe: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    rewrite_unchanged: bool,
+) -> Result<Run> {
+    require_enabled(connection_id, area, areas::lock(client, connection_id, area).await?)?;
+    if area == Area::Enrollments {
+        areas::require_enrollment_prerequisites(client, connection_id).await?;
+    }
+    if let Some(run) = active(client, connection_id, area).await? {
+        return Err(run_active_error(connection_id, area, &run));
+    }
+    let any_run = client
+        .query_opt(
+            "SELECT 1 FROM runs WHERE connection_id = $1 AND area = $2 LIMIT 1",
+            &[&connection_id, &area.as_str()],
+        )
+        .await?;
+    if any_run.is_none() {
+        return Err(Error::precondition(
+            "NO_PREVIOUS_RUN",
+            area_subject(connection_id, area),
+            format!("the {area} area has never run: use Start for its first synchronization"),
+        ));
+    }
+    let request = RunRequest {
+        trigger: Trigger::Resynchronize,
+        timeframe_start: timeframe.0,
+        timeframe_end: timeframe.1,
+        full_sync: true,
+        updated_from: None,
+        rewrite_unchanged,
+    };
+    create(client, connection_id, area, &request).await
+}
+
+/// Creates a queued run with its jobs and wakes the workers. The partial unique index refuses a
+/// second active run of the area, whoever asks (`RUN_ACTIVE`).
+pub async fn create(client: &impl GenericClient, connection_id: Uuid, area: Area, request: &RunRequest) -> Result<Run> {
+    let run_id = Uuid::new_v4();
+    let sql = format!(
+        "INSERT INTO runs (id, connection_id, area, trigger, timeframe_start, timeframe_end, full_sync, updated_from, \
+             rewrite_unchanged, state) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued') RETURNING {RUN_COLUMNS}"
+    );
+    let inserted = client
+        .query_one(
+            &sql,
+            &[
+                &run_id,
+                &connection_id,
+                &area.as_str(),
+                &request.trigger.as_str(),
+                &request.timeframe_start,
+                &request.timeframe_end,
+                &request.full_sync,
+                &request.updated_from,
+                &request.rewrite_unchanged,
+            ],
+        )
+        .await
+        .map_err(Error::from);
+    let row = match inserted {
+        Ok(row) => row,
+        Err(error) if error.is_unique_violation("runs_one_active_per_area") => {
+            return Err(Error::precondition(
+                "RUN_ACTIVE",
+                area_subject(connection_id, area),
+                format!("the {area} area already has an active run"),
+            ));
+        }
+        Err(error) => return Err(error),
+    };
+    let mut run = run_from_row(&row)?;
+    let specs = area.jobs();
+    let ids: Vec<Uuid> = specs.iter().map(|_| Uuid::new_v4()).collect();
+    let kinds: Vec<&str> = specs.iter().map(|(kind, _)| kind.as_str()).collect();
+    let after: Vec<Option<Uuid>> = specs.iter().map(|(_, after)| after.map(|index| ids[index])).collect();
+    let positions: Vec<i16> = (0..specs.len() as i16).collect();
+    // Inserted in spec order, so that a job always follows the one it waits for.
+    let sql = format!(
+        "INSERT INTO jobs (id, run_id, connection_id, kind, after_job_id, state, position) \
+         SELECT j.id, $1, $2, j.kind, j.after, 'queued', j.position \
+         FROM unnest($3::uuid[], $4::text[], $5::uuid[], $6::smallint[]) AS j(id, kind, after, position) \
+         ORDER BY j.position RETURNING {JOB_COLUMNS}"
+    );
+    let rows = client
+        .query(&sql, &[&run_id, &connection_id, &ids, &kinds, &after, &positions])
+        .await?;
+    run.jobs = rows.iter().map(job_from_row).collect::<Result<_>>()?;
+    run.jobs.sort_by_key(|job| ids.iter().position(|id| *id == job.id));
+    logs::append(
+        client,
+        connection_id,
+        &[NewLogEvent::new(LogLevel::Info, format!("{area} run queued"))
+            .run(run_id)
+            .field("trigger", request.trigger.as_str())
+            .field("full", request.full_sync)
+            .field("jobs", kinds.join(","))],
+    )
+    .await?;
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_JOBS, &run_id.to_string()])
+        .await?;
+    Ok(run)
+}
+
+/// Stops the active run of an area: queued jobs stop at once, running ones when their worker
+/// sees the request (its next heartbeat, or the NOTIFY). Must run in a transaction.
+pub async fn stop(client: &impl GenericClient, connection_id: Uuid, area: Area) -> Result<Run> {
+    areas::lock(client, connection_id, area).await?;
+    let Some(run) = active(client, connection_id, area).await? else {
+        return Err(Error::precondition(
+            "NO_ACTIVE_RUN",
+            area_subject(connection_id, area),
+            format!("the {area} area has no active run to stop"),
+        ));
+    };
+    if run.state != RunState::Stopping {
+        client
+            .execute(
+                "UPDATE runs SET state = 'stopping', stop_time = now() WHERE id = $1 AND state IN ('queued', 'running')",
+                &[&run.id],
+            )
+            .await?;
+        client
+            .execute(
+                "UPDATE jobs SET state = 'stopped', end_time = now(), status_message = 'stopped before it started' \
+                 WHERE run_id = $1 AND state = 'queued'",
+                &[&run.id],
+            )
+            .await?;
+        logs::append(
+            client,
+            connection_id,
+            &[NewLogEvent::new(LogLevel::Info, format!("{area} run stop requested")).run(run.id)],
+        )
+        .await?;
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_CANCEL, &run.id.to_string()])
+            .await?;
+        finish_if_done(client, run.id).await?;
+    }
+    get(client, connection_id, run.id).await
+}
+
+/// Ends a run whose jobs are all final, deriving its state from theirs, and records the area's
+/// milestones when it completed. Does nothing while a job is still queued or running, or when the
+/// run already ended. Returns the final state when this call ended the run.
+pub async fn finish_if_done(client: &impl GenericClient, run_id: Uuid) -> Result<Option<RunState>> {
+    let row = client
+        .query_opt(
+            "WITH s AS ( \
+                 SELECT count(*) FILTER (WHERE state IN ('queued', 'running')) AS active, \
+                        count(*) FILTER (WHERE state = 'stopped') AS stopped, \
+                        count(*) FILTER (WHERE state = 'failed') AS failed, \
+                        count(*) FILTER (WHERE state = 'succeeded_with_errors') AS with_errors, \
+                        string_agg(kind || ': ' || error_message, '; ') FILTER (WHERE state = 'failed') AS errors \
+                 FROM jobs WHERE run_id = $1) \
+             UPDATE runs r SET \
+                 state = CASE WHEN r.state = 'stopping' OR s.stopped > 0 THEN 'stopped' \
+                              WHEN s.failed > 0 THEN 'failed' \
+                              WHEN s.with_errors > 0 THEN 'succeeded_with_errors' \
+                              ELSE 'succeeded' END, \
+                 error_message = CASE WHEN s.failed > 0 AND r.state <> 'stopping' THEN s.errors END, \
+                 end_time = now() \
+             FROM s WHERE r.id = $1 AND r.state IN ('queued', 'running', 'stopping') AND s.active = 0 \
+             RETURNING r.state, r.connection_id, r.area",
+            &[&run_id],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let state = RunState::parse(row.try_get(0)?)?;
+    let connection_id: Uuid = row.try_get(1)?;
+    let area = Area::parse(row.try_get(2)?)?;
+    if state.is_completed() {
+        client
+            .execute(
+                "UPDATE area_configs SET first_success_time = coalesce(first_success_time, now()), \
+                     last_success_time = now() WHERE connection_id = $1 AND area = $2",
+                &[&connection_id, &area.as_str()],
+            )
+            .await?;
+    }
+    let level = match state {
+        RunState::Failed => LogLevel::Error,
+        RunState::SucceededWithErrors => LogLevel::Warn,
+        _ => LogLevel::Info,
+    };
+    logs::append(
+        client,
+        connection_id,
+        &[NewLogEvent::new(level, format!("{area} run finished: {state}"))
+            .run(run_id)
+            .field("state", state.as_str())],
+    )
+    .await?;
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_RUNS, &run_id.to_string()])
+        .await?;
+    Ok(Some(state))
+}
+
+/// Reads a run with its jobs.
+pub async fn get(client: &impl GenericClient, connection_id: Uuid, run_id: Uuid) -> Result<Run> {
+    let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND connection_id = $2");
+    let row = client
+        .query_opt(&sql, &[&run_id, &connection_id])
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("run {run_id}")))?;
+    let mut run = run_from_row(&row)?;
+    run.jobs = jobs_of(client, run_id).await?;
+    Ok(run)
+}
+
+/// Reads a run's state alone (cheap: for log followers).
+pub async fn state(client: &impl GenericClient, run_id: Uuid) -> Result<Option<RunState>> {
+    let row = client.query_opt("SELECT state FROM runs WHERE id = $1", &[&run_id]).await?;
+    row.map(|row| RunState::parse(row.try_get(0)?)).transpose()
+}
+
+/// Reads a run's jobs, in creation order.
+pub async fn jobs_of(client: &impl GenericClient, run_id: Uuid) -> Result<Vec<Job>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = $1 ORDER BY position, id");
+    let rows = client.query(&sql, &[&run_id]).await?;
+    rows.iter().map(job_from_row).collect()
+}
+
+async fn attach_jobs(client: &impl GenericClient, runs: &mut [Run]) -> Result<()> {
+    let ids: Vec<Uuid> = runs.iter().map(|run| run.id).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ANY($1) ORDER BY position, id");
+    let rows = client.query(&sql, &[&ids]).await?;
+    let mut by_run: HashMap<Uuid, Vec<Job>> = HashMap::new();
+    for row in &rows {
+        let job = job_from_row(row)?;
+        by_run.entry(job.run_id).or_default().push(job);
+    }
+    for run in runs {
+        run.jobs = by_run.remove(&run.id).unwrap_or_default();
+    }
+    Ok(())
+}
+
+/// Lists a connection's runs newest first, after a cursor (the last run of the previous page).
+pub async fn list(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    area: Option<Area>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Run>> {
+    let (after_time, after_id) = match after {
+        Some((time, id)) => (Some(time), Some(id)),
+        None => (None, None),
+    };
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE connection_id = $1 AND ($2::text IS NULL OR area = $2) \
+           AND ($3::timestamptz IS NULL OR (create_time, id) < ($3, $4::uuid)) \
+         ORDER BY create_time DESC, id DESC LIMIT $5"
+    );
+    let rows = client
+        .query(&sql, &[&connection_id, &area.map(|a| a.as_str()), &after_time, &after_id, &limit])
+        .await?;
+    let mut runs: Vec<Run> = rows.iter().map(run_from_row).collect::<Result<_>>()?;
+    attach_jobs(client, &mut runs).await?;
+    Ok(runs)
+}
+
+/// The active run and the last finished run of each area of a connection.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LatestRuns {
+    /// The active run, if any.
+    pub active: Option<Run>,
+    /// The most recent finished run, if any.
+    pub last: Option<Run>,
+}
+
+/// Reads the active and last finished run of every area of a connection, in two statements.
+pub async fn latest_per_area(client: &impl GenericClient, connection_id: Uuid) -> Result<HashMap<Area, LatestRuns>> {
+    let sql = format!(
+        "SELECT DISTINCT ON (area, state = ANY($2)) {RUN_COLUMNS} FROM runs WHERE connection_id = $1 \
+         ORDER BY area, state = ANY($2), create_time DESC, id DESC"
+    );
+    let rows = client.query(&sql, &[&connection_id, &active_states()]).await?;
+    let mut runs: Vec<Run> = rows.iter().map(run_from_row).collect::<Result<_>>()?;
+    attach_jobs(client, &mut runs).await?;
+    let mut latest: HashMap<Area, LatestRuns> = HashMap::new();
+    for run in runs {
+        let entry = latest.entry(run.area).or_default();
+        if run.state.is_active() {
+            entry.active = Some(run);
+        } else {
+            entry.last = Some(run);
+        }
+    }
+    Ok(latest)
+}
+
+/// How many records Salesforce holds for a connection, per area (from the ledger's counters).
+pub async fn records_imported(client: &impl GenericClient, connection_id: Uuid) -> Result<HashMap<Area, i64>> {
+    let rows = client
+        .query(
+            "SELECT area, sum(records)::bigint FROM ledger_counts WHERE connection_id = $1 GROUP BY area",
+            &[&connection_id],
+        )
+        .await?;
+    let mut counts = HashMap::new();
+    for row in &rows {
+        counts.insert(Area::parse(row.try_get(0)?)?, row.try_get(1)?);
+    }
+    Ok(counts)
+}

@@ -1,0 +1,264 @@
+//! Connection credentials, encrypted at rest with AES-256-GCM. The key comes from the environment
+//! or a file, never from the database; the connection id is the associated data, so a ciphertext
+//! copied to another row does not decrypt.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use uuid::Uuid;
+
+use crate::{Error, Result};
+
+/// Everything needed to reach both ends of a connection. Never logged: `Debug` hides the values.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// How to reach Docebo.
+    pub docebo: DoceboCredentials,
+    /// How to reach Salesforce.
+    pub salesforce: SalesforceCredentials,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }")
+    }
+}
+
+/// Docebo's base URL and OAuth2 client.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoceboCredentials {
+    /// The platform's base URL, without a trailing slash.
+    pub base_url: String,
+    /// OAuth2 client id.
+    pub client_id: String,
+    /// OAuth2 client secret.
+    pub client_secret: String,
+    /// The grant.
+    pub grant: DoceboGrant,
+}
+
+/// Docebo's OAuth2 grants.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DoceboGrant {
+    /// As the API app itself.
+    ClientCredentials,
+    /// As a Docebo user.
+    Password {
+        /// The username.
+        username: String,
+        /// The password.
+        password: String,
+    },
+}
+
+impl DoceboGrant {
+    /// The grant's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DoceboGrant::ClientCredentials => "client_credentials",
+            DoceboGrant::Password { .. } => "password",
+        }
+    }
+}
+
+/// Salesforce's login URL and connected app.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SalesforceCredentials {
+    /// The login or My Domain URL, without a trailing slash.
+    pub login_url: String,
+    /// The connected app's consumer key.
+    pub client_id: String,
+    /// The flow.
+    pub grant: SalesforceGrant,
+}
+
+/// Salesforce's OAuth2 flows.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SalesforceGrant {
+    /// Client credentials.
+    ClientCredentials {
+        /// The consumer secret.
+        client_secret: String,
+    },
+    /// JWT bearer.
+    JwtBearer {
+        /// The Salesforce username (`sub`).
+        username: String,
+        /// The PEM RSA private key.
+        private_key_pem: String,
+        /// The audience (`aud`).
+        audience: String,
+    },
+}
+
+impl SalesforceGrant {
+    /// The flow's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SalesforceGrant::ClientCredentials { .. } => "client_credentials",
+            SalesforceGrant::JwtBearer { .. } => "jwt_bearer",
+        }
+    }
+}
+
+impl Credentials {
+    /// The key the Docebo call budget is shared under: one per platform, whatever the connection.
+    /// A hash, so that the platform's URL is not readable in the budget table.
+    pub fn docebo_platform(&self) -> String {
+        let normalized = self.docebo.base_url.trim_end_matches('/').to_ascii_lowercase();
+        hex::encode(&sha2::Sha256::digest(normalized.as_bytes())[..16])
+    }
+}
+
+/// Encrypts and decrypts credentials with one AES-256 key.
+#[derive(Clone)]
+pub struct Cipher {
+    cipher: Aes256Gcm,
+    key_id: String,
+}
+
+impl std::fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cipher").field("key_id", &self.key_id).finish()
+    }
+}
+
+const NONCE_LEN: usize = 12;
+
+impl Cipher {
+    /// A cipher over a 32-byte key.
+    pub fn new(key: &[u8; 32]) -> Cipher {
+        let key_id = hex::encode(&sha2::Sha256::digest(key)[..8]);
+        Cipher {
+            cipher: Aes256Gcm::new(key.into()),
+            key_id,
+        }
+    }
+
+    /// Reads a key given as base64 (standard or URL-safe) or 64 hex digits.
+    pub fn from_encoded(text: &str) -> Result<Cipher> {
+        let text = text.trim();
+        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode(text).map_err(|error| Error::Secrets(format!("key is not hex: {error}")))?
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
+                .map_err(|_| Error::Secrets("key is neither base64 nor 64 hex digits".into()))?
+        };
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|bytes: Vec<u8>| Error::Secrets(format!("key has {} bytes, 32 needed", bytes.len())))?;
+        Ok(Cipher::new(&key))
+    }
+
+    /// A cipher over a fresh random key (demo and tests only: what it encrypts is lost with it).
+    pub fn random() -> Cipher {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        Cipher::new(&key)
+    }
+
+    /// A fingerprint of the key (never the key), stored beside each ciphertext.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Encrypts credentials for one connection.
+    pub fn seal(&self, connection_id: Uuid, credentials: &Credentials) -> Result<Vec<u8>> {
+        let plaintext = serde_json::to_vec(credentials).map_err(|error| Error::Secrets(error.to_string()))?;
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &plaintext,
+                    aad: connection_id.as_bytes(),
+                },
+            )
+            .map_err(|_| Error::Secrets("encryption failed".into()))?;
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&ciphertext);
+        Ok(sealed)
+    }
+
+    /// Decrypts the credentials of one connection.
+    pub fn open(&self, connection_id: Uuid, sealed: &[u8]) -> Result<Credentials> {
+        if sealed.len() <= NONCE_LEN {
+            return Err(Error::Secrets("sealed credentials are too short".into()));
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce
+            .try_into()
+            .map_err(|_| Error::Secrets("sealed credentials are too short".into()))?;
+        let plaintext = self
+            .cipher
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: connection_id.as_bytes(),
+                },
+            )
+            .map_err(|_| Error::Secrets("credentials do not decrypt with this key (wrong key or tampered row)".into()))?;
+        serde_json::from_slice(&plaintext).map_err(|error| Error::Secrets(format!("credentials are malformed: {error}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sample() -> Credentials {
+        Credentials {
+            docebo: DoceboCredentials {
+                base_url: "https://acme.docebosaas.com".into(),
+                client_id: "id".into(),
+                client_secret: "very-secret".into(),
+                grant: DoceboGrant::ClientCredentials,
+            },
+            salesforce: SalesforceCredentials {
+                login_url: "https://login.salesforce.com".into(),
+                client_id: "app".into(),
+                grant: SalesforceGrant::ClientCredentials {
+                    client_secret: "also-secret".into(),
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn seals_and_opens_for_the_same_connection_only() {
+        let cipher = Cipher::random();
+        let id = Uuid::new_v4();
+        let sealed = cipher.seal(id, &sample()).unwrap();
+        assert!(!String::from_utf8_lossy(&sealed).contains("very-secret"));
+        assert_eq!(cipher.open(id, &sealed).unwrap(), sample());
+        assert!(cipher.open(Uuid::new_v4(), &sealed).is_err());
+        assert!(Cipher::random().open(id, &sealed).is_err());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        assert!(!format!("{:?}", sample()).contains("secret"));
+    }
+
+    #[test]
+    fn reads_keys_in_hex_and_base64() {
+        let hex_key = "00".repeat(32);
+        let b64_key = base64::engine::general_purpose::STANDARD.encode([0u8; 32]);
+        assert_eq!(
+            Cipher::from_encoded(&hex_key).unwrap().key_id(),
+            Cipher::from_encoded(&b64_key).unwrap().key_id()
+        );
+        assert!(Cipher::from_encoded("short").is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! A fresh database per test, cloned from a template migrated once per schema version. The
+//! cluster is `DATABASE_URL`'s when set, otherwise a private one started once per test process.
+
+use sha2::Digest as _;
+use tokio::sync::OnceCell;
+
+use crate::embedded::PrivatePostgres;
+use crate::{Error, Result};
+
+struct Cluster {
+    /// URL of the cluster's maintenance database.
+    admin_url: String,
+    /// Builds the URL of one of the cluster's databases.
+    base: url_parts::Base,
+    /// Keeps the private cluster alive for the whole process.
+    _private: Option<PrivatePostgres>,
+}
+
+mod url_parts {
+    /// A URL split around its database name.
+    pub struct Base {
+        pub prefix: String,
+        pub suffix: String,
+    }
+
+    impl Base {
+        /// Splits `postgres://user@host:port/db?options` around `db`.
+        pub fn parse(url: &str) -> Base {
+            let scheme_end = url.find("://").map_or(0, |i| i + 3);
+            let path_start = url[scheme_end..].find('/').map(|i| i + scheme_end);
+            match path_start {
+                Some(start) => {
+                    let rest = &url[start + 1..];
+                    let end = rest.find('?').map_or(url.len(), |i| start + 1 + i);
+                    Base {
+                        prefix: url[..start + 1].to_string(),
+                        suffix: url[end..].to_string(),
+                    }
+                }
+                None => Base {
+                    prefix: format!("{url}/"),
+                    suffix: String::new(),
+                },
+            }
+        }
+
+        pub fn with_database(&self, database: &str) -> String {
+            format!("{}{}{}", self.prefix, database, self.suffix)
+        }
+    }
+}
+
+static CLUSTER: OnceCell<Cluster> = OnceCell::const_new();
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+async fn cluster() -> Result<&'static Cluster> {
+    CLUSTER
+        .get_or_try_init(|| async {
+            match std::env::var("DATABASE_URL") {
+                Ok(url) if !url.is_empty() => Ok(Cluster {
+                    base: url_parts::Base::parse(&url),
+                    admin_url: url,
+                    _private: None,
+                }),
+                _ => {
+                    let private = tokio::task::spawn_blocking(PrivatePostgres::start)
+                        .await
+                        .map_err(|error| Error::Embedded(error.to_string()))??;
+                    private.stop_when_process_exits()?;
+                    Ok(Cluster {
+                        admin_url: private.url(),
+                        base: url_parts::Base::parse(&private.url()),
+                        _private: Some(private),
+                    })
+                }
+            }
+        })
+        .await
+}
+
+async fn admin_client(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The template's name changes whenever a migration does, so a stale template is never used.
+fn template_name() -> String {
+    let mut hasher = sha2::Sha256::new();
+    for migration in crate::embedded_migrations::migrations::runner().get_migrations() {
+        hasher.update(migration.name().as_bytes());
+        hasher.update(migration.checksum().to_le_bytes());
+    }
+    format!("learnsync_template_{}", &hex::encode(hasher.finalize())[..16])
+}
+
+async fn template(cluster: &'static Cluster) -> Result<&'static String> {
+    TEMPLATE
+        .get_or_try_init(|| async {
+            let name = template_name();
+            let admin = admin_client(&cluster.admin_url).await?;
+            // Test processes run side by side: one creates the template, the others wait.
+            admin.execute("SELECT pg_advisory_lock(7350002)", &[]).await?;
+            let exists = admin
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+                .await?
+                .is_some();
+            let outcome = async {
+                if !exists {
+                    let building = format!("{name}_building_{}", std::process::id());
+                    admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{building}\"")).await?;
+                    admin.batch_execute(&format!("CREATE DATABASE \"{building}\"")).await?;
+                    crate::migrate(&cluster.base.with_database(&building)).await?;
+                    admin
+                        .batch_execute(&format!("ALTER DATABASE \"{building}\" RENAME TO \"{name}\""))
+                        .await?;
+                }
+                Ok::<_, Error>(())
+            }
+            .await;
+            admin.execute("SELECT pg_advisory_unlock(7350002)", &[]).await?;
+            outcome?;
+            Ok(name)
+        })
+        .await
+}
+
+/// Creates a fresh, migrated database and returns its URL.
+pub async fn fresh_database() -> Result<String> {
+    let cluster = cluster().await?;
+    let template = template(cluster).await?;
+    let name = format!("learnsync_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = admin_client(&cluster.admin_url).await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""))
+        .await?;
+    Ok(cluster.base.with_database(&name))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::url_parts::Base;
+
+    #[test]
+    fn replaces_the_database_of_a_url() {
+        let base = Base::parse("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable");
+        assert_eq!(
+            base.with_database("x"),
+            "postgres://postgres@127.0.0.1:5432/x?sslmode=disable"
+        );
+        let base = Base::parse("postgres://postgres@localhost");
+        assert_eq!(base.with_database("x"), "postgres://postgres@localhost/x");
+    }
+}
