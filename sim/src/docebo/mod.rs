@@ -983,7 +983,6 @@ fn list(
         r#"],"count":{count},"has_more_data":{},"current_page":{},"current_page_size":{},"total_page_count":{},"total_count":{}"#,
         page.has_more, query.page, query.page_size, total_pages, page.total_count
     );
-    drop(data);
     if query.want_cursor || query.cursor.is_some() {
         if let Some(cursor) = page.next_cursor {
             let _ = write!(body, r#","cursor":"{}""#, cursor.encode());
