@@ -1,1 +1,158 @@
-//! placeholder
+//! learnsync's control plane: the `learnsync.v1.SyncService` gRPC API over the job state in
+//! Postgres, with `grpc.health.v1` and server reflection (v1 and v1alpha). The server holds no
+//! state of its own that must be unique: any number of servers may run against one database.
+//!
+//! Layout:
+//! - [`Options`] and [`serve`]: build and run a server on a listener until a shutdown future
+//!   completes (tests run it in-process on port 0).
+//! - [`auth`]: bearer tokens, operator and tenant scopes.
+//! - `service`: the RPC handlers; `convert`: validation and wire conversions; `error`: every
+//!   `Status` the server sends.
+//! - `main.rs`: the `learnsync-server` binary.
+
+pub mod auth;
+mod convert;
+mod error;
+mod service;
+
+use std::future::Future;
+use std::time::Duration;
+
+use learnsync_proto::v1::sync_service_server::SyncServiceServer;
+use learnsync_store::{Store, secrets::Cipher};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{Principal, Tokens};
+
+/// How a server behaves.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The bearer tokens the server accepts.
+    pub tokens: Tokens,
+    /// Encrypts connection credentials at rest.
+    pub cipher: Cipher,
+    /// The shortest realtime interval Configure accepts (protects the Docebo call budget).
+    pub min_interval: Duration,
+    /// How often a following log stream polls when no NOTIFY arrives.
+    pub log_poll_interval: Duration,
+    /// How long in-flight calls may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Options {
+    /// Options with the defaults for everything but the tokens and the key.
+    pub fn new(tokens: Tokens, cipher: Cipher) -> Options {
+        Options {
+            tokens,
+            cipher,
+            min_interval: Duration::from_secs(60),
+            log_poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What stopped a server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The gRPC transport failed.
+    #[error("grpc transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops taking calls, ends open log
+/// streams, and lets in-flight calls finish (up to `shutdown_grace`). Migrations are the caller's
+/// (the binary runs them before it listens).
+pub async fn serve(
+    store: Store,
+    options: Options,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let cancel = CancellationToken::new();
+    let notifications = learnsync_store::listen::spawn(
+        store.database_url().to_string(),
+        &[learnsync_store::CHANNEL_LOGS, learnsync_store::CHANNEL_RUNS],
+        cancel.child_token(),
+    );
+    let service = service::Service {
+        store: store.clone(),
+        cipher: options.cipher.clone(),
+        min_interval: options.min_interval,
+        log_poll_interval: options.log_poll_interval,
+        notifications,
+        shutdown: cancel.clone(),
+    };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<SyncServiceServer<service::Service>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(learnsync_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(learnsync_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    tokio::spawn(maintenance(store.clone(), cancel.child_token()));
+
+    let sync = tonic::service::interceptor::InterceptedService::new(
+        SyncServiceServer::new(service),
+        options.tokens.clone().interceptor(),
+    );
+    let addr = listener.local_addr().ok();
+    tracing::info!(address = ?addr, "server listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let grace = options.shutdown_grace;
+    let stop = cancel.clone();
+    let drain = async move {
+        shutdown.await;
+        tracing::info!("server shutting down");
+        health_reporter
+            .set_not_serving::<SyncServiceServer<service::Service>>()
+            .await;
+        // Ends open log streams, the listener and the maintenance task.
+        stop.cancel();
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(sync)
+        .serve_with_incoming_shutdown(incoming, drain);
+    let cancelled = cancel.clone();
+    tokio::select! {
+        outcome = served => outcome?,
+        _ = async {
+            cancelled.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(grace_seconds = grace.as_secs(), "in-flight calls did not finish in time"),
+    }
+    cancel.cancel();
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// Housekeeping any server may do, since every step is idempotent: forget old idempotency keys.
+async fn maintenance(store: Store, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.conn().await {
+            Ok(conn) => match learnsync_store::idempotency::purge_expired(&conn).await {
+                Ok(purged) if purged > 0 => tracing::info!(purged, "expired idempotency keys purged"),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "idempotency key purge failed"),
+            },
+            Err(error) => tracing::warn!(%error, "idempotency key purge failed"),
+        }
+    }
+}

@@ -28,6 +28,7 @@ pub mod testing;
 pub mod worker;
 
 pub use deadpool_postgres::{GenericClient, Object as Conn, Transaction};
+pub use tokio_postgres::Error as TokioPostgresError;
 pub use error::{Error, Precondition, Result};
 
 use std::time::Duration;

@@ -1,0 +1,138 @@
+//! Every gRPC error the server sends is built here: a code, a message for a person, and
+//! `google.rpc` details (always an `ErrorInfo`; `BadRequest` or `PreconditionFailure` where they
+//! apply). One `From<store::Error> for Status` decides every code a store error maps to.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
+
+/// The `ErrorInfo.domain` of every learnsync error.
+pub const DOMAIN: &str = "learnsync.dev";
+
+fn with_info(code: Code, message: impl Into<String>, mut details: ErrorDetails, reason: &str) -> Status {
+    details.set_error_info(reason, DOMAIN, HashMap::new());
+    Status::with_error_details(code, message, details)
+}
+
+/// `INVALID_ARGUMENT` with one violation per offending field.
+pub fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
+    let fields: Vec<String> = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect();
+    with_info(
+        Code::InvalidArgument,
+        format!("invalid request: {}", fields.join("; ")),
+        ErrorDetails::with_bad_request(violations),
+        "INVALID_ARGUMENT",
+    )
+}
+
+/// `INVALID_ARGUMENT` for one field.
+pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
+    invalid_argument(vec![FieldViolation::new(field, description)])
+}
+
+/// `FAILED_PRECONDITION` with one violation.
+pub fn failed_precondition(kind: &str, subject: &str, description: &str) -> Status {
+    with_info(
+        Code::FailedPrecondition,
+        description.to_string(),
+        ErrorDetails::with_precondition_failure_violation(kind, subject, description),
+        kind,
+    )
+}
+
+/// `UNAUTHENTICATED`.
+pub fn unauthenticated(message: &str) -> Status {
+    with_info(Code::Unauthenticated, message, ErrorDetails::new(), "UNAUTHENTICATED")
+}
+
+/// `PERMISSION_DENIED` for a connection the caller may not see. The same answer whether or not the
+/// connection exists, so a tenant cannot learn about another tenant's connections.
+pub fn connection_denied(connection_id: &str) -> Status {
+    let mut details = ErrorDetails::with_resource_info(
+        "learnsync.v1.Connection",
+        format!("connections/{connection_id}"),
+        "",
+        "not accessible with this token",
+    );
+    details.set_error_info("CONNECTION_NOT_ACCESSIBLE", DOMAIN, HashMap::new());
+    Status::with_error_details(
+        Code::PermissionDenied,
+        format!("connection {connection_id} is not accessible with this token"),
+        details,
+    )
+}
+
+/// `PERMISSION_DENIED` for an action the principal may not take.
+pub fn permission_denied(reason: &str, message: &str) -> Status {
+    with_info(Code::PermissionDenied, message, ErrorDetails::new(), reason)
+}
+
+/// `NOT_FOUND` for a resource.
+pub fn not_found(resource_type: &str, name: &str) -> Status {
+    let mut details = ErrorDetails::with_resource_info(resource_type, name, "", "not found");
+    details.set_error_info("NOT_FOUND", DOMAIN, HashMap::new());
+    Status::with_error_details(Code::NotFound, format!("{name} not found"), details)
+}
+
+impl From<StoreError> for Status {
+    fn from(StoreError(error): StoreError) -> Status {
+        use learnsync_store::Error;
+        match error {
+            Error::NotFound(what) => {
+                let resource = if what.starts_with("run") {
+                    "learnsync.v1.Run"
+                } else {
+                    "learnsync.v1.Connection"
+                };
+                not_found(resource, &what)
+            }
+            Error::Precondition(p) if p.kind == "REQUEST_ID_REUSED" => invalid_field("request_id", p.description),
+            Error::Precondition(p) => failed_precondition(p.kind, &p.subject, &p.description),
+            Error::Pool(error) => {
+                tracing::error!(%error, "database unavailable");
+                let mut details = ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1)));
+                details.set_error_info("DATABASE_UNAVAILABLE", DOMAIN, HashMap::new());
+                Status::with_error_details(Code::Unavailable, "the database is unavailable, retry later", details)
+            }
+            error => {
+                tracing::error!(%error, "internal error");
+                with_info(Code::Internal, "internal error", ErrorDetails::new(), "INTERNAL")
+            }
+        }
+    }
+}
+
+/// A store error on its way to becoming a `Status` (orphan rules forbid `From<store::Error>`).
+pub struct StoreError(pub learnsync_store::Error);
+
+impl From<learnsync_store::Error> for StoreError {
+    fn from(error: learnsync_store::Error) -> StoreError {
+        StoreError(error)
+    }
+}
+
+/// Converts a store result into a gRPC result.
+pub trait OrStatus<T> {
+    /// Maps the store error to its `Status`.
+    fn or_status(self) -> Result<T, Status>;
+}
+
+impl<T> OrStatus<T> for Result<T, learnsync_store::Error> {
+    fn or_status(self) -> Result<T, Status> {
+        self.map_err(|error| Status::from(StoreError(error)))
+    }
+}
+
+impl<T> OrStatus<T> for Result<T, tokio_postgres_error::Error> {
+    fn or_status(self) -> Result<T, Status> {
+        self.map_err(|error| Status::from(StoreError(learnsync_store::Error::Database(error))))
+    }
+}
+
+mod tokio_postgres_error {
+    pub use learnsync_store::TokioPostgresError as Error;
+}

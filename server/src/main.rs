@@ -1,0 +1,101 @@
+//! The `learnsync-server` binary: runs the migrations, then serves the gRPC API until SIGINT or
+//! SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use learnsync_store::secrets::Cipher;
+
+/// learnsync's gRPC control plane.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Config {
+    /// Postgres URL of the job state.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Address to serve gRPC on.
+    #[arg(long, env = "LEARNSYNC_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// A file with the bearer tokens, instead of the LEARNSYNC_TOKENS environment variable: entries
+    /// `operator=<token>` or `tenant:<name>=<token>`, comma or newline separated. Tokens are never
+    /// taken from the command line.
+    #[arg(long, env = "LEARNSYNC_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// A file holding the 32-byte credentials key (base64 or hex), instead of LEARNSYNC_SECRET_KEY.
+    #[arg(long, env = "LEARNSYNC_SECRET_KEY_FILE")]
+    secret_key_file: Option<PathBuf>,
+    /// The shortest realtime interval Configure accepts, in seconds.
+    #[arg(long, env = "LEARNSYNC_MIN_INTERVAL_SECONDS", default_value_t = 60)]
+    min_interval_seconds: u64,
+    /// Database pool size.
+    #[arg(long, env = "LEARNSYNC_DB_POOL_SIZE", default_value_t = 16)]
+    db_pool_size: usize,
+    /// Log as JSON lines.
+    #[arg(long, env = "LEARNSYNC_LOG_JSON")]
+    log_json: bool,
+}
+
+fn read_secret(env: &str, file: Option<&PathBuf>, what: &str) -> anyhow::Result<String> {
+    if let Some(path) = file {
+        return std::fs::read_to_string(path).with_context(|| format!("reading {what} from {}", path.display()));
+    }
+    std::env::var(env).with_context(|| format!("{what} missing: set {env} or pass its --*-file option"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    init_tracing(config.log_json);
+    // Secrets are read from the environment or a file, never from argv, and clap never sees them.
+    let tokens_text = read_secret("LEARNSYNC_TOKENS", config.tokens_file.as_ref(), "bearer tokens")?;
+    let tokens = learnsync_server::Tokens::parse(&tokens_text)?;
+    anyhow::ensure!(!tokens.is_empty(), "no bearer token configured: every call would be refused");
+    let key = read_secret("LEARNSYNC_SECRET_KEY", config.secret_key_file.as_ref(), "credentials key")?;
+    let cipher = Cipher::from_encoded(&key)?;
+
+    let store = learnsync_store::Store::connect(&learnsync_store::Options {
+        database_url: config.database_url.clone(),
+        max_connections: config.db_pool_size,
+    })?;
+    store.migrate().await.context("running migrations")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let mut options = learnsync_server::Options::new(tokens, cipher);
+    options.min_interval = Duration::from_secs(config.min_interval_seconds);
+    learnsync_server::serve(store, options, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for sigterm");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,817 @@
+//! The `learnsync.v1.SyncService` handlers. Each validates its request at the edge, authorizes
+//! the caller against the connection, and changes state through the store in one transaction
+//! (together with the request's idempotency key, when it has one).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use learnsync_proto::v1 as pb;
+use learnsync_proto::v1::sync_service_server::SyncService;
+use learnsync_store::model::{self, Area};
+use learnsync_store::{GenericClient, Store, areas, connections, idempotency, logs, runs, secrets};
+use sha2::Digest as _;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::convert::{self, Violations};
+use crate::error::{self, OrStatus as _};
+
+/// The service's state, shared by every call.
+#[derive(Clone)]
+pub struct Service {
+    pub(crate) store: Store,
+    pub(crate) cipher: secrets::Cipher,
+    pub(crate) min_interval: Duration,
+    pub(crate) log_poll_interval: Duration,
+    pub(crate) notifications: broadcast::Sender<learnsync_store::listen::Notification>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| error::unauthenticated("missing authorization: Bearer <token> metadata"))
+}
+
+/// The digest an idempotency key is bound to: the method and the request without its request id.
+fn request_digest<M: prost::Message + Clone>(method: &str, request: &M, clear_request_id: impl FnOnce(&mut M)) -> Vec<u8> {
+    let mut canonical = request.clone();
+    clear_request_id(&mut canonical);
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(method.as_bytes());
+    hasher.update(canonical.encode_to_vec());
+    hasher.finalize().to_vec()
+}
+
+/// An idempotency key to claim in a transaction.
+struct Idempotency<'a> {
+    principal: String,
+    method: &'static str,
+    request_id: &'a str,
+    digest: Vec<u8>,
+}
+
+impl Idempotency<'_> {
+    /// Claims the key; returns the first answer when this is a retry.
+    async fn claim<R: prost::Message + Default>(&self, client: &impl GenericClient) -> Result<Option<R>, Status> {
+        if self.request_id.is_empty() {
+            return Ok(None);
+        }
+        match idempotency::claim(client, &self.principal, self.method, self.request_id, &self.digest)
+            .await
+            .or_status()?
+        {
+            idempotency::Claim::New => Ok(None),
+            idempotency::Claim::Replay(bytes) => R::decode(bytes.as_slice())
+                .map(Some)
+                .map_err(|_| Status::internal("stored answer does not decode")),
+        }
+    }
+
+    /// Stores the answer.
+    async fn complete(&self, client: &impl GenericClient, response: &impl prost::Message) -> Result<(), Status> {
+        if self.request_id.is_empty() {
+            return Ok(());
+        }
+        idempotency::complete(
+            client,
+            &self.principal,
+            self.method,
+            self.request_id,
+            &response.encode_to_vec(),
+        )
+        .await
+        .or_status()
+    }
+}
+
+impl Service {
+    /// Loads a connection the caller may see. For a tenant, an unknown connection and another
+    /// tenant's connection get the same answer.
+    async fn authorize(
+        &self,
+        client: &impl GenericClient,
+        principal: &Principal,
+        connection_id: Uuid,
+    ) -> Result<model::Connection, Status> {
+        match connections::get(client, connection_id).await {
+            Ok(connection) if principal.may_see(&connection.tenant) => Ok(connection),
+            Ok(_) => Err(error::connection_denied(&connection_id.to_string())),
+            Err(learnsync_store::Error::NotFound(_)) if principal.tenant().is_some() => {
+                Err(error::connection_denied(&connection_id.to_string()))
+            }
+            Err(other) => Err(other).or_status(),
+        }
+    }
+
+    fn seal(&self, id: Uuid, credentials: &secrets::Credentials) -> Result<connections::SealedCredentials, Status> {
+        Ok(connections::SealedCredentials {
+            sealed: self.cipher.seal(id, credentials).or_status()?,
+            key_id: self.cipher.key_id().to_string(),
+            docebo_grant: credentials.docebo.grant.name().to_string(),
+            salesforce_grant: credentials.salesforce.grant.name().to_string(),
+            docebo_platform: credentials.docebo_platform(),
+        })
+    }
+
+    /// Runs a run-changing action (Start, Stop, Resynchronize) in one transaction with its key.
+    async fn run_action<F>(
+        &self,
+        principal: &Principal,
+        connection_id: Uuid,
+        key: Idempotency<'_>,
+        action: F,
+    ) -> Result<pb::Run, Status>
+    where
+        F: AsyncFnOnce(&learnsync_store::Transaction<'_>) -> Result<model::Run, learnsync_store::Error>,
+    {
+        let mut conn = self.store.conn().await.or_status()?;
+        let tx = conn.transaction().await.or_status()?;
+        self.authorize(&tx, principal, connection_id).await?;
+        if let Some(replay) = key.claim::<pb::Run>(&tx).await? {
+            return Ok(replay);
+        }
+        let run = action(&tx).await.or_status()?;
+        let response = convert::run_to_proto(&run);
+        key.complete(&tx, &response).await?;
+        tx.commit().await.or_status()?;
+        Ok(response)
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SyncService for Service {
+    async fn create_connection(
+        &self,
+        request: Request<pb::CreateConnectionRequest>,
+    ) -> Result<Response<pb::Connection>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        convert::request_id(&mut violations, &request.request_id);
+        let Some(input) = request.connection.as_ref() else {
+            return Err(error::invalid_field("connection", "required"));
+        };
+        let display_name = convert::display_name(&mut violations, "connection.display_name", &input.display_name);
+        let docebo = match &input.docebo {
+            Some(docebo) => Some(convert::docebo_credentials(&mut violations, "connection.docebo", docebo)),
+            None => {
+                violations.add("connection.docebo", "required");
+                None
+            }
+        };
+        let salesforce = match &input.salesforce {
+            Some(salesforce) => Some(convert::salesforce_credentials(
+                &mut violations,
+                "connection.salesforce",
+                salesforce,
+            )),
+            None => {
+                violations.add("connection.salesforce", "required");
+                None
+            }
+        };
+        let calls = convert::calls_per_hour(
+            &mut violations,
+            "connection.docebo_calls_per_hour",
+            input.docebo_calls_per_hour,
+        );
+        let policy =
+            convert::unenrollment_policy(&mut violations, "connection.unenrollment_policy", input.unenrollment_policy);
+        let tenant = match (&principal, input.tenant.trim()) {
+            (Principal::Operator, "") => "default".to_string(),
+            (Principal::Operator, tenant) => tenant.to_string(),
+            (Principal::Tenant(own), "") => own.clone(),
+            (Principal::Tenant(own), tenant) if tenant == own => own.clone(),
+            (Principal::Tenant(_), _) => {
+                return Err(error::permission_denied(
+                    "TENANT_MISMATCH",
+                    "a tenant token can create connections only for its own tenant",
+                ));
+            }
+        };
+        if tenant.chars().count() > 100 {
+            violations.add("connection.tenant", "at most 100 characters");
+        }
+        violations.check()?;
+        let (Some(docebo), Some(salesforce)) = (docebo, salesforce) else {
+            return Err(Status::internal("validated credentials missing"));
+        };
+        let credentials = secrets::Credentials { docebo, salesforce };
+        let key = Idempotency {
+            principal: principal.name(),
+            method: "CreateConnection",
+            request_id: &request.request_id,
+            digest: request_digest("CreateConnection", &request, |r| r.request_id.clear()),
+        };
+        let id = Uuid::new_v4();
+        let new = connections::NewConnection {
+            id,
+            tenant,
+            display_name,
+            credentials: self.seal(id, &credentials)?,
+            docebo_calls_per_hour: calls,
+            unenrollment_policy: policy,
+        };
+        let mut conn = self.store.conn().await.or_status()?;
+        let tx = conn.transaction().await.or_status()?;
+        if let Some(replay) = key.claim::<pb::Connection>(&tx).await? {
+            return Ok(Response::new(replay));
+        }
+        let connection = connections::insert(&tx, &new).await.or_status()?;
+        let response = convert::connection_to_proto(&connection);
+        key.complete(&tx, &response).await?;
+        tx.commit().await.or_status()?;
+        tracing::info!(connection_id = %id, tenant = %connection.tenant, "connection created");
+        Ok(Response::new(response))
+    }
+
+    async fn get_connection(
+        &self,
+        request: Request<pb::GetConnectionRequest>,
+    ) -> Result<Response<pb::Connection>, Status> {
+        let principal = principal(&request)?;
+        let id = convert::connection_id(&request.get_ref().connection_id)?;
+        let conn = self.store.conn().await.or_status()?;
+        let connection = self.authorize(&conn, &principal, id).await?;
+        Ok(Response::new(convert::connection_to_proto(&connection)))
+    }
+
+    async fn list_connections(
+        &self,
+        request: Request<pb::ListConnectionsRequest>,
+    ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let limit = convert::page_size(&mut violations, request.page_size);
+        let after = convert::parse_page_token(&mut violations, &request.page_token);
+        violations.check()?;
+        let conn = self.store.conn().await.or_status()?;
+        let mut page = connections::list(&conn, principal.tenant(), after, limit + 1)
+            .await
+            .or_status()?;
+        let next_page_token = if page.len() as i64 > limit {
+            page.truncate(limit as usize);
+            page.last()
+                .map(|last| convert::page_token(last.create_time, last.id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListConnectionsResponse {
+            connections: page.iter().map(convert::connection_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_connection(
+        &self,
+        request: Request<pb::UpdateConnectionRequest>,
+    ) -> Result<Response<pb::Connection>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        convert::request_id(&mut violations, &request.request_id);
+        let Some(input) = request.connection.as_ref() else {
+            return Err(error::invalid_field("connection", "required"));
+        };
+        let id = convert::parse_id(&mut violations, "connection.id", &input.id);
+        let paths = request.update_mask.as_ref().map(|mask| mask.paths.clone()).unwrap_or_default();
+        if paths.is_empty() {
+            violations.add("update_mask", "required: the fields to change");
+        }
+        let mut update = connections::ConnectionUpdate::default();
+        let mut docebo = None;
+        let mut salesforce = None;
+        for path in &paths {
+            match path.as_str() {
+                "display_name" => {
+                    update.display_name = Some(convert::display_name(
+                        &mut violations,
+                        "connection.display_name",
+                        &input.display_name,
+                    ))
+                }
+                "docebo" => match &input.docebo {
+                    Some(value) => docebo = Some(convert::docebo_credentials(&mut violations, "connection.docebo", value)),
+                    None => violations.add("connection.docebo", "required when update_mask names it"),
+                },
+                "salesforce" => match &input.salesforce {
+                    Some(value) => {
+                        salesforce = Some(convert::salesforce_credentials(
+                            &mut violations,
+                            "connection.salesforce",
+                            value,
+                        ))
+                    }
+                    None => violations.add("connection.salesforce", "required when update_mask names it"),
+                },
+                "unenrollment_policy" => {
+                    update.unenrollment_policy = Some(convert::unenrollment_policy(
+                        &mut violations,
+                        "connection.unenrollment_policy",
+                        input.unenrollment_policy,
+                    ))
+                }
+                "docebo_calls_per_hour" => {
+                    update.docebo_calls_per_hour = Some(convert::calls_per_hour(
+                        &mut violations,
+                        "connection.docebo_calls_per_hour",
+                        input.docebo_calls_per_hour,
+                    ))
+                }
+                "tenant" => violations.add("update_mask", "tenant is immutable"),
+                other => violations.add(
+                    "update_mask",
+                    format!(
+                        "unknown or read-only field {other:?}: display_name, docebo, salesforce, \
+                         unenrollment_policy, docebo_calls_per_hour"
+                    ),
+                ),
+            }
+        }
+        violations.check()?;
+        let key = Idempotency {
+            principal: principal.name(),
+            method: "UpdateConnection",
+            request_id: &request.request_id,
+            digest: request_digest("UpdateConnection", &request, |r| r.request_id.clear()),
+        };
+        let mut conn = self.store.conn().await.or_status()?;
+        let tx = conn.transaction().await.or_status()?;
+        self.authorize(&tx, &principal, id).await?;
+        if let Some(replay) = key.claim::<pb::Connection>(&tx).await? {
+            return Ok(Response::new(replay));
+        }
+        if docebo.is_some() || salesforce.is_some() {
+            // Replacing one side keeps the other: open what is stored and reseal the whole.
+            let (sealed, _) = connections::sealed_credentials(&tx, id).await.or_status()?;
+            let mut credentials = self.cipher.open(id, &sealed).or_status()?;
+            if let Some(docebo) = docebo {
+                credentials.docebo = docebo;
+            }
+            if let Some(salesforce) = salesforce {
+                credentials.salesforce = salesforce;
+            }
+            update.credentials = Some(self.seal(id, &credentials)?);
+        }
+        let connection = connections::update(&tx, id, &update).await.or_status()?;
+        let response = convert::connection_to_proto(&connection);
+        key.complete(&tx, &response).await?;
+        tx.commit().await.or_status()?;
+        tracing::info!(connection_id = %id, fields = ?paths, "connection updated");
+        Ok(Response::new(response))
+    }
+
+    async fn delete_connection(
+        &self,
+        request: Request<pb::DeleteConnectionRequest>,
+    ) -> Result<Response<pb::DeleteConnectionResponse>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        convert::request_id(&mut violations, &request.request_id);
+        let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
+        violations.check()?;
+        let key = Idempotency {
+            principal: principal.name(),
+            method: "DeleteConnection",
+            request_id: &request.request_id,
+            digest: request_digest("DeleteConnection", &request, |r| r.request_id.clear()),
+        };
+        let mut conn = self.store.conn().await.or_status()?;
+        let tx = conn.transaction().await.or_status()?;
+        // A retry after the deletion finds no connection: answer from the key first.
+        if let Some(replay) = key.claim::<pb::DeleteConnectionResponse>(&tx).await? {
+            return Ok(Response::new(replay));
+        }
+        self.authorize(&tx, &principal, id).await?;
+        connections::delete(&tx, id).await.or_status()?;
+        let response = pb::DeleteConnectionResponse {
+            connection_id: id.to_string(),
+        };
+        key.complete(&tx, &response).await?;
+        tx.commit().await.or_status()?;
+        tracing::info!(connection_id = %id, "connection deleted");
+        Ok(Response::new(response))
+    }
+
+    async fn configure(&self, request: Request<pb::ConfigureRequest>) -> Result<Response<pb::AreaConfig>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        convert::request_id(&mut violations, &request.request_id);
+        let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
+        let Some(config) = request.config.as_ref() else {
+            violations.add("config", "required");
+            violations.check()?;
+            return Err(Status::internal("unreachable"));
+        };
+        let area = convert::area(&mut violations, "config.area", config.area);
+        let mode = match pb::Mode::try_from(config.mode) {
+            Ok(pb::Mode::Manual) => model::Mode::Manual,
+            Ok(pb::Mode::Realtime) => model::Mode::Realtime,
+            _ => {
+                violations.add("config.mode", "required: MODE_MANUAL or MODE_REALTIME");
+                model::Mode::Manual
+            }
+        };
+        let interval_seconds = match &config.interval {
+            None => 900,
+            Some(duration) => {
+                let min = self.min_interval.as_secs() as i64;
+                if duration.nanos != 0 || duration.seconds < min || duration.seconds > 86_400 {
+                    violations.add(
+                        "config.interval",
+                        format!("whole seconds between {min} and 86400 (the minimum protects the docebo call budget)"),
+                    );
+                }
+                duration.seconds.clamp(1, 86_400) as i32
+            }
+        };
+        if area != Area::Courses && !config.course_category_ids.is_empty() {
+            violations.add("config.course_category_ids", "only AREA_COURSES takes course categories");
+        }
+        if config.course_category_ids.iter().any(|id| *id <= 0) {
+            violations.add("config.course_category_ids", "category ids are positive");
+        }
+        violations.check()?;
+        let settings = areas::AreaSettings {
+            enabled: config.enabled,
+            mode,
+            interval_seconds,
+            course_category_ids: config.course_category_ids.clone(),
+        };
+        let key = Idempotency {
+            principal: principal.name(),
+            method: "Configure",
+            request_id: &request.request_id,
+            digest: request_digest("Configure", &request, |r| r.request_id.clear()),
+        };
+        let mut conn = self.store.conn().await.or_status()?;
+        let tx = conn.transaction().await.or_status()?;
+        self.authorize(&tx, &principal, id).await?;
+        if let Some(replay) = key.claim::<pb::AreaConfig>(&tx).await? {
+            return Ok(Response::new(replay));
+        }
+        areas::lock(&tx, id, area).await.or_status()?;
+        let stored = areas::configure(&tx, id, area, &settings).await.or_status()?;
+        let response = convert::area_config_to_proto(area, Some(&stored));
+        logs::append(
+            &tx,
+            id,
+            &[model::NewLogEvent::new(model::LogLevel::Info, format!("{area} area configured"))
+                .field("enabled", settings.enabled)
+                .field("mode", mode.as_str())
+                .field("interval_seconds", interval_seconds)],
+        )
+        .await
+        .or_status()?;
+        key.complete(&tx, &response).await?;
+        tx.commit().await.or_status()?;
+        tracing::info!(connection_id = %id, %area, enabled = settings.enabled, mode = %mode, "area configured");
+        Ok(Response::new(response))
+    }
+
+    async fn start(&self, request: Request<pb::StartRequest>) -> Result<Response<pb::Run>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        convert::request_id(&mut violations, &request.request_id);
+        let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
+        let area = convert::area(&mut violations, "area", request.area);
+        let timeframe = convert::timeframe(&mut violations, "timeframe", request.timeframe.as_ref());
+        violations.check()?;
+        let key = Idempotency {
+            principal: principal.name(),
+            method: "Start",
+            request_id: &request.request_id,
+            digest: request_digest("Start", &request, |r| r.request_id.clear()),
+        };
+        let run = self
+            .run_action(&principal, id, key, async |tx| runs::start(tx, id, area, timeframe).await)
+            .await?;
+        tracing::info!(connection_id = %id, %area, run_id = %run.id, "run started");
+        Ok(Response::new(run))
+    }
+
+    async fn stop(&self, request: Request<pb::StopRequest>) -> Result<Response<pb::Run>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        convert::request_id(&mut violations, &request.request_id);
+        let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
+        let area = convert::area(&mut violations, "area", request.area);
+        violations.check()?;
+        let key = Idempotency {
+            principal: principal.name(),
+            method: "Stop",
+            request_id: &request.request_id,
+            digest: request_digest("Stop", &request, |r| r.request_id.clear()),
+        };
+        let run = self
+            .run_action(&principal, id, key, async |tx| runs::stop(tx, id, area).await)
+            .await?;
+        tracing::info!(connection_id = %id, %area, run_id = %run.id, "run stop requested");
+        Ok(Response::new(run))
+    }
+
+    async fn resynchronize(&self, request: Request<pb::ResynchronizeRequest>) -> Result<Response<pb::Run>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        convert::request_id(&mut violations, &request.request_id);
+        let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
+        let area = convert::area(&mut violations, "area", request.area);
+        let timeframe = convert::timeframe(&mut violations, "timeframe", request.timeframe.as_ref());
+        violations.check()?;
+        let rewrite = request.rewrite_unchanged;
+        let key = Idempotency {
+            principal: principal.name(),
+            method: "Resynchronize",
+            request_id: &request.request_id,
+            digest: request_digest("Resynchronize", &request, |r| r.request_id.clear()),
+        };
+        let run = self
+            .run_action(&principal, id, key, async |tx| {
+                runs::resynchronize(tx, id, area, timeframe, rewrite).await
+            })
+            .await?;
+        tracing::info!(connection_id = %id, %area, run_id = %run.id, "resynchronization started");
+        Ok(Response::new(run))
+    }
+
+    async fn get_status(&self, request: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
+        let mut wanted: Vec<Area> = request
+            .areas
+            .iter()
+            .enumerate()
+            .map(|(index, value)| convert::area(&mut violations, &format!("areas[{index}]"), *value))
+            .collect();
+        violations.check()?;
+        if wanted.is_empty() {
+            wanted = Area::ALL.to_vec();
+        }
+        wanted.sort();
+        wanted.dedup();
+        let conn = self.store.conn().await.or_status()?;
+        self.authorize(&conn, &principal, id).await?;
+        let configs = areas::list(&conn, id).await.or_status()?;
+        let mut latest = runs::latest_per_area(&conn, id).await.or_status()?;
+        let imported = runs::records_imported(&conn, id).await.or_status()?;
+        let statuses = wanted
+            .into_iter()
+            .map(|area| {
+                let config = configs.iter().find(|c| c.area == area);
+                let runs = latest.remove(&area).unwrap_or_default();
+                let first_error_sequence = runs
+                    .last
+                    .as_ref()
+                    .filter(|run| {
+                        matches!(
+                            run.state,
+                            model::RunState::Failed | model::RunState::SucceededWithErrors
+                        )
+                    })
+                    .and_then(|run| run.first_error_sequence)
+                    .unwrap_or(0);
+                pb::AreaStatus {
+                    area: convert::area_to_proto(area) as i32,
+                    configured: config.is_some(),
+                    config: Some(convert::area_config_to_proto(area, config)),
+                    active_run: runs.active.as_ref().map(convert::run_to_proto),
+                    last_run: runs.last.as_ref().map(convert::run_to_proto),
+                    last_success_time: config.and_then(|c| c.last_success_time).map(convert::to_timestamp),
+                    records_imported: imported.get(&area).copied().unwrap_or(0),
+                    first_error_sequence,
+                    next_run_time: config
+                        .filter(|c| c.enabled && c.mode == model::Mode::Realtime)
+                        .and_then(|c| c.next_run_time)
+                        .map(convert::to_timestamp),
+                    unenrollments_tracked: area == Area::Enrollments
+                        && config.is_some_and(|c| c.first_success_time.is_some()),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetStatusResponse {
+            connection_id: id.to_string(),
+            areas: statuses,
+        }))
+    }
+
+    async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
+        let run_id = convert::parse_id(&mut violations, "run_id", &request.run_id);
+        violations.check()?;
+        let conn = self.store.conn().await.or_status()?;
+        self.authorize(&conn, &principal, id).await?;
+        let run = runs::get(&conn, id, run_id).await.or_status()?;
+        Ok(Response::new(convert::run_to_proto(&run)))
+    }
+
+    async fn list_runs(&self, request: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
+        let area = if request.area == pb::Area::Unspecified as i32 {
+            None
+        } else {
+            Some(convert::area(&mut violations, "area", request.area))
+        };
+        let limit = convert::page_size(&mut violations, request.page_size);
+        let after = convert::parse_page_token(&mut violations, &request.page_token);
+        violations.check()?;
+        let conn = self.store.conn().await.or_status()?;
+        self.authorize(&conn, &principal, id).await?;
+        let mut page = runs::list(&conn, id, area, after, limit + 1).await.or_status()?;
+        let next_page_token = if page.len() as i64 > limit {
+            page.truncate(limit as usize);
+            page.last()
+                .map(|last| convert::page_token(last.create_time, last.id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: page.iter().map(convert::run_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    type StreamLogsStream = LogStream;
+
+    async fn stream_logs(&self, request: Request<pb::StreamLogsRequest>) -> Result<Response<LogStream>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
+        let run_id = (!request.run_id.is_empty()).then(|| convert::parse_id(&mut violations, "run_id", &request.run_id));
+        let job_id = (!request.job_id.is_empty()).then(|| convert::parse_id(&mut violations, "job_id", &request.job_id));
+        if job_id.is_some() && run_id.is_none() {
+            violations.add("run_id", "required with job_id");
+        }
+        let min_level = convert::min_level(&mut violations, request.min_level);
+        let from_first_error = matches!(request.position, Some(pb::stream_logs_request::Position::FromFirstError(true)));
+        if from_first_error && run_id.is_none() {
+            violations.add("run_id", "required with from_first_error");
+        }
+        let mut from = match request.position {
+            Some(pb::stream_logs_request::Position::FromSequence(sequence)) if sequence < 0 => {
+                violations.add("from_sequence", "must not be negative");
+                1
+            }
+            Some(pb::stream_logs_request::Position::FromSequence(sequence)) => sequence.max(1),
+            _ => 1,
+        };
+        violations.check()?;
+        let conn = self.store.conn().await.or_status()?;
+        self.authorize(&conn, &principal, id).await?;
+        if let Some(run_id) = run_id {
+            let run = runs::get(&conn, id, run_id).await.or_status()?;
+            if let Some(job_id) = job_id {
+                if !run.jobs.iter().any(|job| job.id == job_id) {
+                    return Err(error::not_found("learnsync.v1.Job", &format!("job {job_id} of run {run_id}")));
+                }
+            }
+            if from_first_error {
+                match run.first_error_sequence {
+                    Some(sequence) => from = sequence,
+                    None => {
+                        return Err(error::failed_precondition(
+                            "RUN_HAS_NO_ERROR",
+                            &format!("connections/{id}/runs/{run_id}"),
+                            "the run has no error event to start from",
+                        ));
+                    }
+                }
+            }
+        }
+        drop(conn);
+        let filter = logs::LogFilter {
+            connection_id: id,
+            run_id,
+            job_id,
+            min_level,
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel(256);
+        let follower = LogFollower {
+            store: self.store.clone(),
+            filter,
+            next: from,
+            follow: request.follow,
+            poll_interval: self.log_poll_interval,
+            notifications: self.notifications.subscribe(),
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(follower.run(sender));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+}
+
+/// Reads a log from a position and, when following, waits for new events: a NOTIFY on the
+/// connection wakes it, a poll is the fallback, and it ends when the followed run is over, the
+/// caller goes away or the server shuts down.
+struct LogFollower {
+    store: Store,
+    filter: logs::LogFilter,
+    next: i64,
+    follow: bool,
+    poll_interval: Duration,
+    notifications: broadcast::Receiver<learnsync_store::listen::Notification>,
+    shutdown: CancellationToken,
+}
+
+const LOG_PAGE: i64 = 500;
+
+impl LogFollower {
+    async fn run(mut self, sender: tokio::sync::mpsc::Sender<Result<pb::LogEvent, Status>>) {
+        let connection = self.filter.connection_id.to_string();
+        loop {
+            // Read the run's state before the events: if it is final, every event of the run is
+            // already committed, so one more read drains it.
+            let run_over = match (self.follow, self.filter.run_id) {
+                (true, Some(run_id)) => match self.run_state(run_id).await {
+                    Ok(state) => state.is_none_or(|state| !state.is_active()),
+                    Err(status) => {
+                        let _ = sender.send(Err(status)).await;
+                        return;
+                    }
+                },
+                _ => false,
+            };
+            let drained = match self.send_available(&sender).await {
+                Ok(drained) => drained,
+                Err(Some(status)) => {
+                    let _ = sender.send(Err(status)).await;
+                    return;
+                }
+                Err(None) => return,
+            };
+            if !drained {
+                continue;
+            }
+            if !self.follow || run_over {
+                return;
+            }
+            let wake = async {
+                loop {
+                    match self.notifications.recv().await {
+                        Ok(n) if n.channel.is_empty() || n.payload == connection => return,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            tokio::select! {
+                _ = wake => {}
+                _ = tokio::time::sleep(self.poll_interval) => {}
+                _ = sender.closed() => return,
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn run_state(&self, run_id: Uuid) -> Result<Option<model::RunState>, Status> {
+        let conn = self.store.conn().await.or_status()?;
+        runs::state(&conn, run_id).await.or_status()
+    }
+
+    /// Sends the events available now. `Ok(true)` when the log is drained; `Err(None)` when the
+    /// caller went away.
+    async fn send_available(
+        &mut self,
+        sender: &tokio::sync::mpsc::Sender<Result<pb::LogEvent, Status>>,
+    ) -> Result<bool, Option<Status>> {
+        let conn = self.store.conn().await.or_status().map_err(Some)?;
+        let events = logs::read(&conn, &self.filter, self.next, LOG_PAGE)
+            .await
+            .or_status()
+            .map_err(Some)?;
+        drop(conn);
+        for event in &events {
+            self.next = event.sequence + 1;
+            if sender.send(Ok(convert::log_event_to_proto(event))).await.is_err() {
+                return Err(None);
+            }
+        }
+        Ok((events.len() as i64) < LOG_PAGE)
+    }
+}
