@@ -19,7 +19,9 @@ use crate::Error;
 /// Locks a mutex, recovering the data when a panicking holder poisoned it: the simulators keep serving
 /// rather than cascading one test's panic into every later request.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A clock that can be moved forward (or back) so tests can expire tokens and sessions without sleeping.
@@ -193,11 +195,6 @@ impl FaultState {
             false
         }
     }
-
-    /// Decides whether one written row fails with `UNABLE_TO_LOCK_ROW`.
-    pub fn lock_row(&self, rng: &mut impl Rng) -> bool {
-        self.faults.lock_row_share > 0.0 && rng.random_bool(self.faults.lock_row_share.clamp(0.0, 1.0))
-    }
 }
 
 /// A running HTTP server: its address and the means to stop it.
@@ -211,7 +208,9 @@ pub(crate) struct RunningServer {
 impl RunningServer {
     /// Binds `bind` (port 0 picks a free port) and serves `router` until shut down.
     pub async fn start(bind: SocketAddr, router: Router) -> Result<RunningServer, Error> {
-        let listener = tokio::net::TcpListener::bind(bind).await.map_err(Error::Bind)?;
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(Error::Bind)?;
         let addr = listener.local_addr().map_err(Error::Bind)?;
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -240,7 +239,10 @@ impl RunningServer {
         }
         if let Some(task) = self.task.take() {
             // Open keep-alive connections would hold graceful shutdown forever: bound the wait.
-            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
                 tracing::debug!("simulator server did not drain in time");
             }
         }

@@ -83,19 +83,67 @@ pub(crate) struct Dataset {
 }
 
 const FIRST_NAMES: &[&str] = &[
-    "Jane", "John", "Aiko", "Zoë", "José", "Łukasz", "Søren", "Mia", "Ömer", "Chloé", "Dmitri",
-    "Noah", "Émilie", "Sven", "Ngozi", "Priya", "李", "Андрей", "Fatima", "Liam",
+    "Jane",
+    "John",
+    "Aiko",
+    "Zoë",
+    "José",
+    "Łukasz",
+    "Søren",
+    "Mia",
+    "Ömer",
+    "Chloé",
+    "Dmitri",
+    "Noah",
+    "Émilie",
+    "Sven",
+    "Ngozi",
+    "Priya",
+    "李",
+    "Андрей",
+    "Fatima",
+    "Liam",
 ];
 const LAST_NAMES: &[&str] = &[
-    "Smith", "Müller", "García", "Rossi", "Nakamura", "Østergaard", "Kowalski", "O'Brien",
-    "Dubois", "Wong", "Иванов", "Silva", "Nguyen", "Brown", "Çelik", "王",
+    "Smith",
+    "Müller",
+    "García",
+    "Rossi",
+    "Nakamura",
+    "Østergaard",
+    "Kowalski",
+    "O'Brien",
+    "Dubois",
+    "Wong",
+    "Иванов",
+    "Silva",
+    "Nguyen",
+    "Brown",
+    "Çelik",
+    "王",
 ];
 const TOPICS: &[&str] = &[
-    "Sales", "Safety", "Onboarding", "Compliance", "Leadership", "Product", "Support", "Finance",
+    "Sales",
+    "Safety",
+    "Onboarding",
+    "Compliance",
+    "Leadership",
+    "Product",
+    "Support",
+    "Finance",
 ];
 const COURSE_STATUSES: &[&str] = &[
-    "completed", "completed", "completed", "in_progress", "in_progress", "subscribed", "subscribed",
-    "waiting", "suspended", "overbooking", "to_confirm",
+    "completed",
+    "completed",
+    "completed",
+    "in_progress",
+    "in_progress",
+    "subscribed",
+    "subscribed",
+    "waiting",
+    "suspended",
+    "overbooking",
+    "to_confirm",
 ];
 const LP_STATUSES: &[&str] = &["not_started", "in_progress", "in_progress", "completed"];
 
@@ -197,10 +245,13 @@ struct Bad {
 
 impl Bad {
     fn add(&mut self, kind: EntityKind, key: String, reason: &str) {
-        self.bad.entry(kind.name().to_string()).or_default().push(BadRecord {
-            key,
-            reason: reason.to_string(),
-        });
+        self.bad
+            .entry(kind.name().to_string())
+            .or_default()
+            .push(BadRecord {
+                key,
+                reason: reason.to_string(),
+            });
     }
 
     fn awkward(&mut self, kind: EntityKind) {
@@ -228,7 +279,11 @@ pub(crate) fn generate(params: &GenerateParams) -> Dataset {
         let is_bad_user = is_bad(i, sizes.users, bad_enabled);
         if is_bad_user {
             first = format!("{first} {}", "Maximilian-Alexander ".repeat(5));
-            bad.add(EntityKind::Users, user_id.to_string(), "first_name_too_long");
+            bad.add(
+                EntityKind::Users,
+                user_id.to_string(),
+                "first_name_too_long",
+            );
         } else if !first.is_ascii() || !last.is_ascii() {
             bad.awkward(EntityKind::Users);
         }
@@ -352,7 +407,11 @@ pub(crate) fn generate(params: &GenerateParams) -> Dataset {
             let course_id = 100 + course_index as i64;
             let start = at(&mut rng, 600);
             if course_bad[course_index] {
-                bad.add(EntityKind::Sessions, id.to_string(), "parent_course_invalid");
+                bad.add(
+                    EntityKind::Sessions,
+                    id.to_string(),
+                    "parent_course_invalid",
+                );
             }
             sessions.push(json!({
                 "id": id,
@@ -367,7 +426,12 @@ pub(crate) fn generate(params: &GenerateParams) -> Dataset {
     }
 
     // Course enrollments.
-    let pairs = pick_pairs(&mut rng, sizes.course_enrollments, sizes.users, sizes.courses);
+    let pairs = pick_pairs(
+        &mut rng,
+        sizes.course_enrollments,
+        sizes.users,
+        sizes.courses,
+    );
     let mut course_enrollments = Vec::with_capacity(pairs.len());
     for (n, (user_index, course_index)) in pairs.into_iter().enumerate() {
         let mut user_id = 10_000 + user_index as i64;

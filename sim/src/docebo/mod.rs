@@ -123,7 +123,8 @@ fn read(data: &RwLock<Data>) -> RwLockReadGuard<'_, Data> {
 }
 
 fn write(data: &RwLock<Data>) -> RwLockWriteGuard<'_, Data> {
-    data.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    data.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A running Docebo simulator. Dropping it stops the server.
@@ -194,7 +195,9 @@ impl DoceboSim {
     /// Creates one record (fires the matching `*.created` webhook for enrollments).
     pub fn create(&self, kind: EntityKind, item: Value) -> Result<Value, Error> {
         let mut created = self.state.create(kind, vec![item])?;
-        created.pop().ok_or_else(|| Error::Invalid("nothing created".into()))
+        created
+            .pop()
+            .ok_or_else(|| Error::Invalid("nothing created".into()))
     }
 
     /// Creates several records at once; their webhooks travel grouped (`payloads`, at most 25).
@@ -583,8 +586,14 @@ fn router(state: Arc<DoceboState>) -> Router {
         .route("/manage/v1/user", get(list_users))
         .route("/learn/v1/courses", get(list_courses))
         .route("/learningplan/v1/learningplans", get(list_plans))
-        .route("/course/v1/courses/{course_id}/sessions", get(list_sessions))
-        .route("/course/v1/courses/enrollments", get(list_course_enrollments))
+        .route(
+            "/course/v1/courses/{course_id}/sessions",
+            get(list_sessions),
+        )
+        .route(
+            "/course/v1/courses/enrollments",
+            get(list_course_enrollments),
+        )
         .route(
             "/learningplan/v1/learningplans/enrollments",
             get(list_plan_enrollments),
@@ -894,9 +903,8 @@ fn parse_list_query(
                     .clamp(1, state.config.max_page_size.max(1));
             }
             "updated_from" => {
-                let time = parse_docebo_date(&value).ok_or_else(|| {
-                    docebo_error(400, "Invalid value for parameter updated_from")
-                })?;
+                let time = parse_docebo_date(&value)
+                    .ok_or_else(|| docebo_error(400, "Invalid value for parameter updated_from"))?;
                 query.updated_from = Some(time.timestamp());
             }
             "sort_by_direction" | "sort_dir" => {
@@ -905,8 +913,7 @@ fn parse_list_query(
             "get_cursor" => query.want_cursor = value == "1" || value == "true",
             "cursor" if !value.is_empty() => {
                 query.cursor = Some(
-                    Cursor::decode(&value)
-                        .ok_or_else(|| docebo_error(400, "Invalid cursor"))?,
+                    Cursor::decode(&value).ok_or_else(|| docebo_error(400, "Invalid cursor"))?,
                 );
             }
             "user_id" if kind.is_enrollment() => {
@@ -992,7 +999,10 @@ fn list(
     }
     body.push_str(r#"},"version":"1.0.0","_links":[]}"#);
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()

@@ -237,10 +237,8 @@ pub(crate) struct Cursor {
 
 impl Cursor {
     pub fn encode(self) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
-            "{}:{}:{}",
-            self.sort, self.key.0, self.key.1
-        ))
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{}:{}:{}", self.sort, self.key.0, self.key.1))
     }
 
     pub fn decode(text: &str) -> Option<Cursor> {
@@ -346,8 +344,16 @@ impl Table {
         };
         for (position, (sort, key)) in order.into_iter().enumerate() {
             let row = &self.rows[&key];
-            index.by_group.entry(row.group).or_default().push(position as u32);
-            index.by_user.entry(row.user).or_default().push(position as u32);
+            index
+                .by_group
+                .entry(row.group)
+                .or_default()
+                .push(position as u32);
+            index
+                .by_user
+                .entry(row.user)
+                .or_default()
+                .push(position as u32);
             index.keys.push(key);
             index.sorts.push(sort);
         }

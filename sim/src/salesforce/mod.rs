@@ -1,6 +1,1884 @@
-//! stub
-/// stub
-#[derive(Debug, Clone, Default)]
-pub struct SalesforceConfig {}
-/// stub
-pub struct SalesforceSim {}
+//! The Salesforce simulator (API v62.0): OAuth2 (client credentials, JWT bearer), an org schema loaded
+//! as data, sObject Collections, single-record upsert, SOQL, Bulk API 2.0 ingest, limits, and the
+//! `/__sim/` control API.
+
+mod bulk;
+mod org;
+pub mod schema;
+mod soql;
+
+pub use org::{case_safe_suffix, normalize_id};
+pub use schema::{FieldDef, FieldType, ObjectDef, RecordError, Schema};
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post, put};
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sha2::Digest as _;
+
+use crate::Error;
+use crate::common::{Counters, FaultState, Faults, RunningServer, SimClock, lock};
+use bulk::{BulkOp, Job, JobState, ResultKind};
+use org::{Op, Org, Outcome, RequestError};
+
+/// The API version the simulator serves (`/services/data/v62.0/...`).
+pub const API_VERSION: &str = "v62.0";
+const DATA: &str = "/services/data/v62.0";
+const ORG_ID: &str = "00D5g00000LsSimA";
+const USER_ID: &str = "0055g00000SimUsAAA";
+
+/// Settings of a Salesforce simulator.
+#[derive(Debug, Clone)]
+pub struct SalesforceConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Connected-app consumer key (client credentials `client_id`, JWT `iss`).
+    pub client_id: String,
+    /// Connected-app consumer secret (client credentials).
+    pub client_secret: String,
+    /// Integration user (JWT `sub`).
+    pub username: String,
+    /// PEM public key verifying JWT bearer assertions (RS256); `None` refuses the JWT grant.
+    pub jwt_public_key_pem: Option<String>,
+    /// Accepted JWT `aud` values.
+    pub jwt_audiences: Vec<String>,
+    /// A session unused this long answers 401 `INVALID_SESSION_ID` (Salesforce: 2 h by default).
+    pub session_idle_timeout: Duration,
+    /// Daily API request allowance (`Sforce-Limit-Info`, 403 `REQUEST_LIMIT_EXCEEDED` past it).
+    pub daily_api_limit: u64,
+    /// Largest raw CSV upload of a Bulk job (Salesforce: about 100 MB).
+    pub max_upload_bytes: usize,
+    /// The org schema.
+    pub schema: Schema,
+}
+
+impl Default for SalesforceConfig {
+    fn default() -> SalesforceConfig {
+        SalesforceConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            client_id: "learnsync-consumer-key".into(),
+            client_secret: "learnsync-consumer-secret".into(),
+            username: "integration@acme.example".into(),
+            jwt_public_key_pem: None,
+            jwt_audiences: vec![
+                "https://login.salesforce.com".into(),
+                "https://test.salesforce.com".into(),
+            ],
+            session_idle_timeout: Duration::from_secs(2 * 3600),
+            daily_api_limit: 100_000,
+            max_upload_bytes: 100 * 1024 * 1024,
+            schema: Schema::default_org(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    last_used: DateTime<Utc>,
+}
+
+struct Usage {
+    used: u64,
+    max: u64,
+}
+
+struct QueryCursor {
+    records: Vec<Value>,
+    total_size: usize,
+}
+
+struct SfState {
+    config: SalesforceConfig,
+    base_url: Mutex<String>,
+    clock: SimClock,
+    org: RwLock<Org>,
+    sessions: Mutex<HashMap<String, Session>>,
+    usage: Mutex<Usage>,
+    faults: Mutex<FaultState>,
+    counters: Counters,
+    jobs: Mutex<HashMap<String, Job>>,
+    cursors: Mutex<HashMap<String, QueryCursor>>,
+    jwt_key: Option<jsonwebtoken::DecodingKey>,
+}
+
+fn read(org: &RwLock<Org>) -> RwLockReadGuard<'_, Org> {
+    org.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write(org: &RwLock<Org>) -> RwLockWriteGuard<'_, Org> {
+    org.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A running Salesforce simulator. Dropping it stops the server.
+pub struct SalesforceSim {
+    state: Arc<SfState>,
+    server: RunningServer,
+    base_url: String,
+}
+
+impl SalesforceSim {
+    /// Starts the simulator on `config.bind` and returns once it accepts connections.
+    pub async fn start(config: SalesforceConfig) -> Result<SalesforceSim, Error> {
+        config.schema.validate().map_err(Error::Schema)?;
+        let jwt_key = match &config.jwt_public_key_pem {
+            Some(pem) => Some(
+                jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes())
+                    .map_err(|e| Error::Key(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let state = Arc::new(SfState {
+            org: RwLock::new(Org::new(config.schema.clone())),
+            usage: Mutex::new(Usage {
+                used: 0,
+                max: config.daily_api_limit,
+            }),
+            config,
+            base_url: Mutex::new(String::new()),
+            clock: SimClock::default(),
+            sessions: Mutex::new(HashMap::new()),
+            faults: Mutex::new(FaultState::default()),
+            counters: Counters::default(),
+            jobs: Mutex::new(HashMap::new()),
+            cursors: Mutex::new(HashMap::new()),
+            jwt_key,
+        });
+        let server = RunningServer::start(state.config.bind, router(state.clone())).await?;
+        let base_url = format!("http://{}", server.addr);
+        *lock(&state.base_url) = base_url.clone();
+        tracing::info!(%base_url, "salesforce simulator listening");
+        Ok(SalesforceSim {
+            state,
+            server,
+            base_url,
+        })
+    }
+
+    /// Returns `http://127.0.0.1:<port>` (also the `instance_url` of tokens), without trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Returns the address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// Returns the configuration the simulator runs with.
+    pub fn config(&self) -> &SalesforceConfig {
+        &self.state.config
+    }
+
+    /// Issues a session directly (as a successful OAuth grant would) and returns its access token.
+    pub fn issue_token(&self) -> String {
+        self.state.new_session()
+    }
+
+    /// Returns every live record of an object as JSON (`Id` plus every field; lookups as ids),
+    /// in creation order. Unknown objects give an error.
+    pub fn records(&self, object: &str) -> Result<Vec<Value>, Error> {
+        let org = read(&self.state.org);
+        let index = org
+            .object(object)
+            .ok_or_else(|| Error::NotFound(format!("object {object}")))?;
+        let store = &org.objects[index];
+        Ok(store.iter().map(|r| store.record_json(r)).collect())
+    }
+
+    /// Returns the number of live records of an object (0 for an unknown object).
+    pub fn record_count(&self, object: &str) -> usize {
+        let org = read(&self.state.org);
+        org.object(object)
+            .map(|index| org.objects[index].live)
+            .unwrap_or(0)
+    }
+
+    /// Runs a SOQL query (all pages) and returns its records.
+    pub fn query(&self, soql: &str) -> Result<Vec<Value>, Error> {
+        let org = read(&self.state.org);
+        let query = soql::parse(&org, soql).map_err(|e| Error::Invalid(e.message))?;
+        Ok(soql::execute(&org, &query, API_VERSION).records)
+    }
+
+    /// Replaces the org schema; every record is dropped.
+    pub fn load_schema(&self, schema: Schema) -> Result<(), Error> {
+        schema.validate().map_err(Error::Schema)?;
+        *write(&self.state.org) = Org::new(schema);
+        Ok(())
+    }
+
+    /// Returns the org schema.
+    pub fn schema(&self) -> Schema {
+        read(&self.state.org).schema.clone()
+    }
+
+    /// Replaces the injected faults.
+    pub fn set_faults(&self, faults: Faults) {
+        lock(&self.state.faults).set(faults, self.state.clock.now());
+    }
+
+    /// Removes every injected fault.
+    pub fn clear_faults(&self) {
+        self.set_faults(Faults::default());
+    }
+
+    /// Returns calls per endpoint, keyed `"PATCH /services/data/v62.0/composite/sobjects/{sobject}/{field}"`, ...
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.state.counters.snapshot()
+    }
+
+    /// Zeroes the call counters.
+    pub fn clear_counters(&self) {
+        self.state.counters.clear();
+    }
+
+    /// Revokes every session: later calls answer 401 `INVALID_SESSION_ID`.
+    pub fn revoke_sessions(&self) {
+        lock(&self.state.sessions).clear();
+    }
+
+    /// Returns `(used, max)` of the daily API allowance.
+    pub fn api_usage(&self) -> (u64, u64) {
+        let usage = lock(&self.state.usage);
+        (usage.used, usage.max)
+    }
+
+    /// Sets the calls used so far and, when given, the daily allowance.
+    pub fn set_api_usage(&self, used: u64, max: Option<u64>) {
+        let mut usage = lock(&self.state.usage);
+        usage.used = used;
+        if let Some(max) = max {
+            usage.max = max;
+        }
+    }
+
+    /// Moves the simulator clock (session idle timeout, JWT `exp`) by `secs` from the wall clock.
+    pub fn set_clock_offset(&self, secs: i64) {
+        self.state.clock.set_offset(secs);
+    }
+
+    /// Drops all records, sessions, jobs, faults and counters, restores the configured schema,
+    /// allowance and clock.
+    pub fn reset(&self) {
+        self.state.reset();
+    }
+
+    /// Stops the server.
+    pub async fn shutdown(mut self) {
+        self.server.stop().await;
+    }
+}
+
+impl SfState {
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn base_url(&self) -> String {
+        lock(&self.base_url).clone()
+    }
+
+    fn reset(&self) {
+        *write(&self.org) = Org::new(self.config.schema.clone());
+        lock(&self.sessions).clear();
+        *lock(&self.usage) = Usage {
+            used: 0,
+            max: self.config.daily_api_limit,
+        };
+        lock(&self.faults).set(Faults::default(), self.now());
+        self.counters.clear();
+        lock(&self.jobs).clear();
+        lock(&self.cursors).clear();
+        self.clock.set_offset(0);
+    }
+
+    fn new_session(&self) -> String {
+        const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz._";
+        let mut rng = rand::rng();
+        let secret: String = (0..96)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect();
+        let token = format!("{ORG_ID}!AR{secret}");
+        lock(&self.sessions).insert(
+            token.clone(),
+            Session {
+                last_used: self.now(),
+            },
+        );
+        token
+    }
+
+    fn lock_share(&self) -> f64 {
+        lock(&self.faults).faults.lock_row_share
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// The request-level error shape: a JSON array of `{message, errorCode, fields}`.
+fn api_error(status: u16, code: &str, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        status,
+        axum::Json(json!([{"message": message, "errorCode": code, "fields": []}])),
+    )
+        .into_response()
+}
+
+fn request_error(error: RequestError) -> Response {
+    api_error(error.status, &error.code, &error.message)
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+fn save_result(outcome: &Outcome, with_created: bool) -> Value {
+    let mut result = json!({
+        "id": outcome.id.as_deref(),
+        "success": outcome.error.is_none(),
+        "errors": outcome.error.iter().collect::<Vec<_>>(),
+    });
+    if with_created && outcome.error.is_none() {
+        result["created"] = Value::Bool(outcome.created);
+    }
+    result
+}
+
+fn csv_response(body: Vec<u8>) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/csv"))],
+        body,
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Router and guard
+
+fn router(state: Arc<SfState>) -> Router {
+    let data = Router::new()
+        .route("/services/data/v62.0", get(resources))
+        .route("/services/data/v62.0/limits", get(limits))
+        .route("/services/data/v62.0/sobjects", get(describe_global))
+        .route("/services/data/v62.0/sobjects/{sobject}", post(create_one))
+        .route(
+            "/services/data/v62.0/sobjects/{sobject}/describe",
+            get(describe),
+        )
+        .route(
+            "/services/data/v62.0/sobjects/{sobject}/{id}",
+            get(get_one).patch(update_one).delete(delete_one),
+        )
+        .route(
+            "/services/data/v62.0/sobjects/{sobject}/{field}/{value}",
+            patch(upsert_one),
+        )
+        .route(
+            "/services/data/v62.0/composite/sobjects",
+            post(collections_create)
+                .patch(collections_update)
+                .delete(collections_delete),
+        )
+        .route(
+            "/services/data/v62.0/composite/sobjects/{sobject}/{field}",
+            patch(collections_upsert),
+        )
+        .route("/services/data/v62.0/query", get(query))
+        .route("/services/data/v62.0/query/", get(query))
+        .route("/services/data/v62.0/queryAll", get(query))
+        .route("/services/data/v62.0/query/{locator}", get(query_more))
+        .route(
+            "/services/data/v62.0/jobs/ingest",
+            post(create_job).get(list_jobs),
+        )
+        .route(
+            "/services/data/v62.0/jobs/ingest/{id}",
+            get(job_info).patch(change_job).delete(delete_job),
+        )
+        .route("/services/data/v62.0/jobs/ingest/{id}/batches", put(upload))
+        .route(
+            "/services/data/v62.0/jobs/ingest/{id}/batches/",
+            put(upload),
+        )
+        .route(
+            "/services/data/v62.0/jobs/ingest/{id}/successfulResults",
+            get(successful_results),
+        )
+        .route(
+            "/services/data/v62.0/jobs/ingest/{id}/successfulResults/",
+            get(successful_results),
+        )
+        .route(
+            "/services/data/v62.0/jobs/ingest/{id}/failedResults",
+            get(failed_results),
+        )
+        .route(
+            "/services/data/v62.0/jobs/ingest/{id}/failedResults/",
+            get(failed_results),
+        )
+        .route(
+            "/services/data/v62.0/jobs/ingest/{id}/unprocessedrecords",
+            get(unprocessed_results),
+        )
+        .route(
+            "/services/data/v62.0/jobs/ingest/{id}/unprocessedrecords/",
+            get(unprocessed_results),
+        )
+        .route(
+            "/services/data/v62.0/jobs/ingest/{id}/unprocessedRecords",
+            get(unprocessed_results),
+        )
+        .route(
+            "/services/data/v62.0/jobs/ingest/{id}/unprocessedRecords/",
+            get(unprocessed_results),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), data_guard));
+    let control = Router::new()
+        .route("/__sim/records/{object}", get(control_records))
+        .route("/__sim/summary", get(control_summary))
+        .route(
+            "/__sim/schema",
+            get(control_schema).put(control_load_schema),
+        )
+        .route("/__sim/reset", post(control_reset))
+        .route(
+            "/__sim/counters",
+            get(control_counters).delete(control_clear_counters),
+        )
+        .route(
+            "/__sim/faults",
+            post(control_set_faults).delete(control_clear_faults),
+        )
+        .route("/__sim/clock", post(control_clock))
+        .route("/__sim/sessions/revoke", post(control_revoke))
+        .route("/__sim/limits", post(control_limits))
+        .route("/__sim/token", post(control_token));
+    Router::new()
+        .route("/services/oauth2/token", post(token))
+        .route("/services/data", get(versions))
+        .route("/services/data/", get(versions))
+        .merge(data)
+        .merge(control)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    api_error(404, "NOT_FOUND", "The requested resource does not exist")
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("OAuth "))
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim().to_string())
+}
+
+/// Counts the call, applies faults, checks the session and the daily allowance, and stamps
+/// `Sforce-Limit-Info` on every `/services/data` response.
+async fn data_guard(
+    State(state): State<Arc<SfState>>,
+    matched: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = matched
+        .as_ref()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| request.uri().path().to_string());
+    state
+        .counters
+        .bump(&format!("{} {}", request.method(), route));
+    let mut response = guarded(&state, request, next).await;
+    let (used, max) = {
+        let usage = lock(&state.usage);
+        (usage.used, usage.max)
+    };
+    if let Ok(value) = HeaderValue::from_str(&format!("api-usage={used}/{max}")) {
+        response.headers_mut().insert("sforce-limit-info", value);
+    }
+    response
+}
+
+async fn guarded(state: &SfState, request: Request, next: Next) -> Response {
+    let now = state.now();
+    let (decision, limit_fault) = {
+        let mut faults = lock(&state.faults);
+        let decision = faults.on_call();
+        let limit_fault = faults.limit_exceeded(now);
+        (decision, limit_fault)
+    };
+    if decision.expire_tokens {
+        lock(&state.sessions).clear();
+    }
+    if let Some(latency) = decision.latency {
+        tokio::time::sleep(latency).await;
+    }
+    {
+        let token = bearer(request.headers());
+        let mut sessions = lock(&state.sessions);
+        let idle = chrono::Duration::from_std(state.config.session_idle_timeout)
+            .unwrap_or(chrono::Duration::hours(2));
+        let valid = match token.as_deref().and_then(|t| sessions.get_mut(t)) {
+            Some(session) if now - session.last_used <= idle => {
+                session.last_used = now;
+                true
+            }
+            Some(_) => {
+                if let Some(token) = token.as_deref() {
+                    sessions.remove(token);
+                }
+                false
+            }
+            None => false,
+        };
+        if !valid {
+            return api_error(401, "INVALID_SESSION_ID", "Session expired or invalid");
+        }
+    }
+    if let Some(status) = decision.status {
+        let (code, message) = match status {
+            503 => ("SERVER_UNAVAILABLE", "Server temporarily unavailable"),
+            429 => ("REQUEST_LIMIT_EXCEEDED", "Too many requests"),
+            _ => (
+                "UNKNOWN_EXCEPTION",
+                "An unexpected error occurred. Please try again.",
+            ),
+        };
+        return api_error(status, code, message);
+    }
+    {
+        let mut usage = lock(&state.usage);
+        if limit_fault || usage.used >= usage.max {
+            return api_error(
+                403,
+                "REQUEST_LIMIT_EXCEEDED",
+                "TotalRequests Limit exceeded.",
+            );
+        }
+        usage.used += 1;
+    }
+    next.run(request).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// OAuth
+
+#[derive(Deserialize)]
+struct JwtClaims {
+    iss: Option<String>,
+    sub: Option<String>,
+    aud: Option<Value>,
+    exp: Option<i64>,
+}
+
+async fn token(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
+    state.counters.bump("POST /services/oauth2/token");
+    let fields: HashMap<String, String> =
+        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+    let field = |name: &str| fields.get(name).map(String::as_str).unwrap_or("");
+    match field("grant_type") {
+        "client_credentials" => {
+            if field("client_id") != state.config.client_id
+                || field("client_secret") != state.config.client_secret
+            {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_client",
+                    "invalid client credentials",
+                );
+            }
+        }
+        "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
+            if let Err(response) = check_jwt(&state, field("assertion")) {
+                return response;
+            }
+        }
+        "" => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant type not supported",
+            );
+        }
+        _ => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant type not supported",
+            );
+        }
+    }
+    let access_token = state.new_session();
+    let base_url = state.base_url();
+    let issued_at = state.now().timestamp_millis().to_string();
+    let signature = {
+        use base64::Engine as _;
+        let digest = sha2::Sha256::digest(format!("{access_token}{issued_at}").as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    };
+    axum::Json(json!({
+        "access_token": access_token,
+        "instance_url": base_url,
+        "id": format!("{base_url}/id/{ORG_ID}/{USER_ID}"),
+        "token_type": "Bearer",
+        "issued_at": issued_at,
+        "signature": signature,
+        "scope": "api",
+    }))
+    .into_response()
+}
+
+fn check_jwt(state: &SfState, assertion: &str) -> Result<(), Response> {
+    let invalid =
+        |description: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", description);
+    let Some(key) = &state.jwt_key else {
+        return Err(invalid("user hasn't approved this consumer"));
+    };
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    // Expiry and audience are checked below against the sim clock and the configured audiences.
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<JwtClaims>(assertion, key, &validation)
+        .map_err(|e| {
+            tracing::debug!(error = %e, "jwt assertion refused");
+            invalid("invalid assertion")
+        })?
+        .claims;
+    if claims.iss.as_deref() != Some(state.config.client_id.as_str()) {
+        return Err(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_client_id",
+            "client identifier invalid",
+        ));
+    }
+    let audience_ok = match &claims.aud {
+        Some(Value::String(aud)) => state.config.jwt_audiences.iter().any(|a| a == aud),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|aud| state.config.jwt_audiences.iter().any(|a| a == aud)),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err(invalid("audience is invalid"));
+    }
+    let now = state.now().timestamp();
+    match claims.exp {
+        Some(exp) if exp >= now && exp <= now + 300 => {}
+        Some(exp) if exp > now + 300 => {
+            return Err(invalid("expiration time is too far in the future"));
+        }
+        _ => return Err(invalid("expired authorization code")),
+    }
+    if claims.sub.as_deref() != Some(state.config.username.as_str()) {
+        return Err(invalid("user hasn't approved this consumer"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resources, limits, describe
+
+async fn versions(State(state): State<Arc<SfState>>) -> Response {
+    let _ = state;
+    axum::Json(json!([{"label": "Winter '25", "url": DATA, "version": "62.0"}])).into_response()
+}
+
+async fn resources() -> Response {
+    axum::Json(json!({
+        "sobjects": format!("{DATA}/sobjects"),
+        "query": format!("{DATA}/query"),
+        "queryAll": format!("{DATA}/queryAll"),
+        "limits": format!("{DATA}/limits"),
+        "composite": format!("{DATA}/composite"),
+        "jobs": format!("{DATA}/jobs"),
+    }))
+    .into_response()
+}
+
+async fn limits(State(state): State<Arc<SfState>>) -> Response {
+    let (used, max) = {
+        let usage = lock(&state.usage);
+        (usage.used, usage.max)
+    };
+    let batches = lock(&state.jobs).len() as u64;
+    axum::Json(json!({
+        "DailyApiRequests": {"Max": max, "Remaining": max.saturating_sub(used)},
+        "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000u64.saturating_sub(batches)},
+        "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
+        "DailyBulkV2QueryFileStorageMB": {"Max": 976562, "Remaining": 976562},
+        "DataStorageMB": {"Max": 5120, "Remaining": 5120},
+        "ConcurrentAsyncGetReportInstances": {"Max": 200, "Remaining": 200},
+    }))
+    .into_response()
+}
+
+fn type_name(kind: FieldType) -> &'static str {
+    match kind {
+        FieldType::String => "string",
+        FieldType::Email => "email",
+        FieldType::Boolean => "boolean",
+        FieldType::Datetime => "datetime",
+        FieldType::Date => "date",
+        FieldType::Double => "double",
+        FieldType::Percent => "percent",
+        FieldType::Picklist => "picklist",
+        FieldType::Reference => "reference",
+    }
+}
+
+fn object_summary(def: &ObjectDef) -> Value {
+    json!({
+        "name": def.name,
+        "label": def.label,
+        "keyPrefix": def.key_prefix,
+        "custom": def.name.ends_with("__c"),
+        "createable": true, "updateable": true, "deletable": true, "queryable": true,
+        "urls": {"sobject": format!("{DATA}/sobjects/{}", def.name),
+                 "describe": format!("{DATA}/sobjects/{}/describe", def.name)},
+    })
+}
+
+async fn describe_global(State(state): State<Arc<SfState>>) -> Response {
+    let org = read(&state.org);
+    let sobjects: Vec<Value> = org.schema.objects.iter().map(object_summary).collect();
+    axum::Json(json!({"encoding": "UTF-8", "maxBatchSize": 200, "sobjects": sobjects}))
+        .into_response()
+}
+
+async fn describe(State(state): State<Arc<SfState>>, Path(sobject): Path<String>) -> Response {
+    let org = read(&state.org);
+    let Some(index) = org.object(&sobject) else {
+        return api_error(404, "NOT_FOUND", "The requested resource does not exist");
+    };
+    let def = &org.objects[index].def;
+    let mut fields = vec![json!({
+        "name": "Id", "label": "Record ID", "type": "id", "length": 18, "nillable": false,
+        "externalId": false, "unique": false, "idLookup": true, "createable": false, "updateable": false,
+        "picklistValues": [], "referenceTo": [], "relationshipName": null,
+    })];
+    for field in &def.fields {
+        fields.push(json!({
+            "name": field.name,
+            "label": field.name.trim_end_matches("__c").replace('_', " "),
+            "type": type_name(field.kind),
+            "length": match field.kind {
+                FieldType::String | FieldType::Email => field.length.unwrap_or(255),
+                FieldType::Picklist => 255,
+                FieldType::Reference => 18,
+                _ => 0,
+            },
+            "precision": field.precision.unwrap_or(0),
+            "scale": field.scale.unwrap_or(0),
+            "nillable": !field.required,
+            "defaultedOnCreate": false,
+            "externalId": field.external_id,
+            "unique": field.unique,
+            "idLookup": field.external_id,
+            "createable": true,
+            "updateable": true,
+            "restrictedPicklist": field.kind == FieldType::Picklist && field.restricted,
+            "picklistValues": field.values.iter().map(|v| json!({"value": v, "label": v, "active": true, "defaultValue": false})).collect::<Vec<_>>(),
+            "referenceTo": field.reference_to.iter().collect::<Vec<_>>(),
+            "relationshipName": field.relationship_name,
+        }));
+    }
+    let mut body = object_summary(def);
+    body["fields"] = Value::Array(fields);
+    axum::Json(body).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records
+
+fn lock_fault_fn(share: f64) -> impl FnMut() -> bool {
+    let mut rng = rand::rng();
+    move || share > 0.0 && rng.random_bool(share.clamp(0.0, 1.0))
+}
+
+#[derive(Deserialize)]
+struct CollectionBody {
+    #[serde(rename = "allOrNone", default)]
+    all_or_none: bool,
+    #[serde(default)]
+    records: Vec<Value>,
+}
+
+fn parse_collection(body: &[u8]) -> Result<CollectionBody, Response> {
+    let parsed: CollectionBody = serde_json::from_slice(body).map_err(|e| {
+        api_error(
+            400,
+            "JSON_PARSER_ERROR",
+            &format!("Unexpected content: {e}"),
+        )
+    })?;
+    if parsed.records.len() > 200 {
+        return Err(api_error(
+            400,
+            "EXCEEDED_ID_LIMIT",
+            "record limit reached. cannot submit more than 200 records into this call",
+        ));
+    }
+    Ok(parsed)
+}
+
+fn unsupported_type(name: &str) -> Response {
+    api_error(
+        400,
+        "INVALID_TYPE",
+        &format!("sObject type '{name}' is not supported."),
+    )
+}
+
+/// Parses collection records that must all be of `object` (by `attributes.type`).
+fn collection_rows(
+    org: &Org,
+    object: usize,
+    records: &[Value],
+) -> Result<Vec<org::RowInput>, Response> {
+    let name = &org.objects[object].def.name;
+    records
+        .iter()
+        .map(|record| {
+            let Some(map) = record.as_object() else {
+                return Err(api_error(
+                    400,
+                    "JSON_PARSER_ERROR",
+                    "a record must be a JSON object",
+                ));
+            };
+            let record_type = map
+                .get("attributes")
+                .and_then(|a| a.get("type"))
+                .and_then(Value::as_str);
+            match record_type {
+                None => {
+                    return Err(api_error(
+                        400,
+                        "INVALID_TYPE",
+                        "Must send a concrete entity type.",
+                    ));
+                }
+                Some(t) if !t.eq_ignore_ascii_case(name) => return Err(unsupported_type(t)),
+                Some(_) => {}
+            }
+            org.parse_json_record(object, map).map_err(request_error)
+        })
+        .collect()
+}
+
+async fn collections_upsert(
+    State(state): State<Arc<SfState>>,
+    Path((sobject, field)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let parsed = match parse_collection(&body) {
+        Ok(parsed) => parsed,
+        Err(response) => return response,
+    };
+    let share = state.lock_share();
+    let mut org = write(&state.org);
+    let Some(object) = org.object(&sobject) else {
+        return unsupported_type(&sobject);
+    };
+    let Some(ext_field) = org.objects[object]
+        .field(&field)
+        .filter(|&f| org.objects[object].field_def(f).external_id)
+    else {
+        return api_error(
+            400,
+            "INVALID_FIELD",
+            &format!("Field {field} is not an External ID or Id field"),
+        );
+    };
+    let rows = match collection_rows(&org, object, &parsed.records) {
+        Ok(rows) => rows,
+        Err(response) => return response,
+    };
+    let outcomes = org.write(
+        object,
+        Op::Upsert(ext_field),
+        rows,
+        parsed.all_or_none,
+        &mut lock_fault_fn(share),
+    );
+    let results: Vec<Value> = outcomes.iter().map(|o| save_result(o, true)).collect();
+    axum::Json(results).into_response()
+}
+
+async fn collections_write(state: &SfState, body: &[u8], op: Op) -> Response {
+    let parsed = match parse_collection(body) {
+        Ok(parsed) => parsed,
+        Err(response) => return response,
+    };
+    let Some(first_type) = parsed
+        .records
+        .first()
+        .and_then(|r| r.get("attributes"))
+        .and_then(|a| a.get("type"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
+        if parsed.records.is_empty() {
+            return axum::Json(json!([])).into_response();
+        }
+        return api_error(400, "INVALID_TYPE", "Must send a concrete entity type.");
+    };
+    let share = state.lock_share();
+    let mut org = write(&state.org);
+    let Some(object) = org.object(&first_type) else {
+        return unsupported_type(&first_type);
+    };
+    let rows = match collection_rows(&org, object, &parsed.records) {
+        Ok(rows) => rows,
+        Err(response) => return response,
+    };
+    let outcomes = org.write(
+        object,
+        op,
+        rows,
+        parsed.all_or_none,
+        &mut lock_fault_fn(share),
+    );
+    let results: Vec<Value> = outcomes.iter().map(|o| save_result(o, false)).collect();
+    axum::Json(results).into_response()
+}
+
+async fn collections_create(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
+    collections_write(&state, &body, Op::Insert).await
+}
+
+async fn collections_update(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
+    collections_write(&state, &body, Op::Update).await
+}
+
+#[derive(Deserialize)]
+struct DeleteParams {
+    #[serde(default)]
+    ids: String,
+    #[serde(rename = "allOrNone", default)]
+    all_or_none: Option<String>,
+}
+
+async fn collections_delete(
+    State(state): State<Arc<SfState>>,
+    Query(params): Query<DeleteParams>,
+) -> Response {
+    let ids: Vec<String> = params
+        .ids
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+        .collect();
+    if ids.len() > 200 {
+        return api_error(
+            400,
+            "EXCEEDED_ID_LIMIT",
+            "record limit reached. cannot submit more than 200 records into this call",
+        );
+    }
+    let all_or_none = params
+        .all_or_none
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let share = state.lock_share();
+    let outcomes =
+        write(&state.org).delete(&ids, false, all_or_none, None, &mut lock_fault_fn(share));
+    let results: Vec<Value> = outcomes.iter().map(|o| save_result(o, false)).collect();
+    axum::Json(results).into_response()
+}
+
+/// Turns a per-record failure of a single-record call into the request-level shape.
+fn record_error_response(error: &RecordError) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(
+            json!([{"message": error.message, "errorCode": error.code, "fields": error.fields}]),
+        ),
+    )
+        .into_response()
+}
+
+fn parse_record_body(body: &[u8]) -> Result<Map<String, Value>, Response> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(api_error(
+            400,
+            "JSON_PARSER_ERROR",
+            "a record must be a JSON object",
+        )),
+        Err(e) => Err(api_error(
+            400,
+            "JSON_PARSER_ERROR",
+            &format!("Unexpected content: {e}"),
+        )),
+    }
+}
+
+async fn upsert_one(
+    State(state): State<Arc<SfState>>,
+    Path((sobject, field, value)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let map = match parse_record_body(&body) {
+        Ok(map) => map,
+        Err(response) => return response,
+    };
+    let share = state.lock_share();
+    let mut org = write(&state.org);
+    let Some(object) = org.object(&sobject) else {
+        return unsupported_type(&sobject);
+    };
+    let (op, mut row) = if field.eq_ignore_ascii_case("Id") {
+        let row = match org.parse_json_record(object, &map) {
+            Ok(row) => row,
+            Err(error) => return request_error(error),
+        };
+        (Op::Update, row)
+    } else {
+        let Some(ext_field) = org.objects[object]
+            .field(&field)
+            .filter(|&f| org.objects[object].field_def(f).external_id)
+        else {
+            return api_error(
+                400,
+                "NOT_FOUND",
+                &format!("Provided external ID field does not exist or is not accessible: {field}"),
+            );
+        };
+        let row = match org.parse_json_record(object, &map) {
+            Ok(row) => row,
+            Err(error) => return request_error(error),
+        };
+        (Op::Upsert(ext_field), row)
+    };
+    match op {
+        Op::Update => row.id = Some(value.clone()),
+        Op::Upsert(ext_field) => {
+            row.sets.retain(|(f, _)| *f != ext_field);
+            row.sets
+                .push((ext_field, schema::Val::Str(value.clone().into_boxed_str())));
+        }
+        Op::Insert => {}
+    }
+    let outcome = org
+        .write(object, op, vec![row], true, &mut lock_fault_fn(share))
+        .pop();
+    match outcome {
+        Some(Outcome {
+            error: Some(error), ..
+        }) => record_error_response(&error),
+        Some(outcome) => {
+            let status = if outcome.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (
+                status,
+                axum::Json(json!({"id": outcome.id.as_deref(), "success": true, "errors": [], "created": outcome.created})),
+            )
+                .into_response()
+        }
+        None => api_error(500, "UNKNOWN_EXCEPTION", "no outcome"),
+    }
+}
+
+async fn create_one(
+    State(state): State<Arc<SfState>>,
+    Path(sobject): Path<String>,
+    body: Bytes,
+) -> Response {
+    let map = match parse_record_body(&body) {
+        Ok(map) => map,
+        Err(response) => return response,
+    };
+    let share = state.lock_share();
+    let mut org = write(&state.org);
+    let Some(object) = org.object(&sobject) else {
+        return api_error(404, "NOT_FOUND", "The requested resource does not exist");
+    };
+    let row = match org.parse_json_record(object, &map) {
+        Ok(row) => row,
+        Err(error) => return request_error(error),
+    };
+    match org
+        .write(
+            object,
+            Op::Insert,
+            vec![row],
+            true,
+            &mut lock_fault_fn(share),
+        )
+        .pop()
+    {
+        Some(Outcome {
+            error: Some(error), ..
+        }) => record_error_response(&error),
+        Some(outcome) => (
+            StatusCode::CREATED,
+            axum::Json(json!({"id": outcome.id.as_deref(), "success": true, "errors": []})),
+        )
+            .into_response(),
+        None => api_error(500, "UNKNOWN_EXCEPTION", "no outcome"),
+    }
+}
+
+async fn get_one(
+    State(state): State<Arc<SfState>>,
+    Path((sobject, id)): Path<(String, String)>,
+) -> Response {
+    let org = read(&state.org);
+    let Some(object) = org.object(&sobject) else {
+        return api_error(404, "NOT_FOUND", "The requested resource does not exist");
+    };
+    let store = &org.objects[object];
+    match normalize_id(&id).and_then(|id| store.get(&id).map(|r| store.record_json(r))) {
+        Some(mut record) => {
+            record["attributes"] = json!({"type": store.def.name, "url": format!("{DATA}/sobjects/{}/{id}", store.def.name)});
+            axum::Json(record).into_response()
+        }
+        None => api_error(404, "NOT_FOUND", "The requested resource does not exist"),
+    }
+}
+
+async fn update_one(
+    State(state): State<Arc<SfState>>,
+    Path((sobject, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let map = match parse_record_body(&body) {
+        Ok(map) => map,
+        Err(response) => return response,
+    };
+    let share = state.lock_share();
+    let mut org = write(&state.org);
+    let Some(object) = org.object(&sobject) else {
+        return api_error(404, "NOT_FOUND", "The requested resource does not exist");
+    };
+    let mut row = match org.parse_json_record(object, &map) {
+        Ok(row) => row,
+        Err(error) => return request_error(error),
+    };
+    row.id = Some(id);
+    match org
+        .write(
+            object,
+            Op::Update,
+            vec![row],
+            true,
+            &mut lock_fault_fn(share),
+        )
+        .pop()
+    {
+        Some(Outcome {
+            error: Some(error), ..
+        }) => record_error_response(&error),
+        _ => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+async fn delete_one(
+    State(state): State<Arc<SfState>>,
+    Path((sobject, id)): Path<(String, String)>,
+) -> Response {
+    let share = state.lock_share();
+    let mut org = write(&state.org);
+    let Some(object) = org.object(&sobject) else {
+        return api_error(404, "NOT_FOUND", "The requested resource does not exist");
+    };
+    match org
+        .delete(&[id], false, true, Some(object), &mut lock_fault_fn(share))
+        .pop()
+    {
+        Some(Outcome {
+            error: Some(error), ..
+        }) => {
+            let status = if error.code == "ENTITY_IS_DELETED"
+                || error.code == "INVALID_CROSS_REFERENCE_KEY"
+            {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            (
+                status,
+                axum::Json(json!([{"message": error.message, "errorCode": error.code, "fields": error.fields}])),
+            )
+                .into_response()
+        }
+        _ => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query
+
+const QUERY_PAGE: usize = 2000;
+
+#[derive(Deserialize)]
+struct QueryParams {
+    q: Option<String>,
+}
+
+fn batch_size(headers: &HeaderMap) -> usize {
+    headers
+        .get("sforce-query-options")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|p| p.trim().strip_prefix("batchSize="))
+        })
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map(|size| size.clamp(200, QUERY_PAGE))
+        .unwrap_or(QUERY_PAGE)
+}
+
+fn query_page(state: &SfState, locator: &str, offset: usize, page: usize) -> Response {
+    let mut cursors = lock(&state.cursors);
+    let Some(cursor) = cursors.get(locator) else {
+        return api_error(400, "INVALID_QUERY_LOCATOR", "invalid query locator");
+    };
+    let end = (offset + page).min(cursor.records.len());
+    let records: Vec<Value> = cursor.records[offset.min(end)..end].to_vec();
+    let done = end >= cursor.records.len();
+    let mut body = json!({"totalSize": cursor.total_size, "done": done, "records": records});
+    if done {
+        cursors.remove(locator);
+    } else {
+        body["nextRecordsUrl"] = Value::String(format!("{DATA}/query/{locator}-{end}"));
+    }
+    axum::Json(body).into_response()
+}
+
+async fn query(
+    State(state): State<Arc<SfState>>,
+    headers: HeaderMap,
+    Query(params): Query<QueryParams>,
+) -> Response {
+    let Some(text) = params.q.filter(|q| !q.trim().is_empty()) else {
+        return api_error(400, "MALFORMED_QUERY", "A query string is required (q)");
+    };
+    let page = batch_size(&headers);
+    let result = {
+        let org = read(&state.org);
+        let parsed = match soql::parse(&org, &text) {
+            Ok(parsed) => parsed,
+            Err(error) => return request_error(error),
+        };
+        soql::execute(&org, &parsed, API_VERSION)
+    };
+    if result.records.len() <= page {
+        return axum::Json(
+            json!({"totalSize": result.total_size, "done": true, "records": result.records}),
+        )
+        .into_response();
+    }
+    let locator = format!("01g{}", crate::common::random_hex(8));
+    lock(&state.cursors).insert(
+        locator.clone(),
+        QueryCursor {
+            total_size: result.total_size,
+            records: result.records,
+        },
+    );
+    query_page(&state, &locator, 0, page)
+}
+
+async fn query_more(
+    State(state): State<Arc<SfState>>,
+    headers: HeaderMap,
+    Path(locator): Path<String>,
+) -> Response {
+    let (id, offset) = match locator.rsplit_once('-') {
+        Some((id, offset)) => (id.to_string(), offset.parse::<usize>().unwrap_or(0)),
+        None => (locator.clone(), 0),
+    };
+    query_page(&state, &id, offset, batch_size(&headers))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bulk API 2.0
+
+#[derive(Deserialize)]
+struct CreateJob {
+    object: Option<String>,
+    operation: Option<String>,
+    #[serde(rename = "externalIdFieldName")]
+    external_id_field_name: Option<String>,
+    #[serde(rename = "contentType")]
+    content_type: Option<String>,
+    #[serde(rename = "columnDelimiter")]
+    column_delimiter: Option<String>,
+    #[serde(rename = "lineEnding")]
+    line_ending: Option<String>,
+}
+
+async fn create_job(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
+    let request: CreateJob = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return api_error(
+                400,
+                "JSON_PARSER_ERROR",
+                &format!("Unexpected content: {e}"),
+            );
+        }
+    };
+    let org = read(&state.org);
+    let object_name = request.object.unwrap_or_default();
+    let Some(object_index) = org.object(&object_name) else {
+        return api_error(
+            400,
+            "INVALIDJOB",
+            &format!("Unable to find object: {object_name}"),
+        );
+    };
+    let operation_name = request.operation.unwrap_or_default();
+    let Some(operation) = BulkOp::parse(&operation_name) else {
+        return api_error(
+            400,
+            "INVALIDJOB",
+            &format!("Invalid operation: {operation_name}"),
+        );
+    };
+    if request.content_type.as_deref().is_some_and(|c| c != "CSV") {
+        return api_error(400, "INVALIDJOB", "Only CSV content is supported");
+    }
+    let delimiter_name = request.column_delimiter.unwrap_or_else(|| "COMMA".into());
+    let Some(delimiter) = bulk::delimiter(&delimiter_name) else {
+        return api_error(
+            400,
+            "INVALIDJOB",
+            &format!("Invalid column delimiter: {delimiter_name}"),
+        );
+    };
+    let store = &org.objects[object_index];
+    let external_id_field = if operation == BulkOp::Upsert {
+        let name = request.external_id_field_name.unwrap_or_default();
+        if name.is_empty() {
+            return api_error(
+                400,
+                "INVALIDJOB",
+                &format!(
+                    "External ID was blank for {}. An External ID must be specified for upsert.",
+                    store.def.name
+                ),
+            );
+        }
+        match store
+            .field(&name)
+            .filter(|&f| store.field_def(f).external_id)
+        {
+            Some(field) => Some(store.field_def(field).name.clone()),
+            None if name.eq_ignore_ascii_case("Id") => Some("Id".into()),
+            None => {
+                return api_error(
+                    400,
+                    "INVALIDJOB",
+                    &format!(
+                        "The field {name} is not an external id field of {}",
+                        store.def.name
+                    ),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let object = store.def.name.clone();
+    drop(org);
+    let id = write(&state.org).new_id("750").to_string();
+    let now = state.now();
+    let job = Job {
+        id: id.clone(),
+        object,
+        object_index,
+        operation,
+        external_id_field,
+        delimiter,
+        delimiter_name,
+        line_ending: request.line_ending.unwrap_or_else(|| "LF".into()),
+        state: JobState::Open,
+        created: now,
+        modified: now,
+        data: None,
+        processed: 0,
+        failed: 0,
+        error_message: None,
+        outcomes: Vec::new(),
+        processing_ms: 0,
+    };
+    let info = job.info(API_VERSION, USER_ID);
+    lock(&state.jobs).insert(id, job);
+    axum::Json(info).into_response()
+}
+
+async fn list_jobs(State(state): State<Arc<SfState>>) -> Response {
+    let jobs = lock(&state.jobs);
+    let records: Vec<Value> = jobs
+        .values()
+        .map(|j| j.info(API_VERSION, USER_ID))
+        .collect();
+    axum::Json(json!({"done": true, "records": records, "nextRecordsUrl": null})).into_response()
+}
+
+fn job_not_found() -> Response {
+    api_error(404, "NOT_FOUND", "The requested resource does not exist")
+}
+
+async fn job_info(State(state): State<Arc<SfState>>, Path(id): Path<String>) -> Response {
+    match lock(&state.jobs).get(&id) {
+        Some(job) => axum::Json(job.info(API_VERSION, USER_ID)).into_response(),
+        None => job_not_found(),
+    }
+}
+
+async fn delete_job(State(state): State<Arc<SfState>>, Path(id): Path<String>) -> Response {
+    let mut jobs = lock(&state.jobs);
+    match jobs.get(&id).map(|j| j.state) {
+        None => job_not_found(),
+        Some(JobState::UploadComplete | JobState::InProgress) => api_error(
+            400,
+            "INVALIDJOBSTATE",
+            "Job must be Aborted, JobComplete or Failed to be deleted",
+        ),
+        Some(_) => {
+            jobs.remove(&id);
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ChangeJob {
+    state: String,
+}
+
+async fn change_job(
+    State(state): State<Arc<SfState>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let change: ChangeJob = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(e) => {
+            return api_error(
+                400,
+                "JSON_PARSER_ERROR",
+                &format!("Unexpected content: {e}"),
+            );
+        }
+    };
+    let now = state.now();
+    let info = {
+        let mut jobs = lock(&state.jobs);
+        let Some(job) = jobs.get_mut(&id) else {
+            return job_not_found();
+        };
+        match (change.state.as_str(), job.state) {
+            ("UploadComplete", JobState::Open) => job.state = JobState::UploadComplete,
+            ("Aborted", JobState::Open | JobState::UploadComplete | JobState::InProgress) => {
+                job.state = JobState::Aborted
+            }
+            (wanted, current) => {
+                return api_error(
+                    400,
+                    "INVALIDJOBSTATE",
+                    &format!(
+                        "Cannot change the state of a job from {} to {wanted}",
+                        current.name()
+                    ),
+                );
+            }
+        }
+        job.modified = now;
+        job.info(API_VERSION, USER_ID)
+    };
+    if change.state == "UploadComplete" {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || process_job(&state, &id));
+    }
+    axum::Json(info).into_response()
+}
+
+async fn upload(
+    State(state): State<Arc<SfState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let max = state.config.max_upload_bytes;
+    let too_large = || {
+        api_error(
+            413,
+            "EXCEEDED_QUOTA",
+            &format!("The upload exceeds the limit of {max} bytes of raw data"),
+        )
+    };
+    {
+        let jobs = lock(&state.jobs);
+        match jobs.get(&id) {
+            None => return job_not_found(),
+            Some(job) if job.state != JobState::Open => {
+                return api_error(
+                    400,
+                    "INVALIDJOBSTATE",
+                    "The job is not Open: data can no longer be uploaded",
+                );
+            }
+            Some(job) if job.data.is_some() => {
+                return api_error(
+                    400,
+                    "INVALIDJOBSTATE",
+                    &format!(
+                        "Found multiple contents for job: <{id}>, please 'Close' / 'Abort' / 'Delete' the current Job then create a new Job and make sure you only do 'PUT' once on a given job."
+                    ),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > max) {
+        return too_large();
+    }
+    // Chunked bodies have no length: read them and stop as soon as the limit is passed.
+    let mut buffer = bytes::BytesMut::with_capacity(declared.unwrap_or(64 * 1024).min(max));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return api_error(400, "INVALIDBATCH", "The upload was interrupted");
+        };
+        if buffer.len() + chunk.len() > max {
+            return too_large();
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    let mut jobs = lock(&state.jobs);
+    let Some(job) = jobs.get_mut(&id) else {
+        return job_not_found();
+    };
+    job.data = Some(buffer.freeze());
+    job.modified = state.now();
+    StatusCode::CREATED.into_response()
+}
+
+fn fail_job(state: &SfState, id: &str, message: String) {
+    tracing::debug!(job = %id, %message, "bulk job failed");
+    if let Some(job) = lock(&state.jobs).get_mut(id) {
+        job.state = JobState::Failed;
+        job.error_message = Some(message);
+        job.modified = state.now();
+    }
+}
+
+/// Processes an ingest job in internal batches, releasing the org lock between batches.
+fn process_job(state: &SfState, id: &str) {
+    let started = Instant::now();
+    let work = {
+        let mut jobs = lock(&state.jobs);
+        let Some(job) = jobs.get_mut(id) else { return };
+        if job.state != JobState::UploadComplete {
+            return;
+        }
+        job.state = JobState::InProgress;
+        job.modified = state.now();
+        bulk::Work {
+            object_index: job.object_index,
+            operation: job.operation,
+            external_id_field: job.external_id_field.clone(),
+            delimiter: job.delimiter,
+            data: job.data.clone().unwrap_or_default(),
+        }
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(work.delimiter)
+        .from_reader(&work.data[..]);
+    let header = match reader.headers() {
+        Ok(header) => header.clone(),
+        Err(e) => {
+            return fail_job(
+                state,
+                id,
+                format!("InvalidBatch : Failed to parse CSV header: {e}"),
+            );
+        }
+    };
+    if work.data.is_empty() || header.is_empty() {
+        return fail_job(state, id, "InvalidBatch : No content was uploaded".into());
+    }
+    let prepared = bulk::prepare(&read(&state.org), &work, &header);
+    let (columns, op) = match prepared {
+        Ok(prepared) => prepared,
+        Err(message) => return fail_job(state, id, message),
+    };
+    let hard = work.operation == BulkOp::HardDelete;
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut chunk: Vec<csv::StringRecord> = Vec::with_capacity(bulk::INTERNAL_BATCH);
+    loop {
+        chunk.clear();
+        while chunk.len() < bulk::INTERNAL_BATCH {
+            let mut record = csv::StringRecord::new();
+            match reader.read_record(&mut record) {
+                Ok(true) => chunk.push(record),
+                Ok(false) => break,
+                Err(e) => {
+                    return fail_job(
+                        state,
+                        id,
+                        format!("InvalidBatch : Failed to parse CSV: {e}"),
+                    );
+                }
+            }
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        if lock(&state.jobs)
+            .get(id)
+            .is_none_or(|job| job.state == JobState::Aborted)
+        {
+            return;
+        }
+        let mut fault = lock_fault_fn(state.lock_share());
+        let batch = {
+            let mut org = write(&state.org);
+            match op {
+                Some(op) => {
+                    let rows = bulk::rows(&org, &work, &columns, &chunk);
+                    org.write(work.object_index, op, rows, false, &mut fault)
+                }
+                None => {
+                    let ids: Vec<String> = chunk
+                        .iter()
+                        .map(|record| record.get(0).unwrap_or("").to_string())
+                        .collect();
+                    org.delete(&ids, hard, false, Some(work.object_index), &mut fault)
+                }
+            }
+        };
+        let failed = batch.iter().filter(|o| o.error.is_some()).count();
+        outcomes.extend(batch);
+        if let Some(job) = lock(&state.jobs).get_mut(id) {
+            job.processed = outcomes.len();
+            job.failed += failed;
+        }
+    }
+    let mut jobs = lock(&state.jobs);
+    if let Some(job) = jobs.get_mut(id) {
+        job.processed = outcomes.len();
+        job.failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+        job.outcomes = outcomes;
+        job.processing_ms = started.elapsed().as_millis() as u64;
+        job.modified = state.now();
+        if job.state == JobState::InProgress {
+            job.state = JobState::JobComplete;
+        }
+        tracing::debug!(job = %id, processed = job.processed, failed = job.failed, "bulk job complete");
+    }
+}
+
+fn results(state: &SfState, id: &str, kind: ResultKind) -> Response {
+    let jobs = lock(&state.jobs);
+    let Some(job) = jobs.get(id) else {
+        return job_not_found();
+    };
+    if matches!(
+        job.state,
+        JobState::Open | JobState::UploadComplete | JobState::InProgress
+    ) && kind != ResultKind::Unprocessed
+    {
+        return api_error(
+            400,
+            "INVALIDJOBSTATE",
+            "Results are available once the job is JobComplete, Failed or Aborted",
+        );
+    }
+    match bulk::results_csv(job, kind) {
+        Ok(body) => csv_response(body),
+        Err(message) => api_error(500, "UNKNOWN_EXCEPTION", &message),
+    }
+}
+
+async fn successful_results(State(state): State<Arc<SfState>>, Path(id): Path<String>) -> Response {
+    results(&state, &id, ResultKind::Successful)
+}
+
+async fn failed_results(State(state): State<Arc<SfState>>, Path(id): Path<String>) -> Response {
+    results(&state, &id, ResultKind::Failed)
+}
+
+async fn unprocessed_results(
+    State(state): State<Arc<SfState>>,
+    Path(id): Path<String>,
+) -> Response {
+    results(&state, &id, ResultKind::Unprocessed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control API
+
+fn control_error(error: Error) -> Response {
+    let status = match &error {
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (status, axum::Json(json!({"error": error.to_string()}))).into_response()
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|error| control_error(Error::Invalid(format!("bad JSON body: {error}"))))
+}
+
+async fn control_records(
+    State(state): State<Arc<SfState>>,
+    Path(object): Path<String>,
+) -> Response {
+    let org = read(&state.org);
+    let Some(index) = org.object(&object) else {
+        return control_error(Error::NotFound(format!("object {object}")));
+    };
+    let store = &org.objects[index];
+    let records: Vec<Value> = store.iter().map(|r| store.record_json(r)).collect();
+    axum::Json(records).into_response()
+}
+
+async fn control_summary(State(state): State<Arc<SfState>>) -> Response {
+    let counts: BTreeMap<String, usize> = read(&state.org)
+        .objects
+        .iter()
+        .map(|o| (o.def.name.clone(), o.live))
+        .collect();
+    let (used, max) = {
+        let usage = lock(&state.usage);
+        (usage.used, usage.max)
+    };
+    let jobs = lock(&state.jobs).len();
+    axum::Json(json!({"records": counts, "api_usage": {"used": used, "max": max}, "jobs": jobs}))
+        .into_response()
+}
+
+async fn control_schema(State(state): State<Arc<SfState>>) -> Response {
+    axum::Json(read(&state.org).schema.clone()).into_response()
+}
+
+async fn control_load_schema(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
+    let schema: Schema = match parse_json(&body) {
+        Ok(schema) => schema,
+        Err(response) => return response,
+    };
+    if let Err(message) = schema.validate() {
+        return control_error(Error::Schema(message));
+    }
+    *write(&state.org) = Org::new(schema);
+    axum::Json(json!({"loaded": true})).into_response()
+}
+
+async fn control_reset(State(state): State<Arc<SfState>>) -> Response {
+    state.reset();
+    axum::Json(json!({"reset": true})).into_response()
+}
+
+async fn control_counters(State(state): State<Arc<SfState>>) -> Response {
+    axum::Json(state.counters.snapshot()).into_response()
+}
+
+async fn control_clear_counters(State(state): State<Arc<SfState>>) -> Response {
+    state.counters.clear();
+    axum::Json(json!({"cleared": true})).into_response()
+}
+
+async fn control_set_faults(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
+    let faults: Faults = match parse_json(&body) {
+        Ok(faults) => faults,
+        Err(response) => return response,
+    };
+    lock(&state.faults).set(faults.clone(), state.now());
+    axum::Json(faults).into_response()
+}
+
+async fn control_clear_faults(State(state): State<Arc<SfState>>) -> Response {
+    lock(&state.faults).set(Faults::default(), state.now());
+    axum::Json(Faults::default()).into_response()
+}
+
+#[derive(Deserialize)]
+struct ClockBody {
+    offset_secs: i64,
+}
+
+async fn control_clock(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
+    let clock: ClockBody = match parse_json(&body) {
+        Ok(clock) => clock,
+        Err(response) => return response,
+    };
+    state.clock.set_offset(clock.offset_secs);
+    axum::Json(json!({"offset_secs": clock.offset_secs})).into_response()
+}
+
+async fn control_revoke(State(state): State<Arc<SfState>>) -> Response {
+    lock(&state.sessions).clear();
+    axum::Json(json!({"revoked": true})).into_response()
+}
+
+#[derive(Deserialize)]
+struct LimitsBody {
+    used: Option<u64>,
+    max: Option<u64>,
+}
+
+async fn control_limits(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
+    let limits: LimitsBody = match parse_json(&body) {
+        Ok(limits) => limits,
+        Err(response) => return response,
+    };
+    let mut usage = lock(&state.usage);
+    if let Some(used) = limits.used {
+        usage.used = used;
+    }
+    if let Some(max) = limits.max {
+        usage.max = max;
+    }
+    axum::Json(json!({"used": usage.used, "max": usage.max})).into_response()
+}
+
+async fn control_token(State(state): State<Arc<SfState>>) -> Response {
+    let token = state.new_session();
+    axum::Json(json!({"access_token": token, "instance_url": state.base_url()})).into_response()
+}
