@@ -1,1 +1,291 @@
-//! placeholder
+//! A typed Rust client for learnsync's gRPC API (`learnsync.v1.SyncService`), and the `learnsync`
+//! CLI built on it.
+//!
+//! Layout:
+//! - [`Client`]: connects with a bearer token; every mutating call gets a `request_id` (generated
+//!   when the caller gives none) and is retried with the same id when the server is unavailable,
+//!   so a retry never does the work twice.
+//! - [`pb`]: the generated messages, re-exported.
+//! - `main.rs` and `cli/`: the `learnsync` binary.
+
+use std::time::Duration;
+
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+pub use learnsync_proto::v1 as pb;
+use pb::sync_service_client::SyncServiceClient;
+
+/// What can go wrong when connecting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The endpoint URL is not valid.
+    #[error("invalid endpoint {endpoint}: {source}")]
+    Endpoint {
+        /// The URL given.
+        endpoint: String,
+        /// Why it is invalid.
+        source: tonic::transport::Error,
+    },
+    /// The token cannot be sent as metadata.
+    #[error("the token contains characters that cannot be sent in a header")]
+    Token,
+    /// The server could not be reached.
+    #[error("cannot reach {endpoint}: {source}")]
+    Connect {
+        /// The URL given.
+        endpoint: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerAuth {
+    header: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert("authorization", self.header.clone());
+        Ok(request)
+    }
+}
+
+/// The generated client with authentication.
+pub type RawClient = SyncServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+/// A client of one learnsync server.
+#[derive(Clone)]
+pub struct Client {
+    raw: RawClient,
+    /// How many times a mutating call is tried when the server is unavailable.
+    attempts: u32,
+}
+
+impl Client {
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`) with a bearer token.
+    pub async fn connect(endpoint: &str, token: &str) -> Result<Client, Error> {
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|source| Error::Endpoint {
+                endpoint: endpoint.to_string(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|source| Error::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            })?;
+        Client::with_channel(channel, token)
+    }
+
+    /// A client over an existing channel.
+    pub fn with_channel(channel: Channel, token: &str) -> Result<Client, Error> {
+        let header = format!("Bearer {token}").parse().map_err(|_| Error::Token)?;
+        Ok(Client {
+            raw: SyncServiceClient::with_interceptor(channel, BearerAuth { header }),
+            attempts: 3,
+        })
+    }
+
+    /// The generated client, for calls this type does not wrap.
+    pub fn raw(&mut self) -> &mut RawClient {
+        &mut self.raw
+    }
+
+    /// Calls a mutating method with a request id, retrying with the same id while the server is
+    /// unavailable.
+    async fn mutate<Req, Resp, F>(&mut self, request: Req, call: F) -> Result<Resp, Status>
+    where
+        Req: Clone,
+        F: AsyncFn(&mut RawClient, Req) -> Result<tonic::Response<Resp>, Status>,
+    {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            match call(&mut self.raw, request.clone()).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if status.code() == Code::Unavailable && attempt < self.attempts => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(status) => return Err(status),
+            }
+        }
+    }
+
+    /// Creates a connection.
+    pub async fn create_connection(&mut self, request: pb::CreateConnectionRequest) -> Result<pb::Connection, Status> {
+        let request = with_id(request, |r| &mut r.request_id);
+        self.mutate(request, async |raw, req| raw.create_connection(req).await).await
+    }
+
+    /// Reads a connection.
+    pub async fn get_connection(&mut self, connection_id: &str) -> Result<pb::Connection, Status> {
+        let request = pb::GetConnectionRequest {
+            connection_id: connection_id.to_string(),
+        };
+        Ok(self.raw.get_connection(request).await?.into_inner())
+    }
+
+    /// Lists a page of connections.
+    pub async fn list_connections(&mut self, page_size: i32, page_token: &str) -> Result<pb::ListConnectionsResponse, Status> {
+        let request = pb::ListConnectionsRequest {
+            page_size,
+            page_token: page_token.to_string(),
+        };
+        Ok(self.raw.list_connections(request).await?.into_inner())
+    }
+
+    /// Changes a connection.
+    pub async fn update_connection(&mut self, request: pb::UpdateConnectionRequest) -> Result<pb::Connection, Status> {
+        let request = with_id(request, |r| &mut r.request_id);
+        self.mutate(request, async |raw, req| raw.update_connection(req).await)
+            .await
+    }
+
+    /// Deletes a connection.
+    pub async fn delete_connection(&mut self, connection_id: &str) -> Result<pb::DeleteConnectionResponse, Status> {
+        let request = with_id(
+            pb::DeleteConnectionRequest {
+                connection_id: connection_id.to_string(),
+                request_id: String::new(),
+            },
+            |r| &mut r.request_id,
+        );
+        self.mutate(request, async |raw, req| raw.delete_connection(req).await)
+            .await
+    }
+
+    /// Configures an area.
+    pub async fn configure(&mut self, connection_id: &str, config: pb::AreaConfig) -> Result<pb::AreaConfig, Status> {
+        let request = with_id(
+            pb::ConfigureRequest {
+                connection_id: connection_id.to_string(),
+                config: Some(config),
+                request_id: String::new(),
+            },
+            |r| &mut r.request_id,
+        );
+        self.mutate(request, async |raw, req| raw.configure(req).await).await
+    }
+
+    /// Starts an area's first synchronization.
+    pub async fn start(
+        &mut self,
+        connection_id: &str,
+        area: pb::Area,
+        timeframe: Option<pb::Timeframe>,
+    ) -> Result<pb::Run, Status> {
+        let request = with_id(
+            pb::StartRequest {
+                connection_id: connection_id.to_string(),
+                area: area as i32,
+                timeframe,
+                request_id: String::new(),
+            },
+            |r| &mut r.request_id,
+        );
+        self.mutate(request, async |raw, req| raw.start(req).await).await
+    }
+
+    /// Stops an area's active run.
+    pub async fn stop(&mut self, connection_id: &str, area: pb::Area) -> Result<pb::Run, Status> {
+        let request = with_id(
+            pb::StopRequest {
+                connection_id: connection_id.to_string(),
+                area: area as i32,
+                request_id: String::new(),
+            },
+            |r| &mut r.request_id,
+        );
+        self.mutate(request, async |raw, req| raw.stop(req).await).await
+    }
+
+    /// Runs an area again from scratch.
+    pub async fn resynchronize(
+        &mut self,
+        connection_id: &str,
+        area: pb::Area,
+        timeframe: Option<pb::Timeframe>,
+        rewrite_unchanged: bool,
+    ) -> Result<pb::Run, Status> {
+        let request = with_id(
+            pb::ResynchronizeRequest {
+                connection_id: connection_id.to_string(),
+                area: area as i32,
+                timeframe,
+                rewrite_unchanged,
+                request_id: String::new(),
+            },
+            |r| &mut r.request_id,
+        );
+        self.mutate(request, async |raw, req| raw.resynchronize(req).await)
+            .await
+    }
+
+    /// Reads the status of a connection's areas (all when `areas` is empty).
+    pub async fn get_status(&mut self, connection_id: &str, areas: &[pb::Area]) -> Result<pb::GetStatusResponse, Status> {
+        let request = pb::GetStatusRequest {
+            connection_id: connection_id.to_string(),
+            areas: areas.iter().map(|a| *a as i32).collect(),
+        };
+        Ok(self.raw.get_status(request).await?.into_inner())
+    }
+
+    /// Reads a run.
+    pub async fn get_run(&mut self, connection_id: &str, run_id: &str) -> Result<pb::Run, Status> {
+        let request = pb::GetRunRequest {
+            connection_id: connection_id.to_string(),
+            run_id: run_id.to_string(),
+        };
+        Ok(self.raw.get_run(request).await?.into_inner())
+    }
+
+    /// Lists a page of runs.
+    pub async fn list_runs(&mut self, request: pb::ListRunsRequest) -> Result<pb::ListRunsResponse, Status> {
+        Ok(self.raw.list_runs(request).await?.into_inner())
+    }
+
+    /// Opens a log stream.
+    pub async fn stream_logs(&mut self, request: pb::StreamLogsRequest) -> Result<tonic::Streaming<pb::LogEvent>, Status> {
+        Ok(self.raw.stream_logs(request).await?.into_inner())
+    }
+}
+
+/// Gives a request a fresh request id unless it has one, so that retries of it are recognised.
+fn with_id<R>(mut request: R, field: impl FnOnce(&mut R) -> &mut String) -> R {
+    let id = field(&mut request);
+    if id.is_empty() {
+        *id = uuid::Uuid::new_v4().to_string();
+    }
+    request
+}
+
+/// A one-line description of a gRPC error, with its `google.rpc` details (field violations,
+/// precondition failures), for people.
+pub fn describe(status: &Status) -> String {
+    use tonic_types::StatusExt as _;
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let details = status.get_error_details();
+    if let Some(bad) = details.bad_request() {
+        for violation in &bad.field_violations {
+            text.push_str(&format!("\n  field {}: {}", violation.field, violation.description));
+        }
+    }
+    if let Some(failure) = details.precondition_failure() {
+        for violation in &failure.violations {
+            text.push_str(&format!(
+                "\n  precondition {} on {}: {}",
+                violation.r#type, violation.subject, violation.description
+            ));
+        }
+    }
+    text
+}

@@ -155,3 +155,21 @@ mod tests {
         assert_eq!(base.with_database("x"), "postgres://postgres@localhost/x");
     }
 }
+
+/// Test support for control-plane tests that run without workers: ends every unfinished job of a
+/// run in `state`, as a worker finishing them would, then ends the run. Returns the run's state.
+pub async fn finish_jobs_as_worker(
+    client: &impl crate::GenericClient,
+    run_id: uuid::Uuid,
+    state: crate::model::JobState,
+) -> Result<Option<crate::model::RunState>> {
+    client
+        .execute(
+            "UPDATE jobs SET state = $2, attempt = attempt + 1, start_time = coalesce(start_time, now()), \
+                 end_time = now(), lease_owner = NULL, lease_expires_at = NULL \
+             WHERE run_id = $1 AND state IN ('queued', 'running')",
+            &[&run_id, &state.as_str()],
+        )
+        .await?;
+    crate::runs::finish_if_done(client, run_id).await
+}
