@@ -109,7 +109,7 @@ pub async fn configure(
     let sql = format!(
         "INSERT INTO area_configs AS a (connection_id, area, enabled, mode, interval_seconds, course_category_ids, \
              next_run_time) \
-         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $4 = 'realtime' AND $3 THEN now() + make_interval(secs => $5) END) \
+         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $4 = 'realtime' AND $3 THEN now() + $5::int * interval '1 second' END) \
          ON CONFLICT (connection_id, area) DO UPDATE SET \
              enabled = excluded.enabled, mode = excluded.mode, interval_seconds = excluded.interval_seconds, \
              course_category_ids = excluded.course_category_ids, update_time = now(), \
@@ -117,7 +117,7 @@ pub async fn configure(
                  WHEN excluded.mode <> 'realtime' OR NOT excluded.enabled THEN NULL \
                  WHEN a.mode = 'realtime' AND a.enabled AND a.interval_seconds = excluded.interval_seconds \
                       AND a.next_run_time IS NOT NULL THEN a.next_run_time \
-                 ELSE now() + make_interval(secs => excluded.interval_seconds) END \
+                 ELSE now() + excluded.interval_seconds * interval '1 second' END \
          RETURNING {COLUMNS}"
     );
     let row = client

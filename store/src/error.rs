@@ -19,7 +19,7 @@ pub struct Precondition {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Postgres refused or failed a statement.
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe_postgres(.0))]
     Database(#[from] tokio_postgres::Error),
     /// No connection could be had from the pool.
     #[error("database pool error: {0}")]
@@ -66,5 +66,13 @@ impl Error {
             }),
             _ => false,
         }
+    }
+}
+
+/// Postgres's own message and code, which `tokio_postgres::Error`'s `Display` leaves out.
+fn describe_postgres(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({}){}", db.message(), db.code().code(), db.detail().map(|d| format!(": {d}")).unwrap_or_default()),
+        None => error.to_string(),
     }
 }

@@ -1,2 +1,740 @@
 //! What workers do in Postgres: claim jobs, keep leases, checkpoint, finish; the record ledger and
-//! the Docebo call budget. (Filled in by the worker.)
+//! the Docebo call budget.
+//!
+//! Every write a worker makes about a job names the attempt it holds: the job row is locked with
+//! `WHERE id = $1 AND attempt = $2 AND state = 'running'` ([`fence`]) at the start of the
+//! transaction that carries the write, so a worker whose lease was taken over changes nothing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::model::{Area, Counts, JobKind, LogLevel, NewLogEvent, RunState, UnenrollmentPolicy};
+use crate::{CHANNEL_JOBS, Result, logs, runs};
+
+/// Claims up to `$3` jobs: queued ones that are due and whose predecessor is final, and running
+/// ones whose lease expired (a dead worker's). `SKIP LOCKED` lets several workers claim at once
+/// without waiting for, or taking, each other's rows. Jobs of a stopping run are not claimed: the
+/// reaper ends them.
+const CLAIM: &str = "\
+WITH candidates AS ( \
+    SELECT j.id FROM jobs j JOIN runs r ON r.id = j.run_id \
+    WHERE ((j.state = 'queued' AND j.not_before <= now()) \
+           OR (j.state = 'running' AND j.lease_expires_at < now())) \
+      AND r.state IN ('queued', 'running') \
+      AND (j.after_job_id IS NULL OR EXISTS ( \
+           SELECT 1 FROM jobs a WHERE a.id = j.after_job_id \
+             AND a.state IN ('succeeded', 'succeeded_with_errors', 'failed', 'stopped'))) \
+    ORDER BY j.not_before, r.create_time, j.position \
+    LIMIT $3 \
+    FOR UPDATE OF j SKIP LOCKED), \
+claimed AS ( \
+    UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, lease_owner = $1, \
+        lease_expires_at = now() + make_interval(secs => $2), heartbeat_time = now(), \
+        start_time = coalesce(j.start_time, now()), status_message = 'running' \
+    FROM candidates c WHERE j.id = c.id \
+    RETURNING j.id, j.run_id, j.connection_id, j.kind, j.attempt, j.checkpoint, j.read_count, \
+        j.written_count, j.unchanged_count, j.failed_count, j.expected_count, \
+        j.retries_with_progress, j.retries_without_progress), \
+started AS ( \
+    UPDATE runs r SET state = 'running', start_time = coalesce(r.start_time, now()) \
+    WHERE r.id IN (SELECT run_id FROM claimed) AND r.state = 'queued') \
+SELECT c.*, r.area, r.timeframe_start, r.timeframe_end, r.full_sync, r.updated_from, \
+    r.rewrite_unchanged, r.create_time AS run_create_time, \
+    n.docebo_platform, n.docebo_calls_per_hour, n.unenrollment_policy, \
+    (SELECT a.first_success_time FROM area_configs a \
+      WHERE a.connection_id = c.connection_id AND a.area = 'enrollments') AS enrollments_first_success \
+FROM claimed c JOIN runs r ON r.id = c.run_id JOIN connections n ON n.id = c.connection_id";
+
+/// A job a worker holds, with what it needs to know about its run and connection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClaimedJob {
+    /// The job.
+    pub id: Uuid,
+    /// Its run.
+    pub run_id: Uuid,
+    /// Its connection.
+    pub connection_id: Uuid,
+    /// What it synchronizes.
+    pub kind: JobKind,
+    /// The attempt this worker holds: every later write names it.
+    pub attempt: i32,
+    /// Where a previous attempt stopped (the last confirmed point), if any.
+    pub checkpoint: Option<serde_json::Value>,
+    /// Progress of previous attempts.
+    pub counts: Counts,
+    /// Retries spent after attempts that confirmed writes.
+    pub retries_with_progress: i32,
+    /// Retries spent after attempts that confirmed nothing.
+    pub retries_without_progress: i32,
+    /// The run's area.
+    pub area: Area,
+    /// Timeframe start (inclusive).
+    pub timeframe_start: Option<DateTime<Utc>>,
+    /// Timeframe end (exclusive).
+    pub timeframe_end: Option<DateTime<Utc>>,
+    /// Full or incremental.
+    pub full_sync: bool,
+    /// Incremental runs: read changes from here.
+    pub updated_from: Option<DateTime<Utc>>,
+    /// Write even unchanged records.
+    pub rewrite_unchanged: bool,
+    /// When the run was created.
+    pub run_create_time: DateTime<Utc>,
+    /// The Docebo platform whose call budget the job spends.
+    pub docebo_platform: String,
+    /// That platform's budget.
+    pub docebo_calls_per_hour: i32,
+    /// What to do with enrollments that disappear.
+    pub unenrollment_policy: UnenrollmentPolicy,
+    /// When the connection's first enrollment sync completed, if it has.
+    pub enrollments_first_success: Option<DateTime<Utc>>,
+}
+
+impl ClaimedJob {
+    /// Whether this run compares the full listing with the ledger to find unenrollments: a full run
+    /// over all time (a timeframe must not unenroll what lies outside it), after the first
+    /// completed enrollment sync (before it nothing is tracked).
+    pub fn tracks_unenrollments(&self) -> bool {
+        self.area == Area::Enrollments
+            && self.full_sync
+            && self.timeframe_start.is_none()
+            && self.timeframe_end.is_none()
+            && self.updated_from.is_none()
+            && self
+                .enrollments_first_success
+                .is_some_and(|first| first < self.run_create_time)
+    }
+}
+
+fn claimed_from_row(row: &Row) -> Result<ClaimedJob> {
+    Ok(ClaimedJob {
+        id: row.try_get("id")?,
+        run_id: row.try_get("run_id")?,
+        connection_id: row.try_get("connection_id")?,
+        kind: JobKind::parse(row.try_get("kind")?)?,
+        attempt: row.try_get("attempt")?,
+        checkpoint: row.try_get("checkpoint")?,
+        counts: Counts {
+            read: row.try_get("read_count")?,
+            written: row.try_get("written_count")?,
+            unchanged: row.try_get("unchanged_count")?,
+            failed: row.try_get("failed_count")?,
+            expected: row.try_get("expected_count")?,
+        },
+        retries_with_progress: row.try_get("retries_with_progress")?,
+        retries_without_progress: row.try_get("retries_without_progress")?,
+        area: Area::parse(row.try_get("area")?)?,
+        timeframe_start: row.try_get("timeframe_start")?,
+        timeframe_end: row.try_get("timeframe_end")?,
+        full_sync: row.try_get("full_sync")?,
+        updated_from: row.try_get("updated_from")?,
+        rewrite_unchanged: row.try_get("rewrite_unchanged")?,
+        run_create_time: row.try_get("run_create_time")?,
+        docebo_platform: row.try_get("docebo_platform")?,
+        docebo_calls_per_hour: row.try_get("docebo_calls_per_hour")?,
+        unenrollment_policy: UnenrollmentPolicy::parse(row.try_get("unenrollment_policy")?)?,
+        enrollments_first_success: row.try_get("enrollments_first_success")?,
+    })
+}
+
+fn secs(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+/// Claims up to `limit` jobs for `owner` under a lease of `lease`, and logs each start. Must run
+/// in a transaction (the claim and its log commit together).
+pub async fn claim(client: &impl GenericClient, owner: &str, lease: Duration, limit: i64) -> Result<Vec<ClaimedJob>> {
+    let rows = client.query(CLAIM, &[&owner, &secs(lease), &limit]).await?;
+    let jobs: Vec<ClaimedJob> = rows.iter().map(claimed_from_row).collect::<Result<_>>()?;
+    for job in &jobs {
+        let message = if job.attempt > 1 {
+            format!("{} job resumed", job.kind)
+        } else {
+            format!("{} job started", job.kind)
+        };
+        logs::append(
+            client,
+            job.connection_id,
+            &[NewLogEvent::new(LogLevel::Info, message)
+                .job(job.run_id, job.id)
+                .field("attempt", job.attempt)
+                .field("worker", owner)],
+        )
+        .await?;
+    }
+    Ok(jobs)
+}
+
+/// What a heartbeat learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// The lease was extended; the run is in this state (stopping: stop the job).
+    Held(RunState),
+    /// The job is no longer this attempt's: stop without writing anything.
+    Lost,
+}
+
+/// Extends a job's lease, if this attempt still holds it.
+pub async fn heartbeat(client: &impl GenericClient, job_id: Uuid, attempt: i32, lease: Duration) -> Result<Heartbeat> {
+    let row = client
+        .query_opt(
+            "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $3), heartbeat_time = now() \
+             FROM runs r WHERE j.id = $1 AND j.attempt = $2 AND j.state = 'running' AND r.id = j.run_id \
+             RETURNING r.state",
+            &[&job_id, &attempt, &secs(lease)],
+        )
+        .await?;
+    match row {
+        Some(row) => Ok(Heartbeat::Held(RunState::parse(row.try_get(0)?)?)),
+        None => Ok(Heartbeat::Lost),
+    }
+}
+
+/// Locks the job row for the rest of the transaction if this attempt still holds it. Every
+/// transaction that writes about a job starts here; `false` means roll back and stop.
+pub async fn fence(client: &impl GenericClient, job_id: Uuid, attempt: i32) -> Result<bool> {
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running' FOR UPDATE",
+            &[&job_id, &attempt],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Progress confirmed by one batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    /// Counts to add.
+    pub delta: Counts,
+    /// The expected total, when Docebo said (replaces the stored one).
+    pub expected: Option<i64>,
+    /// The new checkpoint, when it moved.
+    pub checkpoint: Option<serde_json::Value>,
+    /// What the job is doing now.
+    pub status_message: Option<String>,
+}
+
+/// Records a batch's progress (counts, checkpoint, status), fenced by the attempt. Returns whether
+/// the attempt still holds the job.
+pub async fn progress(client: &impl GenericClient, job_id: Uuid, attempt: i32, progress: &Progress) -> Result<bool> {
+    let updated = client
+        .execute(
+            "UPDATE jobs SET read_count = read_count + $3, written_count = written_count + $4, \
+                 unchanged_count = unchanged_count + $5, failed_count = failed_count + $6, \
+                 expected_count = coalesce($7, expected_count), checkpoint = coalesce($8, checkpoint), \
+                 status_message = coalesce($9, status_message) \
+             WHERE id = $1 AND attempt = $2 AND state = 'running'",
+            &[
+                &job_id,
+                &attempt,
+                &progress.delta.read,
+                &progress.delta.written,
+                &progress.delta.unchanged,
+                &progress.delta.failed,
+                &progress.expected,
+                &progress.checkpoint,
+                &progress.status_message,
+            ],
+        )
+        .await?;
+    Ok(updated == 1)
+}
+
+/// Sets what the job is waiting for (e.g. "waiting for docebo call budget"), fenced.
+pub async fn set_status(client: &impl GenericClient, job_id: Uuid, attempt: i32, message: &str) -> Result<bool> {
+    let updated = client
+        .execute(
+            "UPDATE jobs SET status_message = $3 WHERE id = $1 AND attempt = $2 AND state = 'running' \
+               AND status_message <> $3",
+            &[&job_id, &attempt, &message],
+        )
+        .await?;
+    if updated == 1 {
+        return Ok(true);
+    }
+    // Nothing changed: either the message was already set or the attempt lost the job.
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running'",
+            &[&job_id, &attempt],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every record was handled (succeeded, or succeeded with errors when any record failed).
+    Done,
+    /// Stop was asked.
+    Stopped,
+    /// The job cannot succeed.
+    Failed(String),
+}
+
+/// Ends a job, fenced by the attempt, logs it, and ends the run when this was its last job
+/// (recording the area's milestones and, when the run completed, its watermark). Must run in a
+/// transaction. Returns whether the attempt still held the job.
+pub async fn finish(client: &impl GenericClient, job: &ClaimedJob, outcome: &Outcome) -> Result<bool> {
+    let (state_sql, error): (&str, Option<&str>) = match outcome {
+        Outcome::Done => (
+            "CASE WHEN failed_count > 0 THEN 'succeeded_with_errors' ELSE 'succeeded' END",
+            None,
+        ),
+        Outcome::Stopped => ("'stopped'", None),
+        Outcome::Failed(message) => ("'failed'", Some(message.as_str())),
+    };
+    let sql = format!(
+        "UPDATE jobs SET state = {state_sql}, lease_owner = NULL, lease_expires_at = NULL, end_time = now(), \
+             error_message = $3, status_message = CASE WHEN $3::text IS NULL THEN '' ELSE $3 END \
+         WHERE id = $1 AND attempt = $2 AND state = 'running' \
+         RETURNING state, read_count, written_count, unchanged_count, failed_count"
+    );
+    let Some(row) = client.query_opt(&sql, &[&job.id, &job.attempt, &error]).await? else {
+        return Ok(false);
+    };
+    let state: String = row.try_get(0)?;
+    let (level, message) = match outcome {
+        Outcome::Failed(_) => (LogLevel::Error, format!("{} job failed", job.kind)),
+        Outcome::Stopped => (LogLevel::Info, format!("{} job stopped", job.kind)),
+        Outcome::Done => (LogLevel::Info, format!("{} job finished: {state}", job.kind)),
+    };
+    let mut event = NewLogEvent::new(level, message)
+        .job(job.run_id, job.id)
+        .field("state", state.as_str())
+        .field("read", row.try_get::<_, i64>(1)?)
+        .field("written", row.try_get::<_, i64>(2)?)
+        .field("unchanged", row.try_get::<_, i64>(3)?)
+        .field("failed", row.try_get::<_, i64>(4)?);
+    if let Some(error) = error {
+        event = event.field("error", error).code("JOB_FAILED");
+    }
+    logs::append(client, job.connection_id, &[event]).await?;
+    finish_run_if_done(client, job.run_id).await?;
+    // Jobs waiting for this one may be claimable now.
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_JOBS, &job.run_id.to_string()])
+        .await?;
+    Ok(true)
+}
+
+/// Ends a run whose jobs are all final; when it completed, moves its area's watermark to the run's
+/// creation: everything changed before it was read.
+async fn finish_run_if_done(client: &impl GenericClient, run_id: Uuid) -> Result<()> {
+    if let Some(state) = runs::finish_if_done(client, run_id).await?
+        && state.is_completed()
+    {
+        client
+            .execute(
+                "UPDATE area_configs a SET watermark = greatest(a.watermark, r.create_time) \
+                 FROM runs r WHERE r.id = $1 AND a.connection_id = r.connection_id AND a.area = r.area",
+                &[&run_id],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Puts a job back in the queue after a transient failure, fenced: claimable again after `delay`,
+/// the checkpoint kept, one retry spent from the budget that applies. Logs the cause.
+pub async fn retry_later(
+    client: &impl GenericClient,
+    job: &ClaimedJob,
+    made_progress: bool,
+    delay: Duration,
+    cause: &str,
+) -> Result<bool> {
+    let updated = client
+        .execute(
+            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+                 not_before = now() + make_interval(secs => $3), \
+                 retries_with_progress = retries_with_progress + CASE WHEN $4 THEN 1 ELSE 0 END, \
+                 retries_without_progress = retries_without_progress + CASE WHEN $4 THEN 0 ELSE 1 END, \
+                 status_message = $5 \
+             WHERE id = $1 AND attempt = $2 AND state = 'running'",
+            &[&job.id, &job.attempt, &secs(delay), &made_progress, &format!("retrying: {cause}")],
+        )
+        .await?;
+    if updated == 0 {
+        return Ok(false);
+    }
+    logs::append(
+        client,
+        job.connection_id,
+        &[NewLogEvent::new(LogLevel::Warn, format!("{} job will retry", job.kind))
+            .job(job.run_id, job.id)
+            .field("cause", cause)
+            .field("delay_ms", delay.as_millis() as i64)
+            .field("made_progress", made_progress)],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Hands a job back (worker shutting down): queued again at once, lease cleared, attempt and
+/// checkpoint kept, no retry spent.
+pub async fn hand_back(client: &impl GenericClient, job: &ClaimedJob) -> Result<bool> {
+    let updated = client
+        .execute(
+            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, not_before = now(), \
+                 status_message = 'handed back by a worker shutting down' \
+             WHERE id = $1 AND attempt = $2 AND state = 'running'",
+            &[&job.id, &job.attempt],
+        )
+        .await?;
+    if updated == 0 {
+        return Ok(false);
+    }
+    logs::append(
+        client,
+        job.connection_id,
+        &[NewLogEvent::new(LogLevel::Info, format!("{} job handed back", job.kind)).job(job.run_id, job.id)],
+    )
+    .await?;
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_JOBS, &job.run_id.to_string()])
+        .await?;
+    Ok(true)
+}
+
+/// Ends the jobs of stopping runs that no worker will stop: running ones whose lease expired (their
+/// worker died) and queued ones (handed back or waiting to retry). Ends their runs when done.
+/// Returns how many jobs it stopped. Must run in a transaction.
+pub async fn reap_stopped(client: &impl GenericClient) -> Result<u64> {
+    let rows = client
+        .query(
+            "UPDATE jobs j SET state = 'stopped', lease_owner = NULL, lease_expires_at = NULL, end_time = now(), \
+                 status_message = 'stopped' \
+             FROM runs r WHERE r.id = j.run_id AND r.state = 'stopping' \
+               AND (j.state = 'queued' OR (j.state = 'running' AND j.lease_expires_at < now())) \
+             RETURNING j.id, j.run_id, j.connection_id, j.kind",
+            &[],
+        )
+        .await?;
+    let mut runs_touched: Vec<Uuid> = Vec::new();
+    for row in &rows {
+        let job_id: Uuid = row.try_get(0)?;
+        let run_id: Uuid = row.try_get(1)?;
+        let connection_id: Uuid = row.try_get(2)?;
+        let kind: &str = row.try_get(3)?;
+        logs::append(
+            client,
+            connection_id,
+            &[NewLogEvent::new(LogLevel::Info, format!("{kind} job stopped")).job(run_id, job_id)],
+        )
+        .await?;
+        if !runs_touched.contains(&run_id) {
+            runs_touched.push(run_id);
+        }
+    }
+    for run_id in runs_touched {
+        finish_run_if_done(client, run_id).await?;
+    }
+    Ok(rows.len() as u64)
+}
+
+/// Appends log events about a job, fenced by the attempt (inside the caller's transaction, which
+/// must have called [`fence`]).
+pub async fn log(client: &impl GenericClient, job: &ClaimedJob, events: Vec<NewLogEvent>) -> Result<()> {
+    let events: Vec<NewLogEvent> = events.into_iter().map(|event| event.job(job.run_id, job.id)).collect();
+    logs::append(client, job.connection_id, &events).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Docebo call budget
+
+/// A grant of Docebo calls.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BudgetGrant {
+    /// Calls granted (0: wait).
+    pub granted: i32,
+    /// When nothing was granted: how long until a call may be.
+    pub wait: Duration,
+    /// Whether the platform is paused (Docebo said 429 or 503).
+    pub paused: bool,
+}
+
+/// Takes up to `want` calls from a platform's token bucket in one guarded statement (the bucket
+/// refills continuously at `calls_per_hour`, holding at most an hour's worth).
+const TAKE_BUDGET: &str = "\
+WITH cur AS ( \
+    SELECT b.platform, b.paused_until, \
+           least($2::float8, b.tokens + greatest(0, extract(epoch FROM now() - b.refill_time)::float8) \
+                 * $2::float8 / 3600.0) AS avail \
+    FROM docebo_budgets b WHERE b.platform = $1 FOR UPDATE), \
+g AS ( \
+    SELECT cur.*, CASE WHEN cur.paused_until > now() THEN 0 \
+                       ELSE greatest(0, least($3::int, floor(cur.avail)::int)) END AS n FROM cur) \
+UPDATE docebo_budgets b SET tokens = g.avail - g.n, refill_time = now(), calls_per_hour = $2::int \
+FROM g WHERE b.platform = g.platform \
+RETURNING g.n, g.avail, extract(epoch FROM g.paused_until - now())::float8 AS paused_secs";
+
+/// Takes up to `want` calls from a platform's shared budget.
+pub async fn take_budget(client: &impl GenericClient, platform: &str, calls_per_hour: i32, want: i32) -> Result<BudgetGrant> {
+    let rate = f64::from(calls_per_hour.max(1));
+    let mut row = client.query_opt(TAKE_BUDGET, &[&platform, &rate, &want]).await?;
+    if row.is_none() {
+        // The platform's first call: its bucket starts full.
+        client
+            .execute(
+                "INSERT INTO docebo_budgets (platform, calls_per_hour, tokens, refill_time) \
+                 VALUES ($1, $2, $2::float8, now()) ON CONFLICT (platform) DO NOTHING",
+                &[&platform, &calls_per_hour.max(1)],
+            )
+            .await?;
+        row = client.query_opt(TAKE_BUDGET, &[&platform, &rate, &want]).await?;
+    }
+    let Some(row) = row else {
+        return Ok(BudgetGrant {
+            granted: 0,
+            wait: Duration::from_millis(100),
+            paused: false,
+        });
+    };
+    let granted: i32 = row.try_get(0)?;
+    let avail: f64 = row.try_get(1)?;
+    let paused_secs = row.try_get::<_, Option<f64>>(2)?.filter(|seconds| *seconds > 0.0);
+    let wait = match paused_secs {
+        Some(seconds) => Duration::from_secs_f64(seconds.max(0.01)),
+        None if granted == 0 => Duration::from_secs_f64(((1.0 - avail.fract()) * 3600.0 / rate).max(0.01)),
+        None => Duration::ZERO,
+    };
+    Ok(BudgetGrant {
+        granted,
+        wait,
+        paused: paused_secs.is_some(),
+    })
+}
+
+/// Pauses every call to a platform until `now() + pause` (Docebo said 429 or 503); a longer
+/// pause already set stays.
+pub async fn pause_docebo(client: &impl GenericClient, platform: &str, pause: Duration) -> Result<()> {
+    client
+        .execute(
+            "UPDATE docebo_budgets SET paused_until = greatest(paused_until, now() + make_interval(secs => $2)) \
+             WHERE platform = $1",
+            &[&platform, &secs(pause)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Pauses a connection's Salesforce writes until `now() + pause` (REQUEST_LIMIT_EXCEEDED).
+pub async fn pause_salesforce(client: &impl GenericClient, connection_id: Uuid, pause: Duration) -> Result<()> {
+    client
+        .execute(
+            "UPDATE connections SET salesforce_paused_until = \
+                 greatest(salesforce_paused_until, now() + make_interval(secs => $2)) WHERE id = $1",
+            &[&connection_id, &secs(pause)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// How long a connection's Salesforce writes are still paused (zero: not paused).
+pub async fn salesforce_pause_left(client: &impl GenericClient, connection_id: Uuid) -> Result<Duration> {
+    let row = client
+        .query_opt(
+            "SELECT extract(epoch FROM salesforce_paused_until - now())::float8 FROM connections \
+             WHERE id = $1 AND salesforce_paused_until > now()",
+            &[&connection_id],
+        )
+        .await?;
+    match row {
+        Some(row) => Ok(Duration::from_secs_f64(row.try_get::<_, f64>(0)?.max(0.0))),
+        None => Ok(Duration::ZERO),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ledger
+
+/// What the ledger knows of one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// The Salesforce record id, when known.
+    pub salesforce_id: Option<String>,
+    /// The hash of the values last written.
+    pub value_hash: Vec<u8>,
+    /// Whether the record was marked unenrolled (or deleted) since.
+    pub unenrolled: bool,
+}
+
+/// Reads the ledger entries of some records of one object.
+pub async fn ledger_lookup(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    object: &str,
+    keys: &[String],
+) -> Result<HashMap<String, LedgerEntry>> {
+    let rows = client
+        .query(
+            "SELECT record_key, salesforce_id, value_hash, unenrolled_at IS NOT NULL FROM ledger \
+             WHERE connection_id = $1 AND object = $2 AND record_key = ANY($3)",
+            &[&connection_id, &object, &keys],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get(0)?,
+                LedgerEntry {
+                    salesforce_id: row.try_get(1)?,
+                    value_hash: row.try_get(2)?,
+                    unenrolled: row.try_get(3)?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// One record Salesforce confirmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerWrite {
+    /// The external id value.
+    pub record_key: String,
+    /// The Salesforce id, when the answer carried one.
+    pub salesforce_id: Option<String>,
+    /// The hash of the values written.
+    pub value_hash: Vec<u8>,
+    /// The Docebo change time of the values written.
+    pub docebo_updated_at: Option<DateTime<Utc>>,
+}
+
+/// Records writes Salesforce confirmed, and keeps `ledger_counts` in step in the same statement.
+/// `seen_run_id` marks the records as present in this run's listing.
+pub async fn ledger_record(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    area: Area,
+    object: &str,
+    writes: &[LedgerWrite],
+    seen_run_id: Uuid,
+) -> Result<()> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = writes.iter().map(|w| w.record_key.as_str()).collect();
+    let ids: Vec<Option<&str>> = writes.iter().map(|w| w.salesforce_id.as_deref()).collect();
+    let hashes: Vec<&[u8]> = writes.iter().map(|w| w.value_hash.as_slice()).collect();
+    let times: Vec<Option<DateTime<Utc>>> = writes.iter().map(|w| w.docebo_updated_at).collect();
+    client
+        .execute(
+            "WITH up AS ( \
+                 INSERT INTO ledger AS l (connection_id, object, record_key, salesforce_id, value_hash, \
+                     docebo_updated_at, seen_run_id, unenrolled_at, write_time) \
+                 SELECT $1, $3, t.record_key, t.salesforce_id, t.value_hash, t.updated_at, $8, NULL, now() \
+                 FROM unnest($4::text[], $5::text[], $6::bytea[], $7::timestamptz[]) \
+                     AS t(record_key, salesforce_id, value_hash, updated_at) \
+                 ON CONFLICT (connection_id, object, record_key) DO UPDATE SET \
+                     salesforce_id = coalesce(excluded.salesforce_id, l.salesforce_id), \
+                     value_hash = excluded.value_hash, docebo_updated_at = excluded.docebo_updated_at, \
+                     seen_run_id = excluded.seen_run_id, unenrolled_at = NULL, write_time = now() \
+                 RETURNING (xmax = 0) AS inserted) \
+             INSERT INTO ledger_counts AS c (connection_id, area, object, records) \
+             SELECT $1, $2, $3, count(*) FILTER (WHERE inserted) FROM up \
+             ON CONFLICT (connection_id, area, object) DO UPDATE SET records = c.records + excluded.records",
+            &[&connection_id, &area.as_str(), &object, &keys, &ids, &hashes, &times, &seen_run_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Marks records as present in a run's listing without writing them (unchanged or failed ones),
+/// so that the unenrollment comparison does not take them for gone.
+pub async fn ledger_mark_seen(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    object: &str,
+    keys: &[String],
+    run_id: Uuid,
+) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute(
+            "UPDATE ledger SET seen_run_id = $4 WHERE connection_id = $1 AND object = $2 \
+               AND record_key = ANY($3) AND seen_run_id IS DISTINCT FROM $4",
+            &[&connection_id, &object, &keys, &run_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Lists, in key order after `after_key`, up to `limit` records of an object that are live in the
+/// ledger but were not in this run's listing: `(record_key, salesforce_id)`.
+pub async fn ledger_unseen(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    object: &str,
+    run_id: Uuid,
+    after_key: &str,
+    limit: i64,
+) -> Result<Vec<(String, Option<String>)>> {
+    let rows = client
+        .query(
+            "SELECT record_key, salesforce_id FROM ledger \
+             WHERE connection_id = $1 AND object = $2 AND record_key > $4 AND unenrolled_at IS NULL \
+               AND seen_run_id IS DISTINCT FROM $3 \
+             ORDER BY record_key LIMIT $5",
+            &[&connection_id, &object, &run_id, &after_key, &limit],
+        )
+        .await?;
+    rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+}
+
+/// Marks records unenrolled in the ledger (Salesforce confirmed `Status__c = Unenrolled`). Their
+/// hash is cleared, so a re-enrollment with the same values is written again.
+pub async fn ledger_mark_unenrolled(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    object: &str,
+    keys: &[String],
+    at: DateTime<Utc>,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE ledger SET unenrolled_at = $4, value_hash = '\\x'::bytea, write_time = now() \
+             WHERE connection_id = $1 AND object = $2 AND record_key = ANY($3)",
+            &[&connection_id, &object, &keys, &at],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Removes records Salesforce confirmed deleted, and keeps `ledger_counts` in step.
+pub async fn ledger_delete(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    area: Area,
+    object: &str,
+    keys: &[String],
+) -> Result<()> {
+    client
+        .execute(
+            "WITH del AS (DELETE FROM ledger WHERE connection_id = $1 AND object = $3 AND record_key = ANY($4) \
+                          RETURNING 1) \
+             UPDATE ledger_counts SET records = records - (SELECT count(*) FROM del) \
+             WHERE connection_id = $1 AND area = $2 AND object = $3",
+            &[&connection_id, &area.as_str(), &object, &keys],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Whether the schema the worker needs is there (the server runs the migrations).
+pub async fn schema_ready(client: &impl GenericClient) -> Result<bool> {
+    let row = client
+        .query_one("SELECT to_regclass('public.jobs') IS NOT NULL AND to_regclass('public.ledger') IS NOT NULL", &[])
+        .await?;
+    Ok(row.try_get(0)?)
+}
