@@ -148,7 +148,12 @@ fn secs(duration: Duration) -> f64 {
 
 /// Claims up to `limit` jobs for `owner` under a lease of `lease`, and logs each start. Must run
 /// in a transaction (the claim and its log commit together).
-pub async fn claim(client: &impl GenericClient, owner: &str, lease: Duration, limit: i64) -> Result<Vec<ClaimedJob>> {
+pub async fn claim(
+    client: &impl GenericClient,
+    owner: &str,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<ClaimedJob>> {
     let rows = client.query(CLAIM, &[&owner, &secs(lease), &limit]).await?;
     let jobs: Vec<ClaimedJob> = rows.iter().map(claimed_from_row).collect::<Result<_>>()?;
     for job in &jobs {
@@ -180,7 +185,12 @@ pub enum Heartbeat {
 }
 
 /// Extends a job's lease, if this attempt still holds it.
-pub async fn heartbeat(client: &impl GenericClient, job_id: Uuid, attempt: i32, lease: Duration) -> Result<Heartbeat> {
+pub async fn heartbeat(
+    client: &impl GenericClient,
+    job_id: Uuid,
+    attempt: i32,
+    lease: Duration,
+) -> Result<Heartbeat> {
     let row = client
         .query_opt(
             "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $3), heartbeat_time = now() \
@@ -222,7 +232,12 @@ pub struct Progress {
 
 /// Records a batch's progress (counts, checkpoint, status), fenced by the attempt. Returns whether
 /// the attempt still holds the job.
-pub async fn progress(client: &impl GenericClient, job_id: Uuid, attempt: i32, progress: &Progress) -> Result<bool> {
+pub async fn progress(
+    client: &impl GenericClient,
+    job_id: Uuid,
+    attempt: i32,
+    progress: &Progress,
+) -> Result<bool> {
     let updated = client
         .execute(
             "UPDATE jobs SET read_count = read_count + $3, written_count = written_count + $4, \
@@ -247,7 +262,12 @@ pub async fn progress(client: &impl GenericClient, job_id: Uuid, attempt: i32, p
 }
 
 /// Sets what the job is waiting for (e.g. "waiting for docebo call budget"), fenced.
-pub async fn set_status(client: &impl GenericClient, job_id: Uuid, attempt: i32, message: &str) -> Result<bool> {
+pub async fn set_status(
+    client: &impl GenericClient,
+    job_id: Uuid,
+    attempt: i32,
+    message: &str,
+) -> Result<bool> {
     let updated = client
         .execute(
             "UPDATE jobs SET status_message = $3 WHERE id = $1 AND attempt = $2 AND state = 'running' \
@@ -282,7 +302,11 @@ pub enum Outcome {
 /// Ends a job, fenced by the attempt, logs it, and ends the run when this was its last job
 /// (recording the area's milestones and, when the run completed, its watermark). Must run in a
 /// transaction. Returns whether the attempt still held the job.
-pub async fn finish(client: &impl GenericClient, job: &ClaimedJob, outcome: &Outcome) -> Result<bool> {
+pub async fn finish(
+    client: &impl GenericClient,
+    job: &ClaimedJob,
+    outcome: &Outcome,
+) -> Result<bool> {
     let (state_sql, error): (&str, Option<&str>) = match outcome {
         Outcome::Done => (
             "CASE WHEN failed_count > 0 THEN 'succeeded_with_errors' ELSE 'succeeded' END",
@@ -297,14 +321,20 @@ pub async fn finish(client: &impl GenericClient, job: &ClaimedJob, outcome: &Out
          WHERE id = $1 AND attempt = $2 AND state = 'running' \
          RETURNING state, read_count, written_count, unchanged_count, failed_count"
     );
-    let Some(row) = client.query_opt(&sql, &[&job.id, &job.attempt, &error]).await? else {
+    let Some(row) = client
+        .query_opt(&sql, &[&job.id, &job.attempt, &error])
+        .await?
+    else {
         return Ok(false);
     };
     let state: String = row.try_get(0)?;
     let (level, message) = match outcome {
         Outcome::Failed(_) => (LogLevel::Error, format!("{} job failed", job.kind)),
         Outcome::Stopped => (LogLevel::Info, format!("{} job stopped", job.kind)),
-        Outcome::Done => (LogLevel::Info, format!("{} job finished: {state}", job.kind)),
+        Outcome::Done => (
+            LogLevel::Info,
+            format!("{} job finished: {state}", job.kind),
+        ),
     };
     let mut event = NewLogEvent::new(level, message)
         .job(job.run_id, job.id)
@@ -320,7 +350,10 @@ pub async fn finish(client: &impl GenericClient, job: &ClaimedJob, outcome: &Out
     finish_run_if_done(client, job.run_id).await?;
     // Jobs waiting for this one may be claimable now.
     client
-        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_JOBS, &job.run_id.to_string()])
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL_JOBS, &job.run_id.to_string()],
+        )
         .await?;
     Ok(true)
 }
@@ -368,11 +401,13 @@ pub async fn retry_later(
     logs::append(
         client,
         job.connection_id,
-        &[NewLogEvent::new(LogLevel::Warn, format!("{} job will retry", job.kind))
-            .job(job.run_id, job.id)
-            .field("cause", cause)
-            .field("delay_ms", delay.as_millis() as i64)
-            .field("made_progress", made_progress)],
+        &[
+            NewLogEvent::new(LogLevel::Warn, format!("{} job will retry", job.kind))
+                .job(job.run_id, job.id)
+                .field("cause", cause)
+                .field("delay_ms", delay.as_millis() as i64)
+                .field("made_progress", made_progress),
+        ],
     )
     .await?;
     Ok(true)
@@ -395,11 +430,17 @@ pub async fn hand_back(client: &impl GenericClient, job: &ClaimedJob) -> Result<
     logs::append(
         client,
         job.connection_id,
-        &[NewLogEvent::new(LogLevel::Info, format!("{} job handed back", job.kind)).job(job.run_id, job.id)],
+        &[
+            NewLogEvent::new(LogLevel::Info, format!("{} job handed back", job.kind))
+                .job(job.run_id, job.id),
+        ],
     )
     .await?;
     client
-        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_JOBS, &job.run_id.to_string()])
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL_JOBS, &job.run_id.to_string()],
+        )
         .await?;
     Ok(true)
 }
@@ -442,8 +483,15 @@ pub async fn reap_stopped(client: &impl GenericClient) -> Result<u64> {
 
 /// Appends log events about a job, fenced by the attempt (inside the caller's transaction, which
 /// must have called [`fence`]).
-pub async fn log(client: &impl GenericClient, job: &ClaimedJob, events: Vec<NewLogEvent>) -> Result<()> {
-    let events: Vec<NewLogEvent> = events.into_iter().map(|event| event.job(job.run_id, job.id)).collect();
+pub async fn log(
+    client: &impl GenericClient,
+    job: &ClaimedJob,
+    events: Vec<NewLogEvent>,
+) -> Result<()> {
+    let events: Vec<NewLogEvent> = events
+        .into_iter()
+        .map(|event| event.job(job.run_id, job.id))
+        .collect();
     logs::append(client, job.connection_id, &events).await?;
     Ok(())
 }
@@ -478,9 +526,16 @@ FROM g WHERE b.platform = g.platform \
 RETURNING g.n, g.avail, extract(epoch FROM g.paused_until - now())::float8 AS paused_secs";
 
 /// Takes up to `want` calls from a platform's shared budget.
-pub async fn take_budget(client: &impl GenericClient, platform: &str, calls_per_hour: i32, want: i32) -> Result<BudgetGrant> {
+pub async fn take_budget(
+    client: &impl GenericClient,
+    platform: &str,
+    calls_per_hour: i32,
+    want: i32,
+) -> Result<BudgetGrant> {
     let rate = f64::from(calls_per_hour.max(1));
-    let mut row = client.query_opt(TAKE_BUDGET, &[&platform, &rate, &want]).await?;
+    let mut row = client
+        .query_opt(TAKE_BUDGET, &[&platform, &rate, &want])
+        .await?;
     if row.is_none() {
         // The platform's first call: its bucket starts full.
         client
@@ -490,7 +545,9 @@ pub async fn take_budget(client: &impl GenericClient, platform: &str, calls_per_
                 &[&platform, &calls_per_hour.max(1)],
             )
             .await?;
-        row = client.query_opt(TAKE_BUDGET, &[&platform, &rate, &want]).await?;
+        row = client
+            .query_opt(TAKE_BUDGET, &[&platform, &rate, &want])
+            .await?;
     }
     let Some(row) = row else {
         return Ok(BudgetGrant {
@@ -501,10 +558,14 @@ pub async fn take_budget(client: &impl GenericClient, platform: &str, calls_per_
     };
     let granted: i32 = row.try_get(0)?;
     let avail: f64 = row.try_get(1)?;
-    let paused_secs = row.try_get::<_, Option<f64>>(2)?.filter(|seconds| *seconds > 0.0);
+    let paused_secs = row
+        .try_get::<_, Option<f64>>(2)?
+        .filter(|seconds| *seconds > 0.0);
     let wait = match paused_secs {
         Some(seconds) => Duration::from_secs_f64(seconds.max(0.01)),
-        None if granted == 0 => Duration::from_secs_f64(((1.0 - avail.fract()) * 3600.0 / rate).max(0.01)),
+        None if granted == 0 => {
+            Duration::from_secs_f64(((1.0 - avail.fract()) * 3600.0 / rate).max(0.01))
+        }
         None => Duration::ZERO,
     };
     Ok(BudgetGrant {
@@ -516,7 +577,11 @@ pub async fn take_budget(client: &impl GenericClient, platform: &str, calls_per_
 
 /// Pauses every call to a platform until `now() + pause` (Docebo said 429 or 503); a longer
 /// pause already set stays.
-pub async fn pause_docebo(client: &impl GenericClient, platform: &str, pause: Duration) -> Result<()> {
+pub async fn pause_docebo(
+    client: &impl GenericClient,
+    platform: &str,
+    pause: Duration,
+) -> Result<()> {
     client
         .execute(
             "UPDATE docebo_budgets SET paused_until = greatest(paused_until, now() + make_interval(secs => $2)) \
@@ -528,7 +593,11 @@ pub async fn pause_docebo(client: &impl GenericClient, platform: &str, pause: Du
 }
 
 /// Pauses a connection's Salesforce writes until `now() + pause` (REQUEST_LIMIT_EXCEEDED).
-pub async fn pause_salesforce(client: &impl GenericClient, connection_id: Uuid, pause: Duration) -> Result<()> {
+pub async fn pause_salesforce(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    pause: Duration,
+) -> Result<()> {
     client
         .execute(
             "UPDATE connections SET salesforce_paused_until = \
@@ -540,7 +609,10 @@ pub async fn pause_salesforce(client: &impl GenericClient, connection_id: Uuid, 
 }
 
 /// How long a connection's Salesforce writes are still paused (zero: not paused).
-pub async fn salesforce_pause_left(client: &impl GenericClient, connection_id: Uuid) -> Result<Duration> {
+pub async fn salesforce_pause_left(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+) -> Result<Duration> {
     let row = client
         .query_opt(
             "SELECT extract(epoch FROM salesforce_paused_until - now())::float8 FROM connections \
@@ -689,7 +761,9 @@ pub async fn ledger_unseen(
             &[&connection_id, &object, &run_id, &after_key, &limit],
         )
         .await?;
-    rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
 }
 
 /// Marks records unenrolled in the ledger (Salesforce confirmed `Status__c = Unenrolled`). Their

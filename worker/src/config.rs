@@ -1,0 +1,202 @@
+//! The worker's settings: [`Settings`] for the library (tests build it directly), and the
+//! binary's [`Options`], where every flag also reads an environment variable. Secrets (the
+//! credentials key) come from the environment or a file only, never from argv.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Names this worker in leases and logs (unique per process).
+    pub worker_id: String,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// How long a lease lasts without a heartbeat: a dead worker's jobs are taken over after it.
+    pub lease: Duration,
+    /// How often a held lease is extended (well under `lease`).
+    pub heartbeat: Duration,
+    /// How often the queue is polled when no NOTIFY arrives.
+    pub poll_interval: Duration,
+    /// Docebo page size.
+    pub page_size: u32,
+    /// From this many records per job on, writes go through Bulk API 2.0 instead of collections.
+    pub bulk_threshold: i64,
+    /// First retry delay of a job after a transient failure (doubles per retry).
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Retries of a job whose attempts confirmed writes.
+    pub max_retries_with_progress: i32,
+    /// Retries of a job whose attempts confirmed nothing.
+    pub max_retries_without_progress: i32,
+    /// First pause of a Docebo platform after a 429 or 503 (doubles while they go on).
+    pub docebo_pause: Duration,
+    /// How long a connection's Salesforce writes pause after REQUEST_LIMIT_EXCEEDED.
+    pub salesforce_limit_pause: Duration,
+    /// First delay of an in-call retry (Salesforce 5xx, row locks, network errors).
+    pub call_retry_base: Duration,
+    /// Timeout of one HTTP request.
+    pub http_timeout: Duration,
+    /// How long a shutting-down worker waits for its jobs to hand back before it aborts them.
+    pub shutdown_grace: Duration,
+    /// How often a bulk ingest job's state is polled (the first poll; it backs off to 10x).
+    pub bulk_poll: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            worker_id: default_worker_id(),
+            concurrency: 4,
+            lease: Duration::from_secs(10),
+            heartbeat: Duration::from_millis(2500),
+            poll_interval: Duration::from_secs(2),
+            page_size: 200,
+            bulk_threshold: 2000,
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(300),
+            max_retries_with_progress: 20,
+            max_retries_without_progress: 5,
+            docebo_pause: Duration::from_secs(5),
+            salesforce_limit_pause: Duration::from_secs(300),
+            call_retry_base: Duration::from_millis(500),
+            http_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(20),
+            bulk_poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A worker id unique enough to tell processes apart in leases and logs.
+pub fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_string());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Parses `10s`, `500ms`, `2m` or a number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(index) => text.split_at(index),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 10s, 500ms)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("{text:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// The `learnsync-worker` binary's flags.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "learnsync-worker",
+    about = "Claims learnsync sync jobs and synchronizes Docebo into Salesforce"
+)]
+pub struct Options {
+    /// Postgres URL (the server runs the migrations; the worker waits for the schema).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// A file holding the credentials key (base64 or hex, 32 bytes); otherwise
+    /// LEARNSYNC_SECRET_KEY is read from the environment.
+    #[arg(long, env = "LEARNSYNC_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+    /// This worker's id in leases and logs (default: host, pid and a random suffix).
+    #[arg(long, env = "LEARNSYNC_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Jobs run at once.
+    #[arg(long, env = "LEARNSYNC_WORKER_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Lease length.
+    #[arg(long, env = "LEARNSYNC_WORKER_LEASE", default_value = "10s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Heartbeat interval.
+    #[arg(long, env = "LEARNSYNC_WORKER_HEARTBEAT", default_value = "2500ms", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Queue poll interval (NOTIFY wakes the worker sooner).
+    #[arg(long, env = "LEARNSYNC_WORKER_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Records per job from which writes go through Bulk API 2.0.
+    #[arg(long, env = "LEARNSYNC_WORKER_BULK_THRESHOLD", default_value_t = 2000)]
+    pub bulk_threshold: i64,
+    /// Docebo page size.
+    #[arg(long, env = "LEARNSYNC_WORKER_PAGE_SIZE", default_value_t = 200)]
+    pub page_size: u32,
+    /// Pause of a connection's writes after Salesforce's REQUEST_LIMIT_EXCEEDED.
+    #[arg(long, env = "LEARNSYNC_WORKER_SALESFORCE_LIMIT_PAUSE", default_value = "5m", value_parser = parse_duration)]
+    pub salesforce_limit_pause: Duration,
+    /// How long shutdown waits for jobs to hand back.
+    #[arg(long, env = "LEARNSYNC_WORKER_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Connections in the worker's Postgres pool (default: 2 per job plus 4).
+    #[arg(long, env = "LEARNSYNC_WORKER_DB_CONNECTIONS")]
+    pub db_connections: Option<usize>,
+    /// Log as JSON lines.
+    #[arg(long, env = "LEARNSYNC_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl Options {
+    /// The library settings these flags describe.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+            concurrency: self.concurrency.max(1),
+            lease: self.lease,
+            heartbeat: self.heartbeat,
+            poll_interval: self.poll_interval,
+            page_size: self.page_size.clamp(1, 1000),
+            bulk_threshold: self.bulk_threshold,
+            salesforce_limit_pause: self.salesforce_limit_pause,
+            shutdown_grace: self.shutdown_grace,
+            ..Settings::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn flags_read_the_environment_names() {
+        use clap::Parser as _;
+        let options = Options::try_parse_from([
+            "learnsync-worker",
+            "--database-url",
+            "postgres://x/y",
+            "--lease",
+            "4s",
+        ])
+        .unwrap();
+        let settings = options.settings();
+        assert_eq!(settings.lease, Duration::from_secs(4));
+        assert_eq!(settings.concurrency, 4);
+    }
+}

@@ -1,0 +1,178 @@
+//! What one running job carries: the job it holds, its store, the reasons it may have to stop, and
+//! the error type of a job's work.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use learnsync_store::Store;
+use learnsync_store::model::NewLogEvent;
+use learnsync_store::worker::{self as store_worker, ClaimedJob};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+/// Why a job must stop what it is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interrupt {
+    /// Its run was asked to stop: end the job `stopped`.
+    Stop,
+    /// Another attempt holds the job now: write nothing more.
+    Lost,
+    /// The worker is shutting down: hand the job back.
+    Shutdown,
+}
+
+/// How a job's work failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Something that may pass: retry the job later, from its checkpoint.
+    #[error("{0}")]
+    Transient(String),
+    /// Something a retry will not fix: fail the job with this cause.
+    #[error("{0}")]
+    Permanent(String),
+    /// The job was interrupted.
+    #[error("interrupted: {0:?}")]
+    Interrupted(Interrupt),
+}
+
+impl From<learnsync_store::Error> for SyncError {
+    fn from(error: learnsync_store::Error) -> SyncError {
+        match error {
+            learnsync_store::Error::Secrets(message) => {
+                SyncError::Permanent(format!("credentials cannot be opened: {message}"))
+            }
+            learnsync_store::Error::Corrupt(message) => SyncError::Permanent(message),
+            other => SyncError::Transient(other.to_string()),
+        }
+    }
+}
+
+/// A job's result.
+pub type SyncResult<T> = Result<T, SyncError>;
+
+/// The state shared by a job's work, its heartbeat and the worker loop.
+#[derive(Clone)]
+pub struct JobCtx {
+    /// The job held, with its attempt.
+    pub job: Arc<ClaimedJob>,
+    /// The store.
+    pub store: Store,
+    /// The worker's settings.
+    pub settings: Arc<Settings>,
+    /// Cancelled when the job must stop (the reason is in `reason`); a child of the worker's
+    /// shutdown token, so a shutdown reaches every job.
+    pub interrupt: CancellationToken,
+    reason: Arc<Mutex<Option<Interrupt>>>,
+    progressed: Arc<AtomicBool>,
+}
+
+impl JobCtx {
+    /// A context for a job just claimed.
+    pub fn new(
+        job: ClaimedJob,
+        store: Store,
+        settings: Arc<Settings>,
+        shutdown: &CancellationToken,
+    ) -> JobCtx {
+        JobCtx {
+            job: Arc::new(job),
+            store,
+            settings,
+            interrupt: shutdown.child_token(),
+            reason: Arc::new(Mutex::new(None)),
+            progressed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Notes that this attempt moved the checkpoint (its retry spends the with-progress budget).
+    pub fn mark_progress(&self) {
+        self.progressed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this attempt moved the checkpoint.
+    pub fn made_progress(&self) -> bool {
+        self.progressed.load(Ordering::Relaxed)
+    }
+
+    /// Asks the job to stop for `reason` (the first reason given wins, except that a lost lease
+    /// overrides everything: nothing may be written then).
+    pub fn raise(&self, reason: Interrupt) {
+        let mut current = self
+            .reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.is_none() || reason == Interrupt::Lost {
+            *current = Some(reason);
+        }
+        drop(current);
+        self.interrupt.cancel();
+    }
+
+    /// Why the job was interrupted, if it was.
+    pub fn interrupted(&self) -> Option<Interrupt> {
+        if !self.interrupt.is_cancelled() {
+            return None;
+        }
+        let reason = *self
+            .reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Some(reason.unwrap_or(Interrupt::Shutdown))
+    }
+
+    /// Fails with the interruption, if any: called before every write, so a job stops between two
+    /// confirmed writes.
+    pub fn check(&self) -> SyncResult<()> {
+        match self.interrupted() {
+            Some(reason) => Err(SyncError::Interrupted(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Sleeps, unless the job is interrupted first.
+    pub async fn sleep(&self, duration: Duration) -> SyncResult<()> {
+        tokio::select! {
+            _ = self.interrupt.cancelled() => self.check(),
+            _ = tokio::time::sleep(duration) => Ok(()),
+        }
+    }
+
+    /// Runs a future (a read that may be thrown away), unless the job is interrupted first.
+    pub async fn interruptible<T>(
+        &self,
+        future: impl Future<Output = SyncResult<T>>,
+    ) -> SyncResult<T> {
+        tokio::select! {
+            _ = self.interrupt.cancelled() => Err(self.check().err().unwrap_or(SyncError::Interrupted(Interrupt::Shutdown))),
+            outcome = future => outcome,
+        }
+    }
+
+    /// Sets the job's status message (what it is waiting for), fenced by the attempt.
+    pub async fn status(&self, message: &str) -> SyncResult<()> {
+        let conn = self.store.conn().await?;
+        if !store_worker::set_status(&conn, self.job.id, self.job.attempt, message).await? {
+            self.raise(Interrupt::Lost);
+            return Err(SyncError::Interrupted(Interrupt::Lost));
+        }
+        Ok(())
+    }
+
+    /// Writes log events about the job, fenced by the attempt.
+    pub async fn log(&self, events: Vec<NewLogEvent>) -> SyncResult<()> {
+        let mut conn = self.store.conn().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(learnsync_store::Error::from)?;
+        if !store_worker::fence(&tx, self.job.id, self.job.attempt).await? {
+            self.raise(Interrupt::Lost);
+            return Err(SyncError::Interrupted(Interrupt::Lost));
+        }
+        store_worker::log(&tx, &self.job, events).await?;
+        tx.commit().await.map_err(learnsync_store::Error::from)?;
+        Ok(())
+    }
+}

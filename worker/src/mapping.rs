@@ -1,0 +1,659 @@
+//! The Salesforce data model as data: which object each Docebo entity becomes, its external id,
+//! and how each field is derived and validated. The default mapping is `mapping.json`, compiled
+//! in; a connection could carry another one in the same form.
+//!
+//! Mapping a Docebo item gives the record to upsert (without `attributes`), its key, a hash of its
+//! values (the ledger skips records whose hash did not change) and its Docebo change time; or the
+//! reason the record cannot fit the org, which fails that one record, never the run.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use learnsync_store::model::Area;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::Digest as _;
+
+/// The default mapping (data-model.md), as JSON.
+const DEFAULT_MAPPING: &str = include_str!("mapping.json");
+
+/// The Docebo entities a sync reads, each mapped to one Salesforce object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entity {
+    /// Users.
+    Users,
+    /// Courses.
+    Courses,
+    /// Learning plans.
+    LearningPlans,
+    /// ILT and webinar sessions.
+    Sessions,
+    /// Course enrollments.
+    CourseEnrollments,
+    /// Learning-plan enrollments.
+    LearningPlanEnrollments,
+    /// Webinar and ILT session enrollments.
+    SessionEnrollments,
+}
+
+/// A mapping that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid mapping: {0}")]
+pub struct InvalidMapping(String);
+
+/// How every entity maps to Salesforce.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    entities: HashMap<Entity, ObjectMapping>,
+}
+
+#[derive(Deserialize)]
+struct MappingFile {
+    entities: HashMap<Entity, ObjectMapping>,
+}
+
+/// How one entity maps to one Salesforce object.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ObjectMapping {
+    /// The object's API name.
+    pub object: String,
+    /// The area whose record count the object adds to.
+    #[serde(deserialize_with = "area_from_str")]
+    pub area: Area,
+    /// The external id field the upsert matches on.
+    pub external_id: String,
+    /// The key template (`{user_id}-{course_id}`), made of numeric ids.
+    pub key: String,
+    /// Templates for `Name`, the first that renders non-empty wins (truncated to 80).
+    pub name: Vec<String>,
+    /// The Docebo fields that mark a change; the latest wins.
+    pub updated_at: Vec<String>,
+    /// Fields.
+    pub fields: Vec<FieldMapping>,
+    /// Enrollments: how an unenrollment is written.
+    #[serde(default)]
+    pub unenroll: Option<Unenroll>,
+}
+
+/// How an unenrolled record is marked.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Unenroll {
+    /// The status field.
+    pub status_field: String,
+    /// Its unenrolled value.
+    pub status_value: String,
+    /// The field holding when it happened.
+    pub time_field: String,
+}
+
+fn area_from_str<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Area, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Area::parse(&text).map_err(serde::de::Error::custom)
+}
+
+/// One Salesforce field and where its value comes from.
+#[derive(Clone, Debug, Deserialize)]
+pub struct FieldMapping {
+    /// The field's API name (a relationship name for lookups).
+    pub field: String,
+    /// The Docebo field it is read from (`_`-prefixed: context the sync adds).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// A null value fails the record.
+    #[serde(default)]
+    pub required: bool,
+    /// The field's type and constraints.
+    #[serde(flatten)]
+    pub kind: FieldKind,
+}
+
+/// A field's type, with what validation needs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FieldKind {
+    /// Text of at most `length` characters.
+    Text {
+        /// Maximum length in characters.
+        length: usize,
+    },
+    /// An email address.
+    Email {
+        /// Maximum length in characters.
+        length: usize,
+    },
+    /// A checkbox: JSON booleans, or one of `true_values`.
+    Checkbox {
+        /// Text values meaning true.
+        true_values: Vec<String>,
+    },
+    /// A Docebo timestamp, written as ISO 8601 UTC.
+    Datetime,
+    /// A Docebo date or timestamp, written as `YYYY-MM-DD`.
+    Date,
+    /// A number with at most `precision` digits, `scale` of them decimals.
+    Number {
+        /// Total digits.
+        precision: u32,
+        /// Decimal digits.
+        scale: u32,
+    },
+    /// A restricted picklist: Docebo value (lowercased) to Salesforce value.
+    Picklist {
+        /// The value map.
+        values: BTreeMap<String, String>,
+    },
+    /// A lookup by external id: `{"<relationship>": {"<external id>": "<key>"}}`.
+    Lookup {
+        /// The parent object.
+        object: String,
+        /// The parent's external id field.
+        external_id: String,
+    },
+    /// Always null (clears a field the sync sets elsewhere, e.g. `Unenrolled_At__c`).
+    Clear,
+}
+
+/// A record ready to upsert.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MappedRecord {
+    /// The external id value (also the ledger's record key and the log's record key).
+    pub key: String,
+    /// The fields to send, external id included, `attributes` excluded.
+    pub fields: Map<String, Value>,
+    /// A hash of the values.
+    pub hash: Vec<u8>,
+    /// The Docebo change time.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// Why a record cannot be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordError {
+    /// The record's key, when it could be read.
+    pub key: String,
+    /// A stable code.
+    pub code: String,
+    /// The reason, for a person.
+    pub message: String,
+}
+
+impl Mapping {
+    /// The default mapping of data-model.md.
+    pub fn default_mapping() -> Result<Mapping, InvalidMapping> {
+        Mapping::from_json(DEFAULT_MAPPING)
+    }
+
+    /// Reads a mapping in the form of `mapping.json`.
+    pub fn from_json(text: &str) -> Result<Mapping, InvalidMapping> {
+        let file: MappingFile =
+            serde_json::from_str(text).map_err(|error| InvalidMapping(error.to_string()))?;
+        for (entity, mapping) in &file.entities {
+            if mapping.key.is_empty() || mapping.external_id.is_empty() || mapping.object.is_empty()
+            {
+                return Err(InvalidMapping(format!(
+                    "{entity:?}: object, key and external id are required"
+                )));
+            }
+        }
+        Ok(Mapping {
+            entities: file.entities,
+        })
+    }
+
+    /// The mapping of one entity.
+    pub fn entity(&self, entity: Entity) -> Result<&ObjectMapping, InvalidMapping> {
+        self.entities
+            .get(&entity)
+            .ok_or_else(|| InvalidMapping(format!("no mapping for {entity:?}")))
+    }
+}
+
+/// Reads an id that may be a JSON number or a numeric string.
+pub fn id_of(item: &Value, field: &str) -> Option<i64> {
+    match item.get(field)? {
+        Value::Number(number) => number.as_i64(),
+        Value::String(text) => text.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Parses a Docebo timestamp (`YYYY-MM-DD HH:MM:SS`, UTC); zero dates and nulls mean none.
+pub fn parse_docebo_time(value: &Value) -> Result<Option<DateTime<Utc>>, String> {
+    let Some(text) = value.as_str() else {
+        return if value.is_null() {
+            Ok(None)
+        } else {
+            Err(format!("{value} is not a date"))
+        };
+    };
+    let text = text.trim();
+    if text.is_empty() || text.starts_with("0000-00-00") {
+        return Ok(None);
+    }
+    if let Ok(time) = NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S") {
+        return Ok(Some(time.and_utc()));
+    }
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(Some(time.with_timezone(&Utc)));
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        && let Some(time) = date.and_hms_opt(0, 0, 0)
+    {
+        return Ok(Some(time.and_utc()));
+    }
+    Err(format!("{text:?} is not a date"))
+}
+
+/// Formats a time as Docebo's filters want it.
+pub fn docebo_time(time: DateTime<Utc>) -> String {
+    time.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// Formats a time as Salesforce's REST API wants it.
+pub fn salesforce_time(time: DateTime<Utc>) -> String {
+    time.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(text) => Some(text.clone()),
+        Value::Bool(flag) => Some(flag.to_string()),
+        Value::Number(number) => Some(number.to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// Renders a template: `{field}` placeholders take the item's values (missing ones: empty).
+fn render(template: &str, item: &Value) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) => {
+                let field = &after[..close];
+                if let Some(text) = item.get(field).and_then(text_of) {
+                    out.push_str(&text);
+                }
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push_str(&rest[open..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Renders a key template from numeric ids only, so that `"12"` and `12` give the same key.
+fn render_key(template: &str, item: &Value) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after.find('}')?;
+        out.push_str(&id_of(item, &after[..close])?.to_string());
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// A best-effort key for a record whose key fields are unreadable (for the log).
+fn raw_key(template: &str, item: &Value) -> String {
+    let rendered = render(template, item);
+    if rendered.trim_matches('-').is_empty() {
+        "unknown".to_string()
+    } else {
+        rendered
+    }
+}
+
+fn round_number(value: f64, precision: u32, scale: u32) -> Result<Value, String> {
+    if !value.is_finite() {
+        return Err(format!("{value} is not a number"));
+    }
+    let factor = 10f64.powi(scale as i32);
+    let rounded = (value * factor).round() / factor;
+    let integer_digits = precision.saturating_sub(scale);
+    if rounded.abs() >= 10f64.powi(integer_digits as i32) {
+        return Err(format!(
+            "{value} has more than {integer_digits} integer digits"
+        ));
+    }
+    if scale == 0 {
+        return Ok(Value::from(rounded as i64));
+    }
+    serde_json::Number::from_f64(rounded)
+        .map(Value::Number)
+        .ok_or_else(|| format!("{value} is not a number"))
+}
+
+impl ObjectMapping {
+    /// Maps a Docebo item (with any `_` context fields the sync added) to a record.
+    pub fn map(&self, item: &Value) -> Result<MappedRecord, RecordError> {
+        let Some(key) = render_key(&self.key, item) else {
+            return Err(RecordError {
+                key: raw_key(&self.key, item),
+                code: "INVALID_KEY".into(),
+                message: format!("the item has no numeric key ({})", self.key),
+            });
+        };
+        let fail = |code: &str, message: String| RecordError {
+            key: key.clone(),
+            code: code.to_string(),
+            message,
+        };
+        let mut fields = Map::new();
+        fields.insert(self.external_id.clone(), Value::String(key.clone()));
+        let name = self
+            .name
+            .iter()
+            .map(|template| render(template, item).trim().to_string())
+            .find(|name| !name.is_empty() && !name.starts_with('/') && !name.ends_with('/'))
+            .unwrap_or_else(|| key.clone());
+        // Name is our own label, not Docebo data: shortening it loses nothing.
+        fields.insert(
+            "Name".into(),
+            Value::String(name.chars().take(80).collect()),
+        );
+        for field in &self.fields {
+            let source = field
+                .from
+                .as_deref()
+                .and_then(|from| item.get(from))
+                .unwrap_or(&Value::Null);
+            let value = match &field.kind {
+                FieldKind::Clear => Value::Null,
+                FieldKind::Text { length } | FieldKind::Email { length } => match text_of(source) {
+                    None => Value::Null,
+                    Some(text) if text.is_empty() => Value::Null,
+                    Some(text) => {
+                        let count = text.chars().count();
+                        if count > *length {
+                            return Err(fail(
+                                "STRING_TOO_LONG",
+                                format!(
+                                    "{}: {count} characters, at most {length} fit",
+                                    field.field
+                                ),
+                            ));
+                        }
+                        if matches!(field.kind, FieldKind::Email { .. }) && !text.contains('@') {
+                            return Err(fail(
+                                "INVALID_EMAIL_ADDRESS",
+                                format!("{}: {text:?} is not an email address", field.field),
+                            ));
+                        }
+                        Value::String(text)
+                    }
+                },
+                FieldKind::Checkbox { true_values } => match source {
+                    Value::Bool(flag) => Value::Bool(*flag),
+                    Value::Null => Value::Bool(false),
+                    other => {
+                        let text = text_of(other).unwrap_or_default().to_ascii_lowercase();
+                        Value::Bool(
+                            true_values
+                                .iter()
+                                .any(|value| value.eq_ignore_ascii_case(&text)),
+                        )
+                    }
+                },
+                FieldKind::Datetime => match parse_docebo_time(source) {
+                    Ok(Some(time)) => Value::String(salesforce_time(time)),
+                    Ok(None) => Value::Null,
+                    Err(reason) => {
+                        return Err(fail("INVALID_DATE", format!("{}: {reason}", field.field)));
+                    }
+                },
+                FieldKind::Date => match parse_docebo_time(source) {
+                    Ok(Some(time)) => Value::String(time.format("%Y-%m-%d").to_string()),
+                    Ok(None) => Value::Null,
+                    Err(reason) => {
+                        return Err(fail("INVALID_DATE", format!("{}: {reason}", field.field)));
+                    }
+                },
+                FieldKind::Number { precision, scale } => {
+                    let number = match source {
+                        Value::Null => None,
+                        Value::Number(number) => number.as_f64(),
+                        Value::String(text) if text.trim().is_empty() => None,
+                        Value::String(text) => match text.trim().parse::<f64>() {
+                            Ok(number) => Some(number),
+                            Err(_) => {
+                                return Err(fail(
+                                    "INVALID_NUMBER",
+                                    format!("{}: {text:?} is not a number", field.field),
+                                ));
+                            }
+                        },
+                        other => {
+                            return Err(fail(
+                                "INVALID_NUMBER",
+                                format!("{}: {other} is not a number", field.field),
+                            ));
+                        }
+                    };
+                    match number {
+                        None => Value::Null,
+                        Some(number) => {
+                            round_number(number, *precision, *scale).map_err(|reason| {
+                                fail(
+                                    "NUMBER_OUTSIDE_VALID_RANGE",
+                                    format!("{}: {reason}", field.field),
+                                )
+                            })?
+                        }
+                    }
+                }
+                FieldKind::Picklist { values } => match text_of(source) {
+                    None => Value::Null,
+                    Some(text) => match values.get(&text.trim().to_ascii_lowercase()) {
+                        Some(value) => Value::String(value.clone()),
+                        None => {
+                            return Err(fail(
+                                "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                                format!("{}: unknown value {text:?}", field.field),
+                            ));
+                        }
+                    },
+                },
+                FieldKind::Lookup { external_id, .. } => {
+                    match field.from.as_deref().and_then(|from| id_of(item, from)) {
+                        Some(id) => {
+                            let mut reference = Map::new();
+                            reference.insert(external_id.clone(), Value::String(id.to_string()));
+                            Value::Object(reference)
+                        }
+                        None if source.is_null() => Value::Null,
+                        None => {
+                            return Err(fail(
+                                "INVALID_KEY",
+                                format!("{}: {source} is not a numeric id", field.field),
+                            ));
+                        }
+                    }
+                }
+            };
+            if field.required && value.is_null() {
+                return Err(fail(
+                    "REQUIRED_FIELD_MISSING",
+                    format!("{}: a value is required", field.field),
+                ));
+            }
+            fields.insert(field.field.clone(), value);
+        }
+        let mut updated_at = None;
+        for marker in &self.updated_at {
+            if let Some(value) = item.get(marker)
+                && let Ok(Some(time)) = parse_docebo_time(value)
+            {
+                updated_at = updated_at.max(Some(time));
+            }
+        }
+        let hash = hash_fields(&self.object, &fields);
+        Ok(MappedRecord {
+            key,
+            fields,
+            hash,
+            updated_at,
+        })
+    }
+
+    /// The change time of a raw item (for the timeframe test), when it has one.
+    pub fn updated_at_of(&self, item: &Value) -> Option<DateTime<Utc>> {
+        self.updated_at
+            .iter()
+            .filter_map(|marker| item.get(marker))
+            .filter_map(|value| parse_docebo_time(value).ok().flatten())
+            .max()
+    }
+
+    /// The record that marks an enrollment unenrolled.
+    pub fn unenrolled_record(&self, key: &str, at: DateTime<Utc>) -> Option<Map<String, Value>> {
+        let unenroll = self.unenroll.as_ref()?;
+        let mut fields = Map::new();
+        fields.insert(self.external_id.clone(), Value::String(key.to_string()));
+        fields.insert(
+            unenroll.status_field.clone(),
+            Value::String(unenroll.status_value.clone()),
+        );
+        fields.insert(
+            unenroll.time_field.clone(),
+            Value::String(salesforce_time(at)),
+        );
+        Some(fields)
+    }
+}
+
+/// Hashes the values with the keys in a fixed order, whatever the map's iteration order.
+fn hash_fields(object: &str, fields: &Map<String, Value>) -> Vec<u8> {
+    fn feed(hasher: &mut sha2::Sha256, value: &Value) {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                hasher.update(b"{");
+                for key in keys {
+                    hasher.update(key.as_bytes());
+                    hasher.update(b":");
+                    if let Some(inner) = map.get(key) {
+                        feed(hasher, inner);
+                    }
+                    hasher.update(b",");
+                }
+                hasher.update(b"}");
+            }
+            other => hasher.update(other.to_string().as_bytes()),
+        }
+    }
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(object.as_bytes());
+    feed(&mut hasher, &Value::Object(fields.clone()));
+    hasher.finalize().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use serde_json::json;
+
+    use super::*;
+
+    fn mapping() -> Mapping {
+        Mapping::default_mapping().unwrap()
+    }
+
+    #[test]
+    fn maps_a_course_enrollment_as_the_spec_shows() {
+        let item = json!({"user_id": 12301, "username": "jane@acme.example", "course_id": "55",
+            "course_code": "SALES-101", "course_type": "elearning", "enrollment_level": "student",
+            "enrollment_status": "completed", "enrollment_created_at": "2024-03-13 14:58:26",
+            "enrollment_date_last_updated": "2024-03-20 09:01:02",
+            "enrollment_completion_date": "2024-03-20 09:01:02", "enrollment_score": 87,
+            "enrollment_time_spent": 3600, "enrollment_validity_begin_date": null,
+            "enrollment_validity_end_date": "0000-00-00 00:00:00"});
+        let record = mapping()
+            .entity(Entity::CourseEnrollments)
+            .unwrap()
+            .map(&item)
+            .unwrap();
+        assert_eq!(record.key, "12301-55");
+        assert_eq!(record.fields["Enrollment_Key__c"], json!("12301-55"));
+        assert_eq!(
+            record.fields["Docebo_User__r"],
+            json!({"Docebo_User_Id__c": "12301"})
+        );
+        assert_eq!(
+            record.fields["Docebo_Course__r"],
+            json!({"Docebo_Course_Id__c": "55"})
+        );
+        assert_eq!(record.fields["Status__c"], json!("Completed"));
+        assert_eq!(
+            record.fields["Completed_At__c"],
+            json!("2024-03-20T09:01:02Z")
+        );
+        assert_eq!(record.fields["Valid_To__c"], Value::Null);
+        assert_eq!(record.fields["Score__c"], json!(87.0));
+        assert_eq!(record.fields["Time_Spent_Seconds__c"], json!(3600));
+        assert_eq!(
+            record.fields["Name"],
+            json!("jane@acme.example / SALES-101")
+        );
+        assert_eq!(
+            record.updated_at,
+            Some(
+                NaiveDateTime::parse_from_str("2024-03-20 09:01:02", "%Y-%m-%d %H:%M:%S")
+                    .unwrap()
+                    .and_utc()
+            )
+        );
+    }
+
+    #[test]
+    fn fails_records_that_do_not_fit_with_a_reason() {
+        let users = mapping();
+        let users = users.entity(Entity::Users).unwrap();
+        let long = json!({"user_id": "10007", "first_name": "x".repeat(81), "last_name": "y", "username": "u"});
+        let error = users.map(&long).unwrap_err();
+        assert_eq!(error.key, "10007");
+        assert_eq!(error.code, "STRING_TOO_LONG");
+        assert!(error.message.contains("First_Name__c"), "{}", error.message);
+
+        let mapping = mapping();
+        let enrollments = mapping.entity(Entity::CourseEnrollments).unwrap();
+        let unknown = json!({"user_id": 1, "course_id": 2, "enrollment_status": "pending_review"});
+        let error = enrollments.map(&unknown).unwrap_err();
+        assert_eq!(error.key, "1-2");
+        assert_eq!(error.code, "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST");
+
+        let malformed = json!({"user_id": "abc", "enrollment_status": "completed"});
+        assert_eq!(enrollments.map(&malformed).unwrap_err().code, "INVALID_KEY");
+    }
+
+    #[test]
+    fn the_hash_depends_on_values_only() {
+        let mapping = mapping();
+        let users = mapping.entity(Entity::Users).unwrap();
+        let a = json!({"user_id": "1", "username": "a", "first_name": "A", "status": "1"});
+        let b = json!({"status": "1", "first_name": "A", "username": "a", "user_id": 1, "lang_code": "x"});
+        assert_eq!(users.map(&a).unwrap().hash, users.map(&b).unwrap().hash);
+        let c = json!({"user_id": "1", "username": "a", "first_name": "B", "status": "1"});
+        assert_ne!(users.map(&a).unwrap().hash, users.map(&c).unwrap().hash);
+    }
+
+    #[test]
+    fn numbers_are_rounded_and_range_checked() {
+        assert_eq!(round_number(1.005, 8, 2).unwrap(), json!(1.0));
+        assert_eq!(round_number(2.5, 6, 2).unwrap(), json!(2.5));
+        assert!(round_number(12345.0, 6, 2).is_err());
+        assert_eq!(round_number(3600.4, 12, 0).unwrap(), json!(3600));
+    }
+}

@@ -1,0 +1,967 @@
+//! The work of one job: walk a Docebo listing page by page, map each item, skip what the ledger
+//! says is unchanged, write the rest to Salesforce, and commit the confirmed writes with the
+//! checkpoint after them. Then retry records whose parent was missing, then (full enrollment
+//! runs) mark unenrolled what the listing no longer holds.
+//!
+//! Memory stays flat: at most one chunk of records is held (a page, or up to the bulk threshold
+//! when the job is large enough for Bulk API 2.0), plus the deferred records the checkpoint holds.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use learnsync_store::model::{Counts, JobKind, LogLevel, NewLogEvent, UnenrollmentPolicy};
+use learnsync_store::worker::{self as store_worker, LedgerWrite, Progress};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::context::{Interrupt, JobCtx, SyncError, SyncResult};
+use crate::docebo::{Docebo, PageRef};
+use crate::mapping::{
+    Entity, MappedRecord, Mapping, ObjectMapping, RecordError, docebo_time, id_of,
+};
+use crate::salesforce::{COLLECTION_SIZE, RecordResult, Salesforce};
+
+/// Most records whose parent was missing that a job keeps for a retry at its end; beyond it they
+/// fail at once (the checkpoint carries them, so it must stay small).
+const MAX_DEFERRED: usize = 2000;
+/// Rounds of re-sending rows Salesforce could not lock.
+const LOCK_ROUNDS: u32 = 8;
+/// Unseen ledger records handled per unenrollment batch.
+const UNENROLL_BATCH: i64 = COLLECTION_SIZE as i64;
+
+/// Where a job is, as stored in `jobs.checkpoint`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The phase.
+    pub phase: Phase,
+    /// The listing's position, outer levels first (courses, sessions, roster).
+    pub levels: Vec<Pos>,
+    /// Records whose parent Salesforce did not know yet: retried at the end of the listing.
+    #[serde(default)]
+    pub deferred: Vec<Deferred>,
+    /// Unenrollment: the last ledger key handled.
+    #[serde(default)]
+    pub after_key: String,
+    /// Records the listing announced so far (nested listings add up their rosters).
+    #[serde(default)]
+    pub expected: i64,
+}
+
+/// A job's phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Reading Docebo and writing Salesforce.
+    #[default]
+    List,
+    /// Retrying records whose parent was missing.
+    Deferred,
+    /// Comparing the ledger with the listing.
+    Unenroll,
+    /// Nothing left.
+    Done,
+}
+
+/// A position in one level of a listing: the page to read (by number, or by the cursor that reads
+/// it) and how many of its items are done (outer levels only).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pos {
+    /// The page number, from 1.
+    pub page: u32,
+    /// The cursor that reads this page, in cursor mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Items of this page done (outer levels).
+    #[serde(default)]
+    pub index: usize,
+}
+
+impl Pos {
+    fn first() -> Pos {
+        Pos {
+            page: 1,
+            cursor: None,
+            index: 0,
+        }
+    }
+
+    fn page_ref(&self) -> PageRef {
+        PageRef {
+            page: self.page.max(1),
+            cursor: self.cursor.clone(),
+        }
+    }
+
+    fn next(&self, cursor: Option<String>) -> Pos {
+        Pos {
+            page: self.page + 1,
+            cursor,
+            index: 0,
+        }
+    }
+}
+
+/// A record kept for a retry once its parent exists.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Deferred {
+    /// The record key.
+    pub key: String,
+    /// The fields to send.
+    pub fields: Map<String, Value>,
+    /// Hex of the value hash.
+    pub hash: String,
+    /// The Docebo change time.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Salesforce's reason the first time.
+    pub reason: String,
+}
+
+/// One level of a listing.
+#[derive(Clone, Debug)]
+struct Level {
+    path: String,
+    filters: Vec<(String, String)>,
+    /// Fields added to each item (`_course_type`, `_session_id`, ...).
+    context: Map<String, Value>,
+}
+
+/// The entity a job writes.
+pub fn entity_of(kind: JobKind) -> Entity {
+    match kind {
+        JobKind::Users => Entity::Users,
+        JobKind::Courses => Entity::Courses,
+        JobKind::LearningPlans => Entity::LearningPlans,
+        JobKind::Sessions => Entity::Sessions,
+        JobKind::CourseEnrollments => Entity::CourseEnrollments,
+        JobKind::LearningPlanEnrollments => Entity::LearningPlanEnrollments,
+        JobKind::WebinarSessionEnrollments | JobKind::IltSessionEnrollments => {
+            Entity::SessionEnrollments
+        }
+    }
+}
+
+/// How many levels a job's listing has (courses → sessions → roster).
+fn depth(kind: JobKind) -> usize {
+    match kind {
+        JobKind::Sessions => 2,
+        JobKind::WebinarSessionEnrollments | JobKind::IltSessionEnrollments => 3,
+        _ => 1,
+    }
+}
+
+/// Walks a (possibly nested) listing, yielding leaf pages, and knows its position at all times.
+struct Walker<'a> {
+    kind: JobKind,
+    docebo: &'a Docebo,
+    /// `updated_from` (and sort) filters of the leaf level.
+    leaf_filters: Vec<(String, String)>,
+    pos: Vec<Pos>,
+    levels: Vec<Level>,
+    pages: Vec<Option<crate::docebo::Page>>,
+    depth_now: usize,
+    done: bool,
+}
+
+/// One leaf page.
+struct LeafPage {
+    items: Vec<Value>,
+    /// Docebo's total for this leaf listing (given on its first page only).
+    total: Option<i64>,
+}
+
+impl<'a> Walker<'a> {
+    fn new(
+        kind: JobKind,
+        docebo: &'a Docebo,
+        leaf_filters: Vec<(String, String)>,
+        pos: Vec<Pos>,
+    ) -> Walker<'a> {
+        let depth = depth(kind);
+        let pos = if pos.len() == depth {
+            pos
+        } else {
+            vec![Pos::first(); depth]
+        };
+        let root = Walker::root_level(kind, &leaf_filters);
+        Walker {
+            kind,
+            docebo,
+            leaf_filters,
+            pos,
+            levels: vec![root],
+            pages: vec![None],
+            depth_now: 0,
+            done: false,
+        }
+    }
+
+    fn root_level(kind: JobKind, leaf_filters: &[(String, String)]) -> Level {
+        let (path, leaf) = match kind {
+            JobKind::Users => ("/manage/v1/user", true),
+            JobKind::Courses => ("/learn/v1/courses", true),
+            JobKind::LearningPlans => ("/learningplan/v1/learningplans", true),
+            JobKind::CourseEnrollments => ("/course/v1/courses/enrollments", true),
+            JobKind::LearningPlanEnrollments => {
+                ("/learningplan/v1/learningplans/enrollments", true)
+            }
+            // Nested listings start from every course, whatever its change time: a session may
+            // change without its course.
+            JobKind::Sessions
+            | JobKind::WebinarSessionEnrollments
+            | JobKind::IltSessionEnrollments => ("/learn/v1/courses", false),
+        };
+        let mut filters = vec![
+            ("sort_by".to_string(), "last_update".to_string()),
+            ("sort_by_direction".to_string(), "asc".to_string()),
+        ];
+        if leaf {
+            filters.extend(leaf_filters.iter().cloned());
+        }
+        Level {
+            path: path.to_string(),
+            filters,
+            context: Map::new(),
+        }
+    }
+
+    /// The level below an item of level `depth`, or `None` to skip the item.
+    fn child(&self, depth: usize, item: &Value, parent: &Level) -> Option<Level> {
+        let leaf_filters = self.leaf_filters.clone();
+        match (self.kind, depth) {
+            (JobKind::Sessions, 0) => {
+                let course_type = item
+                    .get("course_type")
+                    .and_then(Value::as_str)?
+                    .to_ascii_lowercase();
+                if course_type != "classroom" && course_type != "webinar" {
+                    return None;
+                }
+                let course_id = id_of(item, "id_course")?;
+                let mut context = Map::new();
+                context.insert("_course_type".into(), Value::String(course_type));
+                Some(Level {
+                    path: format!("/course/v1/courses/{course_id}/sessions"),
+                    filters: leaf_filters,
+                    context,
+                })
+            }
+            (JobKind::WebinarSessionEnrollments | JobKind::IltSessionEnrollments, 0) => {
+                let wanted = if self.kind == JobKind::WebinarSessionEnrollments {
+                    "webinar"
+                } else {
+                    "classroom"
+                };
+                let course_type = item
+                    .get("course_type")
+                    .and_then(Value::as_str)?
+                    .to_ascii_lowercase();
+                if course_type != wanted {
+                    return None;
+                }
+                let course_id = id_of(item, "id_course")?;
+                let mut context = Map::new();
+                context.insert("_session_type".into(), Value::String(course_type));
+                Some(Level {
+                    path: format!("/course/v1/courses/{course_id}/sessions"),
+                    filters: Vec::new(),
+                    context,
+                })
+            }
+            (JobKind::WebinarSessionEnrollments | JobKind::IltSessionEnrollments, 1) => {
+                let session_id = id_of(item, "id")?;
+                let mut context = parent.context.clone();
+                context.insert("_session_id".into(), Value::from(session_id));
+                Some(Level {
+                    path: format!("/course/v1/sessions/{session_id}/enrollments"),
+                    filters: leaf_filters,
+                    context,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The position to store after what was yielded so far.
+    fn position(&self) -> Vec<Pos> {
+        self.pos.clone()
+    }
+
+    /// Reads the next leaf page, descending and climbing the levels as needed; `None` at the end.
+    async fn next_leaf(&mut self, ctx: &JobCtx) -> SyncResult<Option<LeafPage>> {
+        let leaf = self.pos.len() - 1;
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let d = self.depth_now;
+            if d < leaf {
+                if self.pages[d].is_none() {
+                    let page = self
+                        .docebo
+                        .list(
+                            ctx,
+                            &self.levels[d].path,
+                            &self.levels[d].filters,
+                            &self.pos[d].page_ref(),
+                        )
+                        .await?;
+                    self.pages[d] = Some(page);
+                }
+                let Some(page) = self.pages[d].as_ref() else {
+                    continue;
+                };
+                if let Some(item) = page.items.get(self.pos[d].index) {
+                    match self.child(d, item, &self.levels[d]) {
+                        Some(level) => {
+                            self.levels.truncate(d + 1);
+                            self.levels.push(level);
+                            self.pages.truncate(d + 1);
+                            self.pages.push(None);
+                            self.depth_now = d + 1;
+                        }
+                        None => self.pos[d].index += 1,
+                    }
+                    continue;
+                }
+                if page.has_more && !page.items.is_empty() {
+                    self.pos[d] = self.pos[d].next(page.cursor.clone());
+                    self.pages[d] = None;
+                    continue;
+                }
+                self.climb();
+                continue;
+            }
+            let level = &self.levels[d];
+            let at = self.pos[d].page_ref();
+            let first = at.page == 1 && at.cursor.is_none();
+            let page = self
+                .docebo
+                .list(ctx, &level.path, &level.filters, &at)
+                .await?;
+            let context = level.context.clone();
+            let items: Vec<Value> = page
+                .items
+                .into_iter()
+                .map(|mut item| {
+                    if let Value::Object(fields) = &mut item {
+                        fields.extend(context.clone());
+                    }
+                    item
+                })
+                .collect();
+            if page.has_more && !items.is_empty() {
+                self.pos[d] = self.pos[d].next(page.cursor);
+            } else {
+                self.climb();
+            }
+            return Ok(Some(LeafPage {
+                items,
+                total: if first { page.total_count } else { None },
+            }));
+        }
+    }
+
+    /// Ends the current level: the parent's item is done.
+    fn climb(&mut self) {
+        let d = self.depth_now;
+        if d == 0 {
+            self.done = true;
+            return;
+        }
+        self.pos[d] = Pos::first();
+        self.depth_now = d - 1;
+        self.pos[d - 1].index += 1;
+    }
+}
+
+/// A record read, mapped or not.
+type Pending = Result<MappedRecord, RecordError>;
+
+/// What one write produced.
+#[derive(Default)]
+struct Written {
+    ledger: Vec<LedgerWrite>,
+    /// Keys present in the listing but not written (unchanged, failed, deferred).
+    seen: Vec<String>,
+    counts: Counts,
+    events: Vec<NewLogEvent>,
+    deferred: Vec<Deferred>,
+}
+
+impl Written {
+    fn fail(&mut self, object: &str, key: &str, code: &str, reason: &str) {
+        self.counts.failed += 1;
+        self.seen.push(key.to_string());
+        self.events.push(
+            NewLogEvent::new(LogLevel::Error, reason.to_string())
+                .record(key)
+                .code(code)
+                .field("object", object),
+        );
+    }
+}
+
+/// Whether a per-record failure means the parent is not in Salesforce yet.
+fn is_missing_parent(code: &str, message: &str) -> bool {
+    code == "INVALID_FIELD" && message.contains("Foreign key external ID")
+}
+
+/// Runs a job to its end (or its interruption).
+pub struct JobRun<'a> {
+    ctx: &'a JobCtx,
+    docebo: Docebo,
+    salesforce: Salesforce,
+    mapping: &'a ObjectMapping,
+    checkpoint: Checkpoint,
+}
+
+impl<'a> JobRun<'a> {
+    /// Prepares a job's run from its checkpoint.
+    pub fn new(
+        ctx: &'a JobCtx,
+        docebo: Docebo,
+        salesforce: Salesforce,
+        mapping: &'a Mapping,
+    ) -> SyncResult<JobRun<'a>> {
+        let mapping = mapping
+            .entity(entity_of(ctx.job.kind))
+            .map_err(|error| SyncError::Permanent(error.to_string()))?;
+        let checkpoint = match &ctx.job.checkpoint {
+            None | Some(Value::Null) => Checkpoint::default(),
+            Some(value) => serde_json::from_value(value.clone())
+                .map_err(|error| SyncError::Permanent(format!("unreadable checkpoint: {error}")))?,
+        };
+        Ok(JobRun {
+            ctx,
+            docebo,
+            salesforce,
+            mapping,
+            checkpoint,
+        })
+    }
+
+    /// Runs every phase left.
+    pub async fn run(mut self) -> SyncResult<()> {
+        if self.checkpoint.phase == Phase::List {
+            self.list().await?;
+        }
+        if self.checkpoint.phase == Phase::Deferred {
+            self.retry_deferred().await?;
+        }
+        if self.checkpoint.phase == Phase::Unenroll {
+            self.unenroll().await?;
+        }
+        Ok(())
+    }
+
+    fn leaf_filters(&self) -> Vec<(String, String)> {
+        let job = &self.ctx.job;
+        let from = match (job.timeframe_start, job.updated_from) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        from.map(|time| vec![("updated_from".to_string(), docebo_time(time))])
+            .unwrap_or_default()
+    }
+
+    /// Whether an item falls in the run's timeframe (Docebo filters the start; the end is ours).
+    fn in_timeframe(&self, item: &Value) -> bool {
+        let job = &self.ctx.job;
+        if job.timeframe_start.is_none() && job.timeframe_end.is_none() {
+            return true;
+        }
+        let Some(time) = self.mapping.updated_at_of(item) else {
+            return false;
+        };
+        job.timeframe_start.is_none_or(|start| time >= start)
+            && job.timeframe_end.is_none_or(|end| time < end)
+    }
+
+    fn next_phase_after_list(&self) -> Phase {
+        if !self.checkpoint.deferred.is_empty() {
+            Phase::Deferred
+        } else if self.ctx.job.tracks_unenrollments() && self.mapping.unenroll.is_some() {
+            Phase::Unenroll
+        } else {
+            Phase::Done
+        }
+    }
+
+    async fn list(&mut self) -> SyncResult<()> {
+        let filters = self.leaf_filters();
+        let mut walker = Walker::new(
+            self.ctx.job.kind,
+            &self.docebo,
+            filters,
+            self.checkpoint.levels.clone(),
+        );
+        // Small jobs write page by page through collections; large ones gather a chunk the size of
+        // the bulk threshold, so that Bulk API 2.0 carries it.
+        let mut chunk_target = self.ctx.settings.page_size as usize;
+        if self.ctx.job.counts.expected >= self.ctx.settings.bulk_threshold {
+            chunk_target = self.ctx.settings.bulk_threshold.max(1) as usize;
+        }
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut read = 0i64;
+        let mut pages = 0i64;
+        loop {
+            let next = self.ctx.interruptible(walker.next_leaf(self.ctx)).await?;
+            let finished = next.is_none();
+            if let Some(page) = next {
+                pages += 1;
+                if let Some(total) = page.total {
+                    self.checkpoint.expected += total;
+                    if self.checkpoint.expected >= self.ctx.settings.bulk_threshold {
+                        chunk_target = self.ctx.settings.bulk_threshold.max(1) as usize;
+                    }
+                }
+                for item in page.items {
+                    if !self.in_timeframe(&item) {
+                        continue;
+                    }
+                    read += 1;
+                    pending.push(self.mapping.map(&item));
+                }
+            }
+            if finished || pending.len() >= chunk_target {
+                self.checkpoint.levels = walker.position();
+                if finished {
+                    self.checkpoint.levels.clear();
+                }
+                let records = std::mem::take(&mut pending);
+                let mut written = self.write(records, true).await?;
+                // Deferred records travel in the checkpoint, so a takeover retries them too.
+                self.checkpoint.deferred.append(&mut written.deferred);
+                written.counts.read = read;
+                if finished {
+                    self.checkpoint.phase = self.next_phase_after_list();
+                }
+                if pages > 0 {
+                    written.events.insert(
+                        0,
+                        NewLogEvent::new(LogLevel::Debug, "docebo pages read")
+                            .field("pages", pages)
+                            .field("records", read),
+                    );
+                }
+                self.commit(written).await?;
+                read = 0;
+                pages = 0;
+            }
+            if finished {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes a chunk of records: skips unchanged ones, sends the rest, classifies the answers.
+    async fn write(
+        &self,
+        records: Vec<Pending>,
+        defer_missing_parents: bool,
+    ) -> SyncResult<Written> {
+        let object = self.mapping.object.as_str();
+        let mut written = Written::default();
+        let mut mapped: Vec<MappedRecord> = Vec::new();
+        for record in records {
+            match record {
+                Ok(record) => mapped.push(record),
+                Err(error) => written.fail(object, &error.key, &error.code, &error.message),
+            }
+        }
+        // The same key twice in one request fails both: the later one wins, the earlier one is
+        // superseded (counted unchanged).
+        let mut last_index: HashMap<String, usize> = HashMap::new();
+        for (index, record) in mapped.iter().enumerate() {
+            last_index.insert(record.key.clone(), index);
+        }
+        let mut unique = Vec::with_capacity(last_index.len());
+        for (index, record) in mapped.into_iter().enumerate() {
+            if last_index.get(&record.key) == Some(&index) {
+                unique.push(record);
+            } else {
+                written.counts.unchanged += 1;
+            }
+        }
+        let keys: Vec<String> = unique.iter().map(|record| record.key.clone()).collect();
+        let ledger = {
+            let conn = self.ctx.store.conn().await?;
+            store_worker::ledger_lookup(&conn, self.ctx.job.connection_id, object, &keys).await?
+        };
+        let mut to_write = Vec::new();
+        for record in unique {
+            let unchanged = !self.ctx.job.rewrite_unchanged
+                && ledger
+                    .get(&record.key)
+                    .is_some_and(|entry| !entry.unenrolled && entry.value_hash == record.hash);
+            if unchanged {
+                written.counts.unchanged += 1;
+                written.seen.push(record.key);
+            } else {
+                to_write.push(record);
+            }
+        }
+        if to_write.is_empty() {
+            return Ok(written);
+        }
+        // A stop lands here, between two confirmed writes.
+        self.ctx.check()?;
+        let use_bulk = to_write.len() as i64 >= self.ctx.settings.bulk_threshold;
+        let mut outstanding = to_write;
+        let mut round = 0;
+        while !outstanding.is_empty() {
+            round += 1;
+            let results = self.send(&outstanding, use_bulk && round == 1).await?;
+            let mut locked = Vec::new();
+            for (record, result) in outstanding.into_iter().zip(results) {
+                if result.success {
+                    written.counts.written += 1;
+                    written.ledger.push(LedgerWrite {
+                        record_key: record.key,
+                        salesforce_id: result.id,
+                        value_hash: record.hash,
+                        docebo_updated_at: record.updated_at,
+                    });
+                    continue;
+                }
+                let failure = result.failure();
+                if failure.code == "UNABLE_TO_LOCK_ROW" && round < LOCK_ROUNDS {
+                    locked.push(record);
+                } else if is_missing_parent(&failure.code, &failure.message)
+                    && defer_missing_parents
+                    && self.checkpoint.deferred.len() + written.deferred.len() < MAX_DEFERRED
+                {
+                    written.seen.push(record.key.clone());
+                    written.deferred.push(Deferred {
+                        key: record.key,
+                        fields: record.fields,
+                        hash: hex::encode(&record.hash),
+                        updated_at: record.updated_at,
+                        reason: failure.message,
+                    });
+                } else {
+                    written.fail(object, &record.key, &failure.code, &failure.message);
+                }
+            }
+            if !locked.is_empty() {
+                written.events.push(
+                    NewLogEvent::new(
+                        LogLevel::Warn,
+                        "salesforce could not lock rows: re-sending them",
+                    )
+                    .code("UNABLE_TO_LOCK_ROW")
+                    .field("records", locked.len() as i64)
+                    .field("round", round as i64),
+                );
+                // Children of one parent together, so a retry contends with itself less.
+                locked.sort_by_key(parent_key);
+                self.ctx
+                    .sleep(self.ctx.settings.call_retry_base * 2u32.pow(round.min(5) - 1))
+                    .await
+                    .or_else(|error| match error {
+                        SyncError::Interrupted(Interrupt::Stop) => Ok(()),
+                        other => Err(other),
+                    })?;
+            }
+            outstanding = locked;
+        }
+        written.events.push(
+            NewLogEvent::new(LogLevel::Debug, "salesforce batch written")
+                .field("object", object)
+                .field("written", written.counts.written)
+                .field("unchanged", written.counts.unchanged)
+                .field("failed", written.counts.failed)
+                .field("bulk", use_bulk),
+        );
+        Ok(written)
+    }
+
+    async fn send(&self, records: &[MappedRecord], bulk: bool) -> SyncResult<Vec<RecordResult>> {
+        let object = &self.mapping.object;
+        let external_id = &self.mapping.external_id;
+        let fields: Vec<Map<String, Value>> =
+            records.iter().map(|record| record.fields.clone()).collect();
+        if bulk {
+            return self
+                .salesforce
+                .upsert_bulk(self.ctx, object, external_id, &fields)
+                .await;
+        }
+        let mut results = Vec::with_capacity(records.len());
+        for chunk in fields.chunks(COLLECTION_SIZE) {
+            results.extend(
+                self.salesforce
+                    .upsert_collection(self.ctx, object, external_id, chunk)
+                    .await?,
+            );
+        }
+        Ok(results)
+    }
+
+    /// Commits what Salesforce confirmed with the checkpoint after it, in one transaction fenced
+    /// by the attempt.
+    async fn commit(&self, written: Written) -> SyncResult<()> {
+        let job = &self.ctx.job;
+        let object = self.mapping.object.as_str();
+        let checkpoint = serde_json::to_value(&self.checkpoint)
+            .map_err(|error| SyncError::Permanent(error.to_string()))?;
+        let mut conn = self.ctx.store.conn().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(learnsync_store::Error::from)?;
+        if !store_worker::fence(&tx, job.id, job.attempt).await? {
+            self.ctx.raise(Interrupt::Lost);
+            return Err(SyncError::Interrupted(Interrupt::Lost));
+        }
+        store_worker::ledger_record(
+            &tx,
+            job.connection_id,
+            self.mapping.area,
+            object,
+            &written.ledger,
+            job.run_id,
+        )
+        .await?;
+        store_worker::ledger_mark_seen(&tx, job.connection_id, object, &written.seen, job.run_id)
+            .await?;
+        let progress = Progress {
+            delta: written.counts,
+            expected: (self.checkpoint.expected > 0).then_some(self.checkpoint.expected),
+            checkpoint: Some(checkpoint),
+            status_message: None,
+        };
+        store_worker::progress(&tx, job.id, job.attempt, &progress).await?;
+        store_worker::log(&tx, job, written.events).await?;
+        tx.commit().await.map_err(learnsync_store::Error::from)?;
+        self.ctx.mark_progress();
+        Ok(())
+    }
+
+    /// Retries the records whose parent was missing: parents written since (by this job, or by
+    /// another) make them succeed; those still orphaned fail with Salesforce's reason.
+    async fn retry_deferred(&mut self) -> SyncResult<()> {
+        while !self.checkpoint.deferred.is_empty() {
+            let take = self.checkpoint.deferred.len().min(COLLECTION_SIZE);
+            let batch: Vec<Deferred> = self.checkpoint.deferred.drain(..take).collect();
+            let records: Vec<Pending> = batch
+                .into_iter()
+                .map(|deferred| {
+                    Ok(MappedRecord {
+                        key: deferred.key,
+                        fields: deferred.fields,
+                        hash: hex::decode(&deferred.hash).unwrap_or_default(),
+                        updated_at: deferred.updated_at,
+                    })
+                })
+                .collect();
+            let written = self.write(records, false).await?;
+            if self.checkpoint.deferred.is_empty() {
+                self.checkpoint.phase =
+                    if self.ctx.job.tracks_unenrollments() && self.mapping.unenroll.is_some() {
+                        Phase::Unenroll
+                    } else {
+                        Phase::Done
+                    };
+            }
+            self.commit(written).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks unenrolled (or deletes) the records the ledger holds that this full listing did not
+    /// contain.
+    async fn unenroll(&mut self) -> SyncResult<()> {
+        let job = self.ctx.job.clone();
+        let object = self.mapping.object.clone();
+        loop {
+            let unseen = {
+                let conn = self.ctx.store.conn().await?;
+                store_worker::ledger_unseen(
+                    &conn,
+                    job.connection_id,
+                    &object,
+                    job.run_id,
+                    &self.checkpoint.after_key,
+                    UNENROLL_BATCH,
+                )
+                .await?
+            };
+            let Some((last_key, _)) = unseen.last() else {
+                self.checkpoint.phase = Phase::Done;
+                return self.commit(Written::default()).await;
+            };
+            let last_key = last_key.clone();
+            self.ctx.check()?;
+            let now = Utc::now();
+            let mut done_keys = Vec::new();
+            let mut events = Vec::new();
+            match job.unenrollment_policy {
+                UnenrollmentPolicy::MarkUnenrolled => {
+                    let records: Vec<Map<String, Value>> = unseen
+                        .iter()
+                        .filter_map(|(key, _)| self.mapping.unenrolled_record(key, now))
+                        .collect();
+                    let results = self
+                        .salesforce
+                        .upsert_collection(self.ctx, &object, &self.mapping.external_id, &records)
+                        .await?;
+                    for ((key, _), result) in unseen.iter().zip(results) {
+                        if result.success {
+                            done_keys.push(key.clone());
+                        } else {
+                            let failure = result.failure();
+                            events.push(
+                                NewLogEvent::new(LogLevel::Error, failure.message)
+                                    .record(key.as_str())
+                                    .code(failure.code)
+                                    .field("object", object.as_str())
+                                    .field("action", "unenroll"),
+                            );
+                        }
+                    }
+                }
+                UnenrollmentPolicy::Delete => {
+                    let with_ids: Vec<(String, String)> = unseen
+                        .iter()
+                        .filter_map(|(key, id)| id.clone().map(|id| (key.clone(), id)))
+                        .collect();
+                    for (key, id) in &unseen {
+                        if id.is_none() {
+                            events.push(
+                                NewLogEvent::new(
+                                    LogLevel::Warn,
+                                    "unenrolled record has no known salesforce id",
+                                )
+                                .record(key.as_str())
+                                .field("object", object.as_str()),
+                            );
+                        }
+                    }
+                    if !with_ids.is_empty() {
+                        let ids: Vec<String> = with_ids.iter().map(|(_, id)| id.clone()).collect();
+                        let results = self.salesforce.delete_collection(self.ctx, &ids).await?;
+                        for ((key, _), result) in with_ids.iter().zip(results) {
+                            if result.success {
+                                done_keys.push(key.clone());
+                            } else {
+                                let failure = result.failure();
+                                events.push(
+                                    NewLogEvent::new(LogLevel::Error, failure.message)
+                                        .record(key.as_str())
+                                        .code(failure.code)
+                                        .field("object", object.as_str())
+                                        .field("action", "delete"),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            events.push(
+                NewLogEvent::new(
+                    LogLevel::Info,
+                    "enrollments gone from docebo marked in salesforce",
+                )
+                .field("object", object.as_str())
+                .field("records", done_keys.len() as i64)
+                .field("policy", job.unenrollment_policy.as_str()),
+            );
+            self.checkpoint.after_key = last_key;
+            let checkpoint = serde_json::to_value(&self.checkpoint)
+                .map_err(|error| SyncError::Permanent(error.to_string()))?;
+            let mut conn = self.ctx.store.conn().await?;
+            let tx = conn
+                .transaction()
+                .await
+                .map_err(learnsync_store::Error::from)?;
+            if !store_worker::fence(&tx, job.id, job.attempt).await? {
+                self.ctx.raise(Interrupt::Lost);
+                return Err(SyncError::Interrupted(Interrupt::Lost));
+            }
+            match job.unenrollment_policy {
+                UnenrollmentPolicy::MarkUnenrolled => {
+                    store_worker::ledger_mark_unenrolled(
+                        &tx,
+                        job.connection_id,
+                        &object,
+                        &done_keys,
+                        now,
+                    )
+                    .await?;
+                }
+                UnenrollmentPolicy::Delete => {
+                    store_worker::ledger_delete(
+                        &tx,
+                        job.connection_id,
+                        self.mapping.area,
+                        &object,
+                        &done_keys,
+                    )
+                    .await?;
+                }
+            }
+            let progress = Progress {
+                checkpoint: Some(checkpoint),
+                ..Progress::default()
+            };
+            store_worker::progress(&tx, job.id, job.attempt, &progress).await?;
+            store_worker::log(&tx, &job, events).await?;
+            tx.commit().await.map_err(learnsync_store::Error::from)?;
+            self.ctx.mark_progress();
+        }
+    }
+}
+
+/// The first lookup's value: children of one parent sort together.
+fn parent_key(record: &MappedRecord) -> String {
+    record
+        .fields
+        .iter()
+        .find_map(|(_, value)| match value {
+            Value::Object(reference) => reference
+                .values()
+                .next()
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn checkpoints_round_trip_through_json() {
+        let checkpoint = Checkpoint {
+            phase: Phase::Deferred,
+            levels: vec![Pos {
+                page: 3,
+                cursor: Some("abc".into()),
+                index: 2,
+            }],
+            deferred: Vec::new(),
+            after_key: String::new(),
+            expected: 12,
+        };
+        let value = serde_json::to_value(&checkpoint).unwrap();
+        assert_eq!(value["phase"], "deferred");
+        let back: Checkpoint = serde_json::from_value(value).unwrap();
+        assert_eq!(back, checkpoint);
+    }
+
+    #[test]
+    fn recognises_a_missing_parent() {
+        assert!(is_missing_parent(
+            "INVALID_FIELD",
+            "Foreign key external ID: 12301 not found for field Docebo_User_Id__c in entity Docebo_User__c"
+        ));
+        assert!(!is_missing_parent(
+            "INVALID_FIELD",
+            "No such column 'X' on sobject of type Y"
+        ));
+    }
+}
