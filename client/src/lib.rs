@@ -50,7 +50,9 @@ pub struct BearerAuth {
 
 impl tonic::service::Interceptor for BearerAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.header.clone());
+        request
+            .metadata_mut()
+            .insert("authorization", self.header.clone());
         Ok(request)
     }
 }
@@ -86,7 +88,9 @@ impl Client {
 
     /// A client over an existing channel.
     pub fn with_channel(channel: Channel, token: &str) -> Result<Client, Error> {
-        let header = format!("Bearer {token}").parse().map_err(|_| Error::Token)?;
+        let header = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Token)?;
         Ok(Client {
             raw: SyncServiceClient::with_interceptor(channel, BearerAuth { header }),
             attempts: 3,
@@ -121,9 +125,13 @@ impl Client {
     }
 
     /// Creates a connection.
-    pub async fn create_connection(&mut self, request: pb::CreateConnectionRequest) -> Result<pb::Connection, Status> {
+    pub async fn create_connection(
+        &mut self,
+        request: pb::CreateConnectionRequest,
+    ) -> Result<pb::Connection, Status> {
         let request = with_id(request, |r| &mut r.request_id);
-        self.mutate(request, async |raw, req| raw.create_connection(req).await).await
+        self.mutate(request, async |raw, req| raw.create_connection(req).await)
+            .await
     }
 
     /// Reads a connection.
@@ -135,7 +143,11 @@ impl Client {
     }
 
     /// Lists a page of connections.
-    pub async fn list_connections(&mut self, page_size: i32, page_token: &str) -> Result<pb::ListConnectionsResponse, Status> {
+    pub async fn list_connections(
+        &mut self,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<pb::ListConnectionsResponse, Status> {
         let request = pb::ListConnectionsRequest {
             page_size,
             page_token: page_token.to_string(),
@@ -144,14 +156,20 @@ impl Client {
     }
 
     /// Changes a connection.
-    pub async fn update_connection(&mut self, request: pb::UpdateConnectionRequest) -> Result<pb::Connection, Status> {
+    pub async fn update_connection(
+        &mut self,
+        request: pb::UpdateConnectionRequest,
+    ) -> Result<pb::Connection, Status> {
         let request = with_id(request, |r| &mut r.request_id);
         self.mutate(request, async |raw, req| raw.update_connection(req).await)
             .await
     }
 
     /// Deletes a connection.
-    pub async fn delete_connection(&mut self, connection_id: &str) -> Result<pb::DeleteConnectionResponse, Status> {
+    pub async fn delete_connection(
+        &mut self,
+        connection_id: &str,
+    ) -> Result<pb::DeleteConnectionResponse, Status> {
         let request = with_id(
             pb::DeleteConnectionRequest {
                 connection_id: connection_id.to_string(),
@@ -164,7 +182,11 @@ impl Client {
     }
 
     /// Configures an area.
-    pub async fn configure(&mut self, connection_id: &str, config: pb::AreaConfig) -> Result<pb::AreaConfig, Status> {
+    pub async fn configure(
+        &mut self,
+        connection_id: &str,
+        config: pb::AreaConfig,
+    ) -> Result<pb::AreaConfig, Status> {
         let request = with_id(
             pb::ConfigureRequest {
                 connection_id: connection_id.to_string(),
@@ -173,7 +195,8 @@ impl Client {
             },
             |r| &mut r.request_id,
         );
-        self.mutate(request, async |raw, req| raw.configure(req).await).await
+        self.mutate(request, async |raw, req| raw.configure(req).await)
+            .await
     }
 
     /// Starts an area's first synchronization.
@@ -192,7 +215,8 @@ impl Client {
             },
             |r| &mut r.request_id,
         );
-        self.mutate(request, async |raw, req| raw.start(req).await).await
+        self.mutate(request, async |raw, req| raw.start(req).await)
+            .await
     }
 
     /// Stops an area's active run.
@@ -205,7 +229,8 @@ impl Client {
             },
             |r| &mut r.request_id,
         );
-        self.mutate(request, async |raw, req| raw.stop(req).await).await
+        self.mutate(request, async |raw, req| raw.stop(req).await)
+            .await
     }
 
     /// Runs an area again from scratch.
@@ -231,7 +256,11 @@ impl Client {
     }
 
     /// Reads the status of a connection's areas (all when `areas` is empty).
-    pub async fn get_status(&mut self, connection_id: &str, areas: &[pb::Area]) -> Result<pb::GetStatusResponse, Status> {
+    pub async fn get_status(
+        &mut self,
+        connection_id: &str,
+        areas: &[pb::Area],
+    ) -> Result<pb::GetStatusResponse, Status> {
         let request = pb::GetStatusRequest {
             connection_id: connection_id.to_string(),
             areas: areas.iter().map(|a| *a as i32).collect(),
@@ -249,12 +278,18 @@ impl Client {
     }
 
     /// Lists a page of runs.
-    pub async fn list_runs(&mut self, request: pb::ListRunsRequest) -> Result<pb::ListRunsResponse, Status> {
+    pub async fn list_runs(
+        &mut self,
+        request: pb::ListRunsRequest,
+    ) -> Result<pb::ListRunsResponse, Status> {
         Ok(self.raw.list_runs(request).await?.into_inner())
     }
 
     /// Opens a log stream.
-    pub async fn stream_logs(&mut self, request: pb::StreamLogsRequest) -> Result<tonic::Streaming<pb::LogEvent>, Status> {
+    pub async fn stream_logs(
+        &mut self,
+        request: pb::StreamLogsRequest,
+    ) -> Result<tonic::Streaming<pb::LogEvent>, Status> {
         Ok(self.raw.stream_logs(request).await?.into_inner())
     }
 }
@@ -276,7 +311,10 @@ pub fn describe(status: &Status) -> String {
     let details = status.get_error_details();
     if let Some(bad) = details.bad_request() {
         for violation in &bad.field_violations {
-            text.push_str(&format!("\n  field {}: {}", violation.field, violation.description));
+            text.push_str(&format!(
+                "\n  field {}: {}",
+                violation.field, violation.description
+            ));
         }
     }
     if let Some(failure) = details.precondition_failure() {

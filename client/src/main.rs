@@ -17,7 +17,12 @@ use learnsync_client::{Client, describe, pb};
 #[command(name = "learnsync", version, about)]
 struct Cli {
     /// The server's gRPC endpoint.
-    #[arg(long, global = true, env = "LEARNSYNC_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "LEARNSYNC_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
     endpoint: String,
     /// A file holding the bearer token, instead of the LEARNSYNC_TOKEN environment variable.
     #[arg(long, global = true, env = "LEARNSYNC_TOKEN_FILE")]
@@ -297,7 +302,8 @@ fn parse_time(text: &str) -> Result<prost_types::Timestamp, String> {
 }
 
 fn secret_env(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).with_context(|| format!("set {name} (secrets are never taken from the command line)"))
+    std::env::var(name)
+        .with_context(|| format!("set {name} (secrets are never taken from the command line)"))
 }
 
 fn token(cli: &Cli) -> anyhow::Result<String> {
@@ -358,13 +364,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Start(args) => {
             let timeframe = timeframe(&args);
-            let run = client.start(&args.connection, args.area.proto(), timeframe).await?;
+            let run = client
+                .start(&args.connection, args.area.proto(), timeframe)
+                .await?;
             after_launch(&mut client, json, &args, run).await?;
         }
         Command::Resync(args) => {
             let timeframe = timeframe(&args.run);
             let run = client
-                .resynchronize(&args.run.connection, args.run.area.proto(), timeframe, args.rewrite_unchanged)
+                .resynchronize(
+                    &args.run.connection,
+                    args.run.area.proto(),
+                    timeframe,
+                    args.rewrite_unchanged,
+                )
                 .await?;
             after_launch(&mut client, json, &args.run, run).await?;
         }
@@ -378,7 +391,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cli::watch::watch(&mut client, &args.connection, &areas).await?;
             } else {
                 let status = client.get_status(&args.connection, &areas).await?;
-                print(json, cli::json::status(&status), || cli::text::status(&status));
+                print(json, cli::json::status(&status), || {
+                    cli::text::status(&status)
+                });
             }
         }
         Command::Runs(args) => {
@@ -390,9 +405,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     page_token: String::new(),
                 })
                 .await?;
-            let value = serde_json::Value::Array(response.runs.iter().map(cli::json::run).collect());
+            let value =
+                serde_json::Value::Array(response.runs.iter().map(cli::json::run).collect());
             print(json, value, || {
-                response.runs.iter().map(cli::text::run).collect::<Vec<_>>().join("\n")
+                response
+                    .runs
+                    .iter()
+                    .map(cli::text::run)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             });
         }
         Command::Run { connection, run } => {
@@ -405,13 +426,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn timeframe(args: &RunArgs) -> Option<pb::Timeframe> {
-    (args.from.is_some() || args.to.is_some()).then(|| pb::Timeframe {
+    (args.from.is_some() || args.to.is_some()).then_some(pb::Timeframe {
         start_time: args.from,
         end_time: args.to,
     })
 }
 
-async fn after_launch(client: &mut Client, json: bool, args: &RunArgs, run: pb::Run) -> anyhow::Result<()> {
+async fn after_launch(
+    client: &mut Client,
+    json: bool,
+    args: &RunArgs,
+    run: pb::Run,
+) -> anyhow::Result<()> {
     print(json, cli::json::run(&run), || cli::text::run(&run));
     if args.watch && !json {
         cli::watch::watch(client, &args.connection, &[args.area.proto()]).await?;
@@ -419,28 +445,38 @@ async fn after_launch(client: &mut Client, json: bool, args: &RunArgs, run: pb::
     Ok(())
 }
 
-async fn connection_command(client: &mut Client, json: bool, command: ConnectionCommand) -> anyhow::Result<()> {
+async fn connection_command(
+    client: &mut Client,
+    json: bool,
+    command: ConnectionCommand,
+) -> anyhow::Result<()> {
     match command {
         ConnectionCommand::Create(args) => {
             let docebo_grant = match &args.docebo_username {
-                Some(username) => pb::docebo_credentials::Grant::Password(pb::DoceboPasswordGrant {
-                    username: username.clone(),
-                    password: secret_env("LEARNSYNC_DOCEBO_PASSWORD")?,
-                }),
-                None => pb::docebo_credentials::Grant::ClientCredentials(pb::DoceboClientCredentialsGrant {}),
-            };
-            let salesforce_grant = match (&args.salesforce_username, &args.salesforce_key_file) {
-                (Some(username), Some(path)) => pb::salesforce_credentials::Grant::JwtBearer(pb::SalesforceJwtBearerGrant {
-                    username: username.clone(),
-                    private_key_pem: std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?,
-                    audience: args.salesforce_audience.clone(),
-                }),
-                (None, None) => {
-                    pb::salesforce_credentials::Grant::ClientCredentials(pb::SalesforceClientCredentialsGrant {
-                        client_secret: secret_env("LEARNSYNC_SALESFORCE_CLIENT_SECRET")?,
+                Some(username) => {
+                    pb::docebo_credentials::Grant::Password(pb::DoceboPasswordGrant {
+                        username: username.clone(),
+                        password: secret_env("LEARNSYNC_DOCEBO_PASSWORD")?,
                     })
                 }
+                None => pb::docebo_credentials::Grant::ClientCredentials(
+                    pb::DoceboClientCredentialsGrant {},
+                ),
+            };
+            let salesforce_grant = match (&args.salesforce_username, &args.salesforce_key_file) {
+                (Some(username), Some(path)) => {
+                    pb::salesforce_credentials::Grant::JwtBearer(pb::SalesforceJwtBearerGrant {
+                        username: username.clone(),
+                        private_key_pem: std::fs::read_to_string(path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                        audience: args.salesforce_audience.clone(),
+                    })
+                }
+                (None, None) => pb::salesforce_credentials::Grant::ClientCredentials(
+                    pb::SalesforceClientCredentialsGrant {
+                        client_secret: secret_env("LEARNSYNC_SALESFORCE_CLIENT_SECRET")?,
+                    },
+                ),
                 _ => bail!("--salesforce-username and --salesforce-key-file go together"),
             };
             let connection = client
@@ -470,11 +506,15 @@ async fn connection_command(client: &mut Client, json: bool, command: Connection
                     request_id: String::new(),
                 })
                 .await?;
-            print(json, cli::json::connection(&connection), || cli::text::connection(&connection));
+            print(json, cli::json::connection(&connection), || {
+                cli::text::connection(&connection)
+            });
         }
         ConnectionCommand::Get { connection } => {
             let connection = client.get_connection(&connection).await?;
-            print(json, cli::json::connection(&connection), || cli::text::connection(&connection));
+            print(json, cli::json::connection(&connection), || {
+                cli::text::connection(&connection)
+            });
         }
         ConnectionCommand::List { page_size } => {
             let mut all = Vec::new();
@@ -492,7 +532,10 @@ async fn connection_command(client: &mut Client, json: bool, command: Connection
                 if all.is_empty() {
                     "no connections".to_string()
                 } else {
-                    all.iter().map(cli::text::connection).collect::<Vec<_>>().join("\n")
+                    all.iter()
+                        .map(cli::text::connection)
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 }
             });
         }
@@ -527,13 +570,17 @@ async fn connection_command(client: &mut Client, json: bool, command: Connection
                     request_id: String::new(),
                 })
                 .await?;
-            print(json, cli::json::connection(&updated), || cli::text::connection(&updated));
+            print(json, cli::json::connection(&updated), || {
+                cli::text::connection(&updated)
+            });
         }
         ConnectionCommand::Delete { connection } => {
             let deleted = client.delete_connection(&connection).await?;
-            print(json, serde_json::json!({"connection_id": deleted.connection_id}), || {
-                format!("deleted connection {}", deleted.connection_id)
-            });
+            print(
+                json,
+                serde_json::json!({"connection_id": deleted.connection_id}),
+                || format!("deleted connection {}", deleted.connection_id),
+            );
         }
     }
     Ok(())
@@ -543,7 +590,8 @@ async fn logs(client: &mut Client, json: bool, args: LogsArgs) -> anyhow::Result
     let position = if args.from_first_error {
         Some(pb::stream_logs_request::Position::FromFirstError(true))
     } else {
-        args.from.map(pb::stream_logs_request::Position::FromSequence)
+        args.from
+            .map(pb::stream_logs_request::Position::FromSequence)
     };
     let mut stream = client
         .stream_logs(pb::StreamLogsRequest {
@@ -551,18 +599,22 @@ async fn logs(client: &mut Client, json: bool, args: LogsArgs) -> anyhow::Result
             run_id: args.run.unwrap_or_default(),
             job_id: args.job.unwrap_or_default(),
             position,
-            min_level: args.level.map_or(pb::LogLevel::Unspecified, |level| match level {
-                LevelArg::Debug => pb::LogLevel::Debug,
-                LevelArg::Info => pb::LogLevel::Info,
-                LevelArg::Warn => pb::LogLevel::Warn,
-                LevelArg::Error => pb::LogLevel::Error,
-            }) as i32,
+            min_level: args
+                .level
+                .map_or(pb::LogLevel::Unspecified, |level| match level {
+                    LevelArg::Debug => pb::LogLevel::Debug,
+                    LevelArg::Info => pb::LogLevel::Info,
+                    LevelArg::Warn => pb::LogLevel::Warn,
+                    LevelArg::Error => pb::LogLevel::Error,
+                }) as i32,
             follow: args.follow,
         })
         .await?;
     while let Some(event) = stream.next().await {
         let event = event?;
-        print(json, cli::json::log_event(&event), || cli::text::log_event(&event));
+        print(json, cli::json::log_event(&event), || {
+            cli::text::log_event(&event)
+        });
     }
     Ok(())
 }

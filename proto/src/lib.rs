@@ -12,4 +12,5 @@ pub mod v1 {
 
 /// The encoded `FileDescriptorSet` of every learnsync proto file (with its imports), served by
 /// gRPC reflection so that grpcurl and generic clients can call the API without the files.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/learnsync_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/learnsync_descriptor.bin"));

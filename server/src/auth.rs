@@ -49,7 +49,9 @@ pub struct Tokens {
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let principals: Vec<String> = self.entries.iter().map(|(_, p)| p.name()).collect();
-        f.debug_struct("Tokens").field("principals", &principals).finish()
+        f.debug_struct("Tokens")
+            .field("principals", &principals)
+            .finish()
     }
 }
 
@@ -128,11 +130,15 @@ impl Tokens {
                 .metadata()
                 .get("authorization")
                 .and_then(|value| value.to_str().ok())
-                .ok_or_else(|| crate::error::unauthenticated("missing authorization: Bearer <token> metadata"))?;
+                .ok_or_else(|| {
+                    crate::error::unauthenticated("missing authorization: Bearer <token> metadata")
+                })?;
             let token = header
                 .strip_prefix("Bearer ")
                 .or_else(|| header.strip_prefix("bearer "))
-                .ok_or_else(|| crate::error::unauthenticated("authorization metadata must be Bearer <token>"))?;
+                .ok_or_else(|| {
+                    crate::error::unauthenticated("authorization metadata must be Bearer <token>")
+                })?;
             let principal = self
                 .authenticate(token.trim())
                 .ok_or_else(|| crate::error::unauthenticated("the bearer token is not valid"))?;
@@ -149,10 +155,18 @@ mod tests {
 
     #[test]
     fn parses_scopes_and_authenticates() {
-        let tokens = Tokens::parse("operator=op-token-0123456789\ntenant:acme=acme-token-0123456789, # c").unwrap_err();
+        let tokens =
+            Tokens::parse("operator=op-token-0123456789\ntenant:acme=acme-token-0123456789, # c")
+                .unwrap_err();
         assert_eq!(tokens.entry, 3);
-        let tokens = Tokens::parse("operator=op-token-0123456789\ntenant:acme=acme-token-01234=89\n# comment").unwrap();
-        assert_eq!(tokens.authenticate("op-token-0123456789"), Some(Principal::Operator));
+        let tokens = Tokens::parse(
+            "operator=op-token-0123456789\ntenant:acme=acme-token-01234=89\n# comment",
+        )
+        .unwrap();
+        assert_eq!(
+            tokens.authenticate("op-token-0123456789"),
+            Some(Principal::Operator)
+        );
         assert_eq!(
             tokens.authenticate("acme-token-01234=89"),
             Some(Principal::Tenant("acme".into()))

@@ -61,7 +61,10 @@ pub fn area(violations: &mut Violations, field: &str, value: i32) -> model::Area
         Ok(pb::Area::Courses) => model::Area::Courses,
         Ok(pb::Area::Enrollments) => model::Area::Enrollments,
         Ok(pb::Area::Unspecified) => {
-            violations.add(field, "required: AREA_USERS, AREA_COURSES or AREA_ENROLLMENTS");
+            violations.add(
+                field,
+                "required: AREA_USERS, AREA_COURSES or AREA_ENROLLMENTS",
+            );
             model::Area::Users
         }
         Err(_) => {
@@ -79,7 +82,11 @@ pub fn request_id(violations: &mut Violations, value: &str) {
 }
 
 /// A timestamp from the wire.
-pub fn timestamp(violations: &mut Violations, field: &str, value: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+pub fn timestamp(
+    violations: &mut Violations,
+    field: &str,
+    value: &prost_types::Timestamp,
+) -> Option<DateTime<Utc>> {
     match u32::try_from(value.nanos)
         .ok()
         .and_then(|nanos| Utc.timestamp_opt(value.seconds, nanos).single())
@@ -98,7 +105,9 @@ pub fn timeframe(
     field: &str,
     value: Option<&pb::Timeframe>,
 ) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
-    let Some(value) = value else { return (None, None) };
+    let Some(value) = value else {
+        return (None, None);
+    };
     let start = value
         .start_time
         .as_ref()
@@ -107,10 +116,13 @@ pub fn timeframe(
         .end_time
         .as_ref()
         .and_then(|t| timestamp(violations, &format!("{field}.end_time"), t));
-    if let (Some(start), Some(end)) = (start, end) {
-        if end < start {
-            violations.add(&format!("{field}.end_time"), "must not precede timeframe.start_time");
-        }
+    if let (Some(start), Some(end)) = (start, end)
+        && end < start
+    {
+        violations.add(
+            &format!("{field}.end_time"),
+            "must not precede timeframe.start_time",
+        );
     }
     (start, end)
 }
@@ -140,18 +152,39 @@ fn required(violations: &mut Violations, field: &str, value: &str) -> String {
 }
 
 /// Validates Docebo credentials.
-pub fn docebo_credentials(violations: &mut Violations, field: &str, value: &pb::DoceboCredentials) -> secrets::DoceboCredentials {
+pub fn docebo_credentials(
+    violations: &mut Violations,
+    field: &str,
+    value: &pb::DoceboCredentials,
+) -> secrets::DoceboCredentials {
     let base_url = check_url(violations, &format!("{field}.base_url"), &value.base_url);
     let client_id = required(violations, &format!("{field}.client_id"), &value.client_id);
-    let client_secret = required(violations, &format!("{field}.client_secret"), &value.client_secret);
+    let client_secret = required(
+        violations,
+        &format!("{field}.client_secret"),
+        &value.client_secret,
+    );
     let grant = match &value.grant {
-        Some(pb::docebo_credentials::Grant::ClientCredentials(_)) => secrets::DoceboGrant::ClientCredentials,
+        Some(pb::docebo_credentials::Grant::ClientCredentials(_)) => {
+            secrets::DoceboGrant::ClientCredentials
+        }
         Some(pb::docebo_credentials::Grant::Password(password)) => secrets::DoceboGrant::Password {
-            username: required(violations, &format!("{field}.password.username"), &password.username),
-            password: required(violations, &format!("{field}.password.password"), &password.password),
+            username: required(
+                violations,
+                &format!("{field}.password.username"),
+                &password.username,
+            ),
+            password: required(
+                violations,
+                &format!("{field}.password.password"),
+                &password.password,
+            ),
         },
         None => {
-            violations.add(&format!("{field}.grant"), "required: client_credentials or password");
+            violations.add(
+                &format!("{field}.grant"),
+                "required: client_credentials or password",
+            );
             secrets::DoceboGrant::ClientCredentials
         }
     };
@@ -172,33 +205,51 @@ pub fn salesforce_credentials(
     let login_url = check_url(violations, &format!("{field}.login_url"), &value.login_url);
     let client_id = required(violations, &format!("{field}.client_id"), &value.client_id);
     let grant = match &value.grant {
-        Some(pb::salesforce_credentials::Grant::ClientCredentials(grant)) => secrets::SalesforceGrant::ClientCredentials {
-            client_secret: required(
-                violations,
-                &format!("{field}.client_credentials.client_secret"),
-                &grant.client_secret,
-            ),
-        },
+        Some(pb::salesforce_credentials::Grant::ClientCredentials(grant)) => {
+            secrets::SalesforceGrant::ClientCredentials {
+                client_secret: required(
+                    violations,
+                    &format!("{field}.client_credentials.client_secret"),
+                    &grant.client_secret,
+                ),
+            }
+        }
         Some(pb::salesforce_credentials::Grant::JwtBearer(grant)) => {
             let key_field = format!("{field}.jwt_bearer.private_key_pem");
             if grant.private_key_pem.trim().is_empty() {
                 violations.add(&key_field, "required");
-            } else if jsonwebtoken::EncodingKey::from_rsa_pem(grant.private_key_pem.as_bytes()).is_err() {
-                violations.add(&key_field, "must be a PEM-encoded RSA private key (PKCS#1 or PKCS#8)");
+            } else if jsonwebtoken::EncodingKey::from_rsa_pem(grant.private_key_pem.as_bytes())
+                .is_err()
+            {
+                violations.add(
+                    &key_field,
+                    "must be a PEM-encoded RSA private key (PKCS#1 or PKCS#8)",
+                );
             }
             let audience = if grant.audience.trim().is_empty() {
                 "https://login.salesforce.com".to_string()
             } else {
-                check_url(violations, &format!("{field}.jwt_bearer.audience"), &grant.audience)
+                check_url(
+                    violations,
+                    &format!("{field}.jwt_bearer.audience"),
+                    &grant.audience,
+                )
             };
             secrets::SalesforceGrant::JwtBearer {
-                username: required(violations, &format!("{field}.jwt_bearer.username"), &grant.username),
+                username: required(
+                    violations,
+                    &format!("{field}.jwt_bearer.username"),
+                    &grant.username,
+                ),
                 private_key_pem: grant.private_key_pem.clone(),
                 audience,
             }
         }
         None => {
-            violations.add(&format!("{field}.grant"), "required: client_credentials or jwt_bearer");
+            violations.add(
+                &format!("{field}.grant"),
+                "required: client_credentials or jwt_bearer",
+            );
             secrets::SalesforceGrant::ClientCredentials {
                 client_secret: String::new(),
             }
@@ -236,7 +287,11 @@ pub fn calls_per_hour(violations: &mut Violations, field: &str, value: i32) -> i
 }
 
 /// Reads an unenrollment policy.
-pub fn unenrollment_policy(violations: &mut Violations, field: &str, value: i32) -> model::UnenrollmentPolicy {
+pub fn unenrollment_policy(
+    violations: &mut Violations,
+    field: &str,
+    value: i32,
+) -> model::UnenrollmentPolicy {
     match pb::UnenrollmentPolicy::try_from(value) {
         Ok(pb::UnenrollmentPolicy::Unspecified | pb::UnenrollmentPolicy::MarkUnenrolled) => {
             model::UnenrollmentPolicy::MarkUnenrolled
@@ -264,7 +319,8 @@ pub fn page_size(violations: &mut Violations, value: i32) -> i64 {
 /// Encodes a listing cursor as an opaque page token.
 pub fn page_token(time: DateTime<Utc>, id: Uuid) -> String {
     use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}:{id}", time.timestamp_micros()))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}:{id}", time.timestamp_micros()))
 }
 
 /// Decodes a page token.
@@ -279,7 +335,10 @@ pub fn parse_page_token(violations: &mut Violations, value: &str) -> Option<(Dat
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|text| {
             let (micros, id) = text.split_once(':')?;
-            Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, Uuid::parse_str(id).ok()?))
+            Some((
+                DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+                Uuid::parse_str(id).ok()?,
+            ))
         });
     if decoded.is_none() {
         violations.add("page_token", "not a token this server issued");
@@ -332,7 +391,10 @@ pub fn connection_to_proto(connection: &model::Connection) -> pb::Connection {
 }
 
 /// An area configuration for the wire (the defaults when never configured).
-pub fn area_config_to_proto(area: model::Area, config: Option<&model::AreaConfig>) -> pb::AreaConfig {
+pub fn area_config_to_proto(
+    area: model::Area,
+    config: Option<&model::AreaConfig>,
+) -> pb::AreaConfig {
     match config {
         Some(config) => pb::AreaConfig {
             area: area_to_proto(area) as i32,
@@ -352,7 +414,10 @@ pub fn area_config_to_proto(area: model::Area, config: Option<&model::AreaConfig
             area: area_to_proto(area) as i32,
             enabled: false,
             mode: pb::Mode::Manual as i32,
-            interval: Some(prost_types::Duration { seconds: 900, nanos: 0 }),
+            interval: Some(prost_types::Duration {
+                seconds: 900,
+                nanos: 0,
+            }),
             course_category_ids: Vec::new(),
             update_time: None,
         },
@@ -414,10 +479,11 @@ pub fn run_state_to_proto(state: model::RunState) -> pb::RunState {
 
 /// A run for the wire.
 pub fn run_to_proto(run: &model::Run) -> pb::Run {
-    let timeframe = (run.timeframe_start.is_some() || run.timeframe_end.is_some()).then(|| pb::Timeframe {
-        start_time: opt_timestamp(run.timeframe_start),
-        end_time: opt_timestamp(run.timeframe_end),
-    });
+    let timeframe =
+        (run.timeframe_start.is_some() || run.timeframe_end.is_some()).then(|| pb::Timeframe {
+            start_time: opt_timestamp(run.timeframe_start),
+            end_time: opt_timestamp(run.timeframe_end),
+        });
     pb::Run {
         id: run.id.to_string(),
         connection_id: run.connection_id.to_string(),

@@ -10,7 +10,12 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
 /// The `ErrorInfo.domain` of every learnsync error.
 pub const DOMAIN: &str = "learnsync.dev";
 
-fn with_info(code: Code, message: impl Into<String>, mut details: ErrorDetails, reason: &str) -> Status {
+fn with_info(
+    code: Code,
+    message: impl Into<String>,
+    mut details: ErrorDetails,
+    reason: &str,
+) -> Status {
     details.set_error_info(reason, DOMAIN, HashMap::new());
     Status::with_error_details(code, message, details)
 }
@@ -46,7 +51,12 @@ pub fn failed_precondition(kind: &str, subject: &str, description: &str) -> Stat
 
 /// `UNAUTHENTICATED`.
 pub fn unauthenticated(message: &str) -> Status {
-    with_info(Code::Unauthenticated, message, ErrorDetails::new(), "UNAUTHENTICATED")
+    with_info(
+        Code::Unauthenticated,
+        message,
+        ErrorDetails::new(),
+        "UNAUTHENTICATED",
+    )
 }
 
 /// `PERMISSION_DENIED` for a connection the caller may not see. The same answer whether or not the
@@ -90,17 +100,29 @@ impl From<StoreError> for Status {
                 };
                 not_found(resource, &what)
             }
-            Error::Precondition(p) if p.kind == "REQUEST_ID_REUSED" => invalid_field("request_id", p.description),
+            Error::Precondition(p) if p.kind == "REQUEST_ID_REUSED" => {
+                invalid_field("request_id", p.description)
+            }
             Error::Precondition(p) => failed_precondition(p.kind, &p.subject, &p.description),
             Error::Pool(error) => {
                 tracing::error!(%error, "database unavailable");
-                let mut details = ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1)));
+                let mut details =
+                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1)));
                 details.set_error_info("DATABASE_UNAVAILABLE", DOMAIN, HashMap::new());
-                Status::with_error_details(Code::Unavailable, "the database is unavailable, retry later", details)
+                Status::with_error_details(
+                    Code::Unavailable,
+                    "the database is unavailable, retry later",
+                    details,
+                )
             }
             error => {
                 tracing::error!(%error, "internal error");
-                with_info(Code::Internal, "internal error", ErrorDetails::new(), "INTERNAL")
+                with_info(
+                    Code::Internal,
+                    "internal error",
+                    ErrorDetails::new(),
+                    "INTERNAL",
+                )
             }
         }
     }

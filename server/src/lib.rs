@@ -148,7 +148,9 @@ async fn maintenance(store: Store, cancel: CancellationToken) {
         }
         match store.conn().await {
             Ok(conn) => match learnsync_store::idempotency::purge_expired(&conn).await {
-                Ok(purged) if purged > 0 => tracing::info!(purged, "expired idempotency keys purged"),
+                Ok(purged) if purged > 0 => {
+                    tracing::info!(purged, "expired idempotency keys purged")
+                }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "idempotency key purge failed"),
             },

@@ -40,9 +40,11 @@ struct Config {
 
 fn read_secret(env: &str, file: Option<&PathBuf>, what: &str) -> anyhow::Result<String> {
     if let Some(path) = file {
-        return std::fs::read_to_string(path).with_context(|| format!("reading {what} from {}", path.display()));
+        return std::fs::read_to_string(path)
+            .with_context(|| format!("reading {what} from {}", path.display()));
     }
-    std::env::var(env).with_context(|| format!("{what} missing: set {env} or pass its --*-file option"))
+    std::env::var(env)
+        .with_context(|| format!("{what} missing: set {env} or pass its --*-file option"))
 }
 
 #[tokio::main]
@@ -50,10 +52,21 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     init_tracing(config.log_json);
     // Secrets are read from the environment or a file, never from argv, and clap never sees them.
-    let tokens_text = read_secret("LEARNSYNC_TOKENS", config.tokens_file.as_ref(), "bearer tokens")?;
+    let tokens_text = read_secret(
+        "LEARNSYNC_TOKENS",
+        config.tokens_file.as_ref(),
+        "bearer tokens",
+    )?;
     let tokens = learnsync_server::Tokens::parse(&tokens_text)?;
-    anyhow::ensure!(!tokens.is_empty(), "no bearer token configured: every call would be refused");
-    let key = read_secret("LEARNSYNC_SECRET_KEY", config.secret_key_file.as_ref(), "credentials key")?;
+    anyhow::ensure!(
+        !tokens.is_empty(),
+        "no bearer token configured: every call would be refused"
+    );
+    let key = read_secret(
+        "LEARNSYNC_SECRET_KEY",
+        config.secret_key_file.as_ref(),
+        "credentials key",
+    )?;
     let cipher = Cipher::from_encoded(&key)?;
 
     let store = learnsync_store::Store::connect(&learnsync_store::Options {

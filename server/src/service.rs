@@ -40,7 +40,11 @@ fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
 }
 
 /// The digest an idempotency key is bound to: the method and the request without its request id.
-fn request_digest<M: prost::Message + Clone>(method: &str, request: &M, clear_request_id: impl FnOnce(&mut M)) -> Vec<u8> {
+fn request_digest<M: prost::Message + Clone>(
+    method: &str,
+    request: &M,
+    clear_request_id: impl FnOnce(&mut M),
+) -> Vec<u8> {
     let mut canonical = request.clone();
     clear_request_id(&mut canonical);
     let mut hasher = sha2::Sha256::new();
@@ -59,13 +63,22 @@ struct Idempotency<'a> {
 
 impl Idempotency<'_> {
     /// Claims the key; returns the first answer when this is a retry.
-    async fn claim<R: prost::Message + Default>(&self, client: &impl GenericClient) -> Result<Option<R>, Status> {
+    async fn claim<R: prost::Message + Default>(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<Option<R>, Status> {
         if self.request_id.is_empty() {
             return Ok(None);
         }
-        match idempotency::claim(client, &self.principal, self.method, self.request_id, &self.digest)
-            .await
-            .or_status()?
+        match idempotency::claim(
+            client,
+            &self.principal,
+            self.method,
+            self.request_id,
+            &self.digest,
+        )
+        .await
+        .or_status()?
         {
             idempotency::Claim::New => Ok(None),
             idempotency::Claim::Replay(bytes) => R::decode(bytes.as_slice())
@@ -75,7 +88,11 @@ impl Idempotency<'_> {
     }
 
     /// Stores the answer.
-    async fn complete(&self, client: &impl GenericClient, response: &impl prost::Message) -> Result<(), Status> {
+    async fn complete(
+        &self,
+        client: &impl GenericClient,
+        response: &impl prost::Message,
+    ) -> Result<(), Status> {
         if self.request_id.is_empty() {
             return Ok(());
         }
@@ -110,7 +127,11 @@ impl Service {
         }
     }
 
-    fn seal(&self, id: Uuid, credentials: &secrets::Credentials) -> Result<connections::SealedCredentials, Status> {
+    fn seal(
+        &self,
+        id: Uuid,
+        credentials: &secrets::Credentials,
+    ) -> Result<connections::SealedCredentials, Status> {
         Ok(connections::SealedCredentials {
             sealed: self.cipher.seal(id, credentials).or_status()?,
             key_id: self.cipher.key_id().to_string(),
@@ -129,7 +150,9 @@ impl Service {
         action: F,
     ) -> Result<pb::Run, Status>
     where
-        F: AsyncFnOnce(&learnsync_store::Transaction<'_>) -> Result<model::Run, learnsync_store::Error>,
+        F: AsyncFnOnce(
+            &learnsync_store::Transaction<'_>,
+        ) -> Result<model::Run, learnsync_store::Error>,
     {
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
@@ -160,9 +183,17 @@ impl SyncService for Service {
         let Some(input) = request.connection.as_ref() else {
             return Err(error::invalid_field("connection", "required"));
         };
-        let display_name = convert::display_name(&mut violations, "connection.display_name", &input.display_name);
+        let display_name = convert::display_name(
+            &mut violations,
+            "connection.display_name",
+            &input.display_name,
+        );
         let docebo = match &input.docebo {
-            Some(docebo) => Some(convert::docebo_credentials(&mut violations, "connection.docebo", docebo)),
+            Some(docebo) => Some(convert::docebo_credentials(
+                &mut violations,
+                "connection.docebo",
+                docebo,
+            )),
             None => {
                 violations.add("connection.docebo", "required");
                 None
@@ -184,8 +215,11 @@ impl SyncService for Service {
             "connection.docebo_calls_per_hour",
             input.docebo_calls_per_hour,
         );
-        let policy =
-            convert::unenrollment_policy(&mut violations, "connection.unenrollment_policy", input.unenrollment_policy);
+        let policy = convert::unenrollment_policy(
+            &mut violations,
+            "connection.unenrollment_policy",
+            input.unenrollment_policy,
+        );
         let tenant = match (&principal, input.tenant.trim()) {
             (Principal::Operator, "") => "default".to_string(),
             (Principal::Operator, tenant) => tenant.to_string(),
@@ -285,7 +319,11 @@ impl SyncService for Service {
             return Err(error::invalid_field("connection", "required"));
         };
         let id = convert::parse_id(&mut violations, "connection.id", &input.id);
-        let paths = request.update_mask.as_ref().map(|mask| mask.paths.clone()).unwrap_or_default();
+        let paths = request
+            .update_mask
+            .as_ref()
+            .map(|mask| mask.paths.clone())
+            .unwrap_or_default();
         if paths.is_empty() {
             violations.add("update_mask", "required: the fields to change");
         }
@@ -302,8 +340,16 @@ impl SyncService for Service {
                     ))
                 }
                 "docebo" => match &input.docebo {
-                    Some(value) => docebo = Some(convert::docebo_credentials(&mut violations, "connection.docebo", value)),
-                    None => violations.add("connection.docebo", "required when update_mask names it"),
+                    Some(value) => {
+                        docebo = Some(convert::docebo_credentials(
+                            &mut violations,
+                            "connection.docebo",
+                            value,
+                        ))
+                    }
+                    None => {
+                        violations.add("connection.docebo", "required when update_mask names it")
+                    }
                 },
                 "salesforce" => match &input.salesforce {
                     Some(value) => {
@@ -313,7 +359,10 @@ impl SyncService for Service {
                             value,
                         ))
                     }
-                    None => violations.add("connection.salesforce", "required when update_mask names it"),
+                    None => violations.add(
+                        "connection.salesforce",
+                        "required when update_mask names it",
+                    ),
                 },
                 "unenrollment_policy" => {
                     update.unenrollment_policy = Some(convert::unenrollment_policy(
@@ -405,7 +454,10 @@ impl SyncService for Service {
         Ok(Response::new(response))
     }
 
-    async fn configure(&self, request: Request<pb::ConfigureRequest>) -> Result<Response<pb::AreaConfig>, Status> {
+    async fn configure(
+        &self,
+        request: Request<pb::ConfigureRequest>,
+    ) -> Result<Response<pb::AreaConfig>, Status> {
         let principal = principal(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
@@ -439,7 +491,10 @@ impl SyncService for Service {
             }
         };
         if area != Area::Courses && !config.course_category_ids.is_empty() {
-            violations.add("config.course_category_ids", "only AREA_COURSES takes course categories");
+            violations.add(
+                "config.course_category_ids",
+                "only AREA_COURSES takes course categories",
+            );
         }
         if config.course_category_ids.iter().any(|id| *id <= 0) {
             violations.add("config.course_category_ids", "category ids are positive");
@@ -464,15 +519,19 @@ impl SyncService for Service {
             return Ok(Response::new(replay));
         }
         areas::lock(&tx, id, area).await.or_status()?;
-        let stored = areas::configure(&tx, id, area, &settings).await.or_status()?;
+        let stored = areas::configure(&tx, id, area, &settings)
+            .await
+            .or_status()?;
         let response = convert::area_config_to_proto(area, Some(&stored));
         logs::append(
             &tx,
             id,
-            &[model::NewLogEvent::new(model::LogLevel::Info, format!("{area} area configured"))
-                .field("enabled", settings.enabled)
-                .field("mode", mode.as_str())
-                .field("interval_seconds", interval_seconds)],
+            &[
+                model::NewLogEvent::new(model::LogLevel::Info, format!("{area} area configured"))
+                    .field("enabled", settings.enabled)
+                    .field("mode", mode.as_str())
+                    .field("interval_seconds", interval_seconds),
+            ],
         )
         .await
         .or_status()?;
@@ -489,7 +548,8 @@ impl SyncService for Service {
         convert::request_id(&mut violations, &request.request_id);
         let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
         let area = convert::area(&mut violations, "area", request.area);
-        let timeframe = convert::timeframe(&mut violations, "timeframe", request.timeframe.as_ref());
+        let timeframe =
+            convert::timeframe(&mut violations, "timeframe", request.timeframe.as_ref());
         violations.check()?;
         let key = Idempotency {
             principal: principal.name(),
@@ -498,7 +558,9 @@ impl SyncService for Service {
             digest: request_digest("Start", &request, |r| r.request_id.clear()),
         };
         let run = self
-            .run_action(&principal, id, key, async |tx| runs::start(tx, id, area, timeframe).await)
+            .run_action(&principal, id, key, async |tx| {
+                runs::start(tx, id, area, timeframe).await
+            })
             .await?;
         tracing::info!(connection_id = %id, %area, run_id = %run.id, "run started");
         Ok(Response::new(run))
@@ -519,20 +581,26 @@ impl SyncService for Service {
             digest: request_digest("Stop", &request, |r| r.request_id.clear()),
         };
         let run = self
-            .run_action(&principal, id, key, async |tx| runs::stop(tx, id, area).await)
+            .run_action(&principal, id, key, async |tx| {
+                runs::stop(tx, id, area).await
+            })
             .await?;
         tracing::info!(connection_id = %id, %area, run_id = %run.id, "run stop requested");
         Ok(Response::new(run))
     }
 
-    async fn resynchronize(&self, request: Request<pb::ResynchronizeRequest>) -> Result<Response<pb::Run>, Status> {
+    async fn resynchronize(
+        &self,
+        request: Request<pb::ResynchronizeRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
         let principal = principal(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
         convert::request_id(&mut violations, &request.request_id);
         let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
         let area = convert::area(&mut violations, "area", request.area);
-        let timeframe = convert::timeframe(&mut violations, "timeframe", request.timeframe.as_ref());
+        let timeframe =
+            convert::timeframe(&mut violations, "timeframe", request.timeframe.as_ref());
         violations.check()?;
         let rewrite = request.rewrite_unchanged;
         let key = Idempotency {
@@ -550,7 +618,10 @@ impl SyncService for Service {
         Ok(Response::new(run))
     }
 
-    async fn get_status(&self, request: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+    async fn get_status(
+        &self,
+        request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let principal = principal(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
@@ -559,7 +630,9 @@ impl SyncService for Service {
             .areas
             .iter()
             .enumerate()
-            .map(|(index, value)| convert::area(&mut violations, &format!("areas[{index}]"), *value))
+            .map(|(index, value)| {
+                convert::area(&mut violations, &format!("areas[{index}]"), *value)
+            })
             .collect();
         violations.check()?;
         if wanted.is_empty() {
@@ -594,7 +667,9 @@ impl SyncService for Service {
                     config: Some(convert::area_config_to_proto(area, config)),
                     active_run: runs.active.as_ref().map(convert::run_to_proto),
                     last_run: runs.last.as_ref().map(convert::run_to_proto),
-                    last_success_time: config.and_then(|c| c.last_success_time).map(convert::to_timestamp),
+                    last_success_time: config
+                        .and_then(|c| c.last_success_time)
+                        .map(convert::to_timestamp),
                     records_imported: imported.get(&area).copied().unwrap_or(0),
                     first_error_sequence,
                     next_run_time: config
@@ -612,7 +687,10 @@ impl SyncService for Service {
         }))
     }
 
-    async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+    async fn get_run(
+        &self,
+        request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
         let principal = principal(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
@@ -625,7 +703,10 @@ impl SyncService for Service {
         Ok(Response::new(convert::run_to_proto(&run)))
     }
 
-    async fn list_runs(&self, request: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
+    async fn list_runs(
+        &self,
+        request: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
         let principal = principal(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
@@ -640,7 +721,9 @@ impl SyncService for Service {
         violations.check()?;
         let conn = self.store.conn().await.or_status()?;
         self.authorize(&conn, &principal, id).await?;
-        let mut page = runs::list(&conn, id, area, after, limit + 1).await.or_status()?;
+        let mut page = runs::list(&conn, id, area, after, limit + 1)
+            .await
+            .or_status()?;
         let next_page_token = if page.len() as i64 > limit {
             page.truncate(limit as usize);
             page.last()
@@ -657,18 +740,26 @@ impl SyncService for Service {
 
     type StreamLogsStream = LogStream;
 
-    async fn stream_logs(&self, request: Request<pb::StreamLogsRequest>) -> Result<Response<LogStream>, Status> {
+    async fn stream_logs(
+        &self,
+        request: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
         let principal = principal(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
         let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
-        let run_id = (!request.run_id.is_empty()).then(|| convert::parse_id(&mut violations, "run_id", &request.run_id));
-        let job_id = (!request.job_id.is_empty()).then(|| convert::parse_id(&mut violations, "job_id", &request.job_id));
+        let run_id = (!request.run_id.is_empty())
+            .then(|| convert::parse_id(&mut violations, "run_id", &request.run_id));
+        let job_id = (!request.job_id.is_empty())
+            .then(|| convert::parse_id(&mut violations, "job_id", &request.job_id));
         if job_id.is_some() && run_id.is_none() {
             violations.add("run_id", "required with job_id");
         }
         let min_level = convert::min_level(&mut violations, request.min_level);
-        let from_first_error = matches!(request.position, Some(pb::stream_logs_request::Position::FromFirstError(true)));
+        let from_first_error = matches!(
+            request.position,
+            Some(pb::stream_logs_request::Position::FromFirstError(true))
+        );
         if from_first_error && run_id.is_none() {
             violations.add("run_id", "required with from_first_error");
         }
@@ -685,10 +776,13 @@ impl SyncService for Service {
         self.authorize(&conn, &principal, id).await?;
         if let Some(run_id) = run_id {
             let run = runs::get(&conn, id, run_id).await.or_status()?;
-            if let Some(job_id) = job_id {
-                if !run.jobs.iter().any(|job| job.id == job_id) {
-                    return Err(error::not_found("learnsync.v1.Job", &format!("job {job_id} of run {run_id}")));
-                }
+            if let Some(job_id) = job_id
+                && !run.jobs.iter().any(|job| job.id == job_id)
+            {
+                return Err(error::not_found(
+                    "learnsync.v1.Job",
+                    &format!("job {job_id} of run {run_id}"),
+                ));
             }
             if from_first_error {
                 match run.first_error_sequence {
@@ -721,7 +815,9 @@ impl SyncService for Service {
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(follower.run(sender));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 }
 
@@ -776,7 +872,9 @@ impl LogFollower {
                         Ok(n) if n.channel.is_empty() || n.payload == connection => return,
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
                     }
                 }
             };
@@ -808,7 +906,11 @@ impl LogFollower {
         drop(conn);
         for event in &events {
             self.next = event.sequence + 1;
-            if sender.send(Ok(convert::log_event_to_proto(event))).await.is_err() {
+            if sender
+                .send(Ok(convert::log_event_to_proto(event)))
+                .await
+                .is_err()
+            {
                 return Err(None);
             }
         }

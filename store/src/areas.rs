@@ -40,7 +40,11 @@ pub struct AreaSettings {
 }
 
 /// Reads an area's configuration, if it was ever configured.
-pub async fn get(client: &impl GenericClient, connection_id: Uuid, area: Area) -> Result<Option<AreaConfig>> {
+pub async fn get(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    area: Area,
+) -> Result<Option<AreaConfig>> {
     let sql = format!("SELECT {COLUMNS} FROM area_configs WHERE connection_id = $1 AND area = $2");
     client
         .query_opt(&sql, &[&connection_id, &area.as_str()])
@@ -51,8 +55,14 @@ pub async fn get(client: &impl GenericClient, connection_id: Uuid, area: Area) -
 
 /// Reads an area's configuration and locks it until the transaction ends: Start, Stop,
 /// Resynchronize and Configure of one area take turns on this lock.
-pub async fn lock(client: &impl GenericClient, connection_id: Uuid, area: Area) -> Result<Option<AreaConfig>> {
-    let sql = format!("SELECT {COLUMNS} FROM area_configs WHERE connection_id = $1 AND area = $2 FOR UPDATE");
+pub async fn lock(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    area: Area,
+) -> Result<Option<AreaConfig>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM area_configs WHERE connection_id = $1 AND area = $2 FOR UPDATE"
+    );
     client
         .query_opt(&sql, &[&connection_id, &area.as_str()])
         .await?
@@ -68,7 +78,10 @@ pub async fn list(client: &impl GenericClient, connection_id: Uuid) -> Result<Ve
 }
 
 /// Fails unless users and courses have each completed a run (what enrollments need first).
-pub async fn require_enrollment_prerequisites(client: &impl GenericClient, connection_id: Uuid) -> Result<()> {
+pub async fn require_enrollment_prerequisites(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+) -> Result<()> {
     let rows = client
         .query(
             "SELECT area FROM area_configs WHERE connection_id = $1 AND area IN ('users', 'courses') \
@@ -76,7 +89,10 @@ pub async fn require_enrollment_prerequisites(client: &impl GenericClient, conne
             &[&connection_id],
         )
         .await?;
-    let done: Vec<String> = rows.iter().map(|row| row.try_get(0)).collect::<Result<_, _>>()?;
+    let done: Vec<String> = rows
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
     let missing: Vec<&str> = ["users", "courses"]
         .into_iter()
         .filter(|area| !done.iter().any(|d| d == area))

@@ -109,9 +109,15 @@ pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Connection> {
 }
 
 /// Reads a connection's sealed credentials and the fingerprint of the key that sealed them.
-pub async fn sealed_credentials(client: &impl GenericClient, id: Uuid) -> Result<(Vec<u8>, String)> {
+pub async fn sealed_credentials(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<(Vec<u8>, String)> {
     let row = client
-        .query_opt("SELECT credentials, credentials_key_id FROM connections WHERE id = $1", &[&id])
+        .query_opt(
+            "SELECT credentials, credentials_key_id FROM connections WHERE id = $1",
+            &[&id],
+        )
         .await?
         .ok_or_else(|| Error::NotFound(format!("connection {id}")))?;
     Ok((row.try_get(0)?, row.try_get(1)?))
@@ -135,12 +141,18 @@ pub async fn list(
            AND ($2::timestamptz IS NULL OR (create_time, id) > ($2, $3::uuid)) \
          ORDER BY create_time, id LIMIT $4"
     );
-    let rows = client.query(&sql, &[&tenant, &after_time, &after_id, &limit]).await?;
+    let rows = client
+        .query(&sql, &[&tenant, &after_time, &after_id, &limit])
+        .await?;
     rows.iter().map(from_row).collect()
 }
 
 /// Changes a connection.
-pub async fn update(client: &impl GenericClient, id: Uuid, update: &ConnectionUpdate) -> Result<Connection> {
+pub async fn update(
+    client: &impl GenericClient,
+    id: Uuid,
+    update: &ConnectionUpdate,
+) -> Result<Connection> {
     let credentials = update.credentials.as_ref();
     let sql = format!(
         "UPDATE connections SET \
@@ -180,7 +192,10 @@ pub async fn update(client: &impl GenericClient, id: Uuid, update: &ConnectionUp
 /// check and the delete are one statement, so a run started concurrently either blocks it or is
 /// deleted with it before any worker sees it.
 pub async fn delete(client: &impl GenericClient, id: Uuid) -> Result<()> {
-    let active: Vec<&str> = RunState::ACTIVE.iter().map(|state| state.as_str()).collect();
+    let active: Vec<&str> = RunState::ACTIVE
+        .iter()
+        .map(|state| state.as_str())
+        .collect();
     let row = client
         .query_one(
             "WITH target AS (SELECT id FROM connections WHERE id = $1 FOR UPDATE), \

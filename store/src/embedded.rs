@@ -28,13 +28,20 @@ impl PrivatePostgres {
             .tempdir()
             .map_err(|error| Error::Embedded(format!("temporary directory: {error}")))?;
         if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
-                .map_err(|error| Error::Embedded(format!("chown {}: {error}", dir.path().display())))?;
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|error| {
+                Error::Embedded(format!("chown {}: {error}", dir.path().display()))
+            })?;
         }
         let data = dir.path().join("data");
         run(
             Command::new(bindir.join("initdb"))
-                .args(["--auth=trust", "--username=postgres", "--encoding=UTF8", "--locale=C", "--no-sync"])
+                .args([
+                    "--auth=trust",
+                    "--username=postgres",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ])
                 .arg("-D")
                 .arg(&data),
             owner,
@@ -150,8 +157,8 @@ fn run(command: &mut Command, owner: Option<(u32, u32)>, cwd: &Path) -> Result<(
 }
 
 fn free_port() -> Result<u16> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|error| Error::Embedded(format!("no free port: {error}")))?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|error| Error::Embedded(format!("no free port: {error}")))?;
     let port = listener
         .local_addr()
         .map_err(|error| Error::Embedded(format!("no free port: {error}")))?
@@ -163,10 +170,10 @@ fn free_port() -> Result<u16> {
 /// usual install paths (newest version first), then `$PATH`.
 pub fn find_bindir() -> Result<PathBuf> {
     let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
-    if let Some(dir) = std::env::var_os("PG_BINDIR").map(PathBuf::from) {
-        if has_tools(&dir) {
-            return Ok(dir);
-        }
+    if let Some(dir) = std::env::var_os("PG_BINDIR").map(PathBuf::from)
+        && has_tools(&dir)
+    {
+        return Ok(dir);
     }
     if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
@@ -175,9 +182,16 @@ pub fn find_bindir() -> Result<PathBuf> {
         }
     }
     let mut candidates: Vec<PathBuf> = Vec::new();
-    for root in ["/usr/lib/postgresql", "/usr/local/pgsql", "/opt/homebrew/opt", "/usr/pgsql"] {
+    for root in [
+        "/usr/lib/postgresql",
+        "/usr/local/pgsql",
+        "/opt/homebrew/opt",
+        "/usr/pgsql",
+    ] {
         if let Ok(entries) = std::fs::read_dir(root) {
-            let mut versions: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).collect();
+            let mut versions: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .collect();
             versions.sort_by_key(|path| {
                 std::cmp::Reverse(
                     path.parent()
@@ -191,7 +205,9 @@ pub fn find_bindir() -> Result<PathBuf> {
         }
     }
     candidates.push(PathBuf::from("/usr/local/pgsql/bin"));
-    candidates.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    candidates.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
     candidates.into_iter().find(|dir| has_tools(dir)).ok_or_else(|| {
         Error::Embedded(
             "no PostgreSQL server binaries (initdb, pg_ctl) found: install PostgreSQL, set PG_BINDIR, \
@@ -216,14 +232,16 @@ fn unprivileged_owner() -> Result<Option<(u32, u32)>> {
     for user in ["postgres", "nobody"] {
         for line in passwd.lines() {
             let fields: Vec<&str> = line.split(':').collect();
-            if fields.len() >= 4 && fields[0] == user {
-                if let (Ok(uid), Ok(gid)) = (fields[2].parse(), fields[3].parse()) {
-                    return Ok(Some((uid, gid)));
-                }
+            if fields.len() >= 4
+                && fields[0] == user
+                && let (Ok(uid), Ok(gid)) = (fields[2].parse(), fields[3].parse())
+            {
+                return Ok(Some((uid, gid)));
             }
         }
     }
     Err(Error::Embedded(
-        "running as root and neither a postgres nor a nobody user exists to run PostgreSQL as".into(),
+        "running as root and neither a postgres nor a nobody user exists to run PostgreSQL as"
+            .into(),
     ))
 }

@@ -49,7 +49,11 @@ pub enum Error {
 
 impl Error {
     /// Builds a precondition failure.
-    pub fn precondition(kind: &'static str, subject: impl Into<String>, description: impl Into<String>) -> Error {
+    pub fn precondition(
+        kind: &'static str,
+        subject: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Error {
         Error::Precondition(Precondition {
             kind,
             subject: subject.into(),
@@ -72,7 +76,12 @@ impl Error {
 /// Postgres's own message and code, which `tokio_postgres::Error`'s `Display` leaves out.
 fn describe_postgres(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
-        Some(db) => format!("{} ({}){}", db.message(), db.code().code(), db.detail().map(|d| format!(": {d}")).unwrap_or_default()),
+        Some(db) => format!(
+            "{} ({}){}",
+            db.message(),
+            db.code().code(),
+            db.detail().map(|d| format!(": {d}")).unwrap_or_default()
+        ),
         None => error.to_string(),
     }
 }

@@ -55,7 +55,9 @@ pub async fn claim(
     }
     match response {
         Some(response) => Ok(Claim::Replay(response)),
-        None => Err(Error::Corrupt(format!("idempotency key {request_id} has no answer"))),
+        None => Err(Error::Corrupt(format!(
+            "idempotency key {request_id} has no answer"
+        ))),
     }
 }
 

@@ -28,8 +28,8 @@ pub mod testing;
 pub mod worker;
 
 pub use deadpool_postgres::{GenericClient, Object as Conn, Transaction};
-pub use tokio_postgres::Error as TokioPostgresError;
 pub use error::{Error, Precondition, Result};
+pub use tokio_postgres::Error as TokioPostgresError;
 
 use std::time::Duration;
 
@@ -108,20 +108,29 @@ impl Store {
 
 /// Runs the pending migrations against the database at `database_url`, under an advisory lock.
 pub async fn migrate(database_url: &str) -> Result<()> {
-    let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+    let (mut client, connection) =
+        tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
     let driver = tokio::spawn(connection);
     // The key is arbitrary but fixed: every learnsync process migrating this database waits here.
-    client.execute("SELECT pg_advisory_lock(7350001)", &[]).await?;
+    client
+        .execute("SELECT pg_advisory_lock(7350001)", &[])
+        .await?;
     let outcome = embedded_migrations::migrations::runner()
         .set_migration_table_name("learnsync_migrations")
         .run_async(&mut client)
         .await;
-    client.execute("SELECT pg_advisory_unlock(7350001)", &[]).await?;
+    client
+        .execute("SELECT pg_advisory_unlock(7350001)", &[])
+        .await?;
     drop(client);
     driver.abort();
     let report = outcome.map_err(|error| Error::Migration(error.to_string()))?;
     for migration in report.applied_migrations() {
-        tracing::info!(version = migration.version(), name = migration.name(), "migration applied");
+        tracing::info!(
+            version = migration.version(),
+            name = migration.name(),
+            "migration applied"
+        );
     }
     Ok(())
 }

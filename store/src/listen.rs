@@ -21,7 +21,11 @@ pub struct Notification {
 
 /// Starts listening on `channels` and returns the sender that fans notifications out (subscribe to
 /// it). The task reconnects with backoff until `shutdown` is cancelled.
-pub fn spawn(database_url: String, channels: &[&str], shutdown: CancellationToken) -> broadcast::Sender<Notification> {
+pub fn spawn(
+    database_url: String,
+    channels: &[&str],
+    shutdown: CancellationToken,
+) -> broadcast::Sender<Notification> {
     let (sender, _) = broadcast::channel(1024);
     let channels: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
     let task_sender = sender.clone();
@@ -50,11 +54,14 @@ async fn listen_once(
     channels: &[String],
     sender: &broadcast::Sender<Notification>,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+    let (client, mut connection) =
+        tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let listen = async {
         for channel in channels {
-            client.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
+            client
+                .batch_execute(&format!("LISTEN \"{channel}\""))
+                .await?;
         }
         Ok::<_, tokio_postgres::Error>(())
     };

@@ -11,7 +11,11 @@ use crate::{CHANNEL_LOGS, Result};
 
 /// Appends events to a connection's log, wakes log followers, and records the first error event of
 /// each run. Returns the sequence numbers given, in order.
-pub async fn append(client: &impl GenericClient, connection_id: Uuid, events: &[NewLogEvent]) -> Result<Vec<i64>> {
+pub async fn append(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    events: &[NewLogEvent],
+) -> Result<Vec<i64>> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -58,7 +62,10 @@ pub async fn append(client: &impl GenericClient, connection_id: Uuid, events: &[
         )
         .await?;
     client
-        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_LOGS, &connection_id.to_string()])
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL_LOGS, &connection_id.to_string()],
+        )
         .await?;
     rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
 }
@@ -96,7 +103,12 @@ fn from_row(row: &Row) -> Result<LogEvent> {
 }
 
 /// Reads up to `limit` events with a sequence at or above `from_sequence`, in order.
-pub async fn read(client: &impl GenericClient, filter: &LogFilter, from_sequence: i64, limit: i64) -> Result<Vec<LogEvent>> {
+pub async fn read(
+    client: &impl GenericClient,
+    filter: &LogFilter,
+    from_sequence: i64,
+    limit: i64,
+) -> Result<Vec<LogEvent>> {
     let rows = client
         .query(
             "SELECT connection_id, sequence, run_id, job_id, time, level, message, record_key, error_code, fields \
@@ -120,7 +132,10 @@ pub async fn read(client: &impl GenericClient, filter: &LogFilter, from_sequence
 /// The last sequence number handed out for a connection (0 for an empty log).
 pub async fn last_sequence(client: &impl GenericClient, connection_id: Uuid) -> Result<i64> {
     let row = client
-        .query_opt("SELECT log_sequence FROM connections WHERE id = $1", &[&connection_id])
+        .query_opt(
+            "SELECT log_sequence FROM connections WHERE id = $1",
+            &[&connection_id],
+        )
         .await?;
     Ok(match row {
         Some(row) => row.try_get(0)?,

@@ -97,7 +97,8 @@ sql_enum! {
 
 impl RunState {
     /// The states in which a run is active (at most one per area).
-    pub const ACTIVE: &'static [RunState] = &[RunState::Queued, RunState::Running, RunState::Stopping];
+    pub const ACTIVE: &'static [RunState] =
+        &[RunState::Queued, RunState::Running, RunState::Stopping];
 
     /// Whether the run is still active.
     pub fn is_active(self) -> bool {

@@ -8,7 +8,8 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::model::{
-    Area, AreaConfig, Counts, Job, JobKind, JobState, LogLevel, NewLogEvent, Run, RunState, Trigger, area_subject,
+    Area, AreaConfig, Counts, Job, JobKind, JobState, LogLevel, NewLogEvent, Run, RunState,
+    Trigger, area_subject,
 };
 use crate::{CHANNEL_CANCEL, CHANNEL_JOBS, CHANNEL_RUNS, Error, Result, areas, logs};
 
@@ -81,11 +82,18 @@ pub struct RunRequest {
 }
 
 fn active_states() -> Vec<&'static str> {
-    RunState::ACTIVE.iter().map(|state| state.as_str()).collect()
+    RunState::ACTIVE
+        .iter()
+        .map(|state| state.as_str())
+        .collect()
 }
 
 /// Fails with `AREA_NOT_CONFIGURED` or `AREA_DISABLED` unless the area may run.
-fn require_enabled(connection_id: Uuid, area: Area, config: Option<AreaConfig>) -> Result<AreaConfig> {
+fn require_enabled(
+    connection_id: Uuid,
+    area: Area,
+    config: Option<AreaConfig>,
+) -> Result<AreaConfig> {
     let subject = area_subject(connection_id, area);
     match config {
         None => Err(Error::precondition(
@@ -103,8 +111,14 @@ fn require_enabled(connection_id: Uuid, area: Area, config: Option<AreaConfig>) 
 }
 
 /// Reads the active run of an area, if any.
-pub async fn active(client: &impl GenericClient, connection_id: Uuid, area: Area) -> Result<Option<Run>> {
-    let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE connection_id = $1 AND area = $2 AND state = ANY($3)");
+pub async fn active(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    area: Area,
+) -> Result<Option<Run>> {
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE connection_id = $1 AND area = $2 AND state = ANY($3)"
+    );
     let row = client
         .query_opt(&sql, &[&connection_id, &area.as_str(), &active_states()])
         .await?;
@@ -122,7 +136,10 @@ fn run_active_error(connection_id: Uuid, area: Area, run: &Run) -> Error {
     Error::precondition(
         "RUN_ACTIVE",
         area_subject(connection_id, area),
-        format!("the {area} area already has an active run ({}, {})", run.id, run.state),
+        format!(
+            "the {area} area already has an active run ({}, {})",
+            run.id, run.state
+        ),
     )
 }
 
@@ -133,7 +150,11 @@ pub async fn start(
     area: Area,
     timeframe: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
 ) -> Result<Run> {
-    let config = require_enabled(connection_id, area, areas::lock(client, connection_id, area).await?)?;
+    let config = require_enabled(
+        connection_id,
+        area,
+        areas::lock(client, connection_id, area).await?,
+    )?;
     if config.first_success_time.is_some() {
         return Err(Error::precondition(
             "ALREADY_SYNCHRONIZED",
@@ -166,7 +187,11 @@ pub async fn resynchronize(
     timeframe: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
     rewrite_unchanged: bool,
 ) -> Result<Run> {
-    require_enabled(connection_id, area, areas::lock(client, connection_id, area).await?)?;
+    require_enabled(
+        connection_id,
+        area,
+        areas::lock(client, connection_id, area).await?,
+    )?;
     if area == Area::Enrollments {
         areas::require_enrollment_prerequisites(client, connection_id).await?;
     }
@@ -199,7 +224,12 @@ pub async fn resynchronize(
 
 /// Creates a queued run with its jobs and wakes the workers. The partial unique index refuses a
 /// second active run of the area, whoever asks (`RUN_ACTIVE`).
-pub async fn create(client: &impl GenericClient, connection_id: Uuid, area: Area, request: &RunRequest) -> Result<Run> {
+pub async fn create(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    area: Area,
+    request: &RunRequest,
+) -> Result<Run> {
     let run_id = Uuid::new_v4();
     let sql = format!(
         "INSERT INTO runs (id, connection_id, area, trigger, timeframe_start, timeframe_end, full_sync, updated_from, \
@@ -238,7 +268,10 @@ pub async fn create(client: &impl GenericClient, connection_id: Uuid, area: Area
     let specs = area.jobs();
     let ids: Vec<Uuid> = specs.iter().map(|_| Uuid::new_v4()).collect();
     let kinds: Vec<&str> = specs.iter().map(|(kind, _)| kind.as_str()).collect();
-    let after: Vec<Option<Uuid>> = specs.iter().map(|(_, after)| after.map(|index| ids[index])).collect();
+    let after: Vec<Option<Uuid>> = specs
+        .iter()
+        .map(|(_, after)| after.map(|index| ids[index]))
+        .collect();
     let positions: Vec<i16> = (0..specs.len() as i16).collect();
     // Inserted in spec order, so that a job always follows the one it waits for.
     let sql = format!(
@@ -248,22 +281,31 @@ pub async fn create(client: &impl GenericClient, connection_id: Uuid, area: Area
          ORDER BY j.position RETURNING {JOB_COLUMNS}"
     );
     let rows = client
-        .query(&sql, &[&run_id, &connection_id, &ids, &kinds, &after, &positions])
+        .query(
+            &sql,
+            &[&run_id, &connection_id, &ids, &kinds, &after, &positions],
+        )
         .await?;
     run.jobs = rows.iter().map(job_from_row).collect::<Result<_>>()?;
-    run.jobs.sort_by_key(|job| ids.iter().position(|id| *id == job.id));
+    run.jobs
+        .sort_by_key(|job| ids.iter().position(|id| *id == job.id));
     logs::append(
         client,
         connection_id,
-        &[NewLogEvent::new(LogLevel::Info, format!("{area} run queued"))
-            .run(run_id)
-            .field("trigger", request.trigger.as_str())
-            .field("full", request.full_sync)
-            .field("jobs", kinds.join(","))],
+        &[
+            NewLogEvent::new(LogLevel::Info, format!("{area} run queued"))
+                .run(run_id)
+                .field("trigger", request.trigger.as_str())
+                .field("full", request.full_sync)
+                .field("jobs", kinds.join(",")),
+        ],
     )
     .await?;
     client
-        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_JOBS, &run_id.to_string()])
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL_JOBS, &run_id.to_string()],
+        )
         .await?;
     Ok(run)
 }
@@ -300,7 +342,10 @@ pub async fn stop(client: &impl GenericClient, connection_id: Uuid, area: Area) 
         )
         .await?;
         client
-            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_CANCEL, &run.id.to_string()])
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&CHANNEL_CANCEL, &run.id.to_string()],
+            )
             .await?;
         finish_if_done(client, run.id).await?;
     }
@@ -353,13 +398,18 @@ pub async fn finish_if_done(client: &impl GenericClient, run_id: Uuid) -> Result
     logs::append(
         client,
         connection_id,
-        &[NewLogEvent::new(level, format!("{area} run finished: {state}"))
-            .run(run_id)
-            .field("state", state.as_str())],
+        &[
+            NewLogEvent::new(level, format!("{area} run finished: {state}"))
+                .run(run_id)
+                .field("state", state.as_str()),
+        ],
     )
     .await?;
     client
-        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL_RUNS, &run_id.to_string()])
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL_RUNS, &run_id.to_string()],
+        )
         .await?;
     Ok(Some(state))
 }
@@ -378,7 +428,9 @@ pub async fn get(client: &impl GenericClient, connection_id: Uuid, run_id: Uuid)
 
 /// Reads a run's state alone (cheap: for log followers).
 pub async fn state(client: &impl GenericClient, run_id: Uuid) -> Result<Option<RunState>> {
-    let row = client.query_opt("SELECT state FROM runs WHERE id = $1", &[&run_id]).await?;
+    let row = client
+        .query_opt("SELECT state FROM runs WHERE id = $1", &[&run_id])
+        .await?;
     row.map(|row| RunState::parse(row.try_get(0)?)).transpose()
 }
 
@@ -394,7 +446,8 @@ async fn attach_jobs(client: &impl GenericClient, runs: &mut [Run]) -> Result<()
     if ids.is_empty() {
         return Ok(());
     }
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ANY($1) ORDER BY position, id");
+    let sql =
+        format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ANY($1) ORDER BY position, id");
     let rows = client.query(&sql, &[&ids]).await?;
     let mut by_run: HashMap<Uuid, Vec<Job>> = HashMap::new();
     for row in &rows {
@@ -425,7 +478,16 @@ pub async fn list(
          ORDER BY create_time DESC, id DESC LIMIT $5"
     );
     let rows = client
-        .query(&sql, &[&connection_id, &area.map(|a| a.as_str()), &after_time, &after_id, &limit])
+        .query(
+            &sql,
+            &[
+                &connection_id,
+                &area.map(|a| a.as_str()),
+                &after_time,
+                &after_id,
+                &limit,
+            ],
+        )
         .await?;
     let mut runs: Vec<Run> = rows.iter().map(run_from_row).collect::<Result<_>>()?;
     attach_jobs(client, &mut runs).await?;
@@ -442,12 +504,17 @@ pub struct LatestRuns {
 }
 
 /// Reads the active and last finished run of every area of a connection, in two statements.
-pub async fn latest_per_area(client: &impl GenericClient, connection_id: Uuid) -> Result<HashMap<Area, LatestRuns>> {
+pub async fn latest_per_area(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+) -> Result<HashMap<Area, LatestRuns>> {
     let sql = format!(
         "SELECT DISTINCT ON (area, state = ANY($2)) {RUN_COLUMNS} FROM runs WHERE connection_id = $1 \
          ORDER BY area, state = ANY($2), create_time DESC, id DESC"
     );
-    let rows = client.query(&sql, &[&connection_id, &active_states()]).await?;
+    let rows = client
+        .query(&sql, &[&connection_id, &active_states()])
+        .await?;
     let mut runs: Vec<Run> = rows.iter().map(run_from_row).collect::<Result<_>>()?;
     attach_jobs(client, &mut runs).await?;
     let mut latest: HashMap<Area, LatestRuns> = HashMap::new();
@@ -463,7 +530,10 @@ pub async fn latest_per_area(client: &impl GenericClient, connection_id: Uuid) -
 }
 
 /// How many records Salesforce holds for a connection, per area (from the ledger's counters).
-pub async fn records_imported(client: &impl GenericClient, connection_id: Uuid) -> Result<HashMap<Area, i64>> {
+pub async fn records_imported(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+) -> Result<HashMap<Area, i64>> {
     let rows = client
         .query(
             "SELECT area, sum(records)::bigint FROM ledger_counts WHERE connection_id = $1 GROUP BY area",

@@ -110,7 +110,11 @@ impl Credentials {
     /// The key the Docebo call budget is shared under: one per platform, whatever the connection.
     /// A hash, so that the platform's URL is not readable in the budget table.
     pub fn docebo_platform(&self) -> String {
-        let normalized = self.docebo.base_url.trim_end_matches('/').to_ascii_lowercase();
+        let normalized = self
+            .docebo
+            .base_url
+            .trim_end_matches('/')
+            .to_ascii_lowercase();
         hex::encode(&sha2::Sha256::digest(normalized.as_bytes())[..16])
     }
 }
@@ -124,7 +128,9 @@ pub struct Cipher {
 
 impl std::fmt::Debug for Cipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cipher").field("key_id", &self.key_id).finish()
+        f.debug_struct("Cipher")
+            .field("key_id", &self.key_id)
+            .finish()
     }
 }
 
@@ -151,9 +157,9 @@ impl Cipher {
                 .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
                 .map_err(|_| Error::Secrets("key is neither base64 nor 64 hex digits".into()))?
         };
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|bytes: Vec<u8>| Error::Secrets(format!("key has {} bytes, 32 needed", bytes.len())))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|bytes: Vec<u8>| {
+            Error::Secrets(format!("key has {} bytes, 32 needed", bytes.len()))
+        })?;
         Ok(Cipher::new(&key))
     }
 
@@ -171,7 +177,8 @@ impl Cipher {
 
     /// Encrypts credentials for one connection.
     pub fn seal(&self, connection_id: Uuid, credentials: &Credentials) -> Result<Vec<u8>> {
-        let plaintext = serde_json::to_vec(credentials).map_err(|error| Error::Secrets(error.to_string()))?;
+        let plaintext =
+            serde_json::to_vec(credentials).map_err(|error| Error::Secrets(error.to_string()))?;
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let ciphertext = self
@@ -207,8 +214,13 @@ impl Cipher {
                     aad: connection_id.as_bytes(),
                 },
             )
-            .map_err(|_| Error::Secrets("credentials do not decrypt with this key (wrong key or tampered row)".into()))?;
-        serde_json::from_slice(&plaintext).map_err(|error| Error::Secrets(format!("credentials are malformed: {error}")))
+            .map_err(|_| {
+                Error::Secrets(
+                    "credentials do not decrypt with this key (wrong key or tampered row)".into(),
+                )
+            })?;
+        serde_json::from_slice(&plaintext)
+            .map_err(|error| Error::Secrets(format!("credentials are malformed: {error}")))
     }
 }
 

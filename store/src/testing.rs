@@ -93,7 +93,10 @@ fn template_name() -> String {
         hasher.update(migration.name().as_bytes());
         hasher.update(migration.checksum().to_le_bytes());
     }
-    format!("learnsync_template_{}", &hex::encode(hasher.finalize())[..16])
+    format!(
+        "learnsync_template_{}",
+        &hex::encode(hasher.finalize())[..16]
+    )
 }
 
 async fn template(cluster: &'static Cluster) -> Result<&'static String> {
@@ -102,7 +105,9 @@ async fn template(cluster: &'static Cluster) -> Result<&'static String> {
             let name = template_name();
             let admin = admin_client(&cluster.admin_url).await?;
             // Test processes run side by side: one creates the template, the others wait.
-            admin.execute("SELECT pg_advisory_lock(7350002)", &[]).await?;
+            admin
+                .execute("SELECT pg_advisory_lock(7350002)", &[])
+                .await?;
             let exists = admin
                 .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
                 .await?
@@ -110,17 +115,25 @@ async fn template(cluster: &'static Cluster) -> Result<&'static String> {
             let outcome = async {
                 if !exists {
                     let building = format!("{name}_building_{}", std::process::id());
-                    admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{building}\"")).await?;
-                    admin.batch_execute(&format!("CREATE DATABASE \"{building}\"")).await?;
+                    admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{building}\""))
+                        .await?;
+                    admin
+                        .batch_execute(&format!("CREATE DATABASE \"{building}\""))
+                        .await?;
                     crate::migrate(&cluster.base.with_database(&building)).await?;
                     admin
-                        .batch_execute(&format!("ALTER DATABASE \"{building}\" RENAME TO \"{name}\""))
+                        .batch_execute(&format!(
+                            "ALTER DATABASE \"{building}\" RENAME TO \"{name}\""
+                        ))
                         .await?;
                 }
                 Ok::<_, Error>(())
             }
             .await;
-            admin.execute("SELECT pg_advisory_unlock(7350002)", &[]).await?;
+            admin
+                .execute("SELECT pg_advisory_unlock(7350002)", &[])
+                .await?;
             outcome?;
             Ok(name)
         })
@@ -134,26 +147,11 @@ pub async fn fresh_database() -> Result<String> {
     let name = format!("learnsync_test_{}", uuid::Uuid::new_v4().simple());
     let admin = admin_client(&cluster.admin_url).await?;
     admin
-        .batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""))
+        .batch_execute(&format!(
+            "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+        ))
         .await?;
     Ok(cluster.base.with_database(&name))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::url_parts::Base;
-
-    #[test]
-    fn replaces_the_database_of_a_url() {
-        let base = Base::parse("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable");
-        assert_eq!(
-            base.with_database("x"),
-            "postgres://postgres@127.0.0.1:5432/x?sslmode=disable"
-        );
-        let base = Base::parse("postgres://postgres@localhost");
-        assert_eq!(base.with_database("x"), "postgres://postgres@localhost/x");
-    }
 }
 
 /// Test support for control-plane tests that run without workers: ends every unfinished job of a
@@ -172,4 +170,21 @@ pub async fn finish_jobs_as_worker(
         )
         .await?;
     crate::runs::finish_if_done(client, run_id).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::url_parts::Base;
+
+    #[test]
+    fn replaces_the_database_of_a_url() {
+        let base = Base::parse("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable");
+        assert_eq!(
+            base.with_database("x"),
+            "postgres://postgres@127.0.0.1:5432/x?sslmode=disable"
+        );
+        let base = Base::parse("postgres://postgres@localhost");
+        assert_eq!(base.with_database("x"), "postgres://postgres@localhost/x");
+    }
 }

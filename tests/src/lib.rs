@@ -29,7 +29,10 @@ pub mod tokens {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// A server running in-process on its own database.
@@ -76,9 +79,14 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(learnsync_server::serve(store.clone(), options, listener, async move {
-            let _ = shutdown_rx.await;
-        }));
+        let task = tokio::spawn(learnsync_server::serve(
+            store.clone(),
+            options,
+            listener,
+            async move {
+                let _ = shutdown_rx.await;
+            },
+        ));
         Ok(TestServer {
             endpoint,
             database_url: database_url.to_string(),
@@ -120,7 +128,11 @@ impl Drop for TestServer {
 }
 
 /// A valid connection to create, with client-credentials grants on both sides.
-pub fn sample_connection(display_name: &str, docebo_url: &str, salesforce_url: &str) -> pb::Connection {
+pub fn sample_connection(
+    display_name: &str,
+    docebo_url: &str,
+    salesforce_url: &str,
+) -> pb::Connection {
     pb::Connection {
         display_name: display_name.to_string(),
         docebo: Some(pb::DoceboCredentials {
@@ -192,6 +204,8 @@ pub mod details {
 
     /// The `ErrorInfo` reason and domain.
     pub fn reason(status: &Status) -> Option<(String, String)> {
-        status.get_details_error_info().map(|info| (info.reason, info.domain))
+        status
+            .get_details_error_info()
+            .map(|info| (info.reason, info.domain))
     }
 }

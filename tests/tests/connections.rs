@@ -13,14 +13,24 @@ async fn creates_reads_lists_updates_and_deletes_connections() {
     let mut client = server.operator().await.unwrap();
     let mut ids = Vec::new();
     for index in 0..5 {
-        ids.push(create_sample(&mut client, &format!("platform {index}")).await.unwrap());
+        ids.push(
+            create_sample(&mut client, &format!("platform {index}"))
+                .await
+                .unwrap(),
+        );
     }
     let got = client.get_connection(&ids[2]).await.unwrap();
     assert_eq!(got.display_name, "platform 2");
     assert_eq!(got.tenant, "default");
-    assert!(got.docebo.is_none() && got.salesforce.is_none(), "credentials are write-only");
+    assert!(
+        got.docebo.is_none() && got.salesforce.is_none(),
+        "credentials are write-only"
+    );
     let info = got.credentials_info.unwrap();
-    assert_eq!((info.docebo_grant.as_str(), info.salesforce_grant.as_str()), ("client_credentials", "client_credentials"));
+    assert_eq!(
+        (info.docebo_grant.as_str(), info.salesforce_grant.as_str()),
+        ("client_credentials", "client_credentials")
+    );
     assert_eq!(got.docebo_calls_per_hour, 1000);
 
     // Pages of two, oldest first, until the token runs out.
@@ -49,7 +59,11 @@ async fn creates_reads_lists_updates_and_deletes_connections() {
                 ..Default::default()
             }),
             update_mask: Some(prost_types::FieldMask {
-                paths: vec!["display_name".into(), "docebo_calls_per_hour".into(), "unenrollment_policy".into()],
+                paths: vec![
+                    "display_name".into(),
+                    "docebo_calls_per_hour".into(),
+                    "unenrollment_policy".into(),
+                ],
             }),
             request_id: String::new(),
         })
@@ -57,7 +71,10 @@ async fn creates_reads_lists_updates_and_deletes_connections() {
         .unwrap();
     assert_eq!(updated.display_name, "renamed");
     assert_eq!(updated.docebo_calls_per_hour, 500);
-    assert_eq!(updated.unenrollment_policy, pb::UnenrollmentPolicy::Delete as i32);
+    assert_eq!(
+        updated.unenrollment_policy,
+        pb::UnenrollmentPolicy::Delete as i32
+    );
 
     client.delete_connection(&ids[1]).await.unwrap();
     let error = client.get_connection(&ids[1]).await.unwrap_err();
@@ -73,17 +90,25 @@ async fn credentials_are_encrypted_at_rest_and_replaced_whole_sides_at_a_time() 
     let id = create_sample(&mut client, "secret keeper").await.unwrap();
     let uuid = uuid::Uuid::parse_str(&id).unwrap();
     let conn = server.store.conn().await.unwrap();
-    let (sealed, _) = learnsync_store::connections::sealed_credentials(&conn, uuid).await.unwrap();
+    let (sealed, _) = learnsync_store::connections::sealed_credentials(&conn, uuid)
+        .await
+        .unwrap();
     let raw = String::from_utf8_lossy(&sealed);
     assert!(!raw.contains("docebo-secret-value") && !raw.contains("salesforce-secret-value"));
     let opened = server.cipher.open(uuid, &sealed).unwrap();
     assert_eq!(opened.docebo.client_secret, "docebo-secret-value");
 
     // Replacing the Salesforce side keeps the Docebo side.
-    let mut replacement = sample_connection("x", "https://other.docebosaas.com", "https://test.salesforce.com");
+    let mut replacement = sample_connection(
+        "x",
+        "https://other.docebosaas.com",
+        "https://test.salesforce.com",
+    );
     replacement.id = id.clone();
-    if let Some(pb::salesforce_credentials::Grant::ClientCredentials(grant)) =
-        replacement.salesforce.as_mut().and_then(|s| s.grant.as_mut())
+    if let Some(pb::salesforce_credentials::Grant::ClientCredentials(grant)) = replacement
+        .salesforce
+        .as_mut()
+        .and_then(|s| s.grant.as_mut())
     {
         grant.client_secret = "new-salesforce-secret".into();
     }
@@ -97,7 +122,9 @@ async fn credentials_are_encrypted_at_rest_and_replaced_whole_sides_at_a_time() 
         })
         .await
         .unwrap();
-    let (sealed, _) = learnsync_store::connections::sealed_credentials(&conn, uuid).await.unwrap();
+    let (sealed, _) = learnsync_store::connections::sealed_credentials(&conn, uuid)
+        .await
+        .unwrap();
     let opened = server.cipher.open(uuid, &sealed).unwrap();
     assert_eq!(opened.docebo.base_url, "https://acme.docebosaas.com");
     assert_eq!(opened.salesforce.login_url, "https://test.salesforce.com");
@@ -122,11 +149,14 @@ async fn invalid_connections_are_refused_with_every_field_named_and_nothing_crea
     bad.salesforce = Some(pb::SalesforceCredentials {
         login_url: "https://login.salesforce.com".into(),
         client_id: "app".into(),
-        grant: Some(pb::salesforce_credentials::Grant::JwtBearer(pb::SalesforceJwtBearerGrant {
-            username: "integration@acme.example".into(),
-            private_key_pem: "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----".into(),
-            audience: String::new(),
-        })),
+        grant: Some(pb::salesforce_credentials::Grant::JwtBearer(
+            pb::SalesforceJwtBearerGrant {
+                username: "integration@acme.example".into(),
+                private_key_pem:
+                    "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----".into(),
+                audience: String::new(),
+            },
+        )),
     });
     let error = client
         .create_connection(pb::CreateConnectionRequest {
@@ -149,8 +179,18 @@ async fn invalid_connections_are_refused_with_every_field_named_and_nothing_crea
             "connection.salesforce.jwt_bearer.private_key_pem",
         ]
     );
-    assert_eq!(details::reason(&error).unwrap(), ("INVALID_ARGUMENT".into(), "learnsync.dev".into()));
-    assert!(client.list_connections(10, "").await.unwrap().connections.is_empty());
+    assert_eq!(
+        details::reason(&error).unwrap(),
+        ("INVALID_ARGUMENT".into(), "learnsync.dev".into())
+    );
+    assert!(
+        client
+            .list_connections(10, "")
+            .await
+            .unwrap()
+            .connections
+            .is_empty()
+    );
 
     let error = client
         .create_connection(pb::CreateConnectionRequest {
@@ -204,8 +244,14 @@ async fn tenants_see_only_their_own_connections_and_learn_nothing_of_others() {
         missing.message().replace(&missing_id, "ID")
     );
     for error in [
-        globex.configure(&acme_id, learnsync_e2e::manual(pb::Area::Users)).await.unwrap_err(),
-        globex.start(&acme_id, pb::Area::Users, None).await.unwrap_err(),
+        globex
+            .configure(&acme_id, learnsync_e2e::manual(pb::Area::Users))
+            .await
+            .unwrap_err(),
+        globex
+            .start(&acme_id, pb::Area::Users, None)
+            .await
+            .unwrap_err(),
         globex.get_status(&acme_id, &[]).await.unwrap_err(),
         globex.delete_connection(&acme_id).await.unwrap_err(),
     ] {
@@ -221,7 +267,11 @@ async fn tenants_see_only_their_own_connections_and_learn_nothing_of_others() {
         .collect();
     assert_eq!(listed, vec![globex_id.clone()]);
     // A tenant cannot create for another tenant; the operator sees everything.
-    let mut foreign = sample_connection("x", "https://a.docebosaas.com", "https://login.salesforce.com");
+    let mut foreign = sample_connection(
+        "x",
+        "https://a.docebosaas.com",
+        "https://login.salesforce.com",
+    );
     foreign.tenant = "acme".into();
     let error = globex
         .create_connection(pb::CreateConnectionRequest {
@@ -231,8 +281,23 @@ async fn tenants_see_only_their_own_connections_and_learn_nothing_of_others() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::PermissionDenied);
-    assert_eq!(operator.list_connections(100, "").await.unwrap().connections.len(), 2);
-    assert_eq!(operator.get_connection(&missing_id).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        operator
+            .list_connections(100, "")
+            .await
+            .unwrap()
+            .connections
+            .len(),
+        2
+    );
+    assert_eq!(
+        operator
+            .get_connection(&missing_id)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
     // The acme connection is still there: the refused delete changed nothing.
     assert_eq!(acme.get_connection(&acme_id).await.unwrap().id, acme_id);
 }
@@ -240,7 +305,10 @@ async fn tenants_see_only_their_own_connections_and_learn_nothing_of_others() {
 #[tokio::test]
 async fn calls_without_a_valid_token_are_unauthenticated() {
     let server = TestServer::start().await.unwrap();
-    let mut anonymous = server.client("not-a-configured-token-at-all").await.unwrap();
+    let mut anonymous = server
+        .client("not-a-configured-token-at-all")
+        .await
+        .unwrap();
     let error = anonymous.list_connections(10, "").await.unwrap_err();
     assert_eq!(error.code(), Code::Unauthenticated);
     let channel = tonic::transport::Endpoint::from_shared(server.endpoint.clone())
@@ -271,7 +339,15 @@ async fn a_retried_create_returns_the_first_answer_and_creates_once() {
     let first = client.create_connection(request.clone()).await.unwrap();
     let second = client.create_connection(request.clone()).await.unwrap();
     assert_eq!(first, second);
-    assert_eq!(client.list_connections(10, "").await.unwrap().connections.len(), 1);
+    assert_eq!(
+        client
+            .list_connections(10, "")
+            .await
+            .unwrap()
+            .connections
+            .len(),
+        1
+    );
     // The same id for a different request is refused and names the field.
     let mut different = request;
     if let Some(connection) = different.connection.as_mut() {

@@ -40,53 +40,103 @@ async fn health_and_both_reflection_versions_describe_the_api() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(answer.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        answer.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
-    use tonic_reflection::pb::v1 as v1;
-    use tonic_reflection::pb::v1alpha as v1alpha;
+    use tonic_reflection::pb::v1;
+    use tonic_reflection::pb::v1alpha;
     let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
     let requests = futures::stream::iter(vec![
         v1::ServerReflectionRequest {
             host: String::new(),
-            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
         },
         v1::ServerReflectionRequest {
             host: String::new(),
-            message_request: Some(v1::server_reflection_request::MessageRequest::FileContainingSymbol(
-                "learnsync.v1.SyncService".into(),
-            )),
+            message_request: Some(
+                v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+                    "learnsync.v1.SyncService".into(),
+                ),
+            ),
         },
     ]);
-    let mut answers = reflection.server_reflection_info(requests).await.unwrap().into_inner();
+    let mut answers = reflection
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
     let listed = answers.next().await.unwrap().unwrap();
-    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        listed.message_response
+    else {
         panic!("expected a service list");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"learnsync.v1.SyncService".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"learnsync.v1.SyncService".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
     let file = answers.next().await.unwrap().unwrap();
-    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) = file.message_response else {
+    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        file.message_response
+    else {
         panic!("expected descriptors");
     };
-    let descriptor = <prost_types::FileDescriptorProto as prost::Message>::decode(files.file_descriptor_proto[0].as_slice()).unwrap();
-    let methods: Vec<String> = descriptor.service[0].method.iter().map(|m| m.name().to_string()).collect();
-    for method in ["CreateConnection", "Configure", "Start", "Stop", "Resynchronize", "GetStatus", "StreamLogs"] {
-        assert!(methods.contains(&method.to_string()), "{method} missing from {methods:?}");
+    let descriptor = <prost_types::FileDescriptorProto as prost::Message>::decode(
+        files.file_descriptor_proto[0].as_slice(),
+    )
+    .unwrap();
+    let methods: Vec<String> = descriptor.service[0]
+        .method
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    for method in [
+        "CreateConnection",
+        "Configure",
+        "Start",
+        "Stop",
+        "Resynchronize",
+        "GetStatus",
+        "StreamLogs",
+    ] {
+        assert!(
+            methods.contains(&method.to_string()),
+            "{method} missing from {methods:?}"
+        );
     }
 
     let mut old = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
     let requests = futures::stream::iter(vec![v1alpha::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
     }]);
-    let mut answers = old.server_reflection_info(requests).await.unwrap().into_inner();
+    let mut answers = old
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
     let listed = answers.next().await.unwrap().unwrap();
-    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) = listed.message_response
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        listed.message_response
     else {
         panic!("expected a service list");
     };
-    assert!(list.service.iter().any(|s| s.name == "learnsync.v1.SyncService"));
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "learnsync.v1.SyncService")
+    );
 }
 
 #[tokio::test]
@@ -94,7 +144,10 @@ async fn logs_read_from_a_position_a_level_or_the_first_error() {
     let server = TestServer::start().await.unwrap();
     let mut client = server.operator().await.unwrap();
     let id = create_sample(&mut client, "acme").await.unwrap();
-    client.configure(&id, manual(pb::Area::Users)).await.unwrap();
+    client
+        .configure(&id, manual(pb::Area::Users))
+        .await
+        .unwrap();
     let run = client.start(&id, pb::Area::Users, None).await.unwrap();
     let run_id = Uuid::parse_str(&run.id).unwrap();
     let job_id = Uuid::parse_str(&run.jobs[0].id).unwrap();
@@ -102,7 +155,9 @@ async fn logs_read_from_a_position_a_level_or_the_first_error() {
         &server,
         &id,
         &[
-            NewLogEvent::new(LogLevel::Debug, "page read").job(run_id, job_id).field("page", 1),
+            NewLogEvent::new(LogLevel::Debug, "page read")
+                .job(run_id, job_id)
+                .field("page", 1),
             NewLogEvent::new(LogLevel::Error, "record not written")
                 .job(run_id, job_id)
                 .record("12301")
@@ -130,9 +185,16 @@ async fn logs_read_from_a_position_a_level_or_the_first_error() {
     )
     .await;
     let numbers: Vec<i64> = all.iter().map(|e| e.sequence).collect();
-    assert_eq!(numbers, (1..=numbers.len() as i64).collect::<Vec<_>>(), "gapless, in order");
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as i64).collect::<Vec<_>>(),
+        "gapless, in order"
+    );
     assert!(all.iter().any(|e| e.message == "users run queued"));
-    assert_eq!(all.last().unwrap().message, "users run finished: succeeded_with_errors");
+    assert_eq!(
+        all.last().unwrap().message,
+        "users run finished: succeeded_with_errors"
+    );
 
     let errors = collect(
         client
@@ -146,8 +208,17 @@ async fn logs_read_from_a_position_a_level_or_the_first_error() {
             .unwrap(),
     )
     .await;
-    let keys: Vec<(&str, &str)> = errors.iter().map(|e| (e.record_key.as_str(), e.error_code.as_str())).collect();
-    assert_eq!(keys, vec![("12301", "STRING_TOO_LONG"), ("12302", "REQUIRED_FIELD_MISSING")]);
+    let keys: Vec<(&str, &str)> = errors
+        .iter()
+        .map(|e| (e.record_key.as_str(), e.error_code.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("12301", "STRING_TOO_LONG"),
+            ("12302", "REQUIRED_FIELD_MISSING")
+        ]
+    );
 
     let status = client.get_status(&id, &[pb::Area::Users]).await.unwrap();
     assert_eq!(status.areas[0].first_error_sequence, sequences[1]);
@@ -165,12 +236,18 @@ async fn logs_read_from_a_position_a_level_or_the_first_error() {
     )
     .await;
     assert_eq!(from_error.first().unwrap().sequence, sequences[1]);
-    assert_eq!(from_error.len(), 2, "the job's events from its first error on");
+    assert_eq!(
+        from_error.len(),
+        2,
+        "the job's events from its first error on"
+    );
     let from_position = collect(
         client
             .stream_logs(pb::StreamLogsRequest {
                 connection_id: id.clone(),
-                position: Some(pb::stream_logs_request::Position::FromSequence(sequences[2])),
+                position: Some(pb::stream_logs_request::Position::FromSequence(
+                    sequences[2],
+                )),
                 ..Default::default()
             })
             .await
@@ -200,7 +277,10 @@ async fn a_following_stream_delivers_new_events_and_ends_with_its_run() {
     let server = TestServer::start().await.unwrap();
     let mut client = server.operator().await.unwrap();
     let id = create_sample(&mut client, "acme").await.unwrap();
-    client.configure(&id, manual(pb::Area::Users)).await.unwrap();
+    client
+        .configure(&id, manual(pb::Area::Users))
+        .await
+        .unwrap();
     let run = client.start(&id, pb::Area::Users, None).await.unwrap();
     let run_id = Uuid::parse_str(&run.id).unwrap();
     let mut stream = client
@@ -216,7 +296,12 @@ async fn a_following_stream_delivers_new_events_and_ends_with_its_run() {
     assert_eq!(first.message, "users run queued");
 
     // Written after the stream opened: delivered without the caller asking again.
-    append(&server, &id, &[NewLogEvent::new(LogLevel::Info, "written later").run(run_id)]).await;
+    append(
+        &server,
+        &id,
+        &[NewLogEvent::new(LogLevel::Info, "written later").run(run_id)],
+    )
+    .await;
     let later = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .expect("the event arrives while following")
@@ -229,7 +314,10 @@ async fn a_following_stream_delivers_new_events_and_ends_with_its_run() {
         .await
         .expect("the stream ends once the run is over");
     let messages: Vec<&str> = rest.iter().map(|e| e.message.as_str()).collect();
-    assert_eq!(messages, vec!["users run stop requested", "users run finished: stopped"]);
+    assert_eq!(
+        messages,
+        vec!["users run stop requested", "users run finished: stopped"]
+    );
 }
 
 #[tokio::test]

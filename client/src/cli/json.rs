@@ -50,7 +50,7 @@ pub fn area_config(c: &pb::AreaConfig) -> Value {
 }
 
 fn counts(c: &Option<pb::Counts>) -> Value {
-    let c = c.clone().unwrap_or_default();
+    let c = c.unwrap_or_default();
     json!({"read": c.read, "written": c.written, "unchanged": c.unchanged, "failed": c.failed, "expected": c.expected})
 }
 

@@ -63,7 +63,7 @@ pub fn area_config(c: &pb::AreaConfig) -> String {
 }
 
 fn counts(c: &Option<pb::Counts>) -> String {
-    let c = c.clone().unwrap_or_default();
+    let c = c.unwrap_or_default();
     format!(
         "read {} written {} unchanged {} failed {}",
         c.read, c.written, c.unchanged, c.failed
@@ -83,7 +83,11 @@ pub fn run(r: &pb::Run) -> String {
         counts(&r.counts),
     );
     if let Some(tf) = &r.timeframe {
-        text.push_str(&format!("  timeframe {} .. {}", time(&tf.start_time), time(&tf.end_time)));
+        text.push_str(&format!(
+            "  timeframe {} .. {}",
+            time(&tf.start_time),
+            time(&tf.end_time)
+        ));
     }
     if !r.error_message.is_empty() {
         text.push_str(&format!("\n  error: {}", r.error_message));
@@ -133,17 +137,25 @@ pub fn status(s: &pb::GetStatusResponse) -> String {
     for area in &s.areas {
         let config = area.config.clone().unwrap_or_default();
         let run = area.active_run.as_ref().or(area.last_run.as_ref());
-        let c = run.and_then(|r| r.counts.clone()).unwrap_or_default();
-        let mode = if area.configured { area_config(&config) } else { "not configured".to_string() };
+        let c = run.and_then(|r| r.counts).unwrap_or_default();
+        let mode = if area.configured {
+            area_config(&config)
+        } else {
+            "not configured".to_string()
+        };
         let mode = mode.split_once(' ').map_or(mode.clone(), |(_, rest)| {
-            rest.trim_start_matches("enabled ").trim_start_matches("disabled ").to_string()
+            rest.trim_start_matches("enabled ")
+                .trim_start_matches("disabled ")
+                .to_string()
         });
         text.push_str(&format!(
             "{:<12} {:<9} {:<24} {:<22} {:>10} {:>10} {:>10} {:>8} {:>10}  {}\n",
             enum_name(pb::Area::try_from(area.area)),
             if config.enabled { "yes" } else { "no" },
             mode,
-            run.map_or("-".to_string(), |r| enum_name(pb::RunState::try_from(r.state))),
+            run.map_or("-".to_string(), |r| enum_name(pb::RunState::try_from(
+                r.state
+            ))),
             c.read,
             c.written,
             c.unchanged,
@@ -158,7 +170,11 @@ pub fn status(s: &pb::GetStatusResponse) -> String {
             ));
         }
         if area.next_run_time.is_some() {
-            text.push_str(&format!("{:<12} next run {}\n", "", time(&area.next_run_time)));
+            text.push_str(&format!(
+                "{:<12} next run {}\n",
+                "",
+                time(&area.next_run_time)
+            ));
         }
     }
     text.trim_end().to_string()

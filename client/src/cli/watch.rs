@@ -10,7 +10,11 @@ use super::text::{enum_name, status};
 
 /// Shows progress bars for the active runs of the given areas (all when empty), refreshed twice a
 /// second, then prints the final status table.
-pub async fn watch(client: &mut Client, connection_id: &str, areas: &[pb::Area]) -> anyhow::Result<()> {
+pub async fn watch(
+    client: &mut Client,
+    connection_id: &str,
+    areas: &[pb::Area],
+) -> anyhow::Result<()> {
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:<32} [{bar:30}] {pos:>8}/{len:<8} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -22,7 +26,9 @@ pub async fn watch(client: &mut Client, connection_id: &str, areas: &[pb::Area])
         let current = client.get_status(connection_id, areas).await?;
         let mut any_active = false;
         for area in &current.areas {
-            let Some(run) = area.active_run.as_ref().or(area.last_run.as_ref()) else { continue };
+            let Some(run) = area.active_run.as_ref().or(area.last_run.as_ref()) else {
+                continue;
+            };
             let active = area.active_run.is_some();
             any_active |= active;
             if !active && !bars.keys().any(|k| k.starts_with(&run.id)) {
@@ -39,7 +45,7 @@ pub async fn watch(client: &mut Client, connection_id: &str, areas: &[pb::Area])
                     ));
                     bar
                 });
-                let counts = job.counts.clone().unwrap_or_default();
+                let counts = job.counts.unwrap_or_default();
                 let done = (counts.written + counts.unchanged + counts.failed).max(0) as u64;
                 if counts.expected > 0 {
                     bar.set_style(style.clone());
@@ -56,7 +62,9 @@ pub async fn watch(client: &mut Client, connection_id: &str, areas: &[pb::Area])
                     message.push_str(&format!(" ({})", job.status_message));
                 }
                 bar.set_message(message);
-                if job.state != pb::JobState::Queued as i32 && job.state != pb::JobState::Running as i32 {
+                if job.state != pb::JobState::Queued as i32
+                    && job.state != pb::JobState::Running as i32
+                {
                     bar.finish();
                 } else {
                     bar.tick();
