@@ -521,7 +521,7 @@ WITH cur AS ( \
 g AS ( \
     SELECT cur.*, CASE WHEN cur.paused_until > now() THEN 0 \
                        ELSE greatest(0, least($3::int, floor(cur.avail)::int)) END AS n FROM cur) \
-UPDATE docebo_budgets b SET tokens = g.avail - g.n, refill_time = now(), calls_per_hour = $2::int \
+UPDATE docebo_budgets b SET tokens = g.avail - g.n, refill_time = now(), calls_per_hour = ($2::float8)::int \
 FROM g WHERE b.platform = g.platform \
 RETURNING g.n, g.avail, extract(epoch FROM g.paused_until - now())::float8 AS paused_secs";
 
@@ -541,7 +541,7 @@ pub async fn take_budget(
         client
             .execute(
                 "INSERT INTO docebo_budgets (platform, calls_per_hour, tokens, refill_time) \
-                 VALUES ($1, $2, $2::float8, now()) ON CONFLICT (platform) DO NOTHING",
+                 VALUES ($1, $2::int, ($2::int)::float8, now()) ON CONFLICT (platform) DO NOTHING",
                 &[&platform, &calls_per_hour.max(1)],
             )
             .await?;
