@@ -6,7 +6,11 @@
 //!   when the caller gives none) and is retried with the same id when the server is unavailable,
 //!   so a retry never does the work twice.
 //! - [`pb`]: the generated messages, re-exported.
+//! - [`text`]: renderings for people (status table, runs, log lines); [`watch`]: live progress bars.
 //! - `main.rs` and `cli/`: the `learnsync` binary.
+
+pub mod text;
+pub mod watch;
 
 use std::time::Duration;
 

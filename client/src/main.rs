@@ -359,7 +359,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let stored = client.configure(&args.connection, config).await?;
             print(json, cli::json::area_config(&stored), || {
-                format!("configured: {}", cli::text::area_config(&stored))
+                format!(
+                    "configured: {}",
+                    learnsync_client::text::area_config(&stored)
+                )
             });
         }
         Command::Start(args) => {
@@ -383,16 +386,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Stop(args) => {
             let run = client.stop(&args.connection, args.area.proto()).await?;
-            print(json, cli::json::run(&run), || cli::text::run(&run));
+            print(json, cli::json::run(&run), || {
+                learnsync_client::text::run(&run)
+            });
         }
         Command::Status(args) => {
             let areas: Vec<pb::Area> = args.area.iter().map(|a| a.proto()).collect();
             if args.watch && !json {
-                cli::watch::watch(&mut client, &args.connection, &areas).await?;
+                learnsync_client::watch::watch(&mut client, &args.connection, &areas).await?;
             } else {
                 let status = client.get_status(&args.connection, &areas).await?;
                 print(json, cli::json::status(&status), || {
-                    cli::text::status(&status)
+                    learnsync_client::text::status(&status)
                 });
             }
         }
@@ -411,14 +416,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 response
                     .runs
                     .iter()
-                    .map(cli::text::run)
+                    .map(learnsync_client::text::run)
                     .collect::<Vec<_>>()
                     .join("\n")
             });
         }
         Command::Run { connection, run } => {
             let run = client.get_run(&connection, &run).await?;
-            print(json, cli::json::run(&run), || cli::text::run(&run));
+            print(json, cli::json::run(&run), || {
+                learnsync_client::text::run(&run)
+            });
         }
         Command::Logs(args) => logs(&mut client, json, args).await?,
     }
@@ -438,9 +445,11 @@ async fn after_launch(
     args: &RunArgs,
     run: pb::Run,
 ) -> anyhow::Result<()> {
-    print(json, cli::json::run(&run), || cli::text::run(&run));
+    print(json, cli::json::run(&run), || {
+        learnsync_client::text::run(&run)
+    });
     if args.watch && !json {
-        cli::watch::watch(client, &args.connection, &[args.area.proto()]).await?;
+        learnsync_client::watch::watch(client, &args.connection, &[args.area.proto()]).await?;
     }
     Ok(())
 }
@@ -507,13 +516,13 @@ async fn connection_command(
                 })
                 .await?;
             print(json, cli::json::connection(&connection), || {
-                cli::text::connection(&connection)
+                learnsync_client::text::connection(&connection)
             });
         }
         ConnectionCommand::Get { connection } => {
             let connection = client.get_connection(&connection).await?;
             print(json, cli::json::connection(&connection), || {
-                cli::text::connection(&connection)
+                learnsync_client::text::connection(&connection)
             });
         }
         ConnectionCommand::List { page_size } => {
@@ -533,7 +542,7 @@ async fn connection_command(
                     "no connections".to_string()
                 } else {
                     all.iter()
-                        .map(cli::text::connection)
+                        .map(learnsync_client::text::connection)
                         .collect::<Vec<_>>()
                         .join("\n")
                 }
@@ -571,7 +580,7 @@ async fn connection_command(
                 })
                 .await?;
             print(json, cli::json::connection(&updated), || {
-                cli::text::connection(&updated)
+                learnsync_client::text::connection(&updated)
             });
         }
         ConnectionCommand::Delete { connection } => {
@@ -613,7 +622,7 @@ async fn logs(client: &mut Client, json: bool, args: LogsArgs) -> anyhow::Result
     while let Some(event) = stream.next().await {
         let event = event?;
         print(json, cli::json::log_event(&event), || {
-            cli::text::log_event(&event)
+            learnsync_client::text::log_event(&event)
         });
     }
     Ok(())

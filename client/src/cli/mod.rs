@@ -1,5 +1,3 @@
-//! The CLI's renderings: text for people, JSON for scripts, live progress bars.
+//! The CLI's JSON renderings (`--json`); text renderings and progress bars live in the library.
 
 pub mod json;
-pub mod text;
-pub mod watch;

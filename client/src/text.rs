@@ -1,6 +1,6 @@
 //! Text renderings for people.
 
-use learnsync_client::pb;
+use crate::pb;
 
 fn time(value: &Option<prost_types::Timestamp>) -> String {
     value

@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::{Client, pb};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use learnsync_client::{Client, pb};
 
-use super::text::{enum_name, status};
+use crate::text::{enum_name, status};
 
 /// Shows progress bars for the active runs of the given areas (all when empty), refreshed twice a
 /// second, then prints the final status table.

@@ -1,0 +1,263 @@
+//! `learnsync-demo`: the whole system on this machine with nothing configured. It starts a private
+//! PostgreSQL cluster (unless `DATABASE_URL` is set), the Docebo and Salesforce simulators with a
+//! generated platform, the gRPC server and two workers, then drives a complete synchronization
+//! through the API as a user would: a connection, users and courses, then enrollments, with live
+//! progress, and a summary checked against what the Salesforce simulator holds.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Parser;
+use learnsync_client::{Client, pb};
+use learnsync_server::{Principal, Tokens};
+use learnsync_sim::{DoceboConfig, DoceboSim, GenerateParams, SalesforceConfig, SalesforceSim};
+use learnsync_store::embedded::PrivatePostgres;
+use learnsync_store::secrets::Cipher;
+use tokio_util::sync::CancellationToken;
+
+/// Runs a complete demo synchronization on simulators.
+#[derive(Debug, Parser)]
+#[command(name = "learnsync-demo", version, about)]
+struct Args {
+    /// Users on the generated Docebo platform (courses, sessions and enrollments scale with it).
+    #[arg(long, env = "LEARNSYNC_DEMO_USERS", default_value_t = 2000)]
+    users: usize,
+    /// Course enrollments on the generated platform.
+    #[arg(long, env = "LEARNSYNC_DEMO_ENROLLMENTS", default_value_t = 20000)]
+    enrollments: usize,
+    /// Seed of the generated platform.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Workers to run.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// The gRPC address (a free port is used if it is taken).
+    #[arg(long, env = "LEARNSYNC_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Keep everything running after the sync, for exploring with grpcurl and the CLI (Ctrl-C ends).
+    #[arg(long)]
+    keep_running: bool,
+    /// Postgres to use instead of a private cluster.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+const DEMO_TOKEN: &str = "demo-operator-token-0000000000000000";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let started = Instant::now();
+
+    // Postgres: the caller's, or a private cluster from the machine's binaries.
+    let (database_url, _private) = match args.database_url.clone().filter(|url| !url.is_empty()) {
+        Some(url) => {
+            println!("postgres      {}", redact(&url));
+            (url, None)
+        }
+        None => {
+            let private = tokio::task::spawn_blocking(PrivatePostgres::start)
+                .await?
+                .context("starting a private postgres (install PostgreSQL or set DATABASE_URL)")?;
+            println!("postgres      private cluster at {}", private.url());
+            (private.url(), Some(private))
+        }
+    };
+    let store = learnsync_store::Store::connect(&learnsync_store::Options {
+        database_url: database_url.clone(),
+        max_connections: 16,
+    })?;
+    store.migrate().await.context("running migrations")?;
+
+    // The simulators, with a generated platform.
+    let docebo = DoceboSim::start(DoceboConfig {
+        rate_limit_per_hour: None,
+        ..DoceboConfig::default()
+    })
+    .await?;
+    let salesforce = SalesforceSim::start(SalesforceConfig::default()).await?;
+    let summary = docebo.generate(&GenerateParams {
+        seed: args.seed,
+        users: Some(args.users),
+        courses: Some((args.users / 20).max(10)),
+        learning_plans: Some((args.users / 100).max(3)),
+        course_enrollments: Some(args.enrollments),
+        learning_plan_enrollments: Some(args.enrollments / 5),
+        session_enrollments: Some(args.enrollments / 4),
+        ..GenerateParams::default()
+    });
+    println!(
+        "docebo sim    {}  {}",
+        docebo.base_url(),
+        counts_line(&summary.counts)
+    );
+    println!("salesforce    {}", salesforce.base_url());
+
+    // The control plane and the workers.
+    let cipher = Cipher::random();
+    let mut tokens = Tokens::default();
+    tokens.add(DEMO_TOKEN, Principal::Operator);
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let server_shutdown = shutdown.clone();
+    let server = tokio::spawn(learnsync_server::serve(
+        store.clone(),
+        learnsync_server::Options::new(tokens, cipher.clone()),
+        listener,
+        async move { server_shutdown.cancelled().await },
+    ));
+    println!("grpc server   {endpoint}");
+    let mut workers = Vec::new();
+    for index in 0..args.workers {
+        let settings = learnsync_worker::Settings {
+            worker_id: format!("demo-worker-{index}"),
+            ..learnsync_worker::Settings::default()
+        };
+        let worker = learnsync_worker::Worker::new(settings, store.clone(), cipher.clone())?;
+        workers.push(tokio::spawn(worker.run(shutdown.clone())));
+    }
+    println!("workers       {}", args.workers);
+
+    // Everything below goes through the public API, as any caller would.
+    let mut client = Client::connect(&endpoint, DEMO_TOKEN).await?;
+    let connection = client
+        .create_connection(pb::CreateConnectionRequest {
+            connection: Some(pb::Connection {
+                display_name: "Demo: Acme Academy".into(),
+                tenant: "demo".into(),
+                docebo: Some(pb::DoceboCredentials {
+                    base_url: docebo.base_url().to_string(),
+                    client_id: docebo.config().client_id.clone(),
+                    client_secret: docebo.config().client_secret.clone(),
+                    grant: Some(pb::docebo_credentials::Grant::ClientCredentials(
+                        pb::DoceboClientCredentialsGrant {},
+                    )),
+                }),
+                salesforce: Some(pb::SalesforceCredentials {
+                    login_url: salesforce.base_url().to_string(),
+                    client_id: salesforce.config().client_id.clone(),
+                    grant: Some(pb::salesforce_credentials::Grant::ClientCredentials(
+                        pb::SalesforceClientCredentialsGrant {
+                            client_secret: salesforce.config().client_secret.clone(),
+                        },
+                    )),
+                }),
+                docebo_calls_per_hour: 100_000,
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await?;
+    let id = connection.id.clone();
+    println!("connection    {id}\n");
+
+    for area in [pb::Area::Users, pb::Area::Courses] {
+        client.configure(&id, manual(area)).await?;
+        client.start(&id, area, None).await?;
+    }
+    learnsync_client::watch::watch(&mut client, &id, &[pb::Area::Users, pb::Area::Courses]).await?;
+    client.configure(&id, manual(pb::Area::Enrollments)).await?;
+    client.start(&id, pb::Area::Enrollments, None).await?;
+    println!();
+    learnsync_client::watch::watch(&mut client, &id, &[pb::Area::Enrollments]).await?;
+
+    // The summary, checked against what the Salesforce simulator holds.
+    let status = client.get_status(&id, &[]).await?;
+    println!("\nsummary (took {:.1} s)", started.elapsed().as_secs_f64());
+    for area in &status.areas {
+        let run = area.last_run.clone().unwrap_or_default();
+        let counts = run.counts.unwrap_or_default();
+        println!(
+            "  {:<12} {:<22} {:>8} imported  {:>7} failed",
+            learnsync_client::text::enum_name(pb::Area::try_from(area.area)),
+            learnsync_client::text::enum_name(pb::RunState::try_from(run.state)),
+            area.records_imported,
+            counts.failed,
+        );
+        if counts.failed > 0 {
+            println!(
+                "  {:<12} why: learnsync logs {id} --run {} --level error",
+                "", run.id
+            );
+        }
+    }
+    println!("  salesforce now holds:");
+    for object in [
+        "Docebo_User__c",
+        "Docebo_Course__c",
+        "Docebo_Learning_Plan__c",
+        "Docebo_Session__c",
+        "Docebo_Course_Enrollment__c",
+        "Docebo_Learning_Plan_Enrollment__c",
+        "Docebo_Session_Enrollment__c",
+    ] {
+        println!("    {:<36} {:>8}", object, salesforce.record_count(object));
+    }
+    println!(
+        "  docebo calls {}   salesforce calls {}",
+        docebo.counters().values().sum::<u64>(),
+        salesforce.counters().values().sum::<u64>()
+    );
+
+    if args.keep_running {
+        println!("\neverything keeps running; try:");
+        println!("  export LEARNSYNC_ENDPOINT={endpoint} LEARNSYNC_TOKEN={DEMO_TOKEN}");
+        println!("  cargo run -q -p learnsync-client --bin learnsync -- status {id}");
+        println!("  cargo run -q -p learnsync-client --bin learnsync -- logs {id} --level warn");
+        let address = endpoint.trim_start_matches("http://");
+        println!("  grpcurl -plaintext {address} list");
+        println!("  grpcurl -plaintext {address} describe learnsync.v1.SyncService");
+        println!(
+            "  grpcurl -plaintext -H 'authorization: Bearer {DEMO_TOKEN}' -d '{{\"connection_id\": \"{id}\"}}' \\\n      {address} learnsync.v1.SyncService/GetStatus"
+        );
+        println!("press ctrl-c to stop");
+        tokio::signal::ctrl_c().await?;
+    }
+    shutdown.cancel();
+    for worker in workers {
+        worker.await??;
+    }
+    server.await??;
+    docebo.shutdown().await;
+    salesforce.shutdown().await;
+    Ok(())
+}
+
+fn manual(area: pb::Area) -> pb::AreaConfig {
+    pb::AreaConfig {
+        area: area as i32,
+        enabled: true,
+        mode: pb::Mode::Manual as i32,
+        ..Default::default()
+    }
+}
+
+fn counts_line(counts: &std::collections::BTreeMap<String, usize>) -> String {
+    counts
+        .iter()
+        .map(|(kind, count)| format!("{kind} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A database URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
