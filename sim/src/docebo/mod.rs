@@ -226,6 +226,14 @@ impl DoceboSim {
         self.state.items(kind)
     }
 
+    /// Renders the body a list endpoint would answer, without HTTP, authentication or rate limiting
+    /// (benchmarks, and tests that want a page directly). `group` is the path id of the per-course
+    /// session list and the per-session roster; `query` is the raw query string
+    /// (`page=2&page_size=200&course_id[]=5`). Returns `None` when the query is invalid.
+    pub fn render_page(&self, kind: EntityKind, group: Option<i64>, query: &str) -> Option<String> {
+        render_list(&self.state, kind, Some(query), group).ok()
+    }
+
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
         lock(&self.state.faults).set(faults, self.state.clock.now());
@@ -955,10 +963,27 @@ fn list(
     raw_query: Option<String>,
     path_group: Option<i64>,
 ) -> Response {
-    let query = match parse_list_query(state, kind, raw_query.as_deref(), path_group) {
-        Ok(query) => query,
-        Err(response) => return response,
-    };
+    match render_list(state, kind, raw_query.as_deref(), path_group) {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Renders a list response body: the items are copied from their pre-serialized form.
+fn render_list(
+    state: &DoceboState,
+    kind: EntityKind,
+    raw_query: Option<&str>,
+    path_group: Option<i64>,
+) -> Result<String, Response> {
+    let query = parse_list_query(state, kind, raw_query, path_group)?;
     let malformed = lock(&state.faults).take_malformed();
     let mut data = read(&state.data);
     if data.tables[kind.index()].index.is_none() {
@@ -998,14 +1023,7 @@ fn list(
         }
     }
     body.push_str(r#"},"version":"1.0.0","_links":[]}"#);
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+    Ok(body)
 }
 
 async fn list_users(State(state): State<Arc<DoceboState>>, RawQuery(q): RawQuery) -> Response {
