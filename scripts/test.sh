@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. The simulator's real-client tests drive the Salesforce
+# simulator with the Python simple-salesforce and the npm jsforce libraries: they are installed
+# here, once, into .learnsync/ (git-ignored), and the tests are told where.
+# Postgres: DATABASE_URL if set, otherwise each test binary starts a private cluster from the
+# machine's PostgreSQL binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mkdir -p .learnsync
+if ! .learnsync/venv/bin/python -c 'import simple_salesforce' >/dev/null 2>&1; then
+  echo "installing simple-salesforce into .learnsync/venv"
+  python3 -m venv .learnsync/venv
+  .learnsync/venv/bin/pip install --quiet --disable-pip-version-check 'simple-salesforce>=1.12,<2'
+fi
+if [ ! -f .learnsync/node_modules/jsforce/package.json ]; then
+  echo "installing jsforce into .learnsync/node_modules"
+  (cd .learnsync && npm install --silent --no-audit --no-fund --no-package-lock 'jsforce@^3' >/dev/null)
+fi
+export LEARNSYNC_PYTHON="$PWD/.learnsync/venv/bin/python"
+export LEARNSYNC_NODE_PATH="$PWD/.learnsync/node_modules"
+
+exec cargo test --workspace "$@"
