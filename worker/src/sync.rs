@@ -386,6 +386,9 @@ struct Written {
     counts: Counts,
     events: Vec<NewLogEvent>,
     deferred: Vec<Deferred>,
+    /// The chunk was cut short after some writes were confirmed: those go to the ledger (so a
+    /// resumed job skips them), the checkpoint stays before the chunk, and the job ends with this.
+    interrupted: Option<SyncError>,
 }
 
 impl Written {
@@ -530,6 +533,10 @@ impl<'a> JobRun<'a> {
                 }
                 let records = std::mem::take(&mut pending);
                 let mut written = self.write(records, true).await?;
+                if let Some(error) = written.interrupted.take() {
+                    self.commit_confirmed_only(&written).await?;
+                    return Err(error);
+                }
                 // Deferred records travel in the checkpoint, so a takeover retries them too.
                 self.checkpoint.deferred.append(&mut written.deferred);
                 written.counts.read = read;
@@ -611,7 +618,24 @@ impl<'a> JobRun<'a> {
         let mut round = 0;
         while !outstanding.is_empty() {
             round += 1;
-            let results = self.send(&outstanding, use_bulk && round == 1).await?;
+            let (results, error) = self.send(&outstanding, use_bulk && round == 1).await;
+            if let Some(error) = error {
+                if written.ledger.is_empty() && results.iter().all(|result| !result.success) {
+                    return Err(error);
+                }
+                for (record, result) in outstanding.into_iter().zip(results) {
+                    if result.success {
+                        written.ledger.push(LedgerWrite {
+                            record_key: record.key,
+                            salesforce_id: result.id,
+                            value_hash: record.hash,
+                            docebo_updated_at: record.updated_at,
+                        });
+                    }
+                }
+                written.interrupted = Some(error);
+                return Ok(written);
+            }
             let mut locked = Vec::new();
             for (record, result) in outstanding.into_iter().zip(results) {
                 if result.success {
@@ -676,26 +700,57 @@ impl<'a> JobRun<'a> {
         Ok(written)
     }
 
-    async fn send(&self, records: &[MappedRecord], bulk: bool) -> SyncResult<Vec<RecordResult>> {
+    /// Sends records; returns the results of a prefix of them, and the error that cut the rest
+    /// short, if any (so that what Salesforce confirmed is never forgotten).
+    async fn send(&self, records: &[MappedRecord], bulk: bool) -> (Vec<RecordResult>, Option<SyncError>) {
         let object = &self.mapping.object;
         let external_id = &self.mapping.external_id;
-        let fields: Vec<Map<String, Value>> =
-            records.iter().map(|record| record.fields.clone()).collect();
+        let fields: Vec<Map<String, Value>> = records.iter().map(|record| record.fields.clone()).collect();
         if bulk {
-            return self
-                .salesforce
-                .upsert_bulk(self.ctx, object, external_id, &fields)
-                .await;
+            return match self.salesforce.upsert_bulk(self.ctx, object, external_id, &fields).await {
+                Ok(results) => (results, None),
+                Err(error) => (Vec::new(), Some(error)),
+            };
         }
         let mut results = Vec::with_capacity(records.len());
         for chunk in fields.chunks(COLLECTION_SIZE) {
-            results.extend(
-                self.salesforce
-                    .upsert_collection(self.ctx, object, external_id, chunk)
-                    .await?,
-            );
+            if !results.is_empty()
+                && let Err(error) = self.ctx.check()
+            {
+                return (results, Some(error));
+            }
+            match self.salesforce.upsert_collection(self.ctx, object, external_id, chunk).await {
+                Ok(chunk_results) => results.extend(chunk_results),
+                Err(error) => return (results, Some(error)),
+            }
         }
-        Ok(results)
+        (results, None)
+    }
+
+    /// Records in the ledger the writes of a chunk cut short, without moving the checkpoint or the
+    /// counts (the chunk is read again; its confirmed records then count as unchanged).
+    async fn commit_confirmed_only(&self, written: &Written) -> SyncResult<()> {
+        if written.ledger.is_empty() {
+            return Ok(());
+        }
+        let job = &self.ctx.job;
+        let mut conn = self.ctx.store.conn().await?;
+        let tx = conn.transaction().await.map_err(learnsync_store::Error::from)?;
+        if !store_worker::fence(&tx, job.id, job.attempt).await? {
+            self.ctx.raise(Interrupt::Lost);
+            return Err(SyncError::Interrupted(Interrupt::Lost));
+        }
+        store_worker::ledger_record(
+            &tx,
+            job.connection_id,
+            self.mapping.area,
+            &self.mapping.object,
+            &written.ledger,
+            job.run_id,
+        )
+        .await?;
+        tx.commit().await.map_err(learnsync_store::Error::from)?;
+        Ok(())
     }
 
     /// Commits what Salesforce confirmed with the checkpoint after it, in one transaction fenced
@@ -755,7 +810,11 @@ impl<'a> JobRun<'a> {
                     })
                 })
                 .collect();
-            let written = self.write(records, false).await?;
+            let mut written = self.write(records, false).await?;
+            if let Some(error) = written.interrupted.take() {
+                self.commit_confirmed_only(&written).await?;
+                return Err(error);
+            }
             if self.checkpoint.deferred.is_empty() {
                 self.checkpoint.phase =
                     if self.ctx.job.tracks_unenrollments() && self.mapping.unenroll.is_some() {
