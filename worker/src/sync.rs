@@ -702,12 +702,21 @@ impl<'a> JobRun<'a> {
 
     /// Sends records; returns the results of a prefix of them, and the error that cut the rest
     /// short, if any (so that what Salesforce confirmed is never forgotten).
-    async fn send(&self, records: &[MappedRecord], bulk: bool) -> (Vec<RecordResult>, Option<SyncError>) {
+    async fn send(
+        &self,
+        records: &[MappedRecord],
+        bulk: bool,
+    ) -> (Vec<RecordResult>, Option<SyncError>) {
         let object = &self.mapping.object;
         let external_id = &self.mapping.external_id;
-        let fields: Vec<Map<String, Value>> = records.iter().map(|record| record.fields.clone()).collect();
+        let fields: Vec<Map<String, Value>> =
+            records.iter().map(|record| record.fields.clone()).collect();
         if bulk {
-            return match self.salesforce.upsert_bulk(self.ctx, object, external_id, &fields).await {
+            return match self
+                .salesforce
+                .upsert_bulk(self.ctx, object, external_id, &fields)
+                .await
+            {
                 Ok(results) => (results, None),
                 Err(error) => (Vec::new(), Some(error)),
             };
@@ -719,7 +728,11 @@ impl<'a> JobRun<'a> {
             {
                 return (results, Some(error));
             }
-            match self.salesforce.upsert_collection(self.ctx, object, external_id, chunk).await {
+            match self
+                .salesforce
+                .upsert_collection(self.ctx, object, external_id, chunk)
+                .await
+            {
                 Ok(chunk_results) => results.extend(chunk_results),
                 Err(error) => return (results, Some(error)),
             }
@@ -735,7 +748,10 @@ impl<'a> JobRun<'a> {
         }
         let job = &self.ctx.job;
         let mut conn = self.ctx.store.conn().await?;
-        let tx = conn.transaction().await.map_err(learnsync_store::Error::from)?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(learnsync_store::Error::from)?;
         if !store_worker::fence(&tx, job.id, job.attempt).await? {
             self.ctx.raise(Interrupt::Lost);
             return Err(SyncError::Interrupted(Interrupt::Lost));

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDateTime, TimeZone, Utc};
-use common::{Env, sync_area, test_settings};
-use learnsync_sim::{DoceboConfig, EntityKind, Faults, GenerateParams};
+use common::{Env, EnvOptions, sync_area, test_settings};
+use learnsync_sim::{EntityKind, Faults, GenerateParams};
 use learnsync_store::model::{Area, JobState, RunState, UnenrollmentPolicy};
 
 fn docebo_time(text: &str) -> chrono::DateTime<Utc> {
@@ -235,8 +235,10 @@ async fn the_delete_policy_deletes_unenrolled_records() {
             bad_records: Some(false),
             ..GenerateParams::default()
         },
-        DoceboConfig::default(),
-        UnenrollmentPolicy::Delete,
+        EnvOptions {
+            policy: UnenrollmentPolicy::Delete,
+            ..EnvOptions::default()
+        },
     )
     .await;
     let worker = env.spawn_worker(test_settings("w1"));

@@ -37,6 +37,32 @@ pub struct Env {
     pub connection_id: Uuid,
 }
 
+/// How a test's world differs from the default.
+pub struct EnvOptions {
+    pub docebo: DoceboConfig,
+    pub salesforce: SalesforceConfig,
+    pub policy: UnenrollmentPolicy,
+    /// Use the JWT bearer flow with this private key.
+    pub jwt_private_key: Option<String>,
+    /// Use Docebo's password grant.
+    pub docebo_password_grant: bool,
+    /// A Salesforce client secret other than the one the org accepts.
+    pub salesforce_secret: Option<String>,
+}
+
+impl Default for EnvOptions {
+    fn default() -> EnvOptions {
+        EnvOptions {
+            docebo: DoceboConfig::default(),
+            salesforce: SalesforceConfig::default(),
+            policy: UnenrollmentPolicy::MarkUnenrolled,
+            jwt_private_key: None,
+            docebo_password_grant: false,
+            salesforce_secret: None,
+        }
+    }
+}
+
 /// A worker running in-process.
 pub struct RunningWorker {
     pub shutdown: CancellationToken,
@@ -78,20 +104,19 @@ pub fn test_settings(worker_id: &str) -> Settings {
 impl Env {
     /// A fresh database, both simulators, a generated platform and a connection.
     pub async fn new(params: GenerateParams) -> Env {
-        Env::with(
-            params,
-            DoceboConfig::default(),
-            UnenrollmentPolicy::MarkUnenrolled,
-        )
-        .await
+        Env::with(params, EnvOptions::default()).await
     }
 
-    /// The same, with a Docebo configuration and unenrollment policy of the test's choice.
-    pub async fn with(
-        params: GenerateParams,
-        docebo: DoceboConfig,
-        policy: UnenrollmentPolicy,
-    ) -> Env {
+    /// The same, with options.
+    pub async fn with(params: GenerateParams, options: EnvOptions) -> Env {
+        let EnvOptions {
+            docebo,
+            salesforce,
+            policy,
+            jwt_private_key,
+            docebo_password_grant,
+            salesforce_secret,
+        } = options;
         init_tracing();
         let database_url = learnsync_store::testing::fresh_database().await.unwrap();
         let store = Store::connect(&learnsync_store::Options {
@@ -101,9 +126,7 @@ impl Env {
         .unwrap();
         let docebo = DoceboSim::start(docebo).await.unwrap();
         docebo.generate(&params);
-        let salesforce = SalesforceSim::start(SalesforceConfig::default())
-            .await
-            .unwrap();
+        let salesforce = SalesforceSim::start(salesforce).await.unwrap();
         let cipher = Cipher::random();
         let connection_id = Uuid::new_v4();
         let credentials = Credentials {
@@ -111,13 +134,28 @@ impl Env {
                 base_url: docebo.base_url().to_string(),
                 client_id: docebo.config().client_id.clone(),
                 client_secret: docebo.config().client_secret.clone(),
-                grant: DoceboGrant::ClientCredentials,
+                grant: if docebo_password_grant {
+                    DoceboGrant::Password {
+                        username: docebo.config().username.clone(),
+                        password: docebo.config().password.clone(),
+                    }
+                } else {
+                    DoceboGrant::ClientCredentials
+                },
             },
             salesforce: SalesforceCredentials {
                 login_url: salesforce.base_url().to_string(),
                 client_id: salesforce.config().client_id.clone(),
-                grant: SalesforceGrant::ClientCredentials {
-                    client_secret: salesforce.config().client_secret.clone(),
+                grant: match jwt_private_key {
+                    Some(private_key_pem) => SalesforceGrant::JwtBearer {
+                        username: salesforce.config().username.clone(),
+                        private_key_pem,
+                        audience: "https://login.salesforce.com".into(),
+                    },
+                    None => SalesforceGrant::ClientCredentials {
+                        client_secret: salesforce_secret
+                            .unwrap_or_else(|| salesforce.config().client_secret.clone()),
+                    },
                 },
             },
         };
