@@ -690,6 +690,7 @@ pub async fn ledger_record(
     object: &str,
     writes: &[LedgerWrite],
     seen_run_id: Uuid,
+    scope: &str,
 ) -> Result<()> {
     if writes.is_empty() {
         return Ok(());
@@ -702,52 +703,68 @@ pub async fn ledger_record(
         .execute(
             "WITH up AS ( \
                  INSERT INTO ledger AS l (connection_id, object, record_key, salesforce_id, value_hash, \
-                     docebo_updated_at, seen_run_id, unenrolled_at, write_time) \
-                 SELECT $1, $3, t.record_key, t.salesforce_id, t.value_hash, t.updated_at, $8, NULL, now() \
+                     docebo_updated_at, seen_run_id, unenrolled_at, write_time, scope) \
+                 SELECT $1, $3, t.record_key, t.salesforce_id, t.value_hash, t.updated_at, $8, NULL, now(), $9 \
                  FROM unnest($4::text[], $5::text[], $6::bytea[], $7::timestamptz[]) \
                      AS t(record_key, salesforce_id, value_hash, updated_at) \
                  ON CONFLICT (connection_id, object, record_key) DO UPDATE SET \
                      salesforce_id = coalesce(excluded.salesforce_id, l.salesforce_id), \
                      value_hash = excluded.value_hash, docebo_updated_at = excluded.docebo_updated_at, \
-                     seen_run_id = excluded.seen_run_id, unenrolled_at = NULL, write_time = now() \
+                     seen_run_id = excluded.seen_run_id, unenrolled_at = NULL, write_time = now(), \
+                     scope = excluded.scope \
                  RETURNING (xmax = 0) AS inserted) \
              INSERT INTO ledger_counts AS c (connection_id, area, object, records) \
              SELECT $1, $2, $3, count(*) FILTER (WHERE inserted) FROM up \
              ON CONFLICT (connection_id, area, object) DO UPDATE SET records = c.records + excluded.records",
-            &[&connection_id, &area.as_str(), &object, &keys, &ids, &hashes, &times, &seen_run_id],
+            &[
+                &connection_id,
+                &area.as_str(),
+                &object,
+                &keys,
+                &ids,
+                &hashes,
+                &times,
+                &seen_run_id,
+                &scope,
+            ],
         )
         .await?;
     Ok(())
 }
 
 /// Marks records as present in a run's listing without writing them (unchanged or failed ones),
-/// so that the unenrollment comparison does not take them for gone.
+/// so that the unenrollment comparison does not take them for gone. `scope` names the job that
+/// lists them.
 pub async fn ledger_mark_seen(
     client: &impl GenericClient,
     connection_id: Uuid,
     object: &str,
     keys: &[String],
     run_id: Uuid,
+    scope: &str,
 ) -> Result<()> {
     if keys.is_empty() {
         return Ok(());
     }
     client
         .execute(
-            "UPDATE ledger SET seen_run_id = $4 WHERE connection_id = $1 AND object = $2 \
-               AND record_key = ANY($3) AND seen_run_id IS DISTINCT FROM $4",
-            &[&connection_id, &object, &keys, &run_id],
+            "UPDATE ledger SET seen_run_id = $4, scope = $5 WHERE connection_id = $1 AND object = $2 \
+               AND record_key = ANY($3) \
+               AND (seen_run_id IS DISTINCT FROM $4 OR scope IS DISTINCT FROM $5)",
+            &[&connection_id, &object, &keys, &run_id, &scope],
         )
         .await?;
     Ok(())
 }
 
-/// Lists, in key order after `after_key`, up to `limit` records of an object that are live in the
-/// ledger but were not in this run's listing: `(record_key, salesforce_id)`.
+/// Lists, in key order after `after_key`, up to `limit` records of an object, listed by the job
+/// kind `scope`, that are live in the ledger but were not in this run's listing:
+/// `(record_key, salesforce_id)`.
 pub async fn ledger_unseen(
     client: &impl GenericClient,
     connection_id: Uuid,
     object: &str,
+    scope: &str,
     run_id: Uuid,
     after_key: &str,
     limit: i64,
@@ -756,9 +773,9 @@ pub async fn ledger_unseen(
         .query(
             "SELECT record_key, salesforce_id FROM ledger \
              WHERE connection_id = $1 AND object = $2 AND record_key > $4 AND unenrolled_at IS NULL \
-               AND seen_run_id IS DISTINCT FROM $3 \
+               AND seen_run_id IS DISTINCT FROM $3 AND (scope = $6 OR scope IS NULL) \
              ORDER BY record_key LIMIT $5",
-            &[&connection_id, &object, &run_id, &after_key, &limit],
+            &[&connection_id, &object, &run_id, &after_key, &limit, &scope],
         )
         .await?;
     rows.iter()

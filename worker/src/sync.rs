@@ -763,6 +763,7 @@ impl<'a> JobRun<'a> {
             &self.mapping.object,
             &written.ledger,
             job.run_id,
+            job.kind.as_str(),
         )
         .await?;
         tx.commit().await.map_err(learnsync_store::Error::from)?;
@@ -792,10 +793,18 @@ impl<'a> JobRun<'a> {
             object,
             &written.ledger,
             job.run_id,
+            job.kind.as_str(),
         )
         .await?;
-        store_worker::ledger_mark_seen(&tx, job.connection_id, object, &written.seen, job.run_id)
-            .await?;
+        store_worker::ledger_mark_seen(
+            &tx,
+            job.connection_id,
+            object,
+            &written.seen,
+            job.run_id,
+            job.kind.as_str(),
+        )
+        .await?;
         let progress = Progress {
             delta: written.counts,
             expected: (self.checkpoint.expected > 0).then_some(self.checkpoint.expected),
@@ -856,6 +865,7 @@ impl<'a> JobRun<'a> {
                     &conn,
                     job.connection_id,
                     &object,
+                    job.kind.as_str(),
                     job.run_id,
                     &self.checkpoint.after_key,
                     UNENROLL_BATCH,

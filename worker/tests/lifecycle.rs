@@ -141,6 +141,7 @@ async fn unenrollments_are_tracked_from_the_first_completed_sync_on() {
     let env = Env::new(GenerateParams {
         seed: 23,
         scale: Some(0.5),
+        courses: Some(20),
         bad_records: Some(false),
         ..GenerateParams::default()
     })
@@ -172,6 +173,15 @@ async fn unenrollments_are_tracked_from_the_first_completed_sync_on() {
     env.docebo
         .delete(EntityKind::CourseEnrollments, after_first)
         .unwrap();
+    // Two jobs (webinar, ILT) write session enrollments: each compares only its own records.
+    let session_key = env
+        .docebo_keys("session_enrollments")
+        .into_iter()
+        .nth(3)
+        .unwrap();
+    env.docebo
+        .delete(EntityKind::SessionEnrollments, &session_key)
+        .unwrap();
     let run = env.resynchronize(Area::Enrollments, false).await;
     let run = env.wait_final(run.id, Duration::from_secs(30)).await;
     assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
@@ -180,6 +190,16 @@ async fn unenrollments_are_tracked_from_the_first_completed_sync_on() {
         Some(("Unenrolled".into(), true))
     );
     assert_eq!(enrollment_status(&env, before_first), None);
+    let unenrolled_sessions: Vec<String> = env
+        .salesforce
+        .records("Docebo_Session_Enrollment__c")
+        .unwrap()
+        .into_iter()
+        .filter(|record| record["Status__c"] == "Unenrolled")
+        .map(|record| record["Enrollment_Key__c"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(unenrolled_sessions, vec![session_key.clone()]);
+    assert_eq!(run.counts().written, 0, "{run:#?}");
     let held = env.salesforce.record_count("Docebo_Course_Enrollment__c");
     assert_eq!(held, keys.len() - 1);
 
