@@ -533,6 +533,100 @@ impl ObjectMapping {
     }
 }
 
+impl ObjectMapping {
+    /// Checks the org against the mapping (`describe` is Salesforce's describe of the object) and
+    /// returns the mapping tightened to the org: text lengths, number digits and picklist values
+    /// the org is stricter about, so that a record that cannot fit fails before it is sent. A
+    /// missing object or field is an error: nothing could be written.
+    pub fn fit_to_org(&self, describe: &Value) -> Result<ObjectMapping, String> {
+        let fields: Vec<&Value> = describe
+            .get("fields")
+            .and_then(Value::as_array)
+            .map(|fields| fields.iter().collect())
+            .ok_or_else(|| format!("the describe of {} lists no fields", self.object))?;
+        let by_name = |name: &str| {
+            fields
+                .iter()
+                .copied()
+                .find(|field| field.get("name").and_then(Value::as_str) == Some(name))
+        };
+        let by_relationship = |name: &str| {
+            fields
+                .iter()
+                .copied()
+                .find(|field| field.get("relationshipName").and_then(Value::as_str) == Some(name))
+        };
+        let missing = |name: &str| format!("the org has no field {name} on {}", self.object);
+        let org_length = |field: &Value| {
+            field
+                .get("length")
+                .and_then(Value::as_u64)
+                .filter(|length| *length > 0)
+        };
+        if by_name(&self.external_id).is_none() {
+            return Err(missing(&self.external_id));
+        }
+        let mut fitted = self.clone();
+        for mapped in &mut fitted.fields {
+            let org_field = match mapped.kind {
+                FieldKind::Lookup { .. } => by_relationship(&mapped.field),
+                _ => by_name(&mapped.field),
+            }
+            .ok_or_else(|| missing(&mapped.field))?;
+            match &mut mapped.kind {
+                FieldKind::Text { length } | FieldKind::Email { length } => {
+                    if let Some(org) = org_length(org_field) {
+                        *length = (*length).min(org as usize);
+                    }
+                }
+                FieldKind::Number { precision, scale } => {
+                    let org_precision = org_field
+                        .get("precision")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0) as u32;
+                    if org_precision > 0 {
+                        *precision = (*precision).min(org_precision);
+                        let org_scale =
+                            org_field.get("scale").and_then(Value::as_u64).unwrap_or(0) as u32;
+                        *scale = (*scale).min(org_scale);
+                    }
+                }
+                FieldKind::Picklist { values } => {
+                    let restricted = org_field
+                        .get("restrictedPicklist")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                    let org_values: Vec<&str> = org_field
+                        .get("picklistValues")
+                        .and_then(Value::as_array)
+                        .map(|values| {
+                            values
+                                .iter()
+                                .filter(|value| {
+                                    value.get("active").and_then(Value::as_bool).unwrap_or(true)
+                                })
+                                .filter_map(|value| value.get("value").and_then(Value::as_str))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if restricted && !org_values.is_empty() {
+                        values.retain(|_, value| org_values.contains(&value.as_str()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(unenroll) = &self.unenroll {
+            for name in [&unenroll.status_field, &unenroll.time_field] {
+                if by_name(name).is_none() {
+                    return Err(missing(name));
+                }
+            }
+        }
+        Ok(fitted)
+    }
+}
+
 /// Hashes the values with the keys in a fixed order, whatever the map's iteration order.
 fn hash_fields(object: &str, fields: &Map<String, Value>) -> Vec<u8> {
     fn feed(hasher: &mut sha2::Sha256, value: &Value) {
@@ -647,6 +741,35 @@ mod tests {
         assert_eq!(users.map(&a).unwrap().hash, users.map(&b).unwrap().hash);
         let c = json!({"user_id": "1", "username": "a", "first_name": "B", "status": "1"});
         assert_ne!(users.map(&a).unwrap().hash, users.map(&c).unwrap().hash);
+    }
+
+    #[test]
+    fn the_org_tightens_the_mapping_and_missing_fields_are_refused() {
+        let mapping = mapping();
+        let courses = mapping.entity(Entity::Courses).unwrap();
+        let mut fields = vec![json!({"name": "Docebo_Course_Id__c", "length": 50})];
+        for field in &courses.fields {
+            fields.push(json!({"name": field.field, "length": 0, "precision": 0}));
+        }
+        fields.retain(|field| field["name"] != "Code__c");
+        fields.push(json!({"name": "Code__c", "length": 5}));
+        fields.retain(|field| field["name"] != "Type__c");
+        fields.push(json!({"name": "Type__c", "restrictedPicklist": true,
+            "picklistValues": [{"value": "Elearning", "active": true}]}));
+        let fitted = courses.fit_to_org(&json!({ "fields": fields })).unwrap();
+        let course =
+            json!({"id_course": 1, "name": "x", "code": "ABCDEF", "course_type": "elearning"});
+        assert_eq!(fitted.map(&course).unwrap_err().code, "STRING_TOO_LONG");
+        let webinar = json!({"id_course": 1, "name": "x", "code": "AB", "course_type": "webinar"});
+        assert_eq!(
+            fitted.map(&webinar).unwrap_err().code,
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
+        );
+        fields.retain(|field| field["name"] != "Language__c");
+        let error = courses
+            .fit_to_org(&json!({ "fields": fields }))
+            .unwrap_err();
+        assert!(error.contains("Language__c"), "{error}");
     }
 
     #[test]

@@ -381,6 +381,23 @@ impl Salesforce {
         }
     }
 
+    /// Describes an object (its fields, types, lengths, picklist values), to check the org
+    /// against the mapping before writing.
+    pub async fn describe(&self, ctx: &JobCtx, object: &str) -> SyncResult<Value> {
+        let path = format!("/services/data/{API_VERSION}/sobjects/{object}/describe");
+        let (_, text) = self
+            .call(ctx, reqwest::Method::GET, &path, &Body::None)
+            .await
+            .map_err(|error| match error {
+                SyncError::Permanent(message) => {
+                    SyncError::Permanent(format!("the org cannot describe {object}: {message}"))
+                }
+                other => other,
+            })?;
+        serde_json::from_str(&text)
+            .map_err(|_| SyncError::Transient(format!("the describe of {object} is not JSON")))
+    }
+
     /// Upserts up to 200 records of one object by external id through sObject Collections; one
     /// result per record, in request order.
     pub async fn upsert_collection(

@@ -414,7 +414,7 @@ pub struct JobRun<'a> {
     ctx: &'a JobCtx,
     docebo: Docebo,
     salesforce: Salesforce,
-    mapping: &'a ObjectMapping,
+    mapping: ObjectMapping,
     checkpoint: Checkpoint,
 }
 
@@ -428,7 +428,8 @@ impl<'a> JobRun<'a> {
     ) -> SyncResult<JobRun<'a>> {
         let mapping = mapping
             .entity(entity_of(ctx.job.kind))
-            .map_err(|error| SyncError::Permanent(error.to_string()))?;
+            .map_err(|error| SyncError::Permanent(error.to_string()))?
+            .clone();
         let checkpoint = match &ctx.job.checkpoint {
             None | Some(Value::Null) => Checkpoint::default(),
             Some(value) => serde_json::from_value(value.clone())
@@ -445,6 +446,15 @@ impl<'a> JobRun<'a> {
 
     /// Runs every phase left.
     pub async fn run(mut self) -> SyncResult<()> {
+        // The org is checked against the mapping before anything is written.
+        let describe = self
+            .salesforce
+            .describe(self.ctx, &self.mapping.object)
+            .await?;
+        self.mapping = self
+            .mapping
+            .fit_to_org(&describe)
+            .map_err(SyncError::Permanent)?;
         if self.checkpoint.phase == Phase::List {
             self.list().await?;
         }

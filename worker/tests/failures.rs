@@ -1,4 +1,4 @@
-//! Proves how jobs fail and wait: a job that cannot succeed fails with its cause in the log and in the run, transient failures spend a bounded retry budget, a job waiting for the Docebo call budget says so and still stops promptly, a stopping run's dead jobs end stopped without re-running, malformed items are logged, and the Bulk API and JWT/password grants work end to end.
+//! Proves how jobs fail and wait: a job that cannot succeed fails with its cause in the log and in the run, transient failures spend a bounded retry budget, a job waiting for the Docebo call budget says so and still stops promptly, a stopping run's dead jobs end stopped without re-running, malformed items and records the org cannot hold are logged, and the Bulk API and JWT/password grants work end to end.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -241,6 +241,76 @@ async fn jwt_bearer_and_password_grants_authenticate() {
     assert_eq!(
         env.salesforce_keys("Docebo_User__c", "Docebo_User_Id__c"),
         env.docebo_keys("users")
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_org_is_checked_against_the_mapping_before_writing() {
+    let mut schema = learnsync_sim::salesforce::Schema::default_org();
+    for object in &mut schema.objects {
+        if object.name == "Docebo_Course__c" {
+            for field in &mut object.fields {
+                if field.name == "Code__c" {
+                    field.length = Some(10);
+                }
+            }
+        }
+        if object.name == "Docebo_Learning_Plan__c" {
+            object.fields.retain(|field| field.name != "Published__c");
+        }
+    }
+    let env = Env::with(
+        clean(48, 0.5),
+        EnvOptions {
+            salesforce: SalesforceConfig {
+                schema,
+                ..SalesforceConfig::default()
+            },
+            ..EnvOptions::default()
+        },
+    )
+    .await;
+    let worker = env.spawn_worker(test_settings("w1"));
+    let run = sync_area(&env, Area::Courses).await;
+    assert_eq!(run.state, RunState::Failed, "{run:#?}");
+    let plans = run
+        .jobs
+        .iter()
+        .find(|job| job.kind == learnsync_store::model::JobKind::LearningPlans)
+        .unwrap();
+    assert_eq!(plans.state, JobState::Failed);
+    assert!(
+        plans
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("Published__c"),
+        "{plans:#?}"
+    );
+    // Codes longer than the org's field fail before they are sent, each logged.
+    let too_long: std::collections::BTreeSet<String> = env
+        .docebo
+        .items(learnsync_sim::EntityKind::Courses)
+        .iter()
+        .filter(|course| course["code"].as_str().unwrap().chars().count() > 10)
+        .map(|course| common::docebo_key(learnsync_sim::EntityKind::Courses, course))
+        .collect();
+    assert!(!too_long.is_empty());
+    let log = env.run_log(run.id).await;
+    for key in &too_long {
+        assert!(
+            log.iter()
+                .any(|event| event.record_key.as_deref() == Some(key.as_str())
+                    && event.error_code.as_deref() == Some("STRING_TOO_LONG")),
+            "course {key} not logged"
+        );
+    }
+    let held = env.salesforce_keys("Docebo_Course__c", "Docebo_Course_Id__c");
+    assert!(held.is_disjoint(&too_long));
+    assert_eq!(
+        held.len() + too_long.len(),
+        env.docebo_keys("courses").len()
     );
     worker.stop().await;
 }
