@@ -50,6 +50,15 @@ async fn a_generated_platform_is_mirrored_in_salesforce() {
         too_long.message
     );
     assert!(run.first_error_sequence.is_some());
+    // A completed run moves the area's watermark to its creation (incremental runs read from there).
+    let conn = env.store.conn().await.unwrap();
+    let config = learnsync_store::areas::get(&conn, env.connection_id, Area::Users)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(config.watermark, Some(run.create_time));
+    assert!(config.first_success_time.is_some());
+    drop(conn);
 
     // Courses, learning plans, sessions.
     let run = sync_area(&env, Area::Courses).await;
