@@ -25,6 +25,12 @@ struct Args {
     /// Rows of the Bulk upload.
     #[arg(long, env = "SIM_BENCH_ROWS", default_value_t = 1_000_000)]
     rows: usize,
+    /// Skips the Docebo measurements.
+    #[arg(long)]
+    skip_docebo: bool,
+    /// Skips the Bulk measurement.
+    #[arg(long)]
+    skip_bulk: bool,
     /// Page renders per measurement.
     #[arg(long, env = "SIM_BENCH_ITERATIONS", default_value_t = 2000)]
     iterations: u32,
@@ -37,8 +43,12 @@ fn per_call(total: Duration, n: u32) -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    docebo_pages(&args).await?;
-    bulk_ingest(&args).await?;
+    if !args.skip_docebo {
+        docebo_pages(&args).await?;
+    }
+    if !args.skip_bulk {
+        bulk_ingest(&args).await?;
+    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::org::{Column, Op, Org, Outcome, RowInput};
+use super::org::{Column, Op, Org, Outcome};
 
 /// Salesforce processes ingest data in internal batches of this many records.
 pub const INTERNAL_BATCH: usize = 10_000;
@@ -189,19 +189,6 @@ pub fn prepare(
         }
     };
     Ok((columns, op))
-}
-
-/// Converts a chunk of CSV records into writes.
-pub fn rows(
-    org: &Org,
-    work: &Work,
-    columns: &[Column],
-    records: &[csv::StringRecord],
-) -> Vec<RowInput> {
-    records
-        .iter()
-        .map(|record| org.parse_csv_row(work.object_index, columns, record))
-        .collect()
 }
 
 /// Which rows a results endpoint returns.

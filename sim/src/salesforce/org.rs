@@ -1,7 +1,10 @@
 //! The org's records: per-object storage with id and external-id indexes, and the write engine shared
 //! by sObject Collections and Bulk API 2.0 (validation, lookups by external id, allOrNone).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::common::{FastMap, FastSet};
 
 use serde_json::{Map, Value};
 
@@ -28,7 +31,7 @@ impl RequestError {
 /// One stored record.
 #[derive(Debug, Clone)]
 pub struct Rec {
-    pub id: Box<str>,
+    pub id: Arc<str>,
     pub vals: Vec<Val>,
 }
 
@@ -39,10 +42,10 @@ pub struct ObjStore {
     fields: HashMap<String, usize>,
     rels: HashMap<String, usize>,
     pub records: Vec<Option<Rec>>,
-    pub by_id: HashMap<Box<str>, usize>,
+    pub by_id: FastMap<Arc<str>, usize>,
     /// Value -> slot, for external-id and unique fields.
-    ext: Vec<Option<HashMap<Box<str>, usize>>>,
-    deleted: HashSet<Box<str>>,
+    ext: Vec<Option<FastMap<Arc<str>, usize>>>,
+    deleted: FastSet<Arc<str>>,
     pub live: usize,
 }
 
@@ -67,16 +70,16 @@ impl ObjStore {
         let ext = def
             .fields
             .iter()
-            .map(|f| (f.external_id || f.unique).then(HashMap::new))
+            .map(|f| (f.external_id || f.unique).then(FastMap::default))
             .collect();
         ObjStore {
             def,
             fields,
             rels,
             records: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: FastMap::default(),
             ext,
-            deleted: HashSet::new(),
+            deleted: FastSet::default(),
             live: 0,
         }
     }
@@ -149,19 +152,56 @@ pub enum Op {
 /// The outcome of one record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
-    pub id: Option<Box<str>>,
+    pub id: Option<Arc<str>>,
     pub created: bool,
     pub error: Option<RecordError>,
 }
 
 impl Outcome {
-    fn failed(id: Option<Box<str>>, error: RecordError) -> Outcome {
+    fn failed(id: Option<Arc<str>>, error: RecordError) -> Outcome {
         Outcome {
             id,
             created: false,
             error: Some(error),
         }
     }
+}
+
+/// Builds one row from CSV cells of an object: an empty cell leaves the field unchanged, `#N/A`
+/// nulls it. It needs only the object's definition, so it runs outside the org lock.
+pub fn parse_csv_row(def: &ObjectDef, columns: &[Column], cells: &csv::StringRecord) -> RowInput {
+    let mut row = RowInput::default();
+    for (column, cell) in columns.iter().zip(cells.iter()) {
+        if cell.is_empty() {
+            continue;
+        }
+        match column {
+            Column::Id => row.id = Some(cell.trim().to_string()),
+            Column::Field(field) => match coerce(&def.fields[*field], Input::Text(cell)) {
+                Ok(val) => row.sets.push((*field, val)),
+                Err(error) => {
+                    row.error.get_or_insert(error);
+                }
+            },
+            Column::Ref {
+                field,
+                parent,
+                parent_field,
+            } => {
+                if cell == "#N/A" {
+                    row.sets.push((*field, Val::Null));
+                } else {
+                    row.refs.push(RefInput {
+                        field: *field,
+                        parent: *parent,
+                        parent_field: *parent_field,
+                        value: cell.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    row
 }
 
 /// A CSV column of a bulk upload.
@@ -249,7 +289,7 @@ impl Org {
     }
 
     /// Allocates a new 18-character id with the given key prefix.
-    pub fn new_id(&mut self, prefix: &str) -> Box<str> {
+    pub fn new_id(&mut self, prefix: &str) -> Arc<str> {
         let mut n = self.next_id;
         self.next_id += 1;
         let mut body = [b'0'; 12];
@@ -262,7 +302,7 @@ impl Org {
         id.push_str(std::str::from_utf8(&body).unwrap_or("000000000000"));
         let suffix = case_safe_suffix(&id);
         id.push_str(&suffix);
-        id.into_boxed_str()
+        Arc::from(id)
     }
 
     /// Parses one REST record of object `obj`: unknown fields are request-level errors, bad values are
@@ -424,48 +464,6 @@ impl Org {
             .collect()
     }
 
-    /// Builds one row from CSV cells: an empty cell leaves the field unchanged, `#N/A` nulls it.
-    pub fn parse_csv_row(
-        &self,
-        obj: usize,
-        columns: &[Column],
-        cells: &csv::StringRecord,
-    ) -> RowInput {
-        let store = &self.objects[obj];
-        let mut row = RowInput::default();
-        for (column, cell) in columns.iter().zip(cells.iter()) {
-            if cell.is_empty() {
-                continue;
-            }
-            match column {
-                Column::Id => row.id = Some(cell.trim().to_string()),
-                Column::Field(field) => match coerce(store.field_def(*field), Input::Text(cell)) {
-                    Ok(val) => row.sets.push((*field, val)),
-                    Err(error) => {
-                        row.error.get_or_insert(error);
-                    }
-                },
-                Column::Ref {
-                    field,
-                    parent,
-                    parent_field,
-                } => {
-                    if cell == "#N/A" {
-                        row.sets.push((*field, Val::Null));
-                    } else {
-                        row.refs.push(RefInput {
-                            field: *field,
-                            parent: *parent,
-                            parent_field: *parent_field,
-                            value: cell.to_string(),
-                        });
-                    }
-                }
-            }
-        }
-        row
-    }
-
     /// Validates and (unless allOrNone fails) applies a batch of writes to one object.
     pub fn write(
         &mut self,
@@ -479,9 +477,10 @@ impl Org {
         let mut plans: Vec<Option<PlanOut>> = Vec::with_capacity(rows.len());
 
         // Duplicate external ids inside the batch fail every record that carries them.
-        let mut duplicates: HashSet<String> = HashSet::new();
+        let mut duplicates: FastSet<String> = FastSet::default();
         if let Op::Upsert(ext_field) = op {
-            let mut seen: HashSet<&str> = HashSet::with_capacity(rows.len());
+            let mut seen: FastSet<&str> =
+                FastSet::with_capacity_and_hasher(rows.len(), Default::default());
             for row in &rows {
                 if let Some((_, Val::Str(value))) = row.sets.iter().find(|(f, _)| *f == ext_field)
                     && !seen.insert(value)
@@ -490,7 +489,7 @@ impl Org {
                 }
             }
         }
-        let mut batch_unique: HashSet<(usize, String)> = HashSet::new();
+        let mut batch_unique: FastSet<(usize, String)> = FastSet::default();
 
         {
             let store = &self.objects[obj];
@@ -543,8 +542,8 @@ impl Org {
         store: &ObjStore,
         op: Op,
         mut row: RowInput,
-        duplicates: &HashSet<String>,
-        batch_unique: &mut HashSet<(usize, String)>,
+        duplicates: &FastSet<String>,
+        batch_unique: &mut FastSet<(usize, String)>,
         lock_fault: &mut dyn FnMut() -> bool,
     ) -> (Option<PlanOut>, Outcome) {
         let _ = obj;
@@ -682,7 +681,7 @@ impl Org {
                 store.ext_lookup(ext_field, &value)
             }
         };
-        let existing_id: Option<Box<str>> = target_slot
+        let existing_id: Option<Arc<str>> = target_slot
             .and_then(|slot| store.records.get(slot))
             .and_then(|r| r.as_ref())
             .map(|r| r.id.clone());
@@ -709,15 +708,21 @@ impl Org {
         for (field, value) in row.sets {
             vals[field] = value;
         }
-        let missing: Vec<String> = store
+        let any_missing = store
             .def
             .fields
             .iter()
             .zip(&vals)
-            .filter(|(def, value)| def.required && value.is_null())
-            .map(|(def, _)| def.name.clone())
-            .collect();
-        if !missing.is_empty() {
+            .any(|(def, value)| def.required && value.is_null());
+        if any_missing {
+            let missing: Vec<String> = store
+                .def
+                .fields
+                .iter()
+                .zip(&vals)
+                .filter(|(def, value)| def.required && value.is_null())
+                .map(|(def, _)| def.name.clone())
+                .collect();
             return (
                 None,
                 Outcome::failed(
@@ -746,7 +751,7 @@ impl Org {
                 .and_then(|slot| store.records.get(slot))
                 .and_then(|r| r.as_ref())
                 .map(|r| r.id.to_string());
-            let in_batch = def.unique && !batch_unique.insert((field, text.clone()));
+            let in_batch = def.unique && !batch_unique.insert((field, text.to_string()));
             if def.unique && (clash.is_some() || in_batch) {
                 return (
                     None,
@@ -785,16 +790,16 @@ impl Org {
         }
     }
 
-    fn insert_record(&mut self, obj: usize, vals: Vec<Val>) -> Box<str> {
+    fn insert_record(&mut self, obj: usize, vals: Vec<Val>) -> Arc<str> {
         let prefix = self.objects[obj].def.key_prefix.clone();
         let id = self.new_id(&prefix);
         let store = &mut self.objects[obj];
         let slot = store.records.len();
         for (field, index) in store.ext.iter_mut().enumerate() {
             if let Some(index) = index
-                && let Some(text) = vals[field].as_text()
+                && let Some(key) = vals[field].key()
             {
-                index.insert(text.into_boxed_str(), slot);
+                index.insert(key, slot);
             }
         }
         store.by_id.insert(id.clone(), slot);
@@ -818,8 +823,8 @@ impl Org {
                 if let Some(old) = record.vals[field].as_text() {
                     index.remove(old.as_str());
                 }
-                if let Some(new) = vals[field].as_text() {
-                    index.insert(new.into_boxed_str(), slot);
+                if let Some(new) = vals[field].key() {
+                    index.insert(new, slot);
                 }
             }
         }
@@ -835,7 +840,7 @@ impl Org {
         only: Option<usize>,
         lock_fault: &mut dyn FnMut() -> bool,
     ) -> Vec<Outcome> {
-        let mut targets: Vec<Result<(usize, usize, Box<str>), Outcome>> =
+        let mut targets: Vec<Result<(usize, usize, Arc<str>), Outcome>> =
             Vec::with_capacity(ids.len());
         for id in ids {
             let Some(normalized) = normalize_id(id) else {
@@ -868,7 +873,7 @@ impl Org {
                         ),
                     ))
                 }
-                Some((o, slot)) => Ok((o, slot, normalized.into_boxed_str())),
+                Some((o, slot)) => Ok((o, slot, Arc::from(normalized))),
                 None if object
                     .is_some_and(|o| self.objects[o].deleted.contains(normalized.as_str())) =>
                 {

@@ -144,7 +144,7 @@ pub enum Val {
     /// No value.
     Null,
     /// Text, picklist, email, id, date (`2024-03-20`) and datetime (`2024-03-20T09:01:02.000+0000`).
-    Str(Box<str>),
+    Str(std::sync::Arc<str>),
     /// Numbers and percents.
     Num(f64),
     /// Checkboxes.
@@ -171,6 +171,15 @@ impl Val {
             Val::Str(text) => Some(text.to_string()),
             Val::Num(number) => Some(format_number(*number)),
             Val::Bool(flag) => Some(flag.to_string()),
+        }
+    }
+
+    /// The value as an index key; cheap for text (the `Arc` is shared).
+    pub fn key(&self) -> Option<std::sync::Arc<str>> {
+        match self {
+            Val::Str(text) => Some(text.clone()),
+            Val::Null => None,
+            other => other.as_text().map(std::sync::Arc::from),
         }
     }
 
@@ -237,9 +246,58 @@ fn type_error(field: &FieldDef, shown: &str) -> RecordError {
     )
 }
 
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fff](Z|+0000|+00:00)` without chrono's formatter: bulk uploads carry
+/// millions of datetimes in exactly this form.
+fn parse_utc_datetime_fast(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    if bytes.len() < 20 {
+        return None;
+    }
+    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
+        bytes[range].iter().try_fold(0u32, |acc, b| {
+            b.is_ascii_digit().then(|| acc * 10 + u32::from(b - b'0'))
+        })
+    };
+    if bytes[4] != b'-' || bytes[7] != b'-' || bytes[10] != b'T' || bytes[13] != b':' || bytes[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    NaiveDate::from_ymd_opt(year as i32, month, day)?;
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut millis = String::from("000");
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let end = fraction
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(fraction.len());
+        if end == 0 {
+            return None;
+        }
+        let mut padded = fraction[..end].to_string();
+        padded.push_str("000");
+        millis = padded[..3].to_string();
+        rest = &fraction[end..];
+    }
+    if !matches!(rest, "Z" | "+0000" | "+00:00") {
+        return None;
+    }
+    let mut out = String::with_capacity(28);
+    out.push_str(&text[..19]);
+    out.push('.');
+    out.push_str(&millis);
+    out.push_str("+0000");
+    Some(out)
+}
+
 /// Parses the datetime forms Salesforce accepts and normalizes to its output form.
 pub fn parse_datetime(text: &str) -> Option<String> {
     let text = text.trim();
+    if let Some(fast) = parse_utc_datetime_fast(text) {
+        return Some(fast);
+    }
     let parsed: Option<DateTime<Utc>> = DateTime::parse_from_rfc3339(text)
         .ok()
         .map(|t| t.with_timezone(&Utc))
@@ -283,7 +341,8 @@ pub fn coerce(field: &FieldDef, input: Input<'_>) -> Result<Val, RecordError> {
     match field.kind {
         FieldType::String | FieldType::Reference => {
             let max = field.length.unwrap_or(255);
-            if field.kind == FieldType::String && text.chars().count() > max {
+            // Bytes bound characters from above: count characters only when it can matter.
+            if field.kind == FieldType::String && text.len() > max && text.chars().count() > max {
                 return Err(RecordError::new(
                     "STRING_TOO_LONG",
                     format!(
@@ -386,6 +445,17 @@ mod tests {
             Some("2024-03-20T09:01:02.000+0000")
         );
         assert!(parse_datetime("2024-03-20 09:01:02").is_none());
+    }
+
+    #[test]
+    fn fast_datetime_path_agrees() {
+        for text in ["2024-03-20T09:01:02Z", "2024-03-20T09:01:02.5Z", "2024-03-20T09:01:02.123456+00:00", "2024-02-29T23:59:59.000+0000"] {
+            assert_eq!(parse_utc_datetime_fast(text), DateTime::parse_from_rfc3339(&text.replace("+0000", "+00:00")).ok().map(|t| t.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()), "{text}");
+        }
+        assert!(parse_utc_datetime_fast("2023-02-29T00:00:00Z").is_none());
+        assert!(parse_utc_datetime_fast("2024-03-20T24:00:00Z").is_none());
+        assert!(parse_utc_datetime_fast("2024-03-20T09:01:02+0100").is_none());
+        assert_eq!(parse_datetime("2024-03-20T10:01:02+01:00").as_deref(), Some("2024-03-20T09:01:02.000+0000"));
     }
 
     #[test]
