@@ -30,6 +30,9 @@ pub struct Settings {
     pub max_retries_with_progress: i32,
     /// Retries of a job whose attempts confirmed nothing.
     pub max_retries_without_progress: i32,
+    /// Claims of one job after which it fails (a job that kills its workers must not circulate
+    /// forever).
+    pub max_attempts: i32,
     /// First pause of a Docebo platform after a 429 or 503 (doubles while they go on).
     pub docebo_pause: Duration,
     /// How long a connection's Salesforce writes pause after REQUEST_LIMIT_EXCEEDED.
@@ -58,6 +61,7 @@ impl Default for Settings {
             retry_max: Duration::from_secs(300),
             max_retries_with_progress: 20,
             max_retries_without_progress: 5,
+            max_attempts: 50,
             docebo_pause: Duration::from_secs(5),
             salesforce_limit_pause: Duration::from_secs(300),
             call_retry_base: Duration::from_millis(500),

@@ -156,13 +156,15 @@ impl Docebo {
 
     /// Reads one page of a list endpoint (`path` under the base URL) with the given filters. Waits
     /// for the platform's call budget first; pauses the platform on 429/503 and waits it out;
-    /// re-authenticates once on 401.
+    /// re-authenticates once on 401. With `missing_is_empty`, a 404 reads as an empty list (a
+    /// course or session deleted while its parent listing was being walked).
     pub async fn list(
         &self,
         ctx: &JobCtx,
         path: &str,
         filters: &[(String, String)],
         at: &PageRef,
+        missing_is_empty: bool,
     ) -> SyncResult<Page> {
         let mut query: Vec<(String, String)> = filters.to_vec();
         query.push(("page_size".into(), ctx.settings.page_size.to_string()));
@@ -225,6 +227,7 @@ impl Docebo {
                 .await?;
             match status {
                 200..=299 => return parse_page(&body),
+                404 if missing_is_empty => return Ok(Page::default()),
                 401 if !renewed => {
                     // The token expired or was revoked: authenticate again, once.
                     renewed = true;

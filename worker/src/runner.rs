@@ -232,7 +232,14 @@ impl Drop for AbortOnDrop {
 impl JobRunner {
     async fn run_job(self, ctx: JobCtx) {
         let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(ctx.clone())));
-        let outcome = self.work(&ctx).await;
+        let outcome = if ctx.job.attempt > self.settings.max_attempts {
+            Err(SyncError::Permanent(format!(
+                "the job was claimed {} times without ending: giving up",
+                ctx.job.attempt
+            )))
+        } else {
+            self.work(&ctx).await
+        };
         drop(heartbeat);
         let job = ctx.job.clone();
         let ending = match outcome {

@@ -398,6 +398,53 @@ impl Salesforce {
             .map_err(|_| SyncError::Transient(format!("the describe of {object} is not JSON")))
     }
 
+    /// Finds the record ids of records by external id (SOQL, following `nextRecordsUrl`).
+    pub async fn find_ids(
+        &self,
+        ctx: &JobCtx,
+        object: &str,
+        external_id: &str,
+        keys: &[String],
+    ) -> SyncResult<HashMap<String, String>> {
+        let quoted: Vec<String> = keys
+            .iter()
+            .map(|key| format!("'{}'", key.replace('\\', "\\\\").replace('\'', "\\'")))
+            .collect();
+        let soql = format!(
+            "SELECT Id, {external_id} FROM {object} WHERE {external_id} IN ({})",
+            quoted.join(",")
+        );
+        let mut found = HashMap::new();
+        let query: String = url_encode(&soql);
+        let mut path = format!("/services/data/{API_VERSION}/query?q={query}");
+        loop {
+            let (_, text) = self
+                .call(ctx, reqwest::Method::GET, &path, &Body::None)
+                .await?;
+            let page: Value = serde_json::from_str(&text)
+                .map_err(|_| SyncError::Transient("salesforce query answer is not JSON".into()))?;
+            for record in page
+                .get("records")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(id), Some(key)) = (
+                    record.get("Id").and_then(Value::as_str),
+                    record.get(external_id).and_then(Value::as_str),
+                ) {
+                    found.insert(key.to_string(), id.to_string());
+                }
+            }
+            match page.get("nextRecordsUrl").and_then(Value::as_str) {
+                Some(next) if page.get("done").and_then(Value::as_bool) == Some(false) => {
+                    path = next.to_string()
+                }
+                _ => return Ok(found),
+            }
+        }
+    }
+
     /// Upserts up to 200 records of one object by external id through sObject Collections; one
     /// result per record, in request order.
     pub async fn upsert_collection(
@@ -598,6 +645,20 @@ impl Salesforce {
             })
             .collect())
     }
+}
+
+/// Percent-encodes a query parameter value.
+fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char)
+            }
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
 }
 
 fn backoff(ctx: &JobCtx, failures: u32) -> Duration {

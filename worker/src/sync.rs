@@ -303,6 +303,7 @@ impl<'a> Walker<'a> {
                             &self.levels[d].path,
                             &self.levels[d].filters,
                             &self.pos[d].page_ref(),
+                            d > 0,
                         )
                         .await?;
                     self.pages[d] = Some(page);
@@ -336,7 +337,7 @@ impl<'a> Walker<'a> {
             let first = at.page == 1 && at.cursor.is_none();
             let page = self
                 .docebo
-                .list(ctx, &level.path, &level.filters, &at)
+                .list(ctx, &level.path, &level.filters, &at, d > 0)
                 .await?;
             let context = level.context.clone();
             let items: Vec<Value> = page
@@ -917,20 +918,27 @@ impl<'a> JobRun<'a> {
                     }
                 }
                 UnenrollmentPolicy::Delete => {
-                    let with_ids: Vec<(String, String)> = unseen
+                    let mut with_ids: Vec<(String, String)> = unseen
                         .iter()
                         .filter_map(|(key, id)| id.clone().map(|id| (key.clone(), id)))
                         .collect();
-                    for (key, id) in &unseen {
-                        if id.is_none() {
-                            events.push(
-                                NewLogEvent::new(
-                                    LogLevel::Warn,
-                                    "unenrolled record has no known salesforce id",
-                                )
-                                .record(key.as_str())
-                                .field("object", object.as_str()),
-                            );
+                    let without: Vec<String> = unseen
+                        .iter()
+                        .filter(|(_, id)| id.is_none())
+                        .map(|(key, _)| key.clone())
+                        .collect();
+                    if !without.is_empty() {
+                        // The upsert's answer carried no id: ask Salesforce by external id. A
+                        // record it does not hold is already gone.
+                        let found = self
+                            .salesforce
+                            .find_ids(self.ctx, &object, &self.mapping.external_id, &without)
+                            .await?;
+                        for key in without {
+                            match found.get(&key) {
+                                Some(id) => with_ids.push((key, id.clone())),
+                                None => done_keys.push(key),
+                            }
                         }
                     }
                     if !with_ids.is_empty() {
