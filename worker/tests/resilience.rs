@@ -106,11 +106,11 @@ async fn a_killed_worker_is_replaced_and_nothing_is_lost_or_duplicated() {
 async fn a_slow_worker_keeps_its_lease() {
     let env = Env::new(clean(32, 0.2)).await;
     let mut settings = test_settings("slow");
-    settings.lease = Duration::from_millis(800);
+    settings.lease = Duration::from_millis(1500);
     settings.heartbeat = Duration::from_millis(200);
     // Every Docebo call takes longer than the lease: only heartbeats keep the job.
     env.docebo.set_faults(Faults {
-        latency_ms: 1200,
+        latency_ms: 2500,
         ..Faults::default()
     });
     let worker = env.spawn_worker(settings.clone());
