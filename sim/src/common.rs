@@ -348,6 +348,7 @@ pub(crate) fn random_hex(bytes: usize) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

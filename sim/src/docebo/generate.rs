@@ -652,6 +652,7 @@ pub(crate) fn generate(params: &GenerateParams) -> Dataset {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

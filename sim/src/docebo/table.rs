@@ -448,6 +448,7 @@ fn union<'a>(lists: impl Iterator<Item = &'a Vec<u32>>) -> Vec<u32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

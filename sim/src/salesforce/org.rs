@@ -473,6 +473,15 @@ impl Org {
         all_or_none: bool,
         lock_fault: &mut dyn FnMut() -> bool,
     ) -> Vec<Outcome> {
+        // Growing the id index and the record slots once per batch, not record by record.
+        {
+            let store = &mut self.objects[obj];
+            store.records.reserve(rows.len());
+            store.by_id.reserve(rows.len());
+            for index in store.ext.iter_mut().flatten() {
+                index.reserve(rows.len());
+            }
+        }
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(rows.len());
         let mut plans: Vec<Option<PlanOut>> = Vec::with_capacity(rows.len());
 
@@ -840,8 +849,7 @@ impl Org {
         only: Option<usize>,
         lock_fault: &mut dyn FnMut() -> bool,
     ) -> Vec<Outcome> {
-        let mut targets: Vec<Result<(usize, usize, Arc<str>), Outcome>> =
-            Vec::with_capacity(ids.len());
+        let mut targets: Vec<Result<DeleteTarget, Outcome>> = Vec::with_capacity(ids.len());
         for id in ids {
             let Some(normalized) = normalize_id(id) else {
                 targets.push(Err(Outcome::failed(
@@ -946,6 +954,9 @@ impl Org {
     }
 }
 
+/// A record to delete: object, slot, id.
+type DeleteTarget = (usize, usize, Arc<str>);
+
 /// What `plan_row` decided for one row.
 enum PlanOut {
     Create(Vec<Val>),
@@ -953,6 +964,7 @@ enum PlanOut {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

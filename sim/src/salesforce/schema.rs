@@ -258,7 +258,12 @@ fn parse_utc_datetime_fast(text: &str) -> Option<String> {
             b.is_ascii_digit().then(|| acc * 10 + u32::from(b - b'0'))
         })
     };
-    if bytes[4] != b'-' || bytes[7] != b'-' || bytes[10] != b'T' || bytes[13] != b':' || bytes[16] != b':' {
+    if bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || bytes[10] != b'T'
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+    {
         return None;
     }
     let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
@@ -424,6 +429,7 @@ fn check_number(field: &FieldDef, number: f64, shown: &str) -> Result<Val, Recor
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -449,13 +455,30 @@ mod tests {
 
     #[test]
     fn fast_datetime_path_agrees() {
-        for text in ["2024-03-20T09:01:02Z", "2024-03-20T09:01:02.5Z", "2024-03-20T09:01:02.123456+00:00", "2024-02-29T23:59:59.000+0000"] {
-            assert_eq!(parse_utc_datetime_fast(text), DateTime::parse_from_rfc3339(&text.replace("+0000", "+00:00")).ok().map(|t| t.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()), "{text}");
+        for text in [
+            "2024-03-20T09:01:02Z",
+            "2024-03-20T09:01:02.5Z",
+            "2024-03-20T09:01:02.123456+00:00",
+            "2024-02-29T23:59:59.000+0000",
+        ] {
+            assert_eq!(
+                parse_utc_datetime_fast(text),
+                DateTime::parse_from_rfc3339(&text.replace("+0000", "+00:00"))
+                    .ok()
+                    .map(|t| t
+                        .with_timezone(&Utc)
+                        .format("%Y-%m-%dT%H:%M:%S%.3f+0000")
+                        .to_string()),
+                "{text}"
+            );
         }
         assert!(parse_utc_datetime_fast("2023-02-29T00:00:00Z").is_none());
         assert!(parse_utc_datetime_fast("2024-03-20T24:00:00Z").is_none());
         assert!(parse_utc_datetime_fast("2024-03-20T09:01:02+0100").is_none());
-        assert_eq!(parse_datetime("2024-03-20T10:01:02+01:00").as_deref(), Some("2024-03-20T09:01:02.000+0000"));
+        assert_eq!(
+            parse_datetime("2024-03-20T10:01:02+01:00").as_deref(),
+            Some("2024-03-20T09:01:02.000+0000")
+        );
     }
 
     #[test]

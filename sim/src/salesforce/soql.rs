@@ -593,6 +593,7 @@ pub fn execute(org: &Org, query: &Query, api_version: &str) -> QueryResult {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::salesforce::schema::Schema;
