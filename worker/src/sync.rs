@@ -624,7 +624,10 @@ impl<'a> JobRun<'a> {
         }
         // A stop lands here, between two confirmed writes.
         self.ctx.check()?;
-        let use_bulk = to_write.len() as i64 >= self.ctx.settings.bulk_threshold;
+        // Chunks are gathered up to the bulk threshold; one whose changed records still number at
+        // least half of it goes through Bulk API 2.0 (a handful of calls instead of one per 200).
+        let use_bulk = to_write.len() > COLLECTION_SIZE
+            && to_write.len() as i64 * 2 >= self.ctx.settings.bulk_threshold;
         let mut outstanding = to_write;
         let mut round = 0;
         while !outstanding.is_empty() {
