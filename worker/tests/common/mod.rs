@@ -48,6 +48,8 @@ pub struct EnvOptions {
     pub docebo_password_grant: bool,
     /// A Salesforce client secret other than the one the org accepts.
     pub salesforce_secret: Option<String>,
+    /// The credentials key (random when unset).
+    pub cipher_key: Option<[u8; 32]>,
 }
 
 impl Default for EnvOptions {
@@ -59,6 +61,7 @@ impl Default for EnvOptions {
             jwt_private_key: None,
             docebo_password_grant: false,
             salesforce_secret: None,
+            cipher_key: None,
         }
     }
 }
@@ -116,6 +119,7 @@ impl Env {
             jwt_private_key,
             docebo_password_grant,
             salesforce_secret,
+            cipher_key,
         } = options;
         init_tracing();
         let database_url = learnsync_store::testing::fresh_database().await.unwrap();
@@ -127,7 +131,7 @@ impl Env {
         let docebo = DoceboSim::start(docebo).await.unwrap();
         docebo.generate(&params);
         let salesforce = SalesforceSim::start(salesforce).await.unwrap();
-        let cipher = Cipher::random();
+        let cipher = cipher_key.map_or_else(Cipher::random, |key| Cipher::new(&key));
         let connection_id = Uuid::new_v4();
         let credentials = Credentials {
             docebo: DoceboCredentials {
