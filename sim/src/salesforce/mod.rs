@@ -1654,6 +1654,7 @@ fn process_job(state: &SfState, id: &str) {
     };
     let hard = work.operation == BulkOp::HardDelete;
     let definition = read(&state.org).objects[work.object_index].def.clone();
+    let picklists = org::Picklists::new(&definition);
     // Every record is one line at least: reserving for all of them avoids regrowing a vector of
     // a million outcomes.
     let lines = work.data.iter().filter(|&&b| b == b'\n').count();
@@ -1664,6 +1665,7 @@ fn process_job(state: &SfState, id: &str) {
     let applied: Result<(), String> = std::thread::scope(|scope| {
         let columns = &columns;
         let definition = &definition;
+        let picklists = &picklists;
         scope.spawn(move || {
             // Records are reused from batch to batch: two allocations per row would dominate.
             let mut records: Vec<csv::StringRecord> = (0..bulk::INTERNAL_BATCH)
@@ -1689,7 +1691,9 @@ fn process_job(state: &SfState, id: &str) {
                     Parsed::Rows(
                         records[..filled]
                             .iter()
-                            .map(|record| org::parse_csv_row(definition, columns, record))
+                            .map(|record| {
+                                org::parse_csv_row(definition, picklists, columns, record)
+                            })
                             .collect(),
                     )
                 } else {

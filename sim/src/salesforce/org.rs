@@ -169,20 +169,34 @@ impl Outcome {
 
 /// Builds one row from CSV cells of an object: an empty cell leaves the field unchanged, `#N/A`
 /// nulls it. It needs only the object's definition, so it runs outside the org lock.
-pub fn parse_csv_row(def: &ObjectDef, columns: &[Column], cells: &csv::StringRecord) -> RowInput {
-    let mut row = RowInput::default();
+pub fn parse_csv_row(
+    def: &ObjectDef,
+    picklists: &Picklists,
+    columns: &[Column],
+    cells: &csv::StringRecord,
+) -> RowInput {
+    let mut row = RowInput {
+        sets: Vec::with_capacity(columns.len()),
+        ..RowInput::default()
+    };
     for (column, cell) in columns.iter().zip(cells.iter()) {
         if cell.is_empty() {
             continue;
         }
         match column {
             Column::Id => row.id = Some(cell.trim().to_string()),
-            Column::Field(field) => match coerce(&def.fields[*field], Input::Text(cell)) {
-                Ok(val) => row.sets.push((*field, val)),
-                Err(error) => {
-                    row.error.get_or_insert(error);
+            Column::Field(field) => {
+                if let Some(value) = picklists.get(*field, cell) {
+                    row.sets.push((*field, Val::Str(value)));
+                    continue;
                 }
-            },
+                match coerce(&def.fields[*field], Input::Text(cell)) {
+                    Ok(val) => row.sets.push((*field, val)),
+                    Err(error) => {
+                        row.error.get_or_insert(error);
+                    }
+                }
+            }
             Column::Ref {
                 field,
                 parent,
@@ -202,6 +216,30 @@ pub fn parse_csv_row(def: &ObjectDef, columns: &[Column], cells: &csv::StringRec
         }
     }
     row
+}
+
+/// Picklist values of an object, shared: millions of rows carry a handful of distinct values.
+#[derive(Debug, Clone, Default)]
+pub struct Picklists(Vec<Vec<Arc<str>>>);
+
+impl Picklists {
+    pub fn new(def: &ObjectDef) -> Picklists {
+        Picklists(
+            def.fields
+                .iter()
+                .map(|field| match field.kind {
+                    FieldType::Picklist => {
+                        field.values.iter().map(|v| Arc::from(v.as_str())).collect()
+                    }
+                    _ => Vec::new(),
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, field: usize, value: &str) -> Option<Arc<str>> {
+        self.0.get(field)?.iter().find(|v| ***v == *value).cloned()
+    }
 }
 
 /// A CSV column of a bulk upload.
@@ -297,12 +335,15 @@ impl Org {
             *slot = BASE62[(n % 62) as usize];
             n /= 62;
         }
-        let mut id = String::with_capacity(18);
-        id.push_str(prefix);
-        id.push_str(std::str::from_utf8(&body).unwrap_or("000000000000"));
-        let suffix = case_safe_suffix(&id);
-        id.push_str(&suffix);
-        Arc::from(id)
+        let mut id = [b'0'; 18];
+        for (slot, byte) in id[..3].iter_mut().zip(prefix.bytes()) {
+            *slot = byte;
+        }
+        id[3..15].copy_from_slice(&body);
+        let id15 = std::str::from_utf8(&id[..15]).unwrap_or("000000000000000");
+        let suffix = case_safe_suffix(id15);
+        id[15..].copy_from_slice(&suffix.as_bytes()[..3]);
+        Arc::from(std::str::from_utf8(&id).unwrap_or("000000000000000AAA"))
     }
 
     /// Parses one REST record of object `obj`: unknown fields are request-level errors, bad values are

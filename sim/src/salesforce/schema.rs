@@ -248,7 +248,7 @@ fn type_error(field: &FieldDef, shown: &str) -> RecordError {
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fff](Z|+0000|+00:00)` without chrono's formatter: bulk uploads carry
 /// millions of datetimes in exactly this form.
-fn parse_utc_datetime_fast(text: &str) -> Option<String> {
+fn parse_utc_datetime_fast(text: &str) -> Option<std::sync::Arc<str>> {
     let bytes = text.as_bytes();
     if bytes.len() < 20 {
         return None;
@@ -273,7 +273,9 @@ fn parse_utc_datetime_fast(text: &str) -> Option<String> {
         return None;
     }
     let mut rest = &text[19..];
-    let mut millis = String::from("000");
+    let mut out = [b'0'; 28];
+    out[..19].copy_from_slice(&bytes[..19]);
+    out[19] = b'.';
     if let Some(fraction) = rest.strip_prefix('.') {
         let end = fraction
             .find(|c: char| !c.is_ascii_digit())
@@ -281,27 +283,24 @@ fn parse_utc_datetime_fast(text: &str) -> Option<String> {
         if end == 0 {
             return None;
         }
-        let mut padded = fraction[..end].to_string();
-        padded.push_str("000");
-        millis = padded[..3].to_string();
+        for (slot, digit) in out[20..23].iter_mut().zip(fraction[..end].bytes()) {
+            *slot = digit;
+        }
         rest = &fraction[end..];
     }
     if !matches!(rest, "Z" | "+0000" | "+00:00") {
         return None;
     }
-    let mut out = String::with_capacity(28);
-    out.push_str(&text[..19]);
-    out.push('.');
-    out.push_str(&millis);
-    out.push_str("+0000");
-    Some(out)
+    out[23..].copy_from_slice(b"+0000");
+    // Only ASCII digits and separators were copied in.
+    std::str::from_utf8(&out).ok().map(std::sync::Arc::from)
 }
 
 /// Parses the datetime forms Salesforce accepts and normalizes to its output form.
 pub fn parse_datetime(text: &str) -> Option<String> {
     let text = text.trim();
     if let Some(fast) = parse_utc_datetime_fast(text) {
-        return Some(fast);
+        return Some(fast.to_string());
     }
     let parsed: Option<DateTime<Utc>> = DateTime::parse_from_rfc3339(text)
         .ok()
@@ -397,8 +396,9 @@ pub fn coerce(field: &FieldDef, input: Input<'_>) -> Result<Val, RecordError> {
             Ok(number) if number.is_finite() => check_number(field, number, text),
             _ => Err(type_error(field, text)),
         },
-        FieldType::Datetime => parse_datetime(text)
-            .map(|normalized| Val::Str(normalized.into()))
+        FieldType::Datetime => parse_utc_datetime_fast(text.trim())
+            .or_else(|| parse_datetime(text).map(std::sync::Arc::from))
+            .map(Val::Str)
             .ok_or_else(|| type_error(field, text)),
         FieldType::Date => NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
             .map(|date| Val::Str(date.format("%Y-%m-%d").to_string().into()))
