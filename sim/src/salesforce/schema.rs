@@ -462,7 +462,7 @@ mod tests {
             "2024-02-29T23:59:59.000+0000",
         ] {
             assert_eq!(
-                parse_utc_datetime_fast(text),
+                parse_utc_datetime_fast(text).map(|t| t.to_string()),
                 DateTime::parse_from_rfc3339(&text.replace("+0000", "+00:00"))
                     .ok()
                     .map(|t| t
