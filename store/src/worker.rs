@@ -575,6 +575,21 @@ pub async fn take_budget(
     })
 }
 
+/// Gives back calls a job leased but did not spend (it ended), so no call of the hour is lost.
+pub async fn return_budget(client: &impl GenericClient, platform: &str, calls: i32) -> Result<()> {
+    if calls <= 0 {
+        return Ok(());
+    }
+    client
+        .execute(
+            "UPDATE docebo_budgets SET tokens = least(calls_per_hour::float8, tokens + $2::int) \
+             WHERE platform = $1",
+            &[&platform, &calls],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Pauses every call to a platform until `now() + pause` (Docebo said 429 or 503); a longer
 /// pause already set stays.
 pub async fn pause_docebo(

@@ -80,6 +80,22 @@ impl Budget {
         }
     }
 
+    /// Gives the calls leased but not spent back to the shared bucket (the job is ending).
+    pub async fn release(&self, ctx: &JobCtx) {
+        let mut leased = self.leased.lock().await;
+        if *leased == 0 {
+            return;
+        }
+        let calls = std::mem::take(&mut *leased);
+        let returned = async {
+            let conn = ctx.store.conn().await?;
+            store_worker::return_budget(&conn, &self.platform, calls).await
+        };
+        if let Err(error) = returned.await {
+            tracing::warn!(%error, calls, "could not return unspent docebo calls");
+        }
+    }
+
     /// Pauses the platform for everyone (Docebo said 429 or 503), and drops this job's leased
     /// calls: nobody calls before the pause ends.
     pub async fn pause(&self, ctx: &JobCtx, pause: Duration) -> SyncResult<()> {

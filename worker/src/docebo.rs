@@ -154,6 +154,11 @@ impl Docebo {
         Ok(fresh)
     }
 
+    /// Returns the calls this client leased but did not spend to the platform's bucket.
+    pub async fn release_budget(&self, ctx: &JobCtx) {
+        self.budget.release(ctx).await;
+    }
+
     /// Reads one page of a list endpoint (`path` under the base URL) with the given filters. Waits
     /// for the platform's call budget first; pauses the platform on 429/503 and waits it out;
     /// re-authenticates once on 401. With `missing_is_empty`, a 404 reads as an empty list (a

@@ -445,8 +445,14 @@ impl<'a> JobRun<'a> {
         })
     }
 
-    /// Runs every phase left.
+    /// Runs every phase left, then gives unspent Docebo calls back.
     pub async fn run(mut self) -> SyncResult<()> {
+        let outcome = self.phases().await;
+        self.docebo.release_budget(self.ctx).await;
+        outcome
+    }
+
+    async fn phases(&mut self) -> SyncResult<()> {
         // The org is checked against the mapping before anything is written.
         let describe = self
             .salesforce

@@ -27,21 +27,29 @@ async fn the_bucket_is_shared_and_pauses_hold_everyone() {
     for taker in takers {
         granted += taker.await.unwrap().granted;
     }
-    assert_eq!(granted, 36, "the first hour's bucket holds exactly 36 calls");
+    assert_eq!(
+        granted, 36,
+        "the first hour's bucket holds exactly 36 calls"
+    );
 
     let conn = store.conn().await.unwrap();
     let empty = take_budget(&conn, "platform-a", 36, 5).await.unwrap();
     assert_eq!(empty.granted, 0);
     assert!(!empty.paused);
     // 36 calls an hour: the next one in about 100 s.
-    assert!(empty.wait > Duration::from_secs(50) && empty.wait <= Duration::from_secs(100), "{empty:?}");
+    assert!(
+        empty.wait > Duration::from_secs(50) && empty.wait <= Duration::from_secs(100),
+        "{empty:?}"
+    );
 
     // Another platform has a bucket of its own.
     let other = take_budget(&conn, "platform-b", 1000, 5).await.unwrap();
     assert_eq!(other.granted, 5);
 
     // A pause holds every caller of the platform back, whatever its bucket holds.
-    pause_docebo(&conn, "platform-b", Duration::from_secs(30)).await.unwrap();
+    pause_docebo(&conn, "platform-b", Duration::from_secs(30))
+        .await
+        .unwrap();
     let paused = take_budget(&conn, "platform-b", 1000, 5).await.unwrap();
     assert_eq!(paused.granted, 0);
     assert!(paused.paused);

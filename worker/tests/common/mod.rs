@@ -388,6 +388,7 @@ pub async fn configure(conn: &learnsync_store::Conn, connection_id: Uuid, area: 
             mode: Mode::Manual,
             interval_seconds: 900,
             course_category_ids: Vec::new(),
+            full_interval_seconds: 86_400,
         },
     )
     .await
