@@ -289,6 +289,35 @@ impl Client {
         Ok(self.raw.list_runs(request).await?.into_inner())
     }
 
+    /// Reads the secret path of a connection's webhook URL.
+    pub async fn get_webhook_endpoint(
+        &mut self,
+        connection_id: &str,
+    ) -> Result<pb::WebhookEndpoint, Status> {
+        let request = pb::GetWebhookEndpointRequest {
+            connection_id: connection_id.to_string(),
+        };
+        Ok(self.raw.get_webhook_endpoint(request).await?.into_inner())
+    }
+
+    /// Replaces a connection's webhook secret.
+    pub async fn rotate_webhook_secret(
+        &mut self,
+        connection_id: &str,
+    ) -> Result<pb::RotateWebhookSecretResponse, Status> {
+        let request = with_id(
+            pb::RotateWebhookSecretRequest {
+                connection_id: connection_id.to_string(),
+                request_id: String::new(),
+            },
+            |r| &mut r.request_id,
+        );
+        self.mutate(request, async |raw, req| {
+            raw.rotate_webhook_secret(req).await
+        })
+        .await
+    }
+
     /// Opens a log stream.
     pub async fn stream_logs(
         &mut self,

@@ -60,6 +60,14 @@ enum Command {
     },
     /// Read a connection's log.
     Logs(LogsArgs),
+    /// Show the secret URL path to register in Docebo as the connection's webhook target.
+    Webhook {
+        /// The connection's id.
+        connection: String,
+        /// Replace the secret first (the old URL stops working).
+        #[arg(long)]
+        rotate: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +198,9 @@ struct ConfigureArgs {
     /// Realtime: the interval between incremental runs (e.g. 15m, 1h).
     #[arg(long, value_parser = humantime::parse_duration)]
     interval: Option<Duration>,
+    /// Realtime: the interval between full comparisons that find unannounced deletions (e.g. 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    full_every: Option<Duration>,
     /// Courses: only these Docebo category ids (comma separated).
     #[arg(long, value_delimiter = ',')]
     categories: Vec<i64>,
@@ -356,6 +367,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
                 course_category_ids: args.categories,
                 update_time: None,
+                full_comparison_interval: args.full_every.map(|d| prost_types::Duration {
+                    seconds: d.as_secs() as i64,
+                    nanos: 0,
+                }),
             };
             let stored = client.configure(&args.connection, config).await?;
             print(json, cli::json::area_config(&stored), || {
@@ -428,6 +443,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
         }
         Command::Logs(args) => logs(&mut client, json, args).await?,
+        Command::Webhook { connection, rotate } => {
+            if rotate {
+                client.rotate_webhook_secret(&connection).await?;
+            }
+            let endpoint = client.get_webhook_endpoint(&connection).await?;
+            print(
+                json,
+                serde_json::json!({"path": endpoint.path, "generation": endpoint.generation}),
+                || format!("{}  (generation {})", endpoint.path, endpoint.generation),
+            );
+        }
     }
     Ok(())
 }

@@ -304,6 +304,23 @@ pub fn unenrollment_policy(
     }
 }
 
+/// Reads an optional duration in whole seconds between `min` and `max` (`default` when absent).
+pub fn seconds(
+    violations: &mut Violations,
+    field: &str,
+    value: Option<&prost_types::Duration>,
+    (min, default, max): (i64, i64, i64),
+    why: &str,
+) -> i32 {
+    let Some(duration) = value else {
+        return default as i32;
+    };
+    if duration.nanos != 0 || duration.seconds < min || duration.seconds > max {
+        violations.add(field, format!("whole seconds between {min} and {max}{why}"));
+    }
+    duration.seconds.clamp(1, max) as i32
+}
+
 /// Reads a page size (0: the default of 100).
 pub fn page_size(violations: &mut Violations, value: i32) -> i64 {
     match value {
@@ -409,6 +426,10 @@ pub fn area_config_to_proto(
             }),
             course_category_ids: config.course_category_ids.clone(),
             update_time: Some(to_timestamp(config.update_time)),
+            full_comparison_interval: Some(prost_types::Duration {
+                seconds: i64::from(config.full_interval_seconds),
+                nanos: 0,
+            }),
         },
         None => pb::AreaConfig {
             area: area_to_proto(area) as i32,
@@ -420,6 +441,10 @@ pub fn area_config_to_proto(
             }),
             course_category_ids: Vec::new(),
             update_time: None,
+            full_comparison_interval: Some(prost_types::Duration {
+                seconds: 86_400,
+                nanos: 0,
+            }),
         },
     }
 }

@@ -8,12 +8,16 @@
 //! - [`auth`]: bearer tokens, operator and tenant scopes.
 //! - `service`: the RPC handlers; `convert`: validation and wire conversions; `error`: every
 //!   `Status` the server sends.
+//! - [`realtime`]: the scheduler and the webhook dispatcher loops; `webhooks`: the HTTP receiver
+//!   of Docebo webhooks.
 //! - `main.rs`: the `learnsync-server` binary.
 
 pub mod auth;
 mod convert;
 mod error;
+pub mod realtime;
 mod service;
+mod webhooks;
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{Principal, Tokens};
+pub use realtime::RealtimeOptions;
 
 /// How a server behaves.
 #[derive(Clone, Debug)]
@@ -38,6 +43,8 @@ pub struct Options {
     pub log_poll_interval: Duration,
     /// How long in-flight calls may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// The realtime loops (schedule, webhooks).
+    pub realtime: RealtimeOptions,
 }
 
 impl Options {
@@ -49,6 +56,7 @@ impl Options {
             min_interval: Duration::from_secs(60),
             log_poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            realtime: RealtimeOptions::default(),
         }
     }
 }
@@ -62,6 +70,9 @@ pub enum Error {
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The webhook receiver failed.
+    #[error("webhook receiver: {0}")]
+    Webhooks(#[from] std::io::Error),
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then stops taking calls, ends open log
@@ -73,12 +84,51 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    serve_with_webhooks(store, options, listener, None, shutdown).await
+}
+
+/// Like [`serve`], and receives Docebo webhooks over HTTP on `webhooks` when given.
+pub async fn serve_with_webhooks(
+    store: Store,
+    options: Options,
+    listener: TcpListener,
+    webhooks: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let cancel = CancellationToken::new();
     let notifications = learnsync_store::listen::spawn(
         store.database_url().to_string(),
-        &[learnsync_store::CHANNEL_LOGS, learnsync_store::CHANNEL_RUNS],
+        &[
+            learnsync_store::CHANNEL_LOGS,
+            learnsync_store::CHANNEL_RUNS,
+            learnsync_store::realtime::CHANNEL_WEBHOOKS,
+        ],
         cancel.child_token(),
     );
+    tokio::spawn(realtime::schedule(
+        store.clone(),
+        options.realtime.clone(),
+        cancel.child_token(),
+    ));
+    tokio::spawn(realtime::dispatch(
+        store.clone(),
+        options.realtime.clone(),
+        notifications.subscribe(),
+        cancel.child_token(),
+    ));
+    let webhook_task = match webhooks {
+        Some(listener) => {
+            tracing::info!(address = ?listener.local_addr().ok(), "webhook receiver listening");
+            let router = webhooks::router(store.clone(), options.cipher.clone());
+            let stop = cancel.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }))
+        }
+        None => None,
+    };
     let service = service::Service {
         store: store.clone(),
         cipher: options.cipher.clone(),
@@ -134,6 +184,11 @@ pub async fn serve(
         } => tracing::warn!(grace_seconds = grace.as_secs(), "in-flight calls did not finish in time"),
     }
     cancel.cancel();
+    if let Some(task) = webhook_task
+        && let Ok(outcome) = task.await
+    {
+        outcome?;
+    }
     tracing::info!("server stopped");
     Ok(())
 }

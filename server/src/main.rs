@@ -19,6 +19,15 @@ struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "LEARNSYNC_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Address to receive Docebo webhooks on (plain HTTP; put TLS in front). Off when unset.
+    #[arg(long, env = "LEARNSYNC_WEBHOOK_LISTEN")]
+    webhook_listen: Option<SocketAddr>,
+    /// How often the realtime scheduler looks for due runs, e.g. 5s.
+    #[arg(long, env = "LEARNSYNC_SCHEDULE_TICK", default_value = "5s", value_parser = humantime::parse_duration)]
+    schedule_tick: Duration,
+    /// How far before the watermark incremental runs read (a change at the boundary is never missed).
+    #[arg(long, env = "LEARNSYNC_WATERMARK_OVERLAP", default_value = "2m", value_parser = humantime::parse_duration)]
+    watermark_overlap: Duration,
     /// A file with the bearer tokens, instead of the LEARNSYNC_TOKENS environment variable: entries
     /// `operator=<token>` or `tenant:<name>=<token>`, comma or newline separated. Tokens are never
     /// taken from the command line.
@@ -77,9 +86,20 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
+    let webhooks = match config.webhook_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address}"))?,
+        ),
+        None => None,
+    };
     let mut options = learnsync_server::Options::new(tokens, cipher);
     options.min_interval = Duration::from_secs(config.min_interval_seconds);
-    learnsync_server::serve(store, options, listener, shutdown_signal()).await?;
+    options.realtime.schedule_tick = config.schedule_tick;
+    options.realtime.overlap = config.watermark_overlap;
+    learnsync_server::serve_with_webhooks(store, options, listener, webhooks, shutdown_signal())
+        .await?;
     Ok(())
 }
 

@@ -9,7 +9,9 @@ use futures::Stream;
 use learnsync_proto::v1 as pb;
 use learnsync_proto::v1::sync_service_server::SyncService;
 use learnsync_store::model::{self, Area};
-use learnsync_store::{GenericClient, Store, areas, connections, idempotency, logs, runs, secrets};
+use learnsync_store::{
+    GenericClient, Store, areas, connections, idempotency, logs, realtime, runs, secrets,
+};
 use sha2::Digest as _;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -477,19 +479,22 @@ impl SyncService for Service {
                 model::Mode::Manual
             }
         };
-        let interval_seconds = match &config.interval {
-            None => 900,
-            Some(duration) => {
-                let min = self.min_interval.as_secs() as i64;
-                if duration.nanos != 0 || duration.seconds < min || duration.seconds > 86_400 {
-                    violations.add(
-                        "config.interval",
-                        format!("whole seconds between {min} and 86400 (the minimum protects the docebo call budget)"),
-                    );
-                }
-                duration.seconds.clamp(1, 86_400) as i32
-            }
-        };
+        let min = self.min_interval.as_secs().max(1) as i64;
+        let budget = " (the minimum protects the docebo call budget)";
+        let interval_seconds = convert::seconds(
+            &mut violations,
+            "config.interval",
+            config.interval.as_ref(),
+            (min, 900, 86_400),
+            budget,
+        );
+        let full_interval_seconds = convert::seconds(
+            &mut violations,
+            "config.full_comparison_interval",
+            config.full_comparison_interval.as_ref(),
+            (min, 86_400, 30 * 86_400),
+            budget,
+        );
         if area != Area::Courses && !config.course_category_ids.is_empty() {
             violations.add(
                 "config.course_category_ids",
@@ -505,6 +510,7 @@ impl SyncService for Service {
             mode,
             interval_seconds,
             course_category_ids: config.course_category_ids.clone(),
+            full_interval_seconds,
         };
         let key = Idempotency {
             principal: principal.name(),
@@ -678,6 +684,10 @@ impl SyncService for Service {
                         .map(convert::to_timestamp),
                     unenrollments_tracked: area == Area::Enrollments
                         && config.is_some_and(|c| c.first_success_time.is_some()),
+                    next_full_comparison_time: config
+                        .filter(|c| c.enabled && c.mode == model::Mode::Realtime)
+                        .and_then(|c| c.next_full_time)
+                        .map(convert::to_timestamp),
                 }
             })
             .collect();
@@ -736,6 +746,66 @@ impl SyncService for Service {
             runs: page.iter().map(convert::run_to_proto).collect(),
             next_page_token,
         }))
+    }
+
+    async fn get_webhook_endpoint(
+        &self,
+        request: Request<pb::GetWebhookEndpointRequest>,
+    ) -> Result<Response<pb::WebhookEndpoint>, Status> {
+        let principal = principal(&request)?;
+        let id = convert::connection_id(&request.get_ref().connection_id)?;
+        let conn = self.store.conn().await.or_status()?;
+        self.authorize(&conn, &principal, id).await?;
+        let generation = realtime::webhook_generation(&conn, id)
+            .await
+            .or_status()?
+            .ok_or_else(|| {
+                error::not_found("learnsync.v1.Connection", &format!("connection {id}"))
+            })?;
+        Ok(Response::new(pb::WebhookEndpoint {
+            path: crate::webhooks::path(&self.cipher, id, generation),
+            generation,
+        }))
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        convert::request_id(&mut violations, &request.request_id);
+        let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
+        violations.check()?;
+        let key = Idempotency {
+            principal: principal.name(),
+            method: "RotateWebhookSecret",
+            request_id: &request.request_id,
+            digest: request_digest("RotateWebhookSecret", &request, |r| r.request_id.clear()),
+        };
+        let mut conn = self.store.conn().await.or_status()?;
+        let tx = conn.transaction().await.or_status()?;
+        self.authorize(&tx, &principal, id).await?;
+        if let Some(replay) = key.claim::<pb::RotateWebhookSecretResponse>(&tx).await? {
+            return Ok(Response::new(replay));
+        }
+        let generation = realtime::rotate_webhook(&tx, id).await.or_status()?;
+        let response = pb::RotateWebhookSecretResponse { generation };
+        logs::append(
+            &tx,
+            id,
+            &[
+                model::NewLogEvent::new(model::LogLevel::Info, "webhook secret rotated")
+                    .field("generation", generation),
+            ],
+        )
+        .await
+        .or_status()?;
+        key.complete(&tx, &response).await?;
+        tx.commit().await.or_status()?;
+        tracing::info!(connection_id = %id, generation, "webhook secret rotated");
+        Ok(Response::new(response))
     }
 
     type StreamLogsStream = LogStream;

@@ -8,7 +8,7 @@ use crate::model::{Area, AreaConfig, Mode, area_subject};
 use crate::{Error, Result};
 
 const COLUMNS: &str = "connection_id, area, enabled, mode, interval_seconds, course_category_ids, update_time, \
-    first_success_time, last_success_time, watermark, next_run_time";
+    first_success_time, last_success_time, watermark, next_run_time, full_interval_seconds, next_full_time";
 
 fn from_row(row: &Row) -> Result<AreaConfig> {
     Ok(AreaConfig {
@@ -23,6 +23,8 @@ fn from_row(row: &Row) -> Result<AreaConfig> {
         last_success_time: row.try_get("last_success_time")?,
         watermark: row.try_get("watermark")?,
         next_run_time: row.try_get("next_run_time")?,
+        full_interval_seconds: row.try_get("full_interval_seconds")?,
+        next_full_time: row.try_get("next_full_time")?,
     })
 }
 
@@ -37,6 +39,8 @@ pub struct AreaSettings {
     pub interval_seconds: i32,
     /// Courses only: the category filter.
     pub course_category_ids: Vec<i64>,
+    /// Realtime: seconds between two full comparisons.
+    pub full_interval_seconds: i32,
 }
 
 /// Reads an area's configuration, if it was ever configured.
@@ -124,11 +128,19 @@ pub async fn configure(
     }
     let sql = format!(
         "INSERT INTO area_configs AS a (connection_id, area, enabled, mode, interval_seconds, course_category_ids, \
-             next_run_time) \
-         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $4 = 'realtime' AND $3 THEN now() + $5::int * interval '1 second' END) \
+             full_interval_seconds, next_run_time, next_full_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, \
+             CASE WHEN $4 = 'realtime' AND $3 THEN now() + $5::int * interval '1 second' END, \
+             CASE WHEN $4 = 'realtime' AND $3 THEN now() + $7::int * interval '1 second' END) \
          ON CONFLICT (connection_id, area) DO UPDATE SET \
              enabled = excluded.enabled, mode = excluded.mode, interval_seconds = excluded.interval_seconds, \
              course_category_ids = excluded.course_category_ids, update_time = now(), \
+             full_interval_seconds = excluded.full_interval_seconds, \
+             next_full_time = CASE \
+                 WHEN excluded.mode <> 'realtime' OR NOT excluded.enabled THEN NULL \
+                 WHEN a.mode = 'realtime' AND a.enabled AND a.full_interval_seconds = excluded.full_interval_seconds \
+                      AND a.next_full_time IS NOT NULL THEN a.next_full_time \
+                 ELSE now() + excluded.full_interval_seconds * interval '1 second' END, \
              next_run_time = CASE \
                  WHEN excluded.mode <> 'realtime' OR NOT excluded.enabled THEN NULL \
                  WHEN a.mode = 'realtime' AND a.enabled AND a.interval_seconds = excluded.interval_seconds \
@@ -146,6 +158,7 @@ pub async fn configure(
                 &settings.mode.as_str(),
                 &settings.interval_seconds,
                 &settings.course_category_ids,
+                &settings.full_interval_seconds,
             ],
         )
         .await?;

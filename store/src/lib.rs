@@ -9,6 +9,7 @@
 //!   statements.
 //! - [`worker`]: what workers do: claim jobs, keep leases, checkpoint, finish; the ledger and the
 //!   Docebo call budget.
+//! - [`realtime`]: the schedule of incremental runs and full comparisons; webhook messages.
 //! - [`secrets`]: credentials encrypted at rest (AES-256-GCM).
 //! - [`listen`]: one long-lived LISTEN connection fanned out to tasks (NOTIFY as wake-up).
 //! - [`embedded`]: a private PostgreSQL cluster from the machine's binaries (demo, tests).
@@ -22,6 +23,7 @@ pub mod idempotency;
 pub mod listen;
 pub mod logs;
 pub mod model;
+pub mod realtime;
 pub mod runs;
 pub mod secrets;
 pub mod testing;

@@ -281,6 +281,10 @@ pub struct AreaConfig {
     pub watermark: Option<DateTime<Utc>>,
     /// When the next scheduled run is due.
     pub next_run_time: Option<DateTime<Utc>>,
+    /// Realtime: seconds between two full comparisons.
+    pub full_interval_seconds: i32,
+    /// Realtime: when the next full comparison is due.
+    pub next_full_time: Option<DateTime<Utc>>,
 }
 
 /// The progress of a job or run.

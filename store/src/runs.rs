@@ -79,6 +79,31 @@ pub struct RunRequest {
     pub updated_from: Option<DateTime<Utc>>,
     /// Write even unchanged records.
     pub rewrite_unchanged: bool,
+    /// Only these jobs of the area (all when `None`): a webhook run carries only the kinds its
+    /// events named.
+    pub jobs: Option<Vec<JobKind>>,
+    /// What a webhook run is limited to (see [`crate::realtime::Targets`]).
+    pub targets: Option<serde_json::Value>,
+}
+
+impl RunRequest {
+    /// A full run of the whole area, from scratch.
+    pub fn full(
+        trigger: Trigger,
+        timeframe: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+        rewrite_unchanged: bool,
+    ) -> RunRequest {
+        RunRequest {
+            trigger,
+            timeframe_start: timeframe.0,
+            timeframe_end: timeframe.1,
+            full_sync: true,
+            updated_from: None,
+            rewrite_unchanged,
+            jobs: None,
+            targets: None,
+        }
+    }
 }
 
 fn active_states() -> Vec<&'static str> {
@@ -168,14 +193,7 @@ pub async fn start(
     if let Some(run) = active(client, connection_id, area).await? {
         return Err(run_active_error(connection_id, area, &run));
     }
-    let request = RunRequest {
-        trigger: Trigger::Start,
-        timeframe_start: timeframe.0,
-        timeframe_end: timeframe.1,
-        full_sync: true,
-        updated_from: None,
-        rewrite_unchanged: false,
-    };
+    let request = RunRequest::full(Trigger::Start, timeframe, false);
     create(client, connection_id, area, &request).await
 }
 
@@ -211,14 +229,7 @@ pub async fn resynchronize(
             format!("the {area} area has never run: use Start for its first synchronization"),
         ));
     }
-    let request = RunRequest {
-        trigger: Trigger::Resynchronize,
-        timeframe_start: timeframe.0,
-        timeframe_end: timeframe.1,
-        full_sync: true,
-        updated_from: None,
-        rewrite_unchanged,
-    };
+    let request = RunRequest::full(Trigger::Resynchronize, timeframe, rewrite_unchanged);
     create(client, connection_id, area, &request).await
 }
 
@@ -233,8 +244,8 @@ pub async fn create(
     let run_id = Uuid::new_v4();
     let sql = format!(
         "INSERT INTO runs (id, connection_id, area, trigger, timeframe_start, timeframe_end, full_sync, updated_from, \
-             rewrite_unchanged, state) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued') RETURNING {RUN_COLUMNS}"
+             rewrite_unchanged, targets, state) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued') RETURNING {RUN_COLUMNS}"
     );
     let inserted = client
         .query_one(
@@ -249,6 +260,7 @@ pub async fn create(
                 &request.full_sync,
                 &request.updated_from,
                 &request.rewrite_unchanged,
+                &request.targets,
             ],
         )
         .await
@@ -265,7 +277,22 @@ pub async fn create(
         Err(error) => return Err(error),
     };
     let mut run = run_from_row(&row)?;
-    let specs = area.jobs();
+    // A subset keeps a job's wait for another only when that other job is in the subset too.
+    let all = area.jobs();
+    let wanted = |kind: &JobKind| request.jobs.as_ref().is_none_or(|jobs| jobs.contains(kind));
+    let kept: Vec<usize> = (0..all.len())
+        .filter(|&index| wanted(&all[index].0))
+        .collect();
+    let specs: Vec<(JobKind, Option<usize>)> = kept
+        .iter()
+        .map(|&index| {
+            let (kind, after) = all[index];
+            (kind, after.and_then(|a| kept.iter().position(|&k| k == a)))
+        })
+        .collect();
+    if specs.is_empty() {
+        return Err(Error::Corrupt(format!("a {area} run with no job")));
+    }
     let ids: Vec<Uuid> = specs.iter().map(|_| Uuid::new_v4()).collect();
     let kinds: Vec<&str> = specs.iter().map(|(kind, _)| kind.as_str()).collect();
     let after: Vec<Option<Uuid>> = specs

@@ -124,6 +124,9 @@ impl Credentials {
 pub struct Cipher {
     cipher: Aes256Gcm,
     key_id: String,
+    /// Keys the HMAC that derives webhook secrets (itself derived from the key, so one secret to
+    /// configure).
+    webhook_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Cipher {
@@ -140,9 +143,13 @@ impl Cipher {
     /// A cipher over a 32-byte key.
     pub fn new(key: &[u8; 32]) -> Cipher {
         let key_id = hex::encode(&sha2::Sha256::digest(key)[..8]);
+        let mut webhook = sha2::Sha256::new();
+        webhook.update(b"learnsync webhook secrets\0");
+        webhook.update(key);
         Cipher {
             cipher: Aes256Gcm::new(key.into()),
             key_id,
+            webhook_key: webhook.finalize().into(),
         }
     }
 
@@ -173,6 +180,17 @@ impl Cipher {
     /// A fingerprint of the key (never the key), stored beside each ciphertext.
     pub fn key_id(&self) -> &str {
         &self.key_id
+    }
+
+    /// The secret of a connection's webhook URL for a generation: derived, never stored, so
+    /// rotating it is bumping the generation.
+    pub fn webhook_secret(&self, connection_id: Uuid, generation: i32) -> String {
+        use hmac::Mac as _;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.webhook_key)
+            .unwrap_or_else(|_| unreachable!("hmac takes keys of any length"));
+        mac.update(connection_id.as_bytes());
+        mac.update(&generation.to_be_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..20])
     }
 
     /// Encrypts credentials for one connection.
@@ -256,6 +274,18 @@ mod tests {
         assert_eq!(cipher.open(id, &sealed).unwrap(), sample());
         assert!(cipher.open(Uuid::new_v4(), &sealed).is_err());
         assert!(Cipher::random().open(id, &sealed).is_err());
+    }
+
+    #[test]
+    fn webhook_secrets_differ_by_connection_generation_and_key() {
+        let cipher = Cipher::new(&[7u8; 32]);
+        let id = Uuid::new_v4();
+        let secret = cipher.webhook_secret(id, 1);
+        assert_eq!(secret.len(), 40);
+        assert_eq!(secret, cipher.webhook_secret(id, 1));
+        assert_ne!(secret, cipher.webhook_secret(id, 2));
+        assert_ne!(secret, cipher.webhook_secret(Uuid::new_v4(), 1));
+        assert_ne!(secret, Cipher::new(&[8u8; 32]).webhook_secret(id, 1));
     }
 
     #[test]

@@ -280,6 +280,7 @@ async fn configure_validates_and_reports_the_schedule() {
                 }),
                 course_category_ids: vec![3],
                 update_time: None,
+                full_comparison_interval: None,
             },
         )
         .await
@@ -304,6 +305,7 @@ async fn configure_validates_and_reports_the_schedule() {
                 }),
                 course_category_ids: vec![4, 7],
                 update_time: None,
+                full_comparison_interval: None,
             },
         )
         .await

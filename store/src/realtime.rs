@@ -1,0 +1,466 @@
+//! Realtime replication: the schedule of incremental runs and full comparisons, and Docebo webhook
+//! messages, recorded durably first and turned into small runs after.
+//!
+//! Every server runs the same loops; the statements here make that safe. A due area's row is taken
+//! with `FOR UPDATE SKIP LOCKED`, so exactly one server handles each tick, and its next run time
+//! moves to one interval from *now*, so a server that was down for an hour starts one run, not
+//! four. Every run creator (Start, Resynchronize, the schedule, webhooks) locks the area's row
+//! first, so the active-run check and the run's creation cannot interleave.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::model::{Area, JobKind, LogLevel, NewLogEvent, Trigger};
+use crate::runs::{self, RunRequest};
+use crate::{Error, Result, logs};
+
+/// The NOTIFY channel that says "a webhook message arrived" (payload: the connection id).
+pub const CHANNEL_WEBHOOKS: &str = "learnsync_webhooks";
+
+/// What a webhook run is limited to: the records its events named. Stored in `runs.targets`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Targets {
+    /// Course enrollments: only these courses' enrollments.
+    #[serde(default)]
+    pub course_ids: BTreeSet<i64>,
+    /// Learning-plan enrollments: only these learning plans' enrollments.
+    #[serde(default)]
+    pub learning_plan_ids: BTreeSet<i64>,
+    /// Session enrollments: only these sessions' rosters.
+    #[serde(default)]
+    pub session_ids: BTreeSet<i64>,
+    /// Session enrollments: the courses of those sessions.
+    #[serde(default)]
+    pub session_course_ids: BTreeSet<i64>,
+    /// Enrollments Docebo said were deleted: unenrolled in Salesforce right away.
+    #[serde(default)]
+    pub deleted: Vec<DeletedRecord>,
+}
+
+/// An enrollment a webhook said was deleted.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeletedRecord {
+    /// The job kind whose object holds it.
+    pub kind: String,
+    /// Its key (`{user_id}-{course_id}` and the like).
+    pub key: String,
+}
+
+/// One event of a webhook message, as learnsync understands it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookEvent {
+    /// The job kind it concerns.
+    pub kind: JobKind,
+    /// The enrollment's key.
+    pub key: String,
+    /// Whether it announces a deletion.
+    pub deleted: bool,
+    /// The course, learning plan or session it concerns.
+    pub parent_id: i64,
+    /// Sessions: the session's course.
+    pub course_id: Option<i64>,
+    /// When Docebo fired it.
+    pub fired_at: Option<DateTime<Utc>>,
+}
+
+fn id_of(payload: &serde_json::Value, field: &str) -> Option<i64> {
+    match payload.get(field)? {
+        serde_json::Value::Number(number) => number.as_i64(),
+        serde_json::Value::String(text) => text.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn docebo_time(payload: &serde_json::Value, field: &str) -> Option<DateTime<Utc>> {
+    let text = payload.get(field)?.as_str()?;
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|time| time.and_utc())
+}
+
+/// Reads the events of a webhook message body (`payload` or grouped `payloads`). Events learnsync
+/// does not act on (users, courses) yield nothing.
+pub fn parse_events(body: &serde_json::Value) -> Vec<WebhookEvent> {
+    let Some(name) = body.get("event").and_then(|e| e.as_str()) else {
+        return Vec::new();
+    };
+    let payloads: Vec<&serde_json::Value> = match (body.get("payloads"), body.get("payload")) {
+        (Some(serde_json::Value::Array(many)), _) => many.iter().collect(),
+        (_, Some(one)) => vec![one],
+        _ => Vec::new(),
+    };
+    let (kind, parent_field) = match name.rsplit_once('.').map(|(prefix, _)| prefix) {
+        Some("course.enrollment") => (JobKind::CourseEnrollments, "course_id"),
+        Some("learningplan.enrollment") => (JobKind::LearningPlanEnrollments, "learning_plan_id"),
+        Some("ilt.session.enrollment") => (JobKind::IltSessionEnrollments, "session_id"),
+        Some("webinar.session.enrollment") => (JobKind::WebinarSessionEnrollments, "session_id"),
+        _ => return Vec::new(),
+    };
+    let deleted = name.ends_with(".deleted");
+    payloads
+        .into_iter()
+        .filter_map(|payload| {
+            let user_id = id_of(payload, "user_id")?;
+            let parent_id = id_of(payload, parent_field)?;
+            Some(WebhookEvent {
+                kind,
+                key: format!("{user_id}-{parent_id}"),
+                deleted,
+                parent_id,
+                course_id: id_of(payload, "course_id"),
+                fired_at: docebo_time(payload, "fired_at"),
+            })
+        })
+        .collect()
+}
+
+/// Records a webhook message. Returns false when its `message_id` was already recorded (Docebo
+/// retried it): nothing changes then.
+pub async fn record_webhook(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    message_id: &str,
+    event: &str,
+    body: &serde_json::Value,
+) -> Result<bool> {
+    let inserted = client
+        .execute(
+            "INSERT INTO webhook_messages (connection_id, message_id, event, body) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (connection_id, message_id) DO NOTHING",
+            &[&connection_id, &message_id, &event, body],
+        )
+        .await?;
+    if inserted > 0 {
+        client
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&CHANNEL_WEBHOOKS, &connection_id.to_string()],
+            )
+            .await?;
+    }
+    Ok(inserted > 0)
+}
+
+/// The generation of a connection's webhook secret (`None`: no such connection).
+pub async fn webhook_generation(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+) -> Result<Option<i32>> {
+    let row = client
+        .query_opt(
+            "SELECT webhook_generation FROM connections WHERE id = $1",
+            &[&connection_id],
+        )
+        .await?;
+    row.map(|row| Ok(row.try_get(0)?)).transpose()
+}
+
+/// Bumps the generation of a connection's webhook secret: the old URL stops working.
+pub async fn rotate_webhook(client: &impl GenericClient, connection_id: Uuid) -> Result<i32> {
+    let row = client
+        .query_opt(
+            "UPDATE connections SET webhook_generation = webhook_generation + 1, update_time = now() \
+             WHERE id = $1 RETURNING webhook_generation",
+            &[&connection_id],
+        )
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("connection {connection_id}")))?;
+    Ok(row.try_get(0)?)
+}
+
+/// What one scheduler tick did for one area.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scheduled {
+    /// The connection.
+    pub connection_id: Uuid,
+    /// The area.
+    pub area: Area,
+    /// The run created, if any (none when a run was still active).
+    pub run_id: Option<Uuid>,
+    /// Whether it is the periodic full comparison.
+    pub full: bool,
+}
+
+/// Starts the runs that are due: for each realtime area whose next run time has come (once its
+/// first synchronization completed), an incremental run from its watermark minus `overlap`, or a
+/// full comparison when that is due. A tick that finds a run still active is skipped, not queued.
+/// Must run in a transaction.
+pub async fn schedule_due(
+    client: &impl GenericClient,
+    overlap: Duration,
+    limit: i64,
+) -> Result<Vec<Scheduled>> {
+    let rows = client
+        .query(
+            "SELECT connection_id, area, watermark, (next_full_time IS NULL OR next_full_time <= now()) AS full_due \
+             FROM area_configs \
+             WHERE enabled AND mode = 'realtime' AND first_success_time IS NOT NULL AND next_run_time <= now() \
+             ORDER BY next_run_time LIMIT $1 FOR UPDATE SKIP LOCKED",
+            &[&limit],
+        )
+        .await?;
+    let overlap =
+        chrono::Duration::from_std(overlap).unwrap_or_else(|_| chrono::Duration::seconds(300));
+    let mut outcomes = Vec::new();
+    for row in &rows {
+        let connection_id: Uuid = row.try_get(0)?;
+        let area = Area::parse(row.try_get(1)?)?;
+        let watermark: Option<DateTime<Utc>> = row.try_get(2)?;
+        let full_due: bool = row.try_get(3)?;
+        let active = runs::active(client, connection_id, area).await?;
+        let mut run_id = None;
+        if let Some(active) = active {
+            logs::append(
+                client,
+                connection_id,
+                &[NewLogEvent::new(
+                    LogLevel::Info,
+                    format!("scheduled {area} run skipped: a run is still active"),
+                )
+                .field("active_run", active.id.to_string())],
+            )
+            .await?;
+        } else {
+            let request = if full_due {
+                RunRequest::full(Trigger::Schedule, (None, None), false)
+            } else {
+                RunRequest {
+                    full_sync: false,
+                    updated_from: watermark.map(|w| w - overlap),
+                    ..RunRequest::full(Trigger::Schedule, (None, None), false)
+                }
+            };
+            let run = runs::create(client, connection_id, area, &request).await?;
+            run_id = Some(run.id);
+        }
+        client
+            .execute(
+                "UPDATE area_configs SET next_run_time = now() + interval_seconds * interval '1 second', \
+                     next_full_time = CASE WHEN $3 THEN now() + full_interval_seconds * interval '1 second' \
+                                           ELSE next_full_time END \
+                 WHERE connection_id = $1 AND area = $2",
+                &[&connection_id, &area.as_str(), &(full_due && run_id.is_some())],
+            )
+            .await?;
+        outcomes.push(Scheduled {
+            connection_id,
+            area,
+            run_id,
+            full: full_due,
+        });
+    }
+    Ok(outcomes)
+}
+
+/// What webhook dispatching did for one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dispatched {
+    /// The connection.
+    pub connection_id: Uuid,
+    /// The messages handled.
+    pub messages: usize,
+    /// The run created, if any.
+    pub run_id: Option<Uuid>,
+}
+
+/// Turns pending webhook messages into small enrollment runs: one run per connection, carrying
+/// only the job kinds the events named, limited to their records, reading changes from the
+/// earliest event's time minus `overlap`, and unenrolling the deletions right away. Messages wait
+/// (coalescing with later ones) while a run of the area is active. Before the first enrollment
+/// synchronization completed nothing is tracked: such messages are marked handled and do nothing.
+/// Must run in a transaction.
+pub async fn dispatch_webhooks(
+    client: &impl GenericClient,
+    overlap: Duration,
+    limit: i64,
+) -> Result<Vec<Dispatched>> {
+    let rows = client
+        .query(
+            "SELECT connection_id, message_id, body, receive_time FROM webhook_messages \
+             WHERE handle_time IS NULL ORDER BY receive_time LIMIT $1 FOR UPDATE SKIP LOCKED",
+            &[&limit],
+        )
+        .await?;
+    let mut by_connection: BTreeMap<Uuid, Vec<(String, serde_json::Value, DateTime<Utc>)>> =
+        BTreeMap::new();
+    for row in &rows {
+        by_connection.entry(row.try_get(0)?).or_default().push((
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+        ));
+    }
+    let overlap =
+        chrono::Duration::from_std(overlap).unwrap_or_else(|_| chrono::Duration::seconds(300));
+    let mut outcomes = Vec::new();
+    for (connection_id, messages) in by_connection {
+        let message_ids: Vec<&str> = messages.iter().map(|(id, _, _)| id.as_str()).collect();
+        let config = crate::areas::lock(client, connection_id, Area::Enrollments).await?;
+        let tracked = config
+            .as_ref()
+            .is_some_and(|c| c.enabled && c.first_success_time.is_some());
+        if !tracked {
+            mark_handled(
+                client,
+                connection_id,
+                &message_ids,
+                None,
+                "ignored: the first enrollment synchronization has not completed",
+            )
+            .await?;
+            outcomes.push(Dispatched {
+                connection_id,
+                messages: message_ids.len(),
+                run_id: None,
+            });
+            continue;
+        }
+        if runs::active(client, connection_id, Area::Enrollments)
+            .await?
+            .is_some()
+        {
+            // Coalesce: these wait for the active run to end (its end wakes the dispatcher).
+            continue;
+        }
+        let mut targets = Targets::default();
+        let mut kinds: BTreeSet<JobKind> = BTreeSet::new();
+        let mut earliest: Option<DateTime<Utc>> = None;
+        for (_, body, receive_time) in &messages {
+            for event in parse_events(body) {
+                let time = event.fired_at.unwrap_or(*receive_time);
+                earliest = Some(earliest.map_or(time, |e| e.min(time)));
+                if event.deleted {
+                    targets.deleted.push(DeletedRecord {
+                        kind: event.kind.as_str().to_string(),
+                        key: event.key.clone(),
+                    });
+                    continue;
+                }
+                kinds.insert(event.kind);
+                match event.kind {
+                    JobKind::CourseEnrollments => {
+                        targets.course_ids.insert(event.parent_id);
+                    }
+                    JobKind::LearningPlanEnrollments => {
+                        targets.learning_plan_ids.insert(event.parent_id);
+                    }
+                    _ => {
+                        // Docebo names session events "ilt" whatever the course type: look in both.
+                        kinds.insert(JobKind::IltSessionEnrollments);
+                        kinds.insert(JobKind::WebinarSessionEnrollments);
+                        targets.session_ids.insert(event.parent_id);
+                        if let Some(course_id) = event.course_id {
+                            targets.session_course_ids.insert(course_id);
+                        }
+                    }
+                }
+            }
+        }
+        targets.deleted.sort();
+        targets.deleted.dedup();
+        for deleted in &targets.deleted {
+            if let Ok(kind) = JobKind::parse(&deleted.kind) {
+                kinds.insert(kind);
+            }
+        }
+        if kinds.is_empty() {
+            mark_handled(
+                client,
+                connection_id,
+                &message_ids,
+                None,
+                "ignored: no enrollment event",
+            )
+            .await?;
+            outcomes.push(Dispatched {
+                connection_id,
+                messages: message_ids.len(),
+                run_id: None,
+            });
+            continue;
+        }
+        let request = RunRequest {
+            full_sync: false,
+            updated_from: earliest.map(|time| time - overlap),
+            jobs: Some(kinds.into_iter().collect()),
+            targets: Some(
+                serde_json::to_value(&targets)
+                    .map_err(|error| Error::Corrupt(error.to_string()))?,
+            ),
+            ..RunRequest::full(Trigger::Webhook, (None, None), false)
+        };
+        let run = runs::create(client, connection_id, Area::Enrollments, &request).await?;
+        logs::append(
+            client,
+            connection_id,
+            &[
+                NewLogEvent::new(LogLevel::Info, "webhook messages handled by a run")
+                    .run(run.id)
+                    .field("messages", message_ids.len() as i64)
+                    .field("deletions", targets.deleted.len() as i64),
+            ],
+        )
+        .await?;
+        mark_handled(client, connection_id, &message_ids, Some(run.id), "run").await?;
+        outcomes.push(Dispatched {
+            connection_id,
+            messages: message_ids.len(),
+            run_id: Some(run.id),
+        });
+    }
+    Ok(outcomes)
+}
+
+async fn mark_handled(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    message_ids: &[&str],
+    run_id: Option<Uuid>,
+    outcome: &str,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE webhook_messages SET handle_time = now(), run_id = $3, outcome = $4 \
+             WHERE connection_id = $1 AND message_id = ANY($2)",
+            &[&connection_id, &message_ids, &run_id, &outcome],
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_single_and_grouped_events() {
+        let single = json!({"message_id": "m1", "event": "course.enrollment.deleted",
+            "payload": {"fired_at": "2024-03-20 09:01:02", "user_id": "12301", "course_id": 55}});
+        let events = parse_events(&single);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, JobKind::CourseEnrollments);
+        assert_eq!(events[0].key, "12301-55");
+        assert!(events[0].deleted);
+        assert_eq!(
+            events[0].fired_at.unwrap().to_rfc3339(),
+            "2024-03-20T09:01:02+00:00"
+        );
+
+        let grouped = json!({"message_id": "m2", "event": "ilt.session.enrollment.created",
+            "payloads": [{"user_id": 1, "session_id": 9, "course_id": 3}, {"user_id": 2, "session_id": 9}, {"bad": true}]});
+        let events = parse_events(&grouped);
+        assert_eq!(events.len(), 2, "an event without its ids is skipped");
+        assert_eq!(events[1].key, "2-9");
+        assert!(!events[1].deleted);
+        assert!(
+            parse_events(&json!({"event": "user.deleted", "payload": {"user_id": 1}})).is_empty()
+        );
+    }
+}
