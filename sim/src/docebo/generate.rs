@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::table::EntityKind;
+use super::table::{EntityKind, Key, Row};
 use crate::common::docebo_date;
 
 /// How big a data set to generate. JSON form (control API `POST /__sim/generate`): every field optional.
@@ -78,7 +78,7 @@ pub struct DatasetSummary {
 
 /// A generated data set: items per kind plus its summary.
 pub(crate) struct Dataset {
-    pub items: Vec<(EntityKind, Vec<Value>)>,
+    pub items: Vec<(EntityKind, Vec<(Key, Row)>)>,
     pub summary: DatasetSummary,
 }
 
@@ -162,6 +162,14 @@ fn date(time: DateTime<Utc>) -> Value {
 }
 
 const ZERO_DATE: &str = "0000-00-00 00:00:00";
+
+/// Turns a generated item into its stored row (every generated item has its key fields).
+fn to_row(kind: EntityKind, item: Value) -> (Key, Row) {
+    (
+        kind.key_of(&item).unwrap_or((0, 0)),
+        Row::build(kind, &item),
+    )
+}
 
 /// Every `1 in 50` record (at least one when a kind has ten or more) is deliberately bad.
 fn is_bad(i: usize, count: usize, enabled: bool) -> bool {
@@ -476,7 +484,8 @@ pub(crate) fn generate(params: &GenerateParams) -> Dataset {
             7 => date(updated + chrono::Duration::days(365)),
             _ => Value::Null,
         };
-        course_enrollments.push(json!({
+        // Serialized at once: a million items as JSON values would take gigabytes.
+        course_enrollments.push(to_row(EntityKind::CourseEnrollments, json!({
             "user_id": user_id,
             "username": format!("user{user_id}@acme.example"),
             "course_id": course_id,
@@ -491,7 +500,7 @@ pub(crate) fn generate(params: &GenerateParams) -> Dataset {
             "enrollment_time_spent": rng.random_range(0..20_000),
             "enrollment_validity_begin_date": Value::Null,
             "enrollment_validity_end_date": validity_end,
-        }));
+        })));
     }
 
     // Learning-plan enrollments.
@@ -541,7 +550,8 @@ pub(crate) fn generate(params: &GenerateParams) -> Dataset {
             "not_started" => 0,
             _ => rng.random_range(1..100),
         };
-        plan_enrollments.push(json!({
+        // Serialized at once: a million items as JSON values would take gigabytes.
+        plan_enrollments.push(to_row(EntityKind::LearningPlanEnrollments, json!({
             "learning_plan_id": plan_id,
             "learning_plan_code": plans.get(plan_index).and_then(|p| p.get("code")).cloned().unwrap_or(Value::Null),
             "user_id": user_id,
@@ -551,7 +561,7 @@ pub(crate) fn generate(params: &GenerateParams) -> Dataset {
             "enrollment_created_at": date(created),
             "enrollment_date_last_updated": date(updated),
             "enrollment_completion_date": if status == "completed" { date(updated) } else { Value::Null },
-        }));
+        })));
     }
 
     // Session enrollments.
@@ -605,7 +615,8 @@ pub(crate) fn generate(params: &GenerateParams) -> Dataset {
         } else {
             Value::Null
         };
-        session_enrollments.push(json!({
+        // Serialized at once: a million items as JSON values would take gigabytes.
+        session_enrollments.push(to_row(EntityKind::SessionEnrollments, json!({
             "session_id": session_id,
             "user_id": user_id,
             "username": format!("user{user_id}@acme.example"),
@@ -616,7 +627,7 @@ pub(crate) fn generate(params: &GenerateParams) -> Dataset {
             "attendance": if completed { json!(3.0) } else { json!(0.0) },
             "evaluation_status": evaluation,
             "evaluation_score": if completed { json!(rng.random_range(50..=100)) } else { Value::Null },
-        }));
+        })));
     }
 
     let bad_counts = bad
@@ -624,11 +635,17 @@ pub(crate) fn generate(params: &GenerateParams) -> Dataset {
         .iter()
         .map(|(kind, list)| (kind.clone(), list.len()))
         .collect();
+    let rows = |kind: EntityKind, items: Vec<Value>| -> Vec<(Key, Row)> {
+        items.into_iter().map(|item| to_row(kind, item)).collect()
+    };
     let items = vec![
-        (EntityKind::Users, users),
-        (EntityKind::Courses, courses),
-        (EntityKind::LearningPlans, plans),
-        (EntityKind::Sessions, sessions),
+        (EntityKind::Users, rows(EntityKind::Users, users)),
+        (EntityKind::Courses, rows(EntityKind::Courses, courses)),
+        (
+            EntityKind::LearningPlans,
+            rows(EntityKind::LearningPlans, plans),
+        ),
+        (EntityKind::Sessions, rows(EntityKind::Sessions, sessions)),
         (EntityKind::CourseEnrollments, course_enrollments),
         (EntityKind::LearningPlanEnrollments, plan_enrollments),
         (EntityKind::SessionEnrollments, session_enrollments),

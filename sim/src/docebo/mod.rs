@@ -336,10 +336,8 @@ impl DoceboState {
             let table = &mut data.tables[kind.index()];
             table.clear();
             table.rows.reserve(items.len());
-            for item in items {
-                if let Some(key) = kind.key_of(&item) {
-                    table.rows.insert(key, Row::build(kind, &item));
-                }
+            for (key, row) in items {
+                table.rows.insert(key, row);
             }
             table.ensure_index();
         }

@@ -165,7 +165,7 @@ pub(crate) fn id_of(item: &Value, field: &str) -> Option<i64> {
 }
 
 /// One stored item.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Row {
     pub sort: i64,
     pub group: i64,
