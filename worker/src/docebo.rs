@@ -35,6 +35,8 @@ pub struct PageRef {
     pub page: u32,
     /// The cursor of this page, in cursor mode.
     pub cursor: Option<String>,
+    /// Records per page (page numbers mean something only with the size they were counted in).
+    pub page_size: u32,
 }
 
 /// A Docebo client for one job.
@@ -172,9 +174,13 @@ impl Docebo {
         missing_is_empty: bool,
     ) -> SyncResult<Page> {
         let mut query: Vec<(String, String)> = filters.to_vec();
-        query.push(("page_size".into(), ctx.settings.page_size.to_string()));
-        // Cursor mode where the endpoint offers it: pages stay consistent while data changes.
-        query.push(("get_cursor".into(), "1".into()));
+        query.push(("page_size".into(), at.page_size.max(1).to_string()));
+        // Cursor mode where Docebo documents it (the enrollment lists): pages stay consistent while
+        // data changes, which the unenrollment comparison relies on. Elsewhere, page numbers (a
+        // cursor in the answer is still followed).
+        if path.ends_with("/enrollments") && !path.starts_with("/course/v1/sessions/") {
+            query.push(("get_cursor".into(), "1".into()));
+        }
         match &at.cursor {
             Some(cursor) => query.push(("cursor".into(), cursor.clone())),
             None => query.push(("page".into(), at.page.to_string())),

@@ -45,6 +45,10 @@ pub struct Checkpoint {
     /// Records the listing announced so far (nested listings add up their rosters).
     #[serde(default)]
     pub expected: i64,
+    /// The page size the positions count in: a job taken over by a worker configured otherwise
+    /// keeps it.
+    #[serde(default)]
+    pub page_size: Option<u32>,
 }
 
 /// A job's phase.
@@ -85,10 +89,11 @@ impl Pos {
         }
     }
 
-    fn page_ref(&self) -> PageRef {
+    fn page_ref(&self, page_size: u32) -> PageRef {
         PageRef {
             page: self.page.max(1),
             cursor: self.cursor.clone(),
+            page_size,
         }
     }
 
@@ -160,6 +165,7 @@ struct Walker<'a> {
     pages: Vec<Option<crate::docebo::Page>>,
     depth_now: usize,
     done: bool,
+    page_size: u32,
 }
 
 /// One leaf page.
@@ -175,6 +181,7 @@ impl<'a> Walker<'a> {
         docebo: &'a Docebo,
         leaf_filters: Vec<(String, String)>,
         pos: Vec<Pos>,
+        page_size: u32,
     ) -> Walker<'a> {
         let depth = depth(kind);
         let pos = if pos.len() == depth {
@@ -192,6 +199,7 @@ impl<'a> Walker<'a> {
             pages: vec![None],
             depth_now: 0,
             done: false,
+            page_size,
         }
     }
 
@@ -210,10 +218,13 @@ impl<'a> Walker<'a> {
             | JobKind::WebinarSessionEnrollments
             | JobKind::IltSessionEnrollments => ("/learn/v1/courses", false),
         };
-        let mut filters = vec![
-            ("sort_by".to_string(), "last_update".to_string()),
-            ("sort_by_direction".to_string(), "asc".to_string()),
-        ];
+        // Oldest change first, as Docebo documents for courses (the other lists sort that way by
+        // default): records changed while the listing runs move to its end, where it reads them.
+        let mut filters = Vec::new();
+        if path == "/learn/v1/courses" {
+            filters.push(("sort_by".to_string(), "last_update".to_string()));
+            filters.push(("sort_by_direction".to_string(), "asc".to_string()));
+        }
         if leaf {
             filters.extend(leaf_filters.iter().cloned());
         }
@@ -302,7 +313,7 @@ impl<'a> Walker<'a> {
                             ctx,
                             &self.levels[d].path,
                             &self.levels[d].filters,
-                            &self.pos[d].page_ref(),
+                            &self.pos[d].page_ref(self.page_size),
                             d > 0,
                         )
                         .await?;
@@ -333,7 +344,7 @@ impl<'a> Walker<'a> {
                 continue;
             }
             let level = &self.levels[d];
-            let at = self.pos[d].page_ref();
+            let at = self.pos[d].page_ref(self.page_size);
             let first = at.page == 1 && at.cursor.is_none();
             let page = self
                 .docebo
@@ -509,15 +520,20 @@ impl<'a> JobRun<'a> {
 
     async fn list(&mut self) -> SyncResult<()> {
         let filters = self.leaf_filters();
+        let page_size = *self
+            .checkpoint
+            .page_size
+            .get_or_insert(self.ctx.settings.page_size.max(1));
         let mut walker = Walker::new(
             self.ctx.job.kind,
             &self.docebo,
             filters,
             self.checkpoint.levels.clone(),
+            page_size,
         );
         // Small jobs write page by page through collections; large ones gather a chunk the size of
         // the bulk threshold, so that Bulk API 2.0 carries it.
-        let mut chunk_target = self.ctx.settings.page_size as usize;
+        let mut chunk_target = page_size as usize;
         if self.ctx.job.counts.expected >= self.ctx.settings.bulk_threshold {
             chunk_target = self.ctx.settings.bulk_threshold.max(1) as usize;
         }
@@ -1058,6 +1074,7 @@ mod tests {
             deferred: Vec::new(),
             after_key: String::new(),
             expected: 12,
+            page_size: Some(10),
         };
         let value = serde_json::to_value(&checkpoint).unwrap();
         assert_eq!(value["phase"], "deferred");
