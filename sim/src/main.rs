@@ -8,6 +8,11 @@ use learnsync_sim::docebo::GenerateParams;
 use learnsync_sim::{DoceboConfig, DoceboSim, SalesforceConfig, SalesforceSim};
 
 /// Runs HTTP simulators of Docebo and Salesforce (API v62.0) for demos, tests and benchmarks.
+///
+/// Secrets come from the environment only, never from the command line:
+/// `LEARNSYNC_SIM_DOCEBO_CLIENT_SECRET` (default `docebo-secret`), `LEARNSYNC_SIM_DOCEBO_PASSWORD`
+/// (password grant of user `admin`, default `admin-password`) and `LEARNSYNC_SIM_SF_CLIENT_SECRET`
+/// (default `learnsync-consumer-secret`).
 #[derive(Debug, Parser)]
 #[command(name = "learnsync-sim", version)]
 struct Config {
@@ -32,14 +37,6 @@ struct Config {
         default_value = "learnsync"
     )]
     docebo_client_id: String,
-    /// Docebo OAuth client secret (environment only: secrets never go on the command line).
-    #[arg(
-        long,
-        env = "LEARNSYNC_SIM_DOCEBO_CLIENT_SECRET",
-        default_value = "docebo-secret",
-        hide_env_values = true
-    )]
-    docebo_client_secret: String,
     /// Docebo access-token lifetime in seconds.
     #[arg(
         long,
@@ -70,14 +67,6 @@ struct Config {
         default_value = "learnsync-consumer-key"
     )]
     sf_client_id: String,
-    /// Salesforce consumer secret.
-    #[arg(
-        long,
-        env = "LEARNSYNC_SIM_SF_CLIENT_SECRET",
-        default_value = "learnsync-consumer-secret",
-        hide_env_values = true
-    )]
-    sf_client_secret: String,
     /// Salesforce integration username (JWT `sub`).
     #[arg(
         long,
@@ -110,12 +99,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .init();
     let config = Config::parse();
     let docebo = DoceboSim::start(DoceboConfig {
         bind: config.docebo_addr,
         client_id: config.docebo_client_id.clone(),
-        client_secret: config.docebo_client_secret.clone(),
+        client_secret: secret("LEARNSYNC_SIM_DOCEBO_CLIENT_SECRET", "docebo-secret"),
+        password: secret("LEARNSYNC_SIM_DOCEBO_PASSWORD", "admin-password"),
         token_lifetime: Duration::from_secs(config.docebo_token_lifetime_secs),
         rate_limit_per_hour: (config.docebo_rate_limit > 0).then_some(config.docebo_rate_limit),
         max_page_size: config.docebo_max_page_size,
@@ -141,7 +132,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let salesforce = SalesforceSim::start(SalesforceConfig {
         bind: config.salesforce_addr,
         client_id: config.sf_client_id.clone(),
-        client_secret: config.sf_client_secret.clone(),
+        client_secret: secret(
+            "LEARNSYNC_SIM_SF_CLIENT_SECRET",
+            "learnsync-consumer-secret",
+        ),
         username: config.sf_username.clone(),
         jwt_public_key_pem,
         daily_api_limit: config.sf_daily_limit,
@@ -157,6 +151,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     docebo.shutdown().await;
     salesforce.shutdown().await;
     Ok(())
+}
+
+/// Reads a secret from the environment, with the simulator's well-known default.
+fn secret(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
 async fn shutdown_signal() {

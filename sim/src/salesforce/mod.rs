@@ -41,8 +41,8 @@ use org::{Op, Org, Outcome, RequestError};
 /// The API version the simulator serves (`/services/data/v62.0/...`).
 pub const API_VERSION: &str = "v62.0";
 const DATA: &str = "/services/data/v62.0";
-const ORG_ID: &str = "00D5g00000LsSimA";
-const USER_ID: &str = "0055g00000SimUsAAA";
+const ORG_ID: &str = "00D5g00000LsSimEAF";
+const USER_ID: &str = "0055g00000SimUsAAJ";
 
 /// Settings of a Salesforce simulator.
 #[derive(Debug, Clone)]
