@@ -31,6 +31,13 @@ fn small() -> GenerateParams {
     }
 }
 
+#[test]
+fn handles_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<DoceboSim>();
+    assert_send_sync::<learnsync_sim::SalesforceSim>();
+}
+
 #[tokio::test]
 async fn oauth_grants_and_failures() {
     let sim = sim().await;

@@ -50,9 +50,13 @@ async fn start_receiver(receiver: Receiver) -> String {
 }
 
 async fn sim() -> DoceboSim {
+    sim_with_timeout(Duration::from_secs(5)).await
+}
+
+async fn sim_with_timeout(timeout: Duration) -> DoceboSim {
     DoceboSim::start(DoceboConfig {
         rate_limit_per_hour: None,
-        webhook_timeout: Duration::from_millis(300),
+        webhook_timeout: timeout,
         webhook_retry_base: Duration::from_millis(20),
         webhook_max_attempts: 5,
         ..DoceboConfig::default()
@@ -62,7 +66,7 @@ async fn sim() -> DoceboSim {
 }
 
 async fn wait_for(receiver: &Receiver, count: usize) -> Vec<Value> {
-    for _ in 0..200 {
+    for _ in 0..1000 {
         let bodies = receiver.bodies.lock().unwrap().clone();
         if bodies.len() >= count {
             return bodies;
@@ -249,9 +253,9 @@ async fn failing_target_is_retried_with_backoff() {
 
 #[tokio::test]
 async fn slow_target_counts_as_failure() {
-    let sim = sim().await;
+    let sim = sim_with_timeout(Duration::from_millis(500)).await;
     let receiver = Receiver {
-        delay_first: Duration::from_millis(600),
+        delay_first: Duration::from_millis(1500),
         ..Receiver::default()
     };
     let url = start_receiver(receiver.clone()).await;
@@ -285,7 +289,7 @@ async fn dead_target_is_abandoned_after_max_attempts() {
         json!({"user_id": 1, "course_id": 2}),
     )
     .unwrap();
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if sim.webhook_stats()[0].abandoned == 1 {
             break;
         }

@@ -80,7 +80,7 @@ impl Bulk {
     }
 
     async fn wait(&self, id: &str) -> Value {
-        for _ in 0..300 {
+        for _ in 0..1000 {
             let info = self.info(id).await;
             if ["JobComplete", "Failed", "Aborted"].contains(&info["state"].as_str().unwrap()) {
                 return info;
