@@ -112,6 +112,16 @@ async fn collections_upsert_creates_then_updates_in_order() {
         "2024-03-20T09:01:02.000+0000"
     );
     assert_eq!(sim.record_count("Docebo_User__c"), 3);
+    assert_eq!(sim.record_counts()["Docebo_User__c"], 3);
+    assert_eq!(
+        sim.record_by_external_id("Docebo_User__c", "Docebo_User_Id__c", "1")
+            .unwrap()["Id"],
+        first_id.as_str()
+    );
+    assert!(
+        sim.record_by_external_id("Docebo_User__c", "Docebo_User_Id__c", "404")
+            .is_none()
+    );
 
     // The same through the control API.
     let via_http: Value = http

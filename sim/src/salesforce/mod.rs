@@ -202,6 +202,26 @@ impl SalesforceSim {
         Ok(store.iter().map(|r| store.record_json(r)).collect())
     }
 
+    /// Returns the live record of `object` whose external-id (or unique) field `field` holds `value`.
+    pub fn record_by_external_id(&self, object: &str, field: &str, value: &str) -> Option<Value> {
+        let org = read(&self.state.org);
+        let store = &org.objects[org.object(object)?];
+        let field = store.field(field)?;
+        store
+            .iter()
+            .find(|record| record.vals[field].as_text().as_deref() == Some(value))
+            .map(|record| store.record_json(record))
+    }
+
+    /// Returns the number of live records per object.
+    pub fn record_counts(&self) -> BTreeMap<String, usize> {
+        read(&self.state.org)
+            .objects
+            .iter()
+            .map(|o| (o.def.name.clone(), o.live))
+            .collect()
+    }
+
     /// Returns the number of live records of an object (0 for an unknown object).
     pub fn record_count(&self, object: &str) -> usize {
         let org = read(&self.state.org);
