@@ -173,6 +173,21 @@ pub async fn rotate_webhook(client: &impl GenericClient, connection_id: Uuid) ->
     Ok(row.try_get(0)?)
 }
 
+/// How many webhook messages a connection has recorded, and how many wait to be handled.
+pub async fn message_counts(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+) -> Result<(i64, i64)> {
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE handle_time IS NULL) FROM webhook_messages \
+             WHERE connection_id = $1",
+            &[&connection_id],
+        )
+        .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
 /// What one scheduler tick did for one area.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scheduled {
@@ -271,8 +286,9 @@ pub struct Dispatched {
 /// Turns pending webhook messages into small enrollment runs: one run per connection, carrying
 /// only the job kinds the events named, limited to their records, reading changes from the
 /// earliest event's time minus `overlap`, and unenrolling the deletions right away. Messages wait
-/// (coalescing with later ones) while a run of the area is active. Before the first enrollment
-/// synchronization completed nothing is tracked: such messages are marked handled and do nothing.
+/// (coalescing with later ones) while a run of the area is active. Webhooks act only on an
+/// enrollments area in realtime mode whose first synchronization completed (before it nothing is
+/// tracked): other messages are marked handled and do nothing.
 /// Must run in a transaction.
 pub async fn dispatch_webhooks(
     client: &impl GenericClient,
@@ -301,16 +317,16 @@ pub async fn dispatch_webhooks(
     for (connection_id, messages) in by_connection {
         let message_ids: Vec<&str> = messages.iter().map(|(id, _, _)| id.as_str()).collect();
         let config = crate::areas::lock(client, connection_id, Area::Enrollments).await?;
-        let tracked = config
-            .as_ref()
-            .is_some_and(|c| c.enabled && c.first_success_time.is_some());
+        let tracked = config.as_ref().is_some_and(|c| {
+            c.enabled && c.mode == crate::model::Mode::Realtime && c.first_success_time.is_some()
+        });
         if !tracked {
             mark_handled(
                 client,
                 connection_id,
                 &message_ids,
                 None,
-                "ignored: the first enrollment synchronization has not completed",
+                "ignored: enrollments are not in realtime mode or not yet synchronized once",
             )
             .await?;
             outcomes.push(Dispatched {

@@ -172,6 +172,23 @@ pub async fn finish_jobs_as_worker(
     crate::runs::finish_if_done(client, run_id).await
 }
 
+/// Test support: moves an area's next scheduled run time, e.g. an hour into the past, as if the
+/// servers had been down.
+pub async fn set_next_run_time(
+    client: &impl crate::GenericClient,
+    connection_id: uuid::Uuid,
+    area: crate::model::Area,
+    time: chrono::DateTime<chrono::Utc>,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE area_configs SET next_run_time = $3 WHERE connection_id = $1 AND area = $2",
+            &[&connection_id, &area.as_str(), &time],
+        )
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

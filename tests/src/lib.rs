@@ -39,6 +39,8 @@ pub fn init_tracing() {
 pub struct TestServer {
     /// `http://127.0.0.1:<port>`.
     pub endpoint: String,
+    /// `http://127.0.0.1:<port>` of the webhook receiver.
+    pub webhook_base: String,
     /// The database's URL.
     pub database_url: String,
     /// A store on the same database, for arranging state the API cannot (e.g. finishing jobs).
@@ -68,6 +70,16 @@ impl TestServer {
 
     /// Starts a server on an existing database (several servers may share one).
     pub async fn start_on(database_url: &str, cipher: Cipher) -> anyhow::Result<TestServer> {
+        TestServer::start_with(database_url, cipher, |_| {}).await
+    }
+
+    /// Starts a server on an existing database with adjusted options. The harness's defaults: a
+    /// 1 s minimum interval, a 500 ms log poll, a 200 ms schedule tick, a 1 s watermark overlap.
+    pub async fn start_with(
+        database_url: &str,
+        cipher: Cipher,
+        adjust: impl FnOnce(&mut Options),
+    ) -> anyhow::Result<TestServer> {
         let store = Store::connect(&learnsync_store::Options {
             database_url: database_url.to_string(),
             max_connections: 8,
@@ -76,19 +88,27 @@ impl TestServer {
         let mut options = Options::new(test_tokens(), cipher.clone());
         options.min_interval = Duration::from_secs(1);
         options.log_poll_interval = Duration::from_millis(500);
+        options.realtime.schedule_tick = Duration::from_millis(200);
+        options.realtime.overlap = Duration::from_secs(1);
+        options.realtime.webhook_poll = Duration::from_millis(500);
+        adjust(&mut options);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
+        let webhooks = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let webhook_base = format!("http://{}", webhooks.local_addr()?);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(learnsync_server::serve(
+        let task = tokio::spawn(learnsync_server::serve_with_webhooks(
             store.clone(),
             options,
             listener,
+            Some(webhooks),
             async move {
                 let _ = shutdown_rx.await;
             },
         ));
         Ok(TestServer {
             endpoint,
+            webhook_base,
             database_url: database_url.to_string(),
             store,
             cipher,
@@ -207,5 +227,166 @@ pub mod details {
         status
             .get_details_error_info()
             .map(|info| (info.reason, info.domain))
+    }
+}
+
+/// The whole system in-process: a server, workers, and both simulators, with a connection whose
+/// credentials point at the simulators.
+pub struct TestSystem {
+    /// The server (and its database).
+    pub server: TestServer,
+    /// The Docebo simulator.
+    pub docebo: learnsync_sim::DoceboSim,
+    /// The Salesforce simulator.
+    pub salesforce: learnsync_sim::SalesforceSim,
+    /// The connection created on them.
+    pub connection_id: String,
+    cancel: tokio_util::sync::CancellationToken,
+    workers: Vec<JoinHandle<Result<(), learnsync_worker::Error>>>,
+}
+
+impl TestSystem {
+    /// Starts a server (with `adjust`ed options), `workers` workers, and simulators holding the
+    /// generated platform, and creates a connection to them (with a Docebo budget large enough
+    /// for tests).
+    pub async fn start(
+        params: &learnsync_sim::GenerateParams,
+        workers: usize,
+        adjust: impl FnOnce(&mut Options),
+    ) -> anyhow::Result<TestSystem> {
+        init_tracing();
+        let database_url = learnsync_store::testing::fresh_database().await?;
+        let server = TestServer::start_with(&database_url, Cipher::random(), adjust).await?;
+        let docebo = learnsync_sim::DoceboSim::start(learnsync_sim::DoceboConfig {
+            rate_limit_per_hour: None,
+            webhook_retry_base: Duration::from_millis(200),
+            ..learnsync_sim::DoceboConfig::default()
+        })
+        .await?;
+        docebo.generate(params);
+        let salesforce =
+            learnsync_sim::SalesforceSim::start(learnsync_sim::SalesforceConfig::default()).await?;
+        let mut connection = sample_connection("system", docebo.base_url(), salesforce.base_url());
+        if let Some(credentials) = connection.docebo.as_mut() {
+            credentials.client_id = docebo.config().client_id.clone();
+            credentials.client_secret = docebo.config().client_secret.clone();
+        }
+        if let Some(credentials) = connection.salesforce.as_mut() {
+            credentials.client_id = salesforce.config().client_id.clone();
+            credentials.grant = Some(pb::salesforce_credentials::Grant::ClientCredentials(
+                pb::SalesforceClientCredentialsGrant {
+                    client_secret: salesforce.config().client_secret.clone(),
+                },
+            ));
+        }
+        connection.docebo_calls_per_hour = 100_000;
+        let mut client = server.operator().await?;
+        let created = client
+            .create_connection(pb::CreateConnectionRequest {
+                connection: Some(connection),
+                request_id: String::new(),
+            })
+            .await?;
+        let mut system = TestSystem {
+            server,
+            docebo,
+            salesforce,
+            connection_id: created.id,
+            cancel: tokio_util::sync::CancellationToken::new(),
+            workers: Vec::new(),
+        };
+        for _ in 0..workers {
+            system.add_worker()?;
+        }
+        Ok(system)
+    }
+
+    /// Starts one more worker, with short leases and polls.
+    pub fn add_worker(&mut self) -> anyhow::Result<()> {
+        let settings = learnsync_worker::Settings {
+            lease: Duration::from_secs(3),
+            heartbeat: Duration::from_millis(500),
+            poll_interval: Duration::from_millis(300),
+            retry_base: Duration::from_millis(200),
+            ..learnsync_worker::Settings::default()
+        };
+        let worker = learnsync_worker::Worker::new(
+            settings,
+            self.server.store.clone(),
+            self.server.cipher.clone(),
+        )?;
+        self.workers
+            .push(tokio::spawn(worker.run(self.cancel.clone())));
+        Ok(())
+    }
+
+    /// A client holding the operator token.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        self.server.operator().await
+    }
+
+    /// Configures an area and synchronizes it for the first time; returns the finished run.
+    pub async fn first_sync(&self, config: pb::AreaConfig) -> anyhow::Result<pb::Run> {
+        let mut client = self.client().await?;
+        let area = pb::Area::try_from(config.area)?;
+        client.configure(&self.connection_id, config).await?;
+        let run = client.start(&self.connection_id, area, None).await?;
+        self.wait_for_run(&run.id, Duration::from_secs(60)).await
+    }
+
+    /// Waits until a run has ended.
+    pub async fn wait_for_run(&self, run_id: &str, timeout: Duration) -> anyhow::Result<pb::Run> {
+        let client = self.client().await?;
+        let connection_id = self.connection_id.clone();
+        eventually(timeout, &format!("run {run_id} to end"), || {
+            let mut client = client.clone();
+            let connection_id = connection_id.clone();
+            async move {
+                let run = client.get_run(&connection_id, run_id).await?;
+                let active = [
+                    pb::RunState::Queued,
+                    pb::RunState::Running,
+                    pb::RunState::Stopping,
+                ]
+                .iter()
+                .any(|state| *state as i32 == run.state);
+                Ok((!active).then_some(run))
+            }
+        })
+        .await
+    }
+
+    /// Stops the workers (the server stops when dropped).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        for worker in self.workers.drain(..) {
+            worker.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestSystem {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
