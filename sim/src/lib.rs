@@ -10,6 +10,8 @@
 //!   Collections, SOQL, Bulk API 2.0 ingest, limits.
 //! - `main.rs`: the `learnsync-sim` binary serving both.
 
+#![warn(missing_docs)]
+
 pub mod common;
 pub mod docebo;
 pub mod salesforce;

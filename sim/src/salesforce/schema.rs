@@ -183,6 +183,7 @@ impl Val {
         }
     }
 
+    /// Whether the field holds no value.
     pub fn is_null(&self) -> bool {
         matches!(self, Val::Null)
     }
@@ -209,6 +210,7 @@ pub struct RecordError {
 }
 
 impl RecordError {
+    /// Builds an error from its status code, message and fields.
     pub fn new(code: &str, message: impl Into<String>, fields: Vec<String>) -> RecordError {
         RecordError {
             code: code.to_string(),
@@ -234,7 +236,9 @@ impl RecordError {
 
 /// An input value before validation: JSON from REST, text from a CSV cell.
 pub enum Input<'a> {
+    /// A value of a REST request body.
     Json(&'a Value),
+    /// A Bulk API CSV cell (never empty: empty cells leave fields unchanged).
     Text(&'a str),
 }
 
