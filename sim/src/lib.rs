@@ -8,7 +8,26 @@
 //! - `docebo`: [`DoceboSim`]: OAuth2, the list endpoints, rate limiting, webhooks, data-set generation.
 //! - `salesforce`: [`SalesforceSim`]: OAuth2 (client credentials, JWT bearer), the org schema, sObject
 //!   Collections, SOQL, Bulk API 2.0 ingest, limits.
-//! - `main.rs`: the `learnsync-sim` binary serving both.
+//! - `main.rs`: the `learnsync-sim` binary serving both; `bin/sim-bench.rs`: their benchmark.
+//! - `schema/default.json`: the default org schema (learnsync's data model), compiled in.
+//!
+//! Use from a test:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), learnsync_sim::Error> {
+//! use learnsync_sim::{DoceboConfig, DoceboSim, GenerateParams, SalesforceConfig, SalesforceSim};
+//! let docebo = DoceboSim::start(DoceboConfig::default()).await?;
+//! let summary = docebo.generate(&GenerateParams { seed: 42, ..GenerateParams::default() });
+//! let salesforce = SalesforceSim::start(SalesforceConfig::default()).await?;
+//! // ... point the code under test at docebo.base_url() and salesforce.base_url() ...
+//! let users = salesforce.records("Docebo_User__c")?;
+//! assert_eq!(users.len() + summary.bad_counts["users"], summary.counts["users"]);
+//! # Ok(()) }
+//! ```
+//!
+//! Invariants: nothing is persisted; the simulators never call out except Docebo webhooks to the
+//! registered URLs; every answer of the APIs uses the vendor's error shapes, and control routes live
+//! under `/__sim/` only.
 
 #![warn(missing_docs)]
 
