@@ -44,7 +44,7 @@ started AS ( \
     UPDATE runs r SET state = 'running', start_time = coalesce(r.start_time, now()) \
     WHERE r.id IN (SELECT run_id FROM claimed) AND r.state = 'queued') \
 SELECT c.*, r.area, r.timeframe_start, r.timeframe_end, r.full_sync, r.updated_from, \
-    r.rewrite_unchanged, r.create_time AS run_create_time, \
+    r.rewrite_unchanged, r.create_time AS run_create_time, r.targets, \
     n.docebo_platform, n.docebo_calls_per_hour, n.unenrollment_policy, \
     (SELECT a.first_success_time FROM area_configs a \
       WHERE a.connection_id = c.connection_id AND a.area = 'enrollments') AS enrollments_first_success \
@@ -93,6 +93,8 @@ pub struct ClaimedJob {
     pub unenrollment_policy: UnenrollmentPolicy,
     /// When the connection's first enrollment sync completed, if it has.
     pub enrollments_first_success: Option<DateTime<Utc>>,
+    /// Webhook runs: the records the events named (see [`crate::realtime::Targets`]).
+    pub targets: Option<serde_json::Value>,
 }
 
 impl ClaimedJob {
@@ -100,11 +102,18 @@ impl ClaimedJob {
     /// over all time (a timeframe must not unenroll what lies outside it), after the first
     /// completed enrollment sync (before it nothing is tracked).
     pub fn tracks_unenrollments(&self) -> bool {
-        self.area == Area::Enrollments
+        self.may_unenroll()
             && self.full_sync
             && self.timeframe_start.is_none()
             && self.timeframe_end.is_none()
             && self.updated_from.is_none()
+            && self.targets.is_none()
+    }
+
+    /// Whether unenrollments may be written at all: an enrollment run after the first completed
+    /// enrollment sync (before it nothing is tracked).
+    pub fn may_unenroll(&self) -> bool {
+        self.area == Area::Enrollments
             && self
                 .enrollments_first_success
                 .is_some_and(|first| first < self.run_create_time)
@@ -139,6 +148,7 @@ fn claimed_from_row(row: &Row) -> Result<ClaimedJob> {
         docebo_calls_per_hour: row.try_get("docebo_calls_per_hour")?,
         unenrollment_policy: UnenrollmentPolicy::parse(row.try_get("unenrollment_policy")?)?,
         enrollments_first_success: row.try_get("enrollments_first_success")?,
+        targets: row.try_get("targets")?,
     })
 }
 
@@ -791,6 +801,30 @@ pub async fn ledger_unseen(
                AND seen_run_id IS DISTINCT FROM $3 AND (scope = $6 OR scope IS NULL) \
              ORDER BY record_key LIMIT $5",
             &[&connection_id, &object, &run_id, &after_key, &limit, &scope],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
+/// Of the given records of an object, those live in the ledger that this run's listing did not
+/// contain: `(record_key, salesforce_id)` (deletions a webhook announced, checked against what
+/// the run read since).
+pub async fn ledger_unseen_among(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    object: &str,
+    run_id: Uuid,
+    keys: &[String],
+) -> Result<Vec<(String, Option<String>)>> {
+    let rows = client
+        .query(
+            "SELECT record_key, salesforce_id FROM ledger \
+             WHERE connection_id = $1 AND object = $2 AND record_key = ANY($4) AND unenrolled_at IS NULL \
+               AND seen_run_id IS DISTINCT FROM $3 \
+             ORDER BY record_key",
+            &[&connection_id, &object, &run_id, &keys],
         )
         .await?;
     rows.iter()

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use learnsync_store::model::{Counts, JobKind, LogLevel, NewLogEvent, UnenrollmentPolicy};
+use learnsync_store::realtime::Targets;
 use learnsync_store::worker::{self as store_worker, LedgerWrite, Progress};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -166,6 +167,8 @@ struct Walker<'a> {
     depth_now: usize,
     done: bool,
     page_size: u32,
+    /// Webhook runs: only the records the events named.
+    targets: Option<Targets>,
 }
 
 /// One leaf page.
@@ -182,6 +185,7 @@ impl<'a> Walker<'a> {
         leaf_filters: Vec<(String, String)>,
         pos: Vec<Pos>,
         page_size: u32,
+        targets: Option<Targets>,
     ) -> Walker<'a> {
         let depth = depth(kind);
         let pos = if pos.len() == depth {
@@ -189,7 +193,19 @@ impl<'a> Walker<'a> {
         } else {
             vec![Pos::first(); depth]
         };
-        let root = Walker::root_level(kind, &leaf_filters);
+        let root = Walker::root_level(kind, &leaf_filters, targets.as_ref());
+        // A webhook run that named no record of this job's kind (only deletions) reads nothing.
+        let done = match (&targets, kind) {
+            (Some(targets), JobKind::CourseEnrollments) => targets.course_ids.is_empty(),
+            (Some(targets), JobKind::LearningPlanEnrollments) => {
+                targets.learning_plan_ids.is_empty()
+            }
+            (
+                Some(targets),
+                JobKind::WebinarSessionEnrollments | JobKind::IltSessionEnrollments,
+            ) => targets.session_ids.is_empty(),
+            _ => false,
+        };
         Walker {
             kind,
             docebo,
@@ -198,12 +214,17 @@ impl<'a> Walker<'a> {
             levels: vec![root],
             pages: vec![None],
             depth_now: 0,
-            done: false,
+            done,
             page_size,
+            targets,
         }
     }
 
-    fn root_level(kind: JobKind, leaf_filters: &[(String, String)]) -> Level {
+    fn root_level(
+        kind: JobKind,
+        leaf_filters: &[(String, String)],
+        targets: Option<&Targets>,
+    ) -> Level {
         let (path, leaf) = match kind {
             JobKind::Users => ("/manage/v1/user", true),
             JobKind::Courses => ("/learn/v1/courses", true),
@@ -227,6 +248,18 @@ impl<'a> Walker<'a> {
         }
         if leaf {
             filters.extend(leaf_filters.iter().cloned());
+        }
+        if let Some(targets) = targets {
+            let (field, ids) = match kind {
+                JobKind::CourseEnrollments => ("course_id[]", &targets.course_ids),
+                JobKind::LearningPlanEnrollments => {
+                    ("learning_plan_id[]", &targets.learning_plan_ids)
+                }
+                _ => ("", &targets.course_ids),
+            };
+            if !field.is_empty() {
+                filters.extend(ids.iter().map(|id| (field.to_string(), id.to_string())));
+            }
         }
         Level {
             path: path.to_string(),
@@ -270,6 +303,12 @@ impl<'a> Walker<'a> {
                     return None;
                 }
                 let course_id = id_of(item, "id_course")?;
+                if let Some(targets) = &self.targets
+                    && !targets.session_course_ids.is_empty()
+                    && !targets.session_course_ids.contains(&course_id)
+                {
+                    return None;
+                }
                 let mut context = Map::new();
                 context.insert("_session_type".into(), Value::String(course_type));
                 Some(Level {
@@ -280,6 +319,11 @@ impl<'a> Walker<'a> {
             }
             (JobKind::WebinarSessionEnrollments | JobKind::IltSessionEnrollments, 1) => {
                 let session_id = id_of(item, "id")?;
+                if let Some(targets) = &self.targets
+                    && !targets.session_ids.contains(&session_id)
+                {
+                    return None;
+                }
                 let mut context = parent.context.clone();
                 context.insert("_session_id".into(), Value::from(session_id));
                 Some(Level {
@@ -428,6 +472,8 @@ pub struct JobRun<'a> {
     salesforce: Salesforce,
     mapping: ObjectMapping,
     checkpoint: Checkpoint,
+    /// Webhook runs: the records the events named.
+    targets: Option<Targets>,
 }
 
 impl<'a> JobRun<'a> {
@@ -447,12 +493,19 @@ impl<'a> JobRun<'a> {
             Some(value) => serde_json::from_value(value.clone())
                 .map_err(|error| SyncError::Permanent(format!("unreadable checkpoint: {error}")))?,
         };
+        let targets = match &ctx.job.targets {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(serde_json::from_value(value.clone()).map_err(|error| {
+                SyncError::Permanent(format!("unreadable run targets: {error}"))
+            })?),
+        };
         Ok(JobRun {
             ctx,
             docebo,
             salesforce,
             mapping,
             checkpoint,
+            targets,
         })
     }
 
@@ -511,11 +564,33 @@ impl<'a> JobRun<'a> {
     fn next_phase_after_list(&self) -> Phase {
         if !self.checkpoint.deferred.is_empty() {
             Phase::Deferred
-        } else if self.ctx.job.tracks_unenrollments() && self.mapping.unenroll.is_some() {
-            Phase::Unenroll
         } else {
-            Phase::Done
+            self.phase_after_deferred()
         }
+    }
+
+    fn phase_after_deferred(&self) -> Phase {
+        let job = &self.ctx.job;
+        let wanted = self.mapping.unenroll.is_some()
+            && (job.tracks_unenrollments()
+                || (job.may_unenroll() && !self.deleted_keys().is_empty()));
+        if wanted { Phase::Unenroll } else { Phase::Done }
+    }
+
+    /// Webhook runs: the keys of this job's kind that Docebo said were deleted, sorted.
+    fn deleted_keys(&self) -> Vec<String> {
+        let Some(targets) = &self.targets else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = targets
+            .deleted
+            .iter()
+            .filter(|deleted| deleted.kind == self.ctx.job.kind.as_str())
+            .map(|deleted| deleted.key.clone())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     async fn list(&mut self) -> SyncResult<()> {
@@ -530,6 +605,7 @@ impl<'a> JobRun<'a> {
             filters,
             self.checkpoint.levels.clone(),
             page_size,
+            self.targets.clone(),
         );
         // Small jobs write page by page through collections; large ones gather a chunk the size of
         // the bulk threshold, so that Bulk API 2.0 carries it.
@@ -877,12 +953,7 @@ impl<'a> JobRun<'a> {
                 return Err(error);
             }
             if self.checkpoint.deferred.is_empty() {
-                self.checkpoint.phase =
-                    if self.ctx.job.tracks_unenrollments() && self.mapping.unenroll.is_some() {
-                        Phase::Unenroll
-                    } else {
-                        Phase::Done
-                    };
+                self.checkpoint.phase = self.phase_after_deferred();
             }
             self.commit(written).await?;
         }
@@ -894,30 +965,57 @@ impl<'a> JobRun<'a> {
     async fn unenroll(&mut self) -> SyncResult<()> {
         let job = self.ctx.job.clone();
         let object = self.mapping.object.clone();
+        // A webhook run unenrolls the deletions its events announced; a full run, whatever its
+        // listing did not contain.
+        let announced = self.targets.is_some().then(|| self.deleted_keys());
         loop {
-            let unseen = {
+            let (unseen, last_key) = {
                 let conn = self.ctx.store.conn().await?;
-                store_worker::ledger_unseen(
-                    &conn,
-                    job.connection_id,
-                    &object,
-                    job.kind.as_str(),
-                    job.run_id,
-                    &self.checkpoint.after_key,
-                    UNENROLL_BATCH,
-                )
-                .await?
+                match &announced {
+                    Some(keys) => {
+                        let batch: Vec<String> = keys
+                            .iter()
+                            .filter(|key| key.as_str() > self.checkpoint.after_key.as_str())
+                            .take(UNENROLL_BATCH as usize)
+                            .cloned()
+                            .collect();
+                        let last = batch.last().cloned();
+                        let unseen = store_worker::ledger_unseen_among(
+                            &conn,
+                            job.connection_id,
+                            &object,
+                            job.run_id,
+                            &batch,
+                        )
+                        .await?;
+                        (unseen, last)
+                    }
+                    None => {
+                        let unseen = store_worker::ledger_unseen(
+                            &conn,
+                            job.connection_id,
+                            &object,
+                            job.kind.as_str(),
+                            job.run_id,
+                            &self.checkpoint.after_key,
+                            UNENROLL_BATCH,
+                        )
+                        .await?;
+                        let last = unseen.last().map(|(key, _)| key.clone());
+                        (unseen, last)
+                    }
+                }
             };
-            let Some((last_key, _)) = unseen.last() else {
+            let Some(last_key) = last_key else {
                 self.checkpoint.phase = Phase::Done;
                 return self.commit(Written::default()).await;
             };
-            let last_key = last_key.clone();
             self.ctx.check()?;
             let now = Utc::now();
             let mut done_keys = Vec::new();
             let mut events = Vec::new();
             match job.unenrollment_policy {
+                _ if unseen.is_empty() => {}
                 UnenrollmentPolicy::MarkUnenrolled => {
                     let records: Vec<Map<String, Value>> = unseen
                         .iter()
@@ -986,15 +1084,17 @@ impl<'a> JobRun<'a> {
                     }
                 }
             }
-            events.push(
-                NewLogEvent::new(
-                    LogLevel::Info,
-                    "enrollments gone from docebo marked in salesforce",
-                )
-                .field("object", object.as_str())
-                .field("records", done_keys.len() as i64)
-                .field("policy", job.unenrollment_policy.as_str()),
-            );
+            if !done_keys.is_empty() {
+                events.push(
+                    NewLogEvent::new(
+                        LogLevel::Info,
+                        "enrollments gone from docebo marked in salesforce",
+                    )
+                    .field("object", object.as_str())
+                    .field("records", done_keys.len() as i64)
+                    .field("policy", job.unenrollment_policy.as_str()),
+                );
+            }
             self.checkpoint.after_key = last_key;
             let checkpoint = serde_json::to_value(&self.checkpoint)
                 .map_err(|error| SyncError::Permanent(error.to_string()))?;

@@ -1,0 +1,183 @@
+//! Proves webhook runs stay small and act at once: a run the dispatcher makes from Docebo webhook messages reads only the named courses' enrollments changed since the events, writes the change, and unenrolls the announced deletion.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Env, sync_area, test_settings};
+use learnsync_sim::{EntityKind, GenerateParams};
+use learnsync_store::model::{Area, JobKind, Mode, RunState};
+use learnsync_store::{areas, realtime};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_run_writes_the_change_and_the_deletion() {
+    let env = Env::new(GenerateParams {
+        seed: 71,
+        bad_records: Some(false),
+        ..GenerateParams::default()
+    })
+    .await;
+    let worker = env.spawn_worker(test_settings("w1"));
+    for area in [Area::Users, Area::Courses, Area::Enrollments] {
+        assert_eq!(sync_area(&env, area).await.state, RunState::Succeeded);
+    }
+    let conn = env.store.conn().await.unwrap();
+    areas::configure(
+        &conn,
+        env.connection_id,
+        Area::Enrollments,
+        &areas::AreaSettings {
+            enabled: true,
+            mode: Mode::Realtime,
+            interval_seconds: 3600,
+            course_category_ids: Vec::new(),
+            full_interval_seconds: 86_400,
+        },
+    )
+    .await
+    .unwrap();
+
+    let items = env.docebo.items(EntityKind::CourseEnrollments);
+    let changed = items
+        .iter()
+        .find(|item| item["enrollment_status"] != "completed")
+        .unwrap()
+        .clone();
+    let changed_key = common::docebo_key(EntityKind::CourseEnrollments, &changed);
+    let gone = items
+        .iter()
+        .find(|item| item["course_id"] != changed["course_id"])
+        .unwrap()
+        .clone();
+    let gone_key = common::docebo_key(EntityKind::CourseEnrollments, &gone);
+    env.docebo
+        .update(
+            EntityKind::CourseEnrollments,
+            &changed_key,
+            json!({"enrollment_status": "completed"}),
+        )
+        .unwrap();
+    env.docebo
+        .delete(EntityKind::CourseEnrollments, &gone_key)
+        .unwrap();
+    let fired_at = env.docebo.now().format("%Y-%m-%d %H:%M:%S").to_string();
+    for (message_id, event, item) in [
+        ("m1", "course.enrollment.completed", &changed),
+        ("m2", "course.enrollment.deleted", &gone),
+    ] {
+        let body = json!({"message_id": message_id, "event": event, "payload": {
+            "fired_at": fired_at, "user_id": item["user_id"], "course_id": item["course_id"]}});
+        assert!(
+            realtime::record_webhook(&conn, env.connection_id, message_id, event, &body)
+                .await
+                .unwrap()
+        );
+    }
+    let mut conn = env.store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let dispatched = realtime::dispatch_webhooks(&tx, Duration::from_secs(60), 100)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let run_id = dispatched[0].run_id.unwrap();
+    let run = env.wait_final(run_id, Duration::from_secs(30)).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    assert_eq!(run.jobs.len(), 1);
+    assert_eq!(run.jobs[0].kind, JobKind::CourseEnrollments);
+    // Only the named course, only what changed since the events (minus the overlap).
+    assert_eq!(run.counts().read, 1, "{run:#?}");
+    assert_eq!(run.counts().written, 1);
+
+    let records = env
+        .salesforce
+        .records("Docebo_Course_Enrollment__c")
+        .unwrap();
+    let find = |key: &str| {
+        records
+            .iter()
+            .find(|record| record["Enrollment_Key__c"] == key)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(find(&changed_key)["Status__c"], "Completed");
+    let unenrolled = find(&gone_key);
+    assert_eq!(unenrolled["Status__c"], "Unenrolled");
+    assert!(!unenrolled["Unenrolled_At__c"].is_null());
+    let others = records
+        .iter()
+        .filter(|record| record["Status__c"] == "Unenrolled")
+        .count();
+    assert_eq!(others, 1);
+
+    // Session rosters: Docebo names every session event "ilt"; the run reads only the named
+    // session's roster and unenrolls the announced deletion, whatever the session's type.
+    let sessions = env.docebo.items(EntityKind::Sessions);
+    let course_of = |session_id: &serde_json::Value| {
+        sessions
+            .iter()
+            .find(|session| session["id"] == *session_id)
+            .unwrap()["course_id"]
+            .clone()
+    };
+    let roster = env.docebo.items(EntityKind::SessionEnrollments);
+    let changed = roster
+        .iter()
+        .find(|item| item["status"] != "completed")
+        .unwrap()
+        .clone();
+    let changed_key = common::docebo_key(EntityKind::SessionEnrollments, &changed);
+    let gone = roster
+        .iter()
+        .find(|item| item["session_id"] != changed["session_id"])
+        .unwrap()
+        .clone();
+    let gone_key = common::docebo_key(EntityKind::SessionEnrollments, &gone);
+    env.docebo
+        .update(
+            EntityKind::SessionEnrollments,
+            &changed_key,
+            json!({"status": "completed"}),
+        )
+        .unwrap();
+    env.docebo
+        .delete(EntityKind::SessionEnrollments, &gone_key)
+        .unwrap();
+    let fired_at = env.docebo.now().format("%Y-%m-%d %H:%M:%S").to_string();
+    for (message_id, event, item) in [
+        ("m3", "ilt.session.enrollment.updated", &changed),
+        ("m4", "ilt.session.enrollment.deleted", &gone),
+    ] {
+        let body = json!({"message_id": message_id, "event": event, "payload": {
+            "fired_at": fired_at, "user_id": item["user_id"], "session_id": item["session_id"],
+            "course_id": course_of(&item["session_id"])}});
+        realtime::record_webhook(&conn, env.connection_id, message_id, event, &body)
+            .await
+            .unwrap();
+    }
+    let tx = conn.transaction().await.unwrap();
+    let dispatched = realtime::dispatch_webhooks(&tx, Duration::from_secs(60), 100)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let run = env
+        .wait_final(dispatched[0].run_id.unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    assert_eq!(run.counts().read, 1, "{run:#?}");
+    let records = env
+        .salesforce
+        .records("Docebo_Session_Enrollment__c")
+        .unwrap();
+    let find = |key: &str| {
+        records
+            .iter()
+            .find(|record| record["Enrollment_Key__c"] == key)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(find(&changed_key)["Status__c"], "Completed");
+    assert_eq!(find(&gone_key)["Status__c"], "Unenrolled");
+    worker.stop().await;
+}
