@@ -20,4 +20,4 @@ fi
 export LEARNSYNC_PYTHON="$PWD/.learnsync/venv/bin/python"
 export LEARNSYNC_NODE_PATH="$PWD/.learnsync/node_modules"
 
-exec cargo test --workspace "$@"
+exec cargo test --workspace --no-fail-fast "$@"
