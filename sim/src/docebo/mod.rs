@@ -372,6 +372,12 @@ impl DoceboState {
             let Some(object) = item.as_object_mut() else {
                 return Err(Error::Invalid("a record must be a JSON object".into()));
             };
+            // Docebo's user list sends ids as strings, whatever the caller passed.
+            if kind == EntityKind::Users
+                && let Some(Value::Number(id)) = object.get("user_id").cloned()
+            {
+                object.insert("user_id".into(), Value::String(id.to_string()));
+            }
             for field in kind.marker_fields().iter().take(1) {
                 if object.get(*field).is_none_or(Value::is_null) {
                     object.insert(field.to_string(), Value::String(now.clone()));

@@ -166,6 +166,18 @@ pub fn prepare(
             }
             Some(Op::Update)
         }
+        // Upserting on Id updates the records named (an insert needs an external id to match on).
+        BulkOp::Upsert
+            if work
+                .external_id_field
+                .as_deref()
+                .is_some_and(|name| name.eq_ignore_ascii_case("Id")) =>
+        {
+            if !has_id {
+                return Err("InvalidBatch : Field name not found : Id".into());
+            }
+            Some(Op::Update)
+        }
         BulkOp::Upsert => {
             let name = work.external_id_field.clone().unwrap_or_default();
             let field = org.objects[work.object_index]
