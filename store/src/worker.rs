@@ -369,7 +369,9 @@ pub async fn finish(
 }
 
 /// Ends a run whose jobs are all final; when it completed, moves its area's watermark to the run's
-/// creation: everything changed before it was read.
+/// creation: everything changed before it was read. Only runs that read every change do (full or
+/// incremental): a run limited to a timeframe, or to the records webhooks named, leaves the
+/// watermark where it was, or the next incremental run would skip what it did not read.
 async fn finish_run_if_done(client: &impl GenericClient, run_id: Uuid) -> Result<()> {
     if let Some(state) = runs::finish_if_done(client, run_id).await?
         && state.is_completed()
@@ -377,7 +379,8 @@ async fn finish_run_if_done(client: &impl GenericClient, run_id: Uuid) -> Result
         client
             .execute(
                 "UPDATE area_configs a SET watermark = greatest(a.watermark, r.create_time) \
-                 FROM runs r WHERE r.id = $1 AND a.connection_id = r.connection_id AND a.area = r.area",
+                 FROM runs r WHERE r.id = $1 AND a.connection_id = r.connection_id AND a.area = r.area \
+                   AND r.targets IS NULL AND r.timeframe_start IS NULL AND r.timeframe_end IS NULL",
                 &[&run_id],
             )
             .await?;

@@ -48,6 +48,14 @@ async fn a_timeframe_writes_only_that_timeframe() {
     );
     assert_eq!(run.counts().read, expected.len() as i64);
     assert_eq!(run.counts().written, expected.len() as i64);
+    // A run limited to a timeframe did not read every change: no watermark.
+    let conn = env.store.conn().await.unwrap();
+    let config = learnsync_store::areas::get(&conn, env.connection_id, Area::Users)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(config.watermark, None);
+    assert!(config.first_success_time.is_some());
     worker.stop().await;
 }
 

@@ -75,6 +75,15 @@ async fn a_webhook_run_writes_the_change_and_the_deletion() {
                 .unwrap()
         );
     }
+    let watermark = |conn: learnsync_store::Conn| async move {
+        areas::get(&conn, env.connection_id, Area::Enrollments)
+            .await
+            .unwrap()
+            .unwrap()
+            .watermark
+    };
+    let before = watermark(env.store.conn().await.unwrap()).await;
+    assert!(before.is_some());
     let mut conn = env.store.conn().await.unwrap();
     let tx = conn.transaction().await.unwrap();
     let dispatched = realtime::dispatch_webhooks(&tx, Duration::from_secs(60), 100)
@@ -84,6 +93,8 @@ async fn a_webhook_run_writes_the_change_and_the_deletion() {
     let run_id = dispatched[0].run_id.unwrap();
     let run = env.wait_final(run_id, Duration::from_secs(30)).await;
     assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    // A run limited to what webhooks named did not read every change: the watermark stays.
+    assert_eq!(watermark(env.store.conn().await.unwrap()).await, before);
     assert_eq!(run.jobs.len(), 1);
     assert_eq!(run.jobs[0].kind, JobKind::CourseEnrollments);
     // Only the named course, only what changed since the events (minus the overlap).
