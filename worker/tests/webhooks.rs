@@ -1,4 +1,4 @@
-//! Proves webhook runs stay small and act at once: a run the dispatcher makes from Docebo webhook messages reads only the named courses' enrollments changed since the events, writes the change, and unenrolls the announced deletion.
+//! Proves realtime runs stay small: a webhook run reads only the named courses' or sessions' enrollments changed since the events, writes the change and unenrolls the announced deletion without moving the watermark; an incremental run reads only what changed since the watermark and moves it.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -190,5 +190,64 @@ async fn a_webhook_run_writes_the_change_and_the_deletion() {
     };
     assert_eq!(find(&changed_key)["Status__c"], "Completed");
     assert_eq!(find(&gone_key)["Status__c"], "Unenrolled");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_run_reads_only_what_changed_since_the_watermark() {
+    let env = Env::new(GenerateParams {
+        seed: 72,
+        bad_records: Some(false),
+        ..GenerateParams::default()
+    })
+    .await;
+    let worker = env.spawn_worker(test_settings("w1"));
+    let first = sync_area(&env, Area::Users).await;
+    assert_eq!(first.state, RunState::Succeeded);
+    let key = env.docebo_keys("users").into_iter().nth(5).unwrap();
+    env.docebo
+        .update(EntityKind::Users, &key, json!({"first_name": "Renamed"}))
+        .unwrap();
+
+    // What the realtime scheduler creates: an incremental run from the watermark minus an overlap.
+    let mut conn = env.store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let config = areas::lock(&tx, env.connection_id, Area::Users)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(config.watermark, Some(first.create_time));
+    let request = learnsync_store::runs::RunRequest {
+        full_sync: false,
+        updated_from: config
+            .watermark
+            .map(|time| time - chrono::Duration::seconds(60)),
+        ..learnsync_store::runs::RunRequest::full(
+            learnsync_store::model::Trigger::Schedule,
+            (None, None),
+            false,
+        )
+    };
+    let run = learnsync_store::runs::create(&tx, env.connection_id, Area::Users, &request)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let run = env.wait_final(run.id, Duration::from_secs(30)).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    assert_eq!(run.counts().read, 1, "{run:#?}");
+    assert_eq!(run.counts().written, 1);
+    let renamed = env
+        .salesforce
+        .records("Docebo_User__c")
+        .unwrap()
+        .into_iter()
+        .find(|record| record["Docebo_User_Id__c"] == key.as_str())
+        .unwrap();
+    assert_eq!(renamed["First_Name__c"], "Renamed");
+    let config = areas::get(&conn, env.connection_id, Area::Users)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(config.watermark, Some(run.create_time));
     worker.stop().await;
 }
