@@ -11,9 +11,10 @@ use learnsync_sim::{FailNext, Faults, SalesforceConfig, SalesforceSim};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const PUBLIC_KEY: &str = include_str!("fixtures/test_rsa_public.pem");
-const PRIVATE_KEY: &str = include_str!("fixtures/test_rsa_private.pem");
-const OTHER_PRIVATE_KEY: &str = include_str!("fixtures/other_rsa_private.pem");
+use learnsync_sim::salesforce::test_keys::{
+    OTHER_PRIVATE_KEY_PEM as OTHER_PRIVATE_KEY, PRIVATE_KEY_PEM as PRIVATE_KEY,
+    PUBLIC_KEY_PEM as PUBLIC_KEY,
+};
 
 async fn sim() -> SalesforceSim {
     SalesforceSim::start(SalesforceConfig {

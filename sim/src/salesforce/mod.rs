@@ -1958,3 +1958,15 @@ async fn control_token(State(state): State<Arc<SfState>>) -> Response {
     let token = state.new_session();
     axum::Json(json!({"access_token": token, "instance_url": state.base_url()})).into_response()
 }
+
+/// A fixed RSA key pair for tests of the JWT bearer grant (generating one is slow in debug builds).
+/// It is public, so it protects nothing: use it with simulators only.
+pub mod test_keys {
+    /// PKCS#8 PEM private key that signs test assertions (RS256).
+    pub const PRIVATE_KEY_PEM: &str = include_str!("../../tests/fixtures/test_rsa_private.pem");
+    /// PEM public key to put in [`super::SalesforceConfig::jwt_public_key_pem`].
+    pub const PUBLIC_KEY_PEM: &str = include_str!("../../tests/fixtures/test_rsa_public.pem");
+    /// Another private key, whose assertions the simulator refuses.
+    pub const OTHER_PRIVATE_KEY_PEM: &str =
+        include_str!("../../tests/fixtures/other_rsa_private.pem");
+}
