@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn parses_scopes_and_authenticates() {
         let tokens =
-            Tokens::parse("operator=op-token-0123456789\ntenant:acme=acme-token-0123456789, # c")
+            Tokens::parse("operator=op-token-0123456789\ntenant:acme=acme-token-0123456789, stray")
                 .unwrap_err();
         assert_eq!(tokens.entry, 3);
         let tokens = Tokens::parse(
