@@ -145,7 +145,9 @@ impl JobCtx {
         future: impl Future<Output = SyncResult<T>>,
     ) -> SyncResult<T> {
         tokio::select! {
-            _ = self.interrupt.cancelled() => Err(self.check().err().unwrap_or(SyncError::Interrupted(Interrupt::Shutdown))),
+            _ = self.interrupt.cancelled() => {
+                Err(SyncError::Interrupted(self.interrupted().unwrap_or(Interrupt::Shutdown)))
+            }
             outcome = future => outcome,
         }
     }

@@ -530,9 +530,15 @@ impl<'a> JobRun<'a> {
             self.list().await?;
         }
         if self.checkpoint.phase == Phase::Deferred {
+            self.ctx
+                .status("retrying records whose parent was missing")
+                .await?;
             self.retry_deferred().await?;
         }
         if self.checkpoint.phase == Phase::Unenroll {
+            self.ctx
+                .status("marking enrollments gone from docebo")
+                .await?;
             self.unenroll().await?;
         }
         Ok(())
