@@ -92,6 +92,12 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// The postmaster's process id (for measuring the cluster's CPU time in benchmarks).
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
     /// Makes sure the cluster stops and its directory goes when this process exits, even if the
     /// handle is never dropped (a handle in a `static` is not): a small shell watchdog waits for
     /// this process to end.

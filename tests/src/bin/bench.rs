@@ -1,0 +1,617 @@
+//! `learnsync-bench`: measures learnsync on the simulators, as the product runs: a private
+//! PostgreSQL cluster, the simulators and the gRPC server in this process, and workers as separate
+//! `learnsync-worker` processes (so their CPU time and peak memory are theirs alone). Every figure
+//! comes with the command that produced it; BENCHMARKS.md keeps them with the machine described.
+//!
+//! Build first: `cargo build --release -p learnsync-worker -p learnsync-e2e --bin learnsync-bench`.
+//! - `sync --enrollments N`: a full sync (users, courses, enrollments) with rate limits off.
+//! - `realtime --enrollments N`: Docebo calls of a realtime day against a full reload every 15 min.
+//! - `control`: GetStatus throughput and latency, Start-to-claim delay, StreamLogs delivery delay.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt as _;
+use learnsync_client::{Client, pb};
+use learnsync_server::{Principal, Tokens};
+use learnsync_sim::{
+    DoceboConfig, DoceboSim, EntityKind, GenerateParams, SalesforceConfig, SalesforceSim,
+};
+use learnsync_store::embedded::PrivatePostgres;
+use learnsync_store::model::{LogLevel, NewLogEvent};
+use learnsync_store::secrets::Cipher;
+use rand::RngCore as _;
+use tokio_util::sync::CancellationToken;
+
+/// Benchmarks of learnsync on the simulators.
+#[derive(Debug, Parser)]
+#[command(name = "learnsync-bench", about)]
+struct Args {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// A full sync of a generated platform.
+    Sync {
+        /// Course enrollments (users, courses, sessions, learning plans in proportion).
+        #[arg(long, default_value_t = 10_000)]
+        enrollments: usize,
+        /// Worker processes.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Jobs per worker at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// The Docebo calls of a realtime day (0.1% of enrollments changing per hour) against a full
+    /// reload every 15 minutes.
+    Realtime {
+        /// Course enrollments on the platform.
+        #[arg(long, default_value_t = 100_000)]
+        enrollments: usize,
+    },
+    /// Control-plane latency and throughput.
+    Control {
+        /// Concurrent GetStatus clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// How long GetStatus is hammered.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Start-to-claim and log-delivery samples.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+    },
+}
+
+const TOKEN: &str = "bench-operator-token-000000000000000";
+
+/// Everything a benchmark runs against.
+struct Bed {
+    postgres: PrivatePostgres,
+    store: learnsync_store::Store,
+    key_hex: String,
+    docebo: DoceboSim,
+    salesforce: SalesforceSim,
+    endpoint: String,
+    shutdown: CancellationToken,
+    workers: Vec<Child>,
+    connection_id: String,
+}
+
+fn platform(enrollments: usize, seed: u64) -> GenerateParams {
+    GenerateParams {
+        seed,
+        users: Some((enrollments / 10).max(50)),
+        courses: Some((enrollments / 200).max(10)),
+        learning_plans: Some((enrollments / 2000).max(3)),
+        course_enrollments: Some(enrollments),
+        learning_plan_enrollments: Some(enrollments / 10),
+        session_enrollments: Some(enrollments / 10),
+        ..GenerateParams::default()
+    }
+}
+
+impl Bed {
+    async fn start(params: &GenerateParams) -> anyhow::Result<Bed> {
+        let postgres = tokio::task::spawn_blocking(PrivatePostgres::start).await??;
+        let store = learnsync_store::Store::connect(&learnsync_store::Options {
+            database_url: postgres.url(),
+            max_connections: 16,
+        })?;
+        store.migrate().await?;
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        let cipher = Cipher::new(&key);
+        let docebo = DoceboSim::start(DoceboConfig {
+            rate_limit_per_hour: None,
+            ..DoceboConfig::default()
+        })
+        .await?;
+        docebo.generate(params);
+        let salesforce = SalesforceSim::start(SalesforceConfig {
+            daily_api_limit: u64::MAX / 2,
+            ..SalesforceConfig::default()
+        })
+        .await?;
+        let mut tokens = Tokens::default();
+        tokens.add(TOKEN, Principal::Operator);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let mut options = learnsync_server::Options::new(tokens, cipher);
+        options.min_interval = Duration::from_secs(1);
+        tokio::spawn(learnsync_server::serve(
+            store.clone(),
+            options,
+            listener,
+            async move { stop.cancelled().await },
+        ));
+        let mut client = Client::connect(&endpoint, TOKEN).await?;
+        let connection = client
+            .create_connection(pb::CreateConnectionRequest {
+                connection: Some(pb::Connection {
+                    display_name: "bench".into(),
+                    docebo: Some(pb::DoceboCredentials {
+                        base_url: docebo.base_url().to_string(),
+                        client_id: docebo.config().client_id.clone(),
+                        client_secret: docebo.config().client_secret.clone(),
+                        grant: Some(pb::docebo_credentials::Grant::ClientCredentials(
+                            pb::DoceboClientCredentialsGrant {},
+                        )),
+                    }),
+                    salesforce: Some(pb::SalesforceCredentials {
+                        login_url: salesforce.base_url().to_string(),
+                        client_id: salesforce.config().client_id.clone(),
+                        grant: Some(pb::salesforce_credentials::Grant::ClientCredentials(
+                            pb::SalesforceClientCredentialsGrant {
+                                client_secret: salesforce.config().client_secret.clone(),
+                            },
+                        )),
+                    }),
+                    docebo_calls_per_hour: 100_000,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await?;
+        Ok(Bed {
+            postgres,
+            store,
+            key_hex: hex::encode(key),
+            docebo,
+            salesforce,
+            endpoint,
+            shutdown,
+            workers: Vec::new(),
+            connection_id: connection.id,
+        })
+    }
+
+    fn spawn_worker(&mut self, concurrency: usize) -> anyhow::Result<()> {
+        let exe = std::env::current_exe()?;
+        let worker = exe
+            .parent()
+            .map(|dir| dir.join("learnsync-worker"))
+            .filter(|path| path.is_file())
+            .context("learnsync-worker is not built next to this binary: cargo build --release -p learnsync-worker")?;
+        let child = Command::new(worker)
+            .env("DATABASE_URL", self.postgres.url())
+            .env("LEARNSYNC_SECRET_KEY", &self.key_hex)
+            .env("LEARNSYNC_WORKER_CONCURRENCY", concurrency.to_string())
+            .env("LEARNSYNC_WORKER_POLL_INTERVAL", "200ms")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
+        self.workers.push(child);
+        Ok(())
+    }
+
+    async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.endpoint, TOKEN).await?)
+    }
+
+    /// Runs an area's first sync (or a resync) and waits for it; returns the run and its wall time.
+    async fn sync(&self, area: pb::Area, first: bool) -> anyhow::Result<(pb::Run, Duration)> {
+        let mut client = self.client().await?;
+        let started = Instant::now();
+        let run = if first {
+            client
+                .configure(
+                    &self.connection_id,
+                    pb::AreaConfig {
+                        area: area as i32,
+                        enabled: true,
+                        mode: pb::Mode::Manual as i32,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            client.start(&self.connection_id, area, None).await?
+        } else {
+            client
+                .resynchronize(&self.connection_id, area, None, false)
+                .await?
+        };
+        let run = self.wait(&run.id).await?;
+        Ok((run, started.elapsed()))
+    }
+
+    async fn wait(&self, run_id: &str) -> anyhow::Result<pb::Run> {
+        let mut client = self.client().await?;
+        loop {
+            let run = client.get_run(&self.connection_id, run_id).await?;
+            if run.end_time.is_some() {
+                return Ok(run);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn calls(&self) -> (u64, u64) {
+        (
+            self.docebo.counters().values().sum(),
+            self.salesforce.counters().values().sum(),
+        )
+    }
+
+    fn clear_calls(&self) {
+        self.docebo.clear_counters();
+        self.salesforce.clear_counters();
+    }
+
+    fn stop(mut self) {
+        for child in &mut self.workers {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+        self.shutdown.cancel();
+    }
+}
+
+/// CPU seconds and peak resident memory (MiB) of a live process.
+fn process_stats(pid: u32) -> Option<(f64, f64)> {
+    let ticks = ticks_per_second();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(((utime + stime) / ticks, hwm_kb / 1024.0))
+}
+
+/// CPU seconds of a PostgreSQL cluster: the postmaster, its reaped children, its live children.
+fn postgres_cpu(postmaster: u32) -> f64 {
+    let ticks = ticks_per_second();
+    let times = |pid: u32, with_children: bool| -> Option<(u32, f64)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ppid: u32 = fields.get(1)?.parse().ok()?;
+        let mut total: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        if with_children {
+            total += fields.get(13)?.parse::<f64>().ok()? + fields.get(14)?.parse::<f64>().ok()?;
+        }
+        Some((ppid, total / ticks))
+    };
+    let mut total = times(postmaster, true).map_or(0.0, |(_, t)| t);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                && let Some((ppid, cpu)) = times(pid, false)
+                && ppid == postmaster
+            {
+                total += cpu;
+            }
+        }
+    }
+    total
+}
+
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn written(run: &pb::Run) -> i64 {
+    run.counts.map_or(0, |c| c.written + c.unchanged + c.failed)
+}
+
+async fn bench_sync(enrollments: usize, workers: usize, concurrency: usize) -> anyhow::Result<()> {
+    let params = platform(enrollments, 42);
+    let mut bed = Bed::start(&params).await?;
+    for _ in 0..workers {
+        bed.spawn_worker(concurrency)?;
+    }
+    let postmaster = bed.postgres.postmaster_pid().context("postmaster pid")?;
+    let pg_before = postgres_cpu(postmaster);
+    bed.clear_calls();
+    let started = Instant::now();
+    let (users, users_time) = bed.sync(pb::Area::Users, true).await?;
+    let (courses, courses_time) = bed.sync(pb::Area::Courses, true).await?;
+    let (enrolled, enrollments_time) = bed.sync(pb::Area::Enrollments, true).await?;
+    let wall = started.elapsed();
+    let (docebo_calls, salesforce_calls) = bed.calls();
+    let pg_cpu = postgres_cpu(postmaster) - pg_before;
+    let records: i64 = [&users, &courses, &enrolled]
+        .iter()
+        .map(|r| written(r))
+        .sum();
+    let failed: i64 = [&users, &courses, &enrolled]
+        .iter()
+        .map(|r| r.counts.map_or(0, |c| c.failed))
+        .sum();
+    let mut worker_cpu = 0.0;
+    let mut worker_peak: f64 = 0.0;
+    for child in &bed.workers {
+        if let Some((cpu, peak)) = process_stats(child.id()) {
+            worker_cpu += cpu;
+            worker_peak = worker_peak.max(peak);
+        }
+    }
+    for run in [&users, &courses, &enrolled] {
+        if run.state != pb::RunState::Succeeded as i32
+            && run.state != pb::RunState::SucceededWithErrors as i32
+        {
+            bail!(
+                "run {} ended {:?}: {}",
+                run.id,
+                run.state,
+                run.error_message
+            );
+        }
+    }
+    println!(
+        "| course enrollments | records | wall s | records/s | docebo calls /1k | salesforce calls /1k | worker cpu s | worker peak MiB | postgres cpu s | failed (by design) |"
+    );
+    println!(
+        "| {enrollments} | {records} | {:.1} (users {:.1}, courses {:.1}, enrollments {:.1}) | {:.0} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {failed} |",
+        wall.as_secs_f64(),
+        users_time.as_secs_f64(),
+        courses_time.as_secs_f64(),
+        enrollments_time.as_secs_f64(),
+        records as f64 / wall.as_secs_f64(),
+        docebo_calls as f64 * 1000.0 / records as f64,
+        salesforce_calls as f64 * 1000.0 / records as f64,
+        worker_cpu,
+        worker_peak,
+        pg_cpu,
+    );
+    bed.stop();
+    Ok(())
+}
+
+async fn bench_realtime(enrollments: usize) -> anyhow::Result<()> {
+    let params = platform(enrollments, 43);
+    let mut bed = Bed::start(&params).await?;
+    bed.spawn_worker(4)?;
+    bed.sync(pb::Area::Users, true).await?;
+    bed.sync(pb::Area::Courses, true).await?;
+    bed.clear_calls();
+    let (full, full_time) = bed.sync(pb::Area::Enrollments, true).await?;
+    let (full_calls, _) = bed.calls();
+
+    // 0.1% of the enrollments change per hour: a quarter of that between two 15-minute runs.
+    let changes = (enrollments as f64 * 0.001 / 4.0).ceil() as usize;
+    let keys: Vec<String> = bed
+        .docebo
+        .items(EntityKind::CourseEnrollments)
+        .iter()
+        .filter_map(|item| {
+            Some(format!(
+                "{}-{}",
+                item.get("user_id")?,
+                item.get("course_id")?
+            ))
+        })
+        .map(|key| key.replace('"', ""))
+        .take(changes)
+        .collect();
+    for key in &keys {
+        bed.docebo.update(
+            EntityKind::CourseEnrollments,
+            key,
+            serde_json::json!({"enrollment_score": 99}),
+        )?;
+    }
+    // What the scheduler does at a tick: an incremental run from the watermark minus the overlap.
+    bed.clear_calls();
+    let started = Instant::now();
+    let run_id = {
+        let mut conn = bed.store.conn().await?;
+        let tx = conn.transaction().await?;
+        let connection_id = uuid::Uuid::parse_str(&bed.connection_id)?;
+        let config = learnsync_store::areas::get(
+            &tx,
+            connection_id,
+            learnsync_store::model::Area::Enrollments,
+        )
+        .await?
+        .context("enrollments configured")?;
+        let request = learnsync_store::runs::RunRequest {
+            full_sync: false,
+            updated_from: config.watermark.map(|w| w - chrono::Duration::minutes(2)),
+            ..learnsync_store::runs::RunRequest::full(
+                learnsync_store::model::Trigger::Schedule,
+                (None, None),
+                false,
+            )
+        };
+        let run = learnsync_store::runs::create(
+            &tx,
+            connection_id,
+            learnsync_store::model::Area::Enrollments,
+            &request,
+        )
+        .await?;
+        tx.commit().await?;
+        run.id.to_string()
+    };
+    let incremental = bed.wait(&run_id).await?;
+    let incremental_time = started.elapsed();
+    let (incremental_calls, incremental_sf) = bed.calls();
+    let per_day = 96.0;
+    let realtime_day = per_day * incremental_calls as f64 + full_calls as f64;
+    let reload_day = per_day * full_calls as f64;
+    println!(
+        "| course enrollments | changed per 15 min | full run: docebo calls, s | incremental run: docebo calls, salesforce calls, s, written | realtime day (96 incremental + 1 full comparison) | full reload every 15 min | ratio |"
+    );
+    println!(
+        "| {enrollments} | {changes} | {full_calls}, {:.1} | {incremental_calls}, {incremental_sf}, {:.2}, {} | {:.0} calls | {:.0} calls | {:.1}x fewer |",
+        full_time.as_secs_f64(),
+        incremental_time.as_secs_f64(),
+        incremental.counts.map_or(0, |c| c.written),
+        realtime_day,
+        reload_day,
+        reload_day / realtime_day,
+    );
+    let _ = full;
+    bed.stop();
+    Ok(())
+}
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index]
+}
+
+async fn bench_control(clients: usize, seconds: u64, samples: usize) -> anyhow::Result<()> {
+    let params = GenerateParams {
+        seed: 5,
+        users: Some(5),
+        courses: Some(2),
+        learning_plans: Some(1),
+        course_enrollments: Some(5),
+        learning_plan_enrollments: Some(1),
+        session_enrollments: Some(1),
+        bad_records: Some(false),
+        ..GenerateParams::default()
+    };
+    let mut bed = Bed::start(&params).await?;
+    bed.spawn_worker(4)?;
+    bed.sync(pb::Area::Users, true).await?;
+
+    // GetStatus under load: `clients` concurrent callers for `seconds`.
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut client = bed.client().await?;
+        let id = bed.connection_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                if client.get_status(&id, &[]).await.is_ok() {
+                    latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await?);
+    }
+    let calls = latencies.len();
+    println!(
+        "GetStatus: {clients} clients, {seconds} s: {calls} calls, {:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms",
+        calls as f64 / seconds as f64,
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.99)
+    );
+
+    // Start-to-claim: from the call's return to the worker's claim (job start_time, same clock).
+    let mut client = bed.client().await?;
+    let mut claim_ms = Vec::new();
+    for _ in 0..samples {
+        let run = client
+            .resynchronize(&bed.connection_id, pb::Area::Users, None, false)
+            .await?;
+        let issued = chrono::Utc::now();
+        let done = bed.wait(&run.id).await?;
+        if let Some(start) = done.jobs.first().and_then(|j| j.start_time) {
+            let claimed =
+                chrono::DateTime::from_timestamp(start.seconds, start.nanos.max(0) as u32)
+                    .unwrap_or(issued);
+            let created = done
+                .create_time
+                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+                .unwrap_or(issued);
+            claim_ms.push((claimed - created).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+    }
+    println!(
+        "Start-to-claim: {} runs, p50 {:.1} ms, p99 {:.1} ms",
+        claim_ms.len(),
+        percentile(&mut claim_ms, 0.5),
+        percentile(&mut claim_ms, 0.99)
+    );
+
+    // StreamLogs delivery: an event appended while a follower waits, until it arrives.
+    let connection_id = uuid::Uuid::parse_str(&bed.connection_id)?;
+    let conn = bed.store.conn().await?;
+    let last = learnsync_store::logs::last_sequence(&conn, connection_id).await?;
+    let mut stream = client
+        .stream_logs(pb::StreamLogsRequest {
+            connection_id: bed.connection_id.clone(),
+            position: Some(pb::stream_logs_request::Position::FromSequence(last + 1)),
+            follow: true,
+            ..Default::default()
+        })
+        .await?;
+    let mut delivery_ms = Vec::new();
+    let mut sent: BTreeMap<i64, Instant> = BTreeMap::new();
+    for index in 0..samples {
+        let at = Instant::now();
+        let sequences = learnsync_store::logs::append(
+            &conn,
+            connection_id,
+            &[NewLogEvent::new(LogLevel::Debug, "bench event").field("index", index as i64)],
+        )
+        .await?;
+        sent.insert(sequences[0], at);
+        let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await?
+            .context("stream ended")??;
+        if let Some(at) = sent.remove(&event.sequence) {
+            delivery_ms.push(at.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    println!(
+        "StreamLogs delivery: {} events, p50 {:.2} ms, p99 {:.2} ms",
+        delivery_ms.len(),
+        percentile(&mut delivery_ms, 0.5),
+        percentile(&mut delivery_ms, 0.99)
+    );
+    drop(stream);
+    bed.stop();
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let _ = PathBuf::new();
+    match args.command {
+        Bench::Sync {
+            enrollments,
+            workers,
+            concurrency,
+        } => bench_sync(enrollments, workers, concurrency).await,
+        Bench::Realtime { enrollments } => bench_realtime(enrollments).await,
+        Bench::Control {
+            clients,
+            seconds,
+            samples,
+        } => bench_control(clients, seconds, samples).await,
+    }
+}
