@@ -6,6 +6,8 @@
 //! Build first: `cargo build --release -p learnsync-worker -p learnsync-e2e --bin learnsync-bench`.
 //! - `sync --enrollments N`: a full sync (users, courses, enrollments) with rate limits off.
 //! - `realtime --enrollments N`: Docebo calls of a realtime day against a full reload every 15 min.
+//! - `compare --enrollments N`: learnsync against a Python script (requests + simple-salesforce
+//!   Bulk 2.0) doing the same work on the same simulators.
 //! - `control`: GetStatus throughput and latency, Start-to-claim delay, StreamLogs delivery delay.
 
 use std::collections::BTreeMap;
@@ -55,6 +57,16 @@ enum Bench {
         /// Course enrollments on the platform.
         #[arg(long, default_value_t = 100_000)]
         enrollments: usize,
+    },
+    /// learnsync against a Python script doing the same work (requests + simple-salesforce Bulk 2.0)
+    /// on the same simulators, in the same run.
+    Compare {
+        /// Course enrollments (users, courses, sessions, learning plans in proportion).
+        #[arg(long, default_value_t = 100_000)]
+        enrollments: usize,
+        /// A python with simple-salesforce installed.
+        #[arg(long, env = "LEARNSYNC_PYTHON", default_value = ".learnsync/venv/bin/python")]
+        python: PathBuf,
     },
     /// Control-plane latency and throughput.
     Control {
@@ -472,6 +484,51 @@ async fn bench_realtime(enrollments: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn bench_compare(enrollments: usize, python: PathBuf) -> anyhow::Result<()> {
+    let params = platform(enrollments, 44);
+    let mut bed = Bed::start(&params).await?;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/baseline_sync.py");
+    bed.clear_calls();
+    let started = Instant::now();
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(bed.docebo.base_url())
+        .arg(bed.salesforce.base_url())
+        .env("DOCEBO_CLIENT_ID", &bed.docebo.config().client_id)
+        .env("DOCEBO_CLIENT_SECRET", &bed.docebo.config().client_secret)
+        .env("SF_CLIENT_ID", &bed.salesforce.config().client_id)
+        .env("SF_CLIENT_SECRET", &bed.salesforce.config().client_secret)
+        .output()
+        .with_context(|| format!("running {} (run scripts/test.sh once to install simple-salesforce)", python.display()))?;
+    let python_time = started.elapsed();
+    if !output.status.success() {
+        bail!("baseline failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let (python_docebo, python_salesforce) = bed.calls();
+    let report = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    bed.salesforce.reset();
+
+    bed.spawn_worker(4)?;
+    bed.clear_calls();
+    let started = Instant::now();
+    let mut records = 0;
+    for area in [pb::Area::Users, pb::Area::Courses, pb::Area::Enrollments] {
+        let (run, _) = bed.sync(area, true).await?;
+        records += written(&run);
+    }
+    let learnsync_time = started.elapsed();
+    let (docebo_calls, salesforce_calls) = bed.calls();
+    println!("| course enrollments | python baseline: s, docebo calls, salesforce calls | learnsync: s, docebo calls, salesforce calls | learnsync faster by |");
+    println!(
+        "| {enrollments} | {:.1}, {python_docebo}, {python_salesforce} ({report}) | {:.1}, {docebo_calls}, {salesforce_calls} ({records} records) | {:.1}x |",
+        python_time.as_secs_f64(),
+        learnsync_time.as_secs_f64(),
+        python_time.as_secs_f64() / learnsync_time.as_secs_f64(),
+    );
+    bed.stop();
+    Ok(())
+}
+
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples.sort_by(|a, b| a.total_cmp(b));
     if samples.is_empty() {
@@ -600,7 +657,6 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    let _ = PathBuf::new();
     match args.command {
         Bench::Sync {
             enrollments,
@@ -608,6 +664,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
         } => bench_sync(enrollments, workers, concurrency).await,
         Bench::Realtime { enrollments } => bench_realtime(enrollments).await,
+        Bench::Compare { enrollments, python } => bench_compare(enrollments, python).await,
         Bench::Control {
             clients,
             seconds,
