@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. The simulator's real-client tests drive the Salesforce
-# simulator with the Python simple-salesforce and the npm jsforce libraries: they are installed
-# here, once, into .learnsync/ (git-ignored), and the tests are told where.
+# simulator with the Python simple-salesforce and the npm jsforce libraries, and the Python gRPC
+# client tests (tests/tests/python_clients.rs) use grpcio, grpcio-tools, grpcio-reflection and
+# protobuf: they are installed here, once, into .learnsync/ (git-ignored), and the tests are told
+# where.
 # Postgres: DATABASE_URL if set, otherwise each test binary starts a private cluster from the
 # machine's PostgreSQL binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mkdir -p .learnsync
-if ! .learnsync/venv/bin/python -c 'import simple_salesforce' >/dev/null 2>&1; then
-  echo "installing simple-salesforce into .learnsync/venv"
+if ! .learnsync/venv/bin/python -c 'import simple_salesforce, grpc, grpc_tools.protoc, grpc_reflection.v1alpha.proto_reflection_descriptor_database, google.protobuf.message_factory' >/dev/null 2>&1; then
+  echo "installing simple-salesforce, grpcio, grpcio-tools, grpcio-reflection and protobuf into .learnsync/venv"
   python3 -m venv .learnsync/venv
-  .learnsync/venv/bin/pip install --quiet --disable-pip-version-check 'simple-salesforce>=1.12,<2'
+  .learnsync/venv/bin/pip install --quiet --disable-pip-version-check 'simple-salesforce>=1.12,<2' \
+    'grpcio>=1.62,<2' 'grpcio-tools>=1.62,<2' 'grpcio-reflection>=1.62,<2' 'protobuf>=4.25,<8'
 fi
 if [ ! -f .learnsync/node_modules/jsforce/package.json ]; then
   echo "installing jsforce into .learnsync/node_modules"
