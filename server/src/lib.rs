@@ -8,6 +8,7 @@
 //! - [`auth`]: bearer tokens, operator and tenant scopes.
 //! - `service`: the RPC handlers; `convert`: validation and wire conversions; `error`: every
 //!   `Status` the server sends.
+//! - [`metrics`]: Prometheus metrics (gRPC calls, runs and jobs by state) on `/metrics`.
 //! - [`realtime`]: the scheduler and the webhook dispatcher loops; `webhooks`: the HTTP receiver
 //!   of Docebo webhooks.
 //! - `main.rs`: the `learnsync-server` binary.
@@ -15,6 +16,7 @@
 pub mod auth;
 mod convert;
 mod error;
+pub mod metrics;
 pub mod realtime;
 mod service;
 mod webhooks;
@@ -47,6 +49,16 @@ pub struct Options {
     pub realtime: RealtimeOptions,
 }
 
+/// The listeners a server serves on.
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// Docebo webhooks (plain HTTP), when received.
+    pub webhooks: Option<TcpListener>,
+    /// Prometheus `/metrics`, when exported.
+    pub metrics: Option<TcpListener>,
+}
+
 impl Options {
     /// Options with the defaults for everything but the tokens and the key.
     pub fn new(tokens: Tokens, cipher: Cipher) -> Options {
@@ -73,6 +85,9 @@ pub enum Error {
     /// The webhook receiver failed.
     #[error("webhook receiver: {0}")]
     Webhooks(#[from] std::io::Error),
+    /// The metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then stops taking calls, ends open log
@@ -84,7 +99,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    serve_with_webhooks(store, options, listener, None, shutdown).await
+    let listeners = Listeners {
+        grpc: listener,
+        webhooks: None,
+        metrics: None,
+    };
+    serve_on(store, options, listeners, shutdown).await
 }
 
 /// Like [`serve`], and receives Docebo webhooks over HTTP on `webhooks` when given.
@@ -95,6 +115,27 @@ pub async fn serve_with_webhooks(
     webhooks: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let listeners = Listeners {
+        grpc: listener,
+        webhooks,
+        metrics: None,
+    };
+    serve_on(store, options, listeners, shutdown).await
+}
+
+/// Serves gRPC, and webhooks and metrics when their listeners are given, until `shutdown`.
+pub async fn serve_on(
+    store: Store,
+    options: Options,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let Listeners {
+        grpc: listener,
+        webhooks,
+        metrics: metrics_listener,
+    } = listeners;
+    let metrics = metrics::Metrics::new()?;
     let cancel = CancellationToken::new();
     let notifications = learnsync_store::listen::spawn(
         store.database_url().to_string(),
@@ -129,6 +170,19 @@ pub async fn serve_with_webhooks(
         }
         None => None,
     };
+    if let Some(listener) = metrics_listener {
+        tracing::info!(address = ?listener.local_addr().ok(), "metrics listening");
+        let router = metrics.router(store.clone());
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(error) = served {
+                tracing::warn!(%error, "metrics endpoint stopped");
+            }
+        });
+    }
     let service = service::Service {
         store: store.clone(),
         cipher: options.cipher.clone(),
@@ -170,6 +224,7 @@ pub async fn serve_with_webhooks(
         stop.cancel();
     };
     let served = tonic::transport::Server::builder()
+        .layer(metrics::MetricsLayer(metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -22,6 +22,9 @@ struct Config {
     /// Address to receive Docebo webhooks on (plain HTTP; put TLS in front). Off when unset.
     #[arg(long, env = "LEARNSYNC_WEBHOOK_LISTEN")]
     webhook_listen: Option<SocketAddr>,
+    /// Address to serve Prometheus metrics on (`/metrics`). Off when unset.
+    #[arg(long, env = "LEARNSYNC_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How often the realtime scheduler looks for due runs, e.g. 5s.
     #[arg(long, env = "LEARNSYNC_SCHEDULE_TICK", default_value = "5s", value_parser = humantime::parse_duration)]
     schedule_tick: Duration,
@@ -94,12 +97,24 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let metrics = match config.metrics_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address}"))?,
+        ),
+        None => None,
+    };
     let mut options = learnsync_server::Options::new(tokens, cipher);
     options.min_interval = Duration::from_secs(config.min_interval_seconds);
     options.realtime.schedule_tick = config.schedule_tick;
     options.realtime.overlap = config.watermark_overlap;
-    learnsync_server::serve_with_webhooks(store, options, listener, webhooks, shutdown_signal())
-        .await?;
+    let listeners = learnsync_server::Listeners {
+        grpc: listener,
+        webhooks,
+        metrics,
+    };
+    learnsync_server::serve_on(store, options, listeners, shutdown_signal()).await?;
     Ok(())
 }
 

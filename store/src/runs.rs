@@ -573,3 +573,22 @@ pub async fn records_imported(
     }
     Ok(counts)
 }
+
+/// How many runs and jobs are in each state, across every connection (for metrics).
+pub async fn count_by_state(
+    client: &impl GenericClient,
+) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
+    let runs = client
+        .query("SELECT state, count(*) FROM runs GROUP BY state", &[])
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_>>()?;
+    let jobs = client
+        .query("SELECT state, count(*) FROM jobs GROUP BY state", &[])
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_>>()?;
+    Ok((runs, jobs))
+}

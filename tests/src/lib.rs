@@ -41,6 +41,8 @@ pub struct TestServer {
     pub endpoint: String,
     /// `http://127.0.0.1:<port>` of the webhook receiver.
     pub webhook_base: String,
+    /// `http://127.0.0.1:<port>` of the metrics endpoint.
+    pub metrics_base: String,
     /// The database's URL.
     pub database_url: String,
     /// A store on the same database, for arranging state the API cannot (e.g. finishing jobs).
@@ -96,12 +98,18 @@ impl TestServer {
         let endpoint = format!("http://{}", listener.local_addr()?);
         let webhooks = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let webhook_base = format!("http://{}", webhooks.local_addr()?);
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let metrics_base = format!("http://{}", metrics.local_addr()?);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(learnsync_server::serve_with_webhooks(
+        let listeners = learnsync_server::Listeners {
+            grpc: listener,
+            webhooks: Some(webhooks),
+            metrics: Some(metrics),
+        };
+        let task = tokio::spawn(learnsync_server::serve_on(
             store.clone(),
             options,
-            listener,
-            Some(webhooks),
+            listeners,
             async move {
                 let _ = shutdown_rx.await;
             },
@@ -109,6 +117,7 @@ impl TestServer {
         Ok(TestServer {
             endpoint,
             webhook_base,
+            metrics_base,
             database_url: database_url.to_string(),
             store,
             cipher,

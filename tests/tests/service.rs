@@ -349,3 +349,42 @@ async fn shutdown_ends_open_streams_cleanly() {
     let error = client.get_connection(&id).await.unwrap_err();
     assert_eq!(error.code(), Code::Unavailable);
 }
+
+#[tokio::test]
+async fn metrics_count_calls_by_method_and_code_and_runs_by_state() {
+    let server = TestServer::start().await.unwrap();
+    let mut client = server.operator().await.unwrap();
+    let id = create_sample(&mut client, "acme").await.unwrap();
+    client
+        .configure(&id, manual(pb::Area::Users))
+        .await
+        .unwrap();
+    client.start(&id, pb::Area::Users, None).await.unwrap();
+    let refused = client.start(&id, pb::Area::Users, None).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let text = reqwest::get(format!("{}/metrics", server.metrics_base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Counter and gauge samples only: histogram lines name methods too.
+    let line = |needle: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("learnsync_grpc_requests_total{") || l.starts_with("learnsync_runs{")
+            })
+            .find(|l| l.contains(needle))
+            .map(str::to_string)
+    };
+    let created = line("method=\"/learnsync.v1.SyncService/CreateConnection\"").unwrap();
+    assert!(
+        created.contains("code=\"0\"") && created.ends_with(" 1"),
+        "{created}"
+    );
+    let refused = line("code=\"9\",method=\"/learnsync.v1.SyncService/Start\"").unwrap();
+    assert!(refused.ends_with(" 1"), "{refused}");
+    let queued = line("learnsync_runs{state=\"queued\"}").unwrap();
+    assert!(queued.ends_with(" 1"), "{queued}");
+    assert!(text.contains("learnsync_grpc_request_seconds_bucket"));
+}

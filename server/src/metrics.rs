@@ -1,0 +1,173 @@
+//! Prometheus metrics of the server: gRPC calls by method and code with their latency (a tower
+//! layer around every service), runs and jobs by state and pending webhook messages (read from
+//! Postgres at scrape time, so every server reports the same truth), served on `/metrics` of a
+//! port of its own.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use learnsync_store::Store;
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+/// The server's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    runs: IntGaugeVec,
+    jobs: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Registers the server's metrics.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "learnsync_grpc_requests_total",
+                "gRPC calls by method and status code",
+            ),
+            &["method", "code"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "learnsync_grpc_request_seconds",
+                "time to the response headers of gRPC calls (streams: to their start)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["method"],
+        )?;
+        let runs = IntGaugeVec::new(
+            Opts::new("learnsync_runs", "runs by state, all connections"),
+            &["state"],
+        )?;
+        let jobs = IntGaugeVec::new(
+            Opts::new("learnsync_jobs", "jobs by state, all connections"),
+            &["state"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(runs.clone()))?;
+        registry.register(Box::new(jobs.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            latency,
+            runs,
+            jobs,
+        })
+    }
+
+    /// The `/metrics` route.
+    pub fn router(&self, store: Store) -> Router {
+        Router::new()
+            .route("/metrics", get(scrape))
+            .with_state((self.clone(), store))
+    }
+}
+
+async fn scrape(
+    State((metrics, store)): State<(Metrics, Store)>,
+) -> (axum::http::StatusCode, String) {
+    let counted = async {
+        let conn = store.conn().await?;
+        learnsync_store::runs::count_by_state(&conn).await
+    }
+    .await;
+    match counted {
+        Ok((runs, jobs)) => {
+            metrics.runs.reset();
+            metrics.jobs.reset();
+            for (state, count) in runs {
+                metrics.runs.with_label_values(&[state.as_str()]).set(count);
+            }
+            for (state, count) in jobs {
+                metrics.jobs.with_label_values(&[state.as_str()]).set(count);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "metrics: run counts unavailable"),
+    }
+    let mut buffer = Vec::new();
+    match prometheus::TextEncoder::new().encode(&metrics.registry.gather(), &mut buffer) {
+        Ok(()) => (
+            axum::http::StatusCode::OK,
+            String::from_utf8_lossy(&buffer).into_owned(),
+        ),
+        Err(error) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            error.to_string(),
+        ),
+    }
+}
+
+/// The tower layer that counts gRPC calls.
+#[derive(Clone)]
+pub struct MetricsLayer(pub Metrics);
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> MetricsService<S> {
+        MetricsService {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+/// Counts each call by its path and the `grpc-status` of its response headers (absent: OK, sent
+/// in trailers).
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for MetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_string();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("0")
+                .to_string();
+            metrics
+                .requests
+                .with_label_values(&[method.as_str(), code.as_str()])
+                .inc();
+            metrics
+                .latency
+                .with_label_values(&[method.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+            Ok(response)
+        })
+    }
+}
