@@ -65,7 +65,11 @@ enum Bench {
         #[arg(long, default_value_t = 100_000)]
         enrollments: usize,
         /// A python with simple-salesforce installed.
-        #[arg(long, env = "LEARNSYNC_PYTHON", default_value = ".learnsync/venv/bin/python")]
+        #[arg(
+            long,
+            env = "LEARNSYNC_PYTHON",
+            default_value = ".learnsync/venv/bin/python"
+        )]
         python: PathBuf,
     },
     /// Control-plane latency and throughput.
@@ -487,7 +491,8 @@ async fn bench_realtime(enrollments: usize) -> anyhow::Result<()> {
 async fn bench_compare(enrollments: usize, python: PathBuf) -> anyhow::Result<()> {
     let params = platform(enrollments, 44);
     let mut bed = Bed::start(&params).await?;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/baseline_sync.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/baseline_sync.py");
     bed.clear_calls();
     let started = Instant::now();
     let output = Command::new(&python)
@@ -499,10 +504,18 @@ async fn bench_compare(enrollments: usize, python: PathBuf) -> anyhow::Result<()
         .env("SF_CLIENT_ID", &bed.salesforce.config().client_id)
         .env("SF_CLIENT_SECRET", &bed.salesforce.config().client_secret)
         .output()
-        .with_context(|| format!("running {} (run scripts/test.sh once to install simple-salesforce)", python.display()))?;
+        .with_context(|| {
+            format!(
+                "running {} (run scripts/test.sh once to install simple-salesforce)",
+                python.display()
+            )
+        })?;
     let python_time = started.elapsed();
     if !output.status.success() {
-        bail!("baseline failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "baseline failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let (python_docebo, python_salesforce) = bed.calls();
     let report = String::from_utf8_lossy(&output.stdout).trim().to_string();
@@ -518,7 +531,9 @@ async fn bench_compare(enrollments: usize, python: PathBuf) -> anyhow::Result<()
     }
     let learnsync_time = started.elapsed();
     let (docebo_calls, salesforce_calls) = bed.calls();
-    println!("| course enrollments | python baseline: s, docebo calls, salesforce calls | learnsync: s, docebo calls, salesforce calls | learnsync faster by |");
+    println!(
+        "| course enrollments | python baseline: s, docebo calls, salesforce calls | learnsync: s, docebo calls, salesforce calls | learnsync faster by |"
+    );
     println!(
         "| {enrollments} | {:.1}, {python_docebo}, {python_salesforce} ({report}) | {:.1}, {docebo_calls}, {salesforce_calls} ({records} records) | {:.1}x |",
         python_time.as_secs_f64(),
@@ -664,7 +679,10 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
         } => bench_sync(enrollments, workers, concurrency).await,
         Bench::Realtime { enrollments } => bench_realtime(enrollments).await,
-        Bench::Compare { enrollments, python } => bench_compare(enrollments, python).await,
+        Bench::Compare {
+            enrollments,
+            python,
+        } => bench_compare(enrollments, python).await,
         Bench::Control {
             clients,
             seconds,
