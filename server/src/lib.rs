@@ -138,7 +138,7 @@ pub async fn serve_on(
     let metrics = metrics::Metrics::new()?;
     let cancel = CancellationToken::new();
     let notifications = learnsync_store::listen::spawn(
-        store.database_url().to_string(),
+        store.direct_url().to_string(),
         &[
             learnsync_store::CHANNEL_LOGS,
             learnsync_store::CHANNEL_RUNS,

@@ -16,6 +16,10 @@ struct Config {
     /// Postgres URL of the job state.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    /// A direct Postgres URL for LISTEN and migrations, when DATABASE_URL goes through PgBouncer in
+    /// transaction mode (which keeps neither a LISTEN nor a session lock).
+    #[arg(long, env = "LEARNSYNC_DIRECT_DATABASE_URL", hide_env_values = true)]
+    direct_database_url: Option<String>,
     /// Address to serve gRPC on.
     #[arg(long, env = "LEARNSYNC_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -84,7 +88,8 @@ async fn main() -> anyhow::Result<()> {
     let store = learnsync_store::Store::connect(&learnsync_store::Options {
         database_url: config.database_url.clone(),
         max_connections: config.db_pool_size,
-    })?;
+    })?
+    .with_direct_url(config.direct_database_url.clone());
     store.migrate().await.context("running migrations")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -62,6 +62,9 @@ pub struct Options {
 pub struct Store {
     pool: deadpool_postgres::Pool,
     database_url: String,
+    /// A direct connection's URL (not through PgBouncer in transaction mode), for LISTEN and the
+    /// migrations' advisory lock; the pool's URL when unset.
+    direct_url: Option<String>,
 }
 
 impl Store {
@@ -88,12 +91,25 @@ impl Store {
         Ok(Store {
             pool,
             database_url: options.database_url.clone(),
+            direct_url: None,
         })
     }
 
-    /// The URL the store was opened with (LISTEN connections are made from it).
+    /// Uses `url` for what needs a session of its own: LISTEN and the migrations (PgBouncer in
+    /// transaction mode gives neither).
+    pub fn with_direct_url(mut self, url: Option<String>) -> Store {
+        self.direct_url = url.filter(|url| !url.is_empty());
+        self
+    }
+
+    /// The URL the pool was opened with.
     pub fn database_url(&self) -> &str {
         &self.database_url
+    }
+
+    /// The URL of direct sessions (LISTEN, migrations): the direct URL when set, else the pool's.
+    pub fn direct_url(&self) -> &str {
+        self.direct_url.as_deref().unwrap_or(&self.database_url)
     }
 
     /// Takes a connection from the pool.
@@ -104,7 +120,7 @@ impl Store {
     /// Runs the migrations in `migrations/` that have not run yet. Several processes may call it at
     /// once: an advisory lock makes them take turns.
     pub async fn migrate(&self) -> Result<()> {
-        migrate(&self.database_url).await
+        migrate(self.direct_url()).await
     }
 }
 
