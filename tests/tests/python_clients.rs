@@ -34,8 +34,8 @@ fn script(name: &str) -> PathBuf {
 
 /// Runs a check script (the token in its environment, never in argv), requires exit 0, and
 /// returns its `RESULT` JSON.
-async fn run_check(name: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
-    let mut command = tokio::process::Command::new(python());
+async fn run_check(python: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut command = tokio::process::Command::new(python);
     command
         .arg(script(name))
         .args(args)
@@ -50,7 +50,7 @@ async fn run_check(name: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
     let output = tokio::time::timeout(Duration::from_secs(240), command.output())
         .await
         .unwrap_or_else(|_| panic!("{name} timed out"))
-        .unwrap_or_else(|error| panic!("{name} could not start with {:?}: {error}", python()));
+        .unwrap_or_else(|error| panic!("{name} could not start with {python:?}: {error}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -93,6 +93,7 @@ fn platform() -> GenerateParams {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_client_generated_from_the_proto_runs_a_full_scenario() {
+    let python = python();
     let system = TestSystem::start(&platform(), 1, |_| {}).await.unwrap();
     // Every Docebo call takes a moment, so the courses run the script stops is still active
     // when Stop arrives.
@@ -104,6 +105,7 @@ async fn a_python_client_generated_from_the_proto_runs_a_full_scenario() {
     let docebo = system.docebo.config();
     let salesforce = system.salesforce.config();
     let result = run_check(
+        &python,
         "generated_client_check.py",
         &[
             "--endpoint",
@@ -181,10 +183,12 @@ async fn a_python_client_generated_from_the_proto_runs_a_full_scenario() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_client_with_only_reflection_calls_the_service() {
+    let python = python();
     let server = TestServer::start().await.unwrap();
     let mut client = server.operator().await.unwrap();
     let existing = create_sample(&mut client, "made in rust").await.unwrap();
     let result = run_check(
+        &python,
         "reflection_client_check.py",
         &[
             "--endpoint",
