@@ -51,8 +51,9 @@ COPY --from=builder /out/ /usr/local/bin/
 # Inside a container the server must listen on every interface (its default is 127.0.0.1).
 ENV LEARNSYNC_LISTEN=0.0.0.0:50051 \
     LEARNSYNC_LOG_JSON=true
-# gRPC; the webhook receiver listens only when LEARNSYNC_WEBHOOK_LISTEN is set (e.g. 0.0.0.0:8080).
-EXPOSE 50051 8080
+# gRPC; the webhook receiver and the metrics listen only when LEARNSYNC_WEBHOOK_LISTEN
+# (e.g. 0.0.0.0:8080) and LEARNSYNC_METRICS_LISTEN (e.g. 0.0.0.0:9090) are set.
+EXPOSE 50051 8080 9090
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
 CMD ["learnsync-server"]
