@@ -25,8 +25,9 @@ use crate::salesforce::{COLLECTION_SIZE, RecordResult, Salesforce};
 /// Most records whose parent was missing that a job keeps for a retry at its end; beyond it they
 /// fail at once (the checkpoint carries them, so it must stay small).
 const MAX_DEFERRED: usize = 2000;
-/// Rounds of re-sending rows Salesforce could not lock.
-const LOCK_ROUNDS: u32 = 8;
+/// Rounds of re-sending rows Salesforce could not lock; rows still locked after them make the job
+/// retry later (from its checkpoint, the confirmed rows kept): contention never fails a record.
+const LOCK_ROUNDS: u32 = 10;
 /// Unseen ledger records handled per unenrollment batch.
 const UNENROLL_BATCH: i64 = COLLECTION_SIZE as i64;
 
@@ -767,7 +768,7 @@ impl<'a> JobRun<'a> {
                     continue;
                 }
                 let failure = result.failure();
-                if failure.code == "UNABLE_TO_LOCK_ROW" && round < LOCK_ROUNDS {
+                if failure.code == "UNABLE_TO_LOCK_ROW" {
                     locked.push(record);
                 } else if is_missing_parent(&failure.code, &failure.message)
                     && defer_missing_parents
@@ -784,6 +785,13 @@ impl<'a> JobRun<'a> {
                 } else {
                     written.fail(object, &record.key, &failure.code, &failure.message);
                 }
+            }
+            if !locked.is_empty() && round >= LOCK_ROUNDS {
+                written.interrupted = Some(SyncError::Transient(format!(
+                    "salesforce could not lock {} rows after {round} attempts",
+                    locked.len()
+                )));
+                return Ok(written);
             }
             if !locked.is_empty() {
                 written.events.push(

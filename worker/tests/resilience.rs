@@ -309,3 +309,39 @@ async fn a_sync_under_injected_faults_completes() {
     }
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_salesforce_cannot_lock_never_fail_their_record() {
+    let env = Env::new(clean(37, 0.5)).await;
+    let mut settings = test_settings("w1");
+    settings.call_retry_base = Duration::from_millis(1);
+    settings.retry_base = Duration::from_millis(300);
+    let worker = env.spawn_worker(settings);
+    // Every row locked: the re-sends run out, and the job retries later instead of failing rows.
+    env.salesforce.set_faults(Faults {
+        lock_row_share: 1.0,
+        ..Faults::default()
+    });
+    let run = env.start(Area::Users, (None, None)).await;
+    env.wait_until(run.id, Duration::from_secs(20), "a retry", |run| {
+        run.jobs[0].status_message.starts_with("retrying:")
+    })
+    .await;
+    env.salesforce.clear_faults();
+    let run = env.wait_final(run.id, Duration::from_secs(20)).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    assert_eq!(run.jobs[0].counts.failed, 0);
+    assert_eq!(
+        env.salesforce_keys("Docebo_User__c", "Docebo_User_Id__c"),
+        env.docebo_keys("users")
+    );
+    let log = env.run_log(run.id).await;
+    assert!(log.iter().any(|event| {
+        event.message.ends_with("will retry")
+            && event.fields["cause"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("could not lock")
+    }));
+    worker.stop().await;
+}

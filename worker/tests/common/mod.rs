@@ -177,7 +177,8 @@ impl Env {
                     salesforce_grant: credentials.salesforce.grant.name().to_string(),
                     docebo_platform: credentials.docebo_platform(),
                 },
-                docebo_calls_per_hour: 100_000,
+                // What the Docebo simulator allows per client (its default rate limit).
+                docebo_calls_per_hour: 1000,
                 unenrollment_policy: policy,
             },
         )
