@@ -22,6 +22,9 @@ pub struct Settings {
     pub page_size: u32,
     /// From this many records per job on, writes go through Bulk API 2.0 instead of collections.
     pub bulk_threshold: i64,
+    /// Records per Bulk API 2.0 job once a job is large (Salesforce processes 10,000-record
+    /// batches; fewer, larger jobs mean fewer polls). Bounds the records held in memory.
+    pub bulk_chunk: i64,
     /// First retry delay of a job after a transient failure (doubles per retry).
     pub retry_base: Duration,
     /// Longest retry delay.
@@ -57,6 +60,7 @@ impl Default for Settings {
             poll_interval: Duration::from_secs(2),
             page_size: 200,
             bulk_threshold: 2000,
+            bulk_chunk: 10_000,
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(300),
             max_retries_with_progress: 20,
@@ -67,7 +71,7 @@ impl Default for Settings {
             call_retry_base: Duration::from_millis(500),
             http_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(20),
-            bulk_poll: Duration::from_millis(500),
+            bulk_poll: Duration::from_millis(100),
         }
     }
 }
@@ -138,6 +142,9 @@ pub struct Options {
     /// Records per job from which writes go through Bulk API 2.0.
     #[arg(long, env = "LEARNSYNC_WORKER_BULK_THRESHOLD", default_value_t = 2000)]
     pub bulk_threshold: i64,
+    /// Records per Bulk API 2.0 job once a job is large.
+    #[arg(long, env = "LEARNSYNC_WORKER_BULK_CHUNK", default_value_t = 10_000)]
+    pub bulk_chunk: i64,
     /// Docebo page size.
     #[arg(long, env = "LEARNSYNC_WORKER_PAGE_SIZE", default_value_t = 200)]
     pub page_size: u32,
@@ -166,6 +173,7 @@ impl Options {
             poll_interval: self.poll_interval,
             page_size: self.page_size.clamp(1, 1000),
             bulk_threshold: self.bulk_threshold,
+            bulk_chunk: self.bulk_chunk.max(1),
             salesforce_limit_pause: self.salesforce_limit_pause,
             shutdown_grace: self.shutdown_grace,
             ..Settings::default()

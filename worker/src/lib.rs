@@ -12,10 +12,12 @@
 //! - [`config`]: [`Settings`] (library) and the binary's `clap` [`config::Options`].
 //! - [`runner`]: [`Worker`]: the claim loop, leases and heartbeats, stop, retries, shutdown.
 //! - [`context`]: what a running job carries; the job error type.
-//! - [`sync`]: one job's work: walk the listing, write, checkpoint, deferred parents, unenrollments.
+//! - [`sync`]: one job's work: walk the listing (all of it, the changes since a watermark, or the
+//!   records webhooks named), write, checkpoint, deferred parents, unenrollments.
 //! - [`docebo`]: the Docebo client (OAuth, pages, 429/503 pauses).
 //! - [`budget`]: the shared Docebo call budget, leased a few calls at a time.
-//! - [`salesforce`]: the Salesforce client (OAuth, collections, bulk, request limits).
+//! - [`salesforce`]: the Salesforce client (OAuth, describe, collections, bulk, query, request
+//!   limits).
 //! - [`mapping`]: the data model as data (`mapping.json`): item → record, validation, hashing.
 //!
 //! Invariants: the worker never runs migrations (the server does); only `learnsync-store` speaks

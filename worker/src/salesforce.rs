@@ -580,7 +580,9 @@ impl Salesforce {
                         "bulk job {job_id} ended: {message}"
                     )));
                 }
-                _ => delay = (delay * 2).min(ctx.settings.bulk_poll * 10),
+                // Quick first looks for small jobs, then at most one poll every 5 s: each poll is
+                // an API call against the org's daily allowance.
+                _ => delay = (delay * 2).min(Duration::from_secs(5).max(ctx.settings.bulk_poll)),
             }
         }
         let mut by_key: HashMap<String, RecordResult> = HashMap::new();

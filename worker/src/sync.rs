@@ -614,11 +614,17 @@ impl<'a> JobRun<'a> {
             page_size,
             self.targets.clone(),
         );
-        // Small jobs write page by page through collections; large ones gather a chunk the size of
-        // the bulk threshold, so that Bulk API 2.0 carries it.
+        // Small jobs write page by page through collections; large ones gather chunks of the bulk
+        // chunk size (at least the threshold), so that few Bulk API 2.0 jobs carry them.
+        let bulk_chunk = self
+            .ctx
+            .settings
+            .bulk_chunk
+            .max(self.ctx.settings.bulk_threshold)
+            .max(1) as usize;
         let mut chunk_target = page_size as usize;
         if self.ctx.job.counts.expected >= self.ctx.settings.bulk_threshold {
-            chunk_target = self.ctx.settings.bulk_threshold.max(1) as usize;
+            chunk_target = bulk_chunk;
         }
         let mut pending: Vec<Pending> = Vec::new();
         let mut read = 0i64;
@@ -631,7 +637,7 @@ impl<'a> JobRun<'a> {
                 if let Some(total) = page.total {
                     self.checkpoint.expected += total;
                     if self.checkpoint.expected >= self.ctx.settings.bulk_threshold {
-                        chunk_target = self.ctx.settings.bulk_threshold.max(1) as usize;
+                        chunk_target = bulk_chunk;
                     }
                 }
                 for item in page.items {

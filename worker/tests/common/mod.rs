@@ -90,7 +90,7 @@ pub fn test_settings(worker_id: &str) -> Settings {
     Settings {
         worker_id: worker_id.to_string(),
         concurrency: 4,
-        lease: Duration::from_millis(1500),
+        lease: Duration::from_millis(2500),
         heartbeat: Duration::from_millis(300),
         poll_interval: Duration::from_millis(200),
         retry_base: Duration::from_millis(100),
