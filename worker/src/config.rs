@@ -60,7 +60,7 @@ impl Default for Settings {
             poll_interval: Duration::from_secs(2),
             page_size: 200,
             bulk_threshold: 2000,
-            bulk_chunk: 10_000,
+            bulk_chunk: 5_000,
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(300),
             max_retries_with_progress: 20,
@@ -143,7 +143,7 @@ pub struct Options {
     #[arg(long, env = "LEARNSYNC_WORKER_BULK_THRESHOLD", default_value_t = 2000)]
     pub bulk_threshold: i64,
     /// Records per Bulk API 2.0 job once a job is large.
-    #[arg(long, env = "LEARNSYNC_WORKER_BULK_CHUNK", default_value_t = 10_000)]
+    #[arg(long, env = "LEARNSYNC_WORKER_BULK_CHUNK", default_value_t = 5_000)]
     pub bulk_chunk: i64,
     /// Docebo page size.
     #[arg(long, env = "LEARNSYNC_WORKER_PAGE_SIZE", default_value_t = 200)]
