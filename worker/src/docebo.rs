@@ -261,19 +261,23 @@ impl Docebo {
                         pause_ms = pause.as_millis() as u64,
                         "docebo overloaded, pausing the platform"
                     );
-                    ctx.log(vec![
-                        learnsync_store::model::NewLogEvent::new(
-                            learnsync_store::model::LogLevel::Warn,
-                            format!("docebo answered {status}: pausing calls to the platform"),
-                        )
-                        .code(if status == 429 {
-                            "DOCEBO_RATE_LIMITED"
-                        } else {
-                            "DOCEBO_OVERLOADED"
-                        })
-                        .field("pause_ms", pause.as_millis() as i64),
-                    ])
-                    .await?;
+                    // One warning per overloaded call, not per answer: a long 429 spell must not
+                    // flood the log.
+                    if overloads == 1 {
+                        ctx.log(vec![
+                            learnsync_store::model::NewLogEvent::new(
+                                learnsync_store::model::LogLevel::Warn,
+                                format!("docebo answered {status}: pausing calls to the platform"),
+                            )
+                            .code(if status == 429 {
+                                "DOCEBO_RATE_LIMITED"
+                            } else {
+                                "DOCEBO_OVERLOADED"
+                            })
+                            .field("pause_ms", pause.as_millis() as i64),
+                        ])
+                        .await?;
+                    }
                     self.budget.pause(ctx, pause).await?;
                 }
                 500..=599 => {

@@ -525,7 +525,7 @@ impl Salesforce {
         external_id: &str,
         records: &[Map<String, Value>],
     ) -> SyncResult<Vec<RecordResult>> {
-        let (columns, csv_text) = to_csv(records, external_id)?;
+        let csv_text = to_csv(records, external_id)?;
         let created = self
             .call(
                 ctx,
@@ -628,7 +628,6 @@ impl Salesforce {
                 );
             }
         }
-        let _ = columns;
         Ok(records
             .iter()
             .map(|record| {
@@ -738,7 +737,7 @@ fn parse_bulk_error(text: &str) -> RecordFailure {
 }
 
 /// Writes records as Bulk API CSV: relationship columns as `Rel__r.Ext__c`, nulls as `#N/A`.
-fn to_csv(records: &[Map<String, Value>], external_id: &str) -> SyncResult<(Vec<String>, String)> {
+fn to_csv(records: &[Map<String, Value>], external_id: &str) -> SyncResult<String> {
     let mut columns: Vec<String> = vec![external_id.to_string()];
     for record in records {
         for (field, value) in record {
@@ -785,7 +784,7 @@ fn to_csv(records: &[Map<String, Value>], external_id: &str) -> SyncResult<(Vec<
         .map_err(|error| SyncError::Permanent(format!("cannot write bulk csv: {error}")))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| SyncError::Permanent("bulk csv is not utf-8".into()))?;
-    Ok((columns, text))
+    Ok(text)
 }
 
 fn read_csv(text: &str) -> SyncResult<Vec<HashMap<String, String>>> {
@@ -852,7 +851,7 @@ mod tests {
         record.insert("Docebo_User__r".into(), json!({"Docebo_User_Id__c": "1"}));
         record.insert("Score__c".into(), Value::Null);
         record.insert("Name".into(), json!("a, \"b\""));
-        let (_, text) = to_csv(&[record], "Enrollment_Key__c").unwrap();
+        let text = to_csv(&[record], "Enrollment_Key__c").unwrap();
         let rows = read_csv(&text).unwrap();
         assert_eq!(rows[0]["Docebo_User__r.Docebo_User_Id__c"], "1");
         assert_eq!(rows[0]["Score__c"], "#N/A");
