@@ -874,10 +874,17 @@ pub async fn ledger_delete(
     Ok(())
 }
 
-/// Whether the schema the worker needs is there (the server runs the migrations).
+/// Whether the schema the worker needs is there (the server runs the migrations): the tables and
+/// the newest columns the worker's statements use (`ledger.scope`, V0002; `runs.targets`, V0003).
 pub async fn schema_ready(client: &impl GenericClient) -> Result<bool> {
     let row = client
-        .query_one("SELECT to_regclass('public.jobs') IS NOT NULL AND to_regclass('public.ledger') IS NOT NULL", &[])
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns \
+             WHERE table_schema = current_schema() \
+               AND (table_name, column_name) IN (('jobs', 'checkpoint'), ('ledger', 'scope'), \
+                                                ('runs', 'targets'), ('docebo_budgets', 'paused_until'))",
+            &[],
+        )
         .await?;
-    Ok(row.try_get(0)?)
+    Ok(row.try_get::<_, i64>(0)? == 4)
 }

@@ -1,4 +1,4 @@
-//! Proves how jobs fail and wait: a job that cannot succeed fails with its cause in the log and in the run, transient failures spend a bounded retry budget, a job waiting for the Docebo call budget says so and still stops promptly, a stopping run's dead jobs end stopped without re-running, malformed items and records the org cannot hold are logged, and the Bulk API and JWT/password grants work end to end.
+//! Proves how jobs fail and wait: a job that cannot succeed fails with its cause in the log and in the run, transient failures spend a bounded retry budget, a job waiting for the Docebo call budget says so and still stops promptly, a stopping run's dead jobs end stopped without re-running, malformed items and records the org cannot hold are logged, a worker waits for the schema it needs, and the Bulk API and JWT/password grants work end to end.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -312,5 +312,26 @@ async fn the_org_is_checked_against_the_mapping_before_writing() {
         held.len() + too_long.len(),
         env.docebo_keys("courses").len()
     );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_for_the_schema_it_needs() {
+    let env = Env::new(clean(49, 0.2)).await;
+    let conn = env.store.conn().await.unwrap();
+    // As if the server had not run the newest migration yet.
+    conn.batch_execute("ALTER TABLE ledger DROP COLUMN scope")
+        .await
+        .unwrap();
+    let worker = env.spawn_worker(test_settings("w1"));
+    let run = env.start(Area::Users, (None, None)).await;
+    // Nothing to poll for: the worker must stay idle, so give it a few of its poll intervals.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(env.run(run.id).await.state, RunState::Queued);
+    conn.batch_execute("ALTER TABLE ledger ADD COLUMN scope text")
+        .await
+        .unwrap();
+    let run = env.wait_final(run.id, Duration::from_secs(20)).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
     worker.stop().await;
 }
