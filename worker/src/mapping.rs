@@ -152,6 +152,28 @@ pub enum FieldKind {
     },
     /// Always null (clears a field the sync sets elsewhere, e.g. `Unenrolled_At__c`).
     Clear,
+    /// A lookup to a record found by value (e.g. the `Contact` whose `Email` is the user's): the
+    /// sync resolves it before writing; no match, or more than one, leaves it empty. Optional:
+    /// an org without the field simply does not get it.
+    Match {
+        /// The object searched.
+        object: String,
+        /// Its field compared with the value.
+        match_field: String,
+    },
+}
+
+/// A lookup by value the sync must resolve before writing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingMatch {
+    /// The lookup field to set.
+    pub field: String,
+    /// The object searched.
+    pub object: String,
+    /// Its field compared with the value.
+    pub match_field: String,
+    /// The value (lowercased).
+    pub value: String,
 }
 
 /// A record ready to upsert.
@@ -165,6 +187,8 @@ pub struct MappedRecord {
     pub hash: Vec<u8>,
     /// The Docebo change time.
     pub updated_at: Option<DateTime<Utc>>,
+    /// Lookups by value still to resolve (their fields are absent until then).
+    pub matches: Vec<PendingMatch>,
 }
 
 /// Why a record cannot be written.
@@ -351,6 +375,7 @@ impl ObjectMapping {
             message,
         };
         let mut fields = Map::new();
+        let mut matches = Vec::new();
         fields.insert(self.external_id.clone(), Value::String(key.clone()));
         let name = self
             .name
@@ -370,6 +395,22 @@ impl ObjectMapping {
                 .and_then(|from| item.get(from))
                 .unwrap_or(&Value::Null);
             let value = match &field.kind {
+                FieldKind::Match {
+                    object,
+                    match_field,
+                } => {
+                    if let Some(text) = text_of(source).filter(|text| !text.trim().is_empty()) {
+                        matches.push(PendingMatch {
+                            field: field.field.clone(),
+                            object: object.clone(),
+                            match_field: match_field.clone(),
+                            value: text.trim().to_lowercase(),
+                        });
+                    } else {
+                        fields.insert(field.field.clone(), Value::Null);
+                    }
+                    continue;
+                }
                 FieldKind::Clear => Value::Null,
                 FieldKind::Text { length } | FieldKind::Email { length } => match text_of(source) {
                     None => Value::Null,
@@ -504,7 +545,21 @@ impl ObjectMapping {
             fields,
             hash,
             updated_at,
+            matches,
         })
+    }
+
+    /// Sets a record's resolved lookups by value and hashes it again.
+    pub fn resolve(
+        &self,
+        record: &mut MappedRecord,
+        found: impl Fn(&PendingMatch) -> Option<String>,
+    ) {
+        for pending in std::mem::take(&mut record.matches) {
+            let value = found(&pending).map_or(Value::Null, Value::String);
+            record.fields.insert(pending.field.clone(), value);
+        }
+        record.hash = hash_fields(&self.object, &record.fields);
     }
 
     /// The change time of a raw item (for the timeframe test), when it has one.
@@ -567,6 +622,11 @@ impl ObjectMapping {
             return Err(missing(&self.external_id));
         }
         let mut fitted = self.clone();
+        // Lookups by value are optional: an org without the field (or the object) goes without.
+        fitted.fields.retain(|mapped| match &mapped.kind {
+            FieldKind::Match { .. } => by_name(&mapped.field).is_some(),
+            _ => true,
+        });
         for mapped in &mut fitted.fields {
             let org_field = match mapped.kind {
                 FieldKind::Lookup { .. } => by_relationship(&mapped.field),

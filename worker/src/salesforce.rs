@@ -398,7 +398,7 @@ impl Salesforce {
             .map_err(|_| SyncError::Transient(format!("the describe of {object} is not JSON")))
     }
 
-    /// Finds the record ids of records by external id (SOQL, following `nextRecordsUrl`).
+    /// Finds the record ids of records by external id.
     pub async fn find_ids(
         &self,
         ctx: &JobCtx,
@@ -406,17 +406,35 @@ impl Salesforce {
         external_id: &str,
         keys: &[String],
     ) -> SyncResult<HashMap<String, String>> {
-        let quoted: Vec<String> = keys
+        Ok(self
+            .query_pairs(ctx, object, external_id, keys)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// Runs `SELECT Id, field FROM object WHERE field IN (values)` (following `nextRecordsUrl`)
+    /// and returns `(field value, Id)` pairs.
+    async fn query_pairs(
+        &self,
+        ctx: &JobCtx,
+        object: &str,
+        field: &str,
+        values: &[String],
+    ) -> SyncResult<Vec<(String, String)>> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let quoted: Vec<String> = values
             .iter()
-            .map(|key| format!("'{}'", key.replace('\\', "\\\\").replace('\'', "\\'")))
+            .map(|value| format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'")))
             .collect();
         let soql = format!(
-            "SELECT Id, {external_id} FROM {object} WHERE {external_id} IN ({})",
+            "SELECT Id, {field} FROM {object} WHERE {field} IN ({})",
             quoted.join(",")
         );
-        let mut found = HashMap::new();
-        let query: String = url_encode(&soql);
-        let mut path = format!("/services/data/{API_VERSION}/query?q={query}");
+        let mut pairs = Vec::new();
+        let mut path = format!("/services/data/{API_VERSION}/query?q={}", url_encode(&soql));
         loop {
             let (_, text) = self
                 .call(ctx, reqwest::Method::GET, &path, &Body::None)
@@ -429,20 +447,39 @@ impl Salesforce {
                 .into_iter()
                 .flatten()
             {
-                if let (Some(id), Some(key)) = (
+                if let (Some(id), Some(value)) = (
                     record.get("Id").and_then(Value::as_str),
-                    record.get(external_id).and_then(Value::as_str),
+                    record.get(field).and_then(Value::as_str),
                 ) {
-                    found.insert(key.to_string(), id.to_string());
+                    pairs.push((value.to_string(), id.to_string()));
                 }
             }
             match page.get("nextRecordsUrl").and_then(Value::as_str) {
                 Some(next) if page.get("done").and_then(Value::as_bool) == Some(false) => {
                     path = next.to_string()
                 }
-                _ => return Ok(found),
+                _ => return Ok(pairs),
             }
         }
+    }
+
+    /// Finds records of `object` whose `field` equals one of `values` (compared lowercased):
+    /// value → its record id, or `None` when several records share the value (ambiguous).
+    pub async fn match_ids(
+        &self,
+        ctx: &JobCtx,
+        object: &str,
+        field: &str,
+        values: &[String],
+    ) -> SyncResult<HashMap<String, Option<String>>> {
+        let mut matched: HashMap<String, Option<String>> = HashMap::new();
+        for (value, id) in self.query_pairs(ctx, object, field, values).await? {
+            matched
+                .entry(value.to_lowercase())
+                .and_modify(|existing| *existing = None)
+                .or_insert(Some(id));
+        }
+        Ok(matched)
     }
 
     /// Upserts up to 200 records of one object by external id through sObject Collections; one

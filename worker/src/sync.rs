@@ -704,7 +704,7 @@ impl<'a> JobRun<'a> {
         for (index, record) in mapped.iter().enumerate() {
             last_index.insert(record.key.clone(), index);
         }
-        let mut unique = Vec::with_capacity(last_index.len());
+        let mut unique: Vec<MappedRecord> = Vec::with_capacity(last_index.len());
         for (index, record) in mapped.into_iter().enumerate() {
             if last_index.get(&record.key) == Some(&index) {
                 unique.push(record);
@@ -712,6 +712,7 @@ impl<'a> JobRun<'a> {
                 written.counts.unchanged += 1;
             }
         }
+        self.resolve_matches(&mut unique).await?;
         let keys: Vec<String> = unique.iter().map(|record| record.key.clone()).collect();
         let ledger = {
             let conn = self.ctx.store.conn().await?;
@@ -830,6 +831,45 @@ impl<'a> JobRun<'a> {
                 .field("bulk", use_bulk),
         );
         Ok(written)
+    }
+
+    /// Resolves lookups by value (a user's `Contact` by email) with one query per object and
+    /// field for the whole chunk, then hashes the records again with the ids found.
+    async fn resolve_matches(&self, records: &mut [MappedRecord]) -> SyncResult<()> {
+        let mut wanted: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for record in records.iter() {
+            for pending in &record.matches {
+                wanted
+                    .entry((pending.object.clone(), pending.match_field.clone()))
+                    .or_default()
+                    .push(pending.value.clone());
+            }
+        }
+        let mut found: HashMap<(String, String), HashMap<String, Option<String>>> = HashMap::new();
+        for ((object, field), mut values) in wanted {
+            values.sort();
+            values.dedup();
+            let mut ids = HashMap::new();
+            for chunk in values.chunks(COLLECTION_SIZE) {
+                ids.extend(
+                    self.salesforce
+                        .match_ids(self.ctx, &object, &field, chunk)
+                        .await?,
+                );
+            }
+            found.insert((object, field), ids);
+        }
+        for record in records.iter_mut() {
+            if record.matches.is_empty() {
+                continue;
+            }
+            self.mapping.resolve(record, |pending| {
+                found
+                    .get(&(pending.object.clone(), pending.match_field.clone()))
+                    .and_then(|ids| ids.get(&pending.value).cloned().flatten())
+            });
+        }
+        Ok(())
     }
 
     /// Sends records; returns the results of a prefix of them, and the error that cut the rest
@@ -964,6 +1004,7 @@ impl<'a> JobRun<'a> {
                         fields: deferred.fields,
                         hash: hex::decode(&deferred.hash).unwrap_or_default(),
                         updated_at: deferred.updated_at,
+                        matches: Vec::new(),
                     })
                 })
                 .collect();

@@ -1,4 +1,4 @@
-//! Proves a full sync of users, courses and enrollments leaves Salesforce holding exactly what Docebo holds (counts matching, every record that cannot fit logged with its reason), and that a second run with nothing changed writes nothing.
+//! Proves a full sync of users, courses and enrollments leaves Salesforce holding exactly what Docebo holds (counts matching, every record that cannot fit logged with its reason), users are linked to the Contact with their email, and a second run with nothing changed writes nothing.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -184,5 +184,62 @@ async fn a_second_run_with_nothing_changed_writes_nothing() {
     let run = env.resynchronize(Area::Users, true).await;
     let run = env.wait_final(run.id, Duration::from_secs(60)).await;
     assert_eq!(run.counts().written, run.counts().read);
+    worker.stop().await;
+}
+
+/// Creates a Contact in the simulated org through its REST API; returns its id.
+async fn create_contact(env: &Env, email: &str) -> String {
+    let token = env.salesforce.issue_token();
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/services/data/v62.0/sobjects/Contact",
+            env.salesforce.base_url()
+        ))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"LastName": "Contact", "Email": email}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{response:?}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["id"].as_str().unwrap().to_string()
+}
+
+fn contact_of(env: &Env, user_id: &str) -> serde_json::Value {
+    env.salesforce
+        .records("Docebo_User__c")
+        .unwrap()
+        .into_iter()
+        .find(|record| record["Docebo_User_Id__c"] == user_id)
+        .unwrap()["Contact__c"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_linked_to_the_contact_with_their_email() {
+    let env = Env::new(GenerateParams {
+        seed: 13,
+        scale: Some(0.3),
+        bad_records: Some(false),
+        ..GenerateParams::default()
+    })
+    .await;
+    let users = env.docebo.items(learnsync_sim::EntityKind::Users);
+    let (first, second) = (&users[0], &users[1]);
+    let first_id = first["user_id"].as_str().unwrap();
+    let second_id = second["user_id"].as_str().unwrap();
+    let contact = create_contact(&env, first["email"].as_str().unwrap()).await;
+    let worker = env.spawn_worker(test_settings("w1"));
+    let run = sync_area(&env, Area::Users).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    assert_eq!(contact_of(&env, first_id), contact.as_str());
+    assert!(contact_of(&env, second_id).is_null());
+
+    // A contact that appears later is linked by the next run; nothing else is written.
+    let later = create_contact(&env, second["email"].as_str().unwrap()).await;
+    let run = env.resynchronize(Area::Users, false).await;
+    let run = env.wait_final(run.id, Duration::from_secs(30)).await;
+    assert_eq!(run.counts().written, 1, "{run:#?}");
+    assert_eq!(contact_of(&env, second_id), later.as_str());
     worker.stop().await;
 }
