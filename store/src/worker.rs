@@ -47,7 +47,9 @@ SELECT c.*, r.area, r.timeframe_start, r.timeframe_end, r.full_sync, r.updated_f
     r.rewrite_unchanged, r.create_time AS run_create_time, r.targets, \
     n.docebo_platform, n.docebo_calls_per_hour, n.unenrollment_policy, \
     (SELECT a.first_success_time FROM area_configs a \
-      WHERE a.connection_id = c.connection_id AND a.area = 'enrollments') AS enrollments_first_success \
+      WHERE a.connection_id = c.connection_id AND a.area = 'enrollments') AS enrollments_first_success, \
+    (SELECT a.course_category_ids FROM area_configs a \
+      WHERE a.connection_id = c.connection_id AND a.area = 'courses') AS course_category_ids \
 FROM claimed c JOIN runs r ON r.id = c.run_id JOIN connections n ON n.id = c.connection_id";
 
 /// A job a worker holds, with what it needs to know about its run and connection.
@@ -95,6 +97,8 @@ pub struct ClaimedJob {
     pub enrollments_first_success: Option<DateTime<Utc>>,
     /// Webhook runs: the records the events named (see [`crate::realtime::Targets`]).
     pub targets: Option<serde_json::Value>,
+    /// The courses area's category filter (empty: every course).
+    pub course_category_ids: Vec<i64>,
 }
 
 impl ClaimedJob {
@@ -149,6 +153,9 @@ fn claimed_from_row(row: &Row) -> Result<ClaimedJob> {
         unenrollment_policy: UnenrollmentPolicy::parse(row.try_get("unenrollment_policy")?)?,
         enrollments_first_success: row.try_get("enrollments_first_success")?,
         targets: row.try_get("targets")?,
+        course_category_ids: row
+            .try_get::<_, Option<Vec<i64>>>("course_category_ids")?
+            .unwrap_or_default(),
     })
 }
 

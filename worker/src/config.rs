@@ -120,6 +120,10 @@ pub struct Options {
     /// Postgres URL (the server runs the migrations; the worker waits for the schema).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
+    /// A direct Postgres URL for LISTEN, when DATABASE_URL goes through PgBouncer in transaction
+    /// mode (which keeps no LISTEN): without it the worker relies on its poll.
+    #[arg(long, env = "LEARNSYNC_DIRECT_DATABASE_URL", hide_env_values = true)]
+    pub direct_database_url: Option<String>,
     /// A file holding the credentials key (base64 or hex, 32 bytes); otherwise
     /// LEARNSYNC_SECRET_KEY is read from the environment.
     #[arg(long, env = "LEARNSYNC_SECRET_KEY_FILE")]

@@ -80,7 +80,7 @@ async fn main() -> ExitCode {
             .db_connections
             .unwrap_or(settings.concurrency * 2 + 4),
     }) {
-        Ok(store) => store,
+        Ok(store) => store.with_direct_url(options.direct_database_url.clone()),
         Err(error) => {
             tracing::error!(%error, "cannot open the database");
             return ExitCode::FAILURE;

@@ -242,6 +242,25 @@ pub fn id_of(item: &Value, field: &str) -> Option<i64> {
     }
 }
 
+/// A course item's category id, in whichever shape the platform sends it (`category: {id}`,
+/// `category_id`, `id_category`, or `category` as a bare id).
+pub fn course_category(item: &Value) -> Option<i64> {
+    match item.get("category") {
+        Some(Value::Object(category)) => {
+            if let Some(id) = id_of(&Value::Object(category.clone()), "id") {
+                return Some(id);
+            }
+        }
+        Some(Value::Number(_) | Value::String(_)) => {
+            if let Some(id) = id_of(item, "category") {
+                return Some(id);
+            }
+        }
+        _ => {}
+    }
+    id_of(item, "category_id").or_else(|| id_of(item, "id_category"))
+}
+
 /// Parses a Docebo timestamp (`YYYY-MM-DD HH:MM:SS`, UTC); zero dates and nulls mean none.
 pub fn parse_docebo_time(value: &Value) -> Result<Option<DateTime<Utc>>, String> {
     let Some(text) = value.as_str() else {
@@ -830,6 +849,18 @@ mod tests {
             .fit_to_org(&json!({ "fields": fields }))
             .unwrap_err();
         assert!(error.contains("Language__c"), "{error}");
+    }
+
+    #[test]
+    fn reads_a_course_category_in_any_shape() {
+        assert_eq!(
+            course_category(&json!({"category": {"id": 7, "name": "x"}})),
+            Some(7)
+        );
+        assert_eq!(course_category(&json!({"category": "8"})), Some(8));
+        assert_eq!(course_category(&json!({"id_category": 9})), Some(9));
+        assert_eq!(course_category(&json!({"category_id": "10"})), Some(10));
+        assert_eq!(course_category(&json!({"name": "no category"})), None);
     }
 
     #[test]

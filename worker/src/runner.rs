@@ -75,7 +75,7 @@ impl Worker {
         let listener_token = CancellationToken::new();
         let _listener_guard = listener_token.clone().drop_guard();
         let notifications = listen::spawn(
-            self.store.database_url().to_string(),
+            self.store.direct_url().to_string(),
             &[CHANNEL_JOBS, CHANNEL_CANCEL],
             listener_token,
         );

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use crate::context::{Interrupt, JobCtx, SyncError, SyncResult};
 use crate::docebo::{Docebo, PageRef};
 use crate::mapping::{
-    Entity, MappedRecord, Mapping, ObjectMapping, RecordError, docebo_time, id_of,
+    Entity, MappedRecord, Mapping, ObjectMapping, RecordError, course_category, docebo_time, id_of,
 };
 use crate::salesforce::{COLLECTION_SIZE, RecordResult, Salesforce};
 
@@ -170,6 +170,8 @@ struct Walker<'a> {
     page_size: u32,
     /// Webhook runs: only the records the events named.
     targets: Option<Targets>,
+    /// The courses area's category filter (empty: every course).
+    categories: Vec<i64>,
 }
 
 /// One leaf page.
@@ -187,6 +189,7 @@ impl<'a> Walker<'a> {
         pos: Vec<Pos>,
         page_size: u32,
         targets: Option<Targets>,
+        categories: Vec<i64>,
     ) -> Walker<'a> {
         let depth = depth(kind);
         let pos = if pos.len() == depth {
@@ -218,6 +221,7 @@ impl<'a> Walker<'a> {
             done,
             page_size,
             targets,
+            categories,
         }
     }
 
@@ -282,6 +286,9 @@ impl<'a> Walker<'a> {
                     return None;
                 }
                 let course_id = id_of(item, "id_course")?;
+                if !in_categories(&self.categories, item) {
+                    return None;
+                }
                 let mut context = Map::new();
                 context.insert("_course_type".into(), Value::String(course_type));
                 Some(Level {
@@ -304,6 +311,9 @@ impl<'a> Walker<'a> {
                     return None;
                 }
                 let course_id = id_of(item, "id_course")?;
+                if !in_categories(&self.categories, item) {
+                    return None;
+                }
                 if let Some(targets) = &self.targets
                     && !targets.session_course_ids.is_empty()
                     && !targets.session_course_ids.contains(&course_id)
@@ -429,6 +439,13 @@ impl<'a> Walker<'a> {
         self.depth_now = d - 1;
         self.pos[d - 1].index += 1;
     }
+}
+
+/// Whether a course passes the courses area's category filter (an empty filter passes every
+/// course; a course whose category the platform does not say does not pass a filter).
+fn in_categories(categories: &[i64], course: &Value) -> bool {
+    categories.is_empty()
+        || course_category(course).is_some_and(|category| categories.contains(&category))
 }
 
 /// A record read, mapped or not.
@@ -613,6 +630,7 @@ impl<'a> JobRun<'a> {
             self.checkpoint.levels.clone(),
             page_size,
             self.targets.clone(),
+            self.ctx.job.course_category_ids.clone(),
         );
         // Small jobs write page by page through collections; large ones gather chunks of the bulk
         // chunk size (at least the threshold), so that few Bulk API 2.0 jobs carry them.
@@ -642,6 +660,11 @@ impl<'a> JobRun<'a> {
                 }
                 for item in page.items {
                     if !self.in_timeframe(&item) {
+                        continue;
+                    }
+                    if self.ctx.job.kind == JobKind::Courses
+                        && !in_categories(&self.ctx.job.course_category_ids, &item)
+                    {
                         continue;
                     }
                     read += 1;

@@ -1,4 +1,4 @@
-//! Proves the run lifecycle as users see it: a timeframe limits what is written, Stop ends every job within seconds, Resynchronize starts from scratch, and unenrollments are tracked only from the first completed enrollment sync on (marked, or deleted by policy).
+//! Proves the run lifecycle as users see it: a timeframe limits what is written, Stop ends every job within seconds, Resynchronize starts from scratch, the courses area's category filter limits courses and their sessions, and unenrollments are tracked only from the first completed enrollment sync on (marked, or deleted by policy).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -298,5 +298,66 @@ async fn the_delete_policy_deletes_unenrolled_records() {
             .record_count("Docebo_Learning_Plan_Enrollment__c")
         + env.salesforce.record_count("Docebo_Session_Enrollment__c");
     assert_eq!(imported[&Area::Enrollments], held as i64);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_course_category_filter_limits_courses_and_their_sessions() {
+    let env = Env::new(GenerateParams {
+        seed: 25,
+        scale: Some(0.2),
+        bad_records: Some(false),
+        ..GenerateParams::default()
+    })
+    .await;
+    for (course, category) in [(7001, 7), (7002, 8)] {
+        env.docebo
+            .create(
+                EntityKind::Courses,
+                serde_json::json!({"id_course": course, "code": format!("CAT-{course}"),
+                    "name": format!("Course {course}"), "course_type": "classroom",
+                    "category": {"id": category, "name": format!("Category {category}")}}),
+            )
+            .unwrap();
+        env.docebo
+            .create(
+                EntityKind::Sessions,
+                serde_json::json!({"id": course + 100, "course_id": course,
+                    "name": format!("Session of {course}"), "start_date": "2024-05-01 09:00:00",
+                    "end_date": "2024-05-01 12:00:00"}),
+            )
+            .unwrap();
+    }
+    let conn = env.store.conn().await.unwrap();
+    learnsync_store::areas::configure(
+        &conn,
+        env.connection_id,
+        Area::Courses,
+        &learnsync_store::areas::AreaSettings {
+            enabled: true,
+            mode: learnsync_store::model::Mode::Manual,
+            interval_seconds: 900,
+            course_category_ids: vec![7],
+            full_interval_seconds: 86_400,
+        },
+    )
+    .await
+    .unwrap();
+    let worker = env.spawn_worker(test_settings("w1"));
+    let run = sync_area(&env, Area::Courses).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    assert_eq!(
+        env.salesforce_keys("Docebo_Course__c", "Docebo_Course_Id__c"),
+        BTreeSet::from(["7001".to_string()])
+    );
+    assert_eq!(
+        env.salesforce_keys("Docebo_Session__c", "Docebo_Session_Id__c"),
+        BTreeSet::from(["7101".to_string()])
+    );
+    // Learning plans are not courses: the filter leaves them alone.
+    assert_eq!(
+        env.salesforce_keys("Docebo_Learning_Plan__c", "Docebo_Learning_Plan_Id__c"),
+        env.docebo_keys("learning_plans")
+    );
     worker.stop().await;
 }
