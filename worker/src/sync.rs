@@ -172,6 +172,24 @@ struct Walker<'a> {
     targets: Option<Targets>,
     /// The courses area's category filter (empty: every course).
     categories: Vec<i64>,
+    /// Incremental session-enrollment runs: sessions (and courses) that ended before this Docebo
+    /// time are not read. A roster has no change filter, so each session read costs a call
+    /// whatever changed, and ended sessions' rosters almost never change; webhooks and the full
+    /// comparison still cover them.
+    ended_before: Option<String>,
+}
+
+/// How long after it ended a session's roster is still read by incremental runs (attendance and
+/// evaluations are recorded after the session).
+const ROSTER_GRACE_DAYS: i64 = 14;
+
+/// Whether an item's date field holds a real Docebo date before `cutoff` (both in Docebo's
+/// sortable `YYYY-MM-DD HH:MM:SS` form); zero and missing dates never are.
+fn date_before(item: &Value, field: &str, cutoff: &str) -> bool {
+    match item.get(field).and_then(Value::as_str) {
+        Some(date) if date.len() >= 10 && !date.starts_with("0000") => date < cutoff,
+        _ => false,
+    }
 }
 
 /// One leaf page.
@@ -190,6 +208,7 @@ impl<'a> Walker<'a> {
         page_size: u32,
         targets: Option<Targets>,
         categories: Vec<i64>,
+        ended_before: Option<String>,
     ) -> Walker<'a> {
         let depth = depth(kind);
         let pos = if pos.len() == depth {
@@ -222,6 +241,7 @@ impl<'a> Walker<'a> {
             page_size,
             targets,
             categories,
+            ended_before,
         }
     }
 
@@ -314,6 +334,11 @@ impl<'a> Walker<'a> {
                 if !in_categories(&self.categories, item) {
                     return None;
                 }
+                if let Some(cutoff) = &self.ended_before
+                    && date_before(item, "end_date", cutoff)
+                {
+                    return None;
+                }
                 if let Some(targets) = &self.targets
                     && !targets.session_course_ids.is_empty()
                     && !targets.session_course_ids.contains(&course_id)
@@ -332,6 +357,11 @@ impl<'a> Walker<'a> {
                 let session_id = id_of(item, "id")?;
                 if let Some(targets) = &self.targets
                     && !targets.session_ids.contains(&session_id)
+                {
+                    return None;
+                }
+                if let Some(cutoff) = &self.ended_before
+                    && date_before(item, "end_date", cutoff)
                 {
                     return None;
                 }
@@ -617,6 +647,18 @@ impl<'a> JobRun<'a> {
         keys
     }
 
+    /// Incremental runs of session enrollments (scheduled, not webhook-targeted) skip sessions that
+    /// ended more than the grace period before the run reads from.
+    fn ended_before(&self) -> Option<String> {
+        let session_job = matches!(
+            self.ctx.job.kind,
+            JobKind::WebinarSessionEnrollments | JobKind::IltSessionEnrollments
+        );
+        let from = self.ctx.job.updated_from?;
+        (session_job && self.targets.is_none())
+            .then(|| crate::mapping::docebo_time(from - chrono::Duration::days(ROSTER_GRACE_DAYS)))
+    }
+
     async fn list(&mut self) -> SyncResult<()> {
         let filters = self.leaf_filters();
         let page_size = *self
@@ -631,6 +673,7 @@ impl<'a> JobRun<'a> {
             page_size,
             self.targets.clone(),
             self.ctx.job.course_category_ids.clone(),
+            self.ended_before(),
         );
         // Small jobs write page by page through collections; large ones gather chunks of the bulk
         // chunk size (at least the threshold), so that few Bulk API 2.0 jobs carry them.
@@ -1245,6 +1288,29 @@ fn parent_key(record: &MappedRecord) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn only_real_dates_before_the_cutoff_count_as_ended() {
+        let cutoff = "2024-03-01 00:00:00";
+        let item = |date: Value| serde_json::json!({ "end_date": date });
+        assert!(date_before(
+            &item("2024-02-10 10:00:00".into()),
+            "end_date",
+            cutoff
+        ));
+        assert!(!date_before(
+            &item("2024-03-10 10:00:00".into()),
+            "end_date",
+            cutoff
+        ));
+        assert!(!date_before(
+            &item("0000-00-00 00:00:00".into()),
+            "end_date",
+            cutoff
+        ));
+        assert!(!date_before(&item(Value::Null), "end_date", cutoff));
+        assert!(!date_before(&serde_json::json!({}), "end_date", cutoff));
+    }
 
     #[test]
     fn checkpoints_round_trip_through_json() {
