@@ -161,6 +161,9 @@ pub struct Options {
     /// Connections in the worker's Postgres pool (default: 2 per job plus 4).
     #[arg(long, env = "LEARNSYNC_WORKER_DB_CONNECTIONS")]
     pub db_connections: Option<usize>,
+    /// Address to serve Prometheus metrics on (`/metrics`). Off when unset.
+    #[arg(long, env = "LEARNSYNC_WORKER_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Log as JSON lines.
     #[arg(long, env = "LEARNSYNC_LOG_JSON", default_value_t = false)]
     pub log_json: bool,

@@ -220,6 +220,16 @@ impl Docebo {
                 Err(error) => return Err(error),
             };
             let status = response.status().as_u16();
+            crate::metrics::METRICS
+                .api_calls
+                .with_label_values(&["docebo", &status.to_string()])
+                .inc();
+            if status == 429 || status == 503 {
+                crate::metrics::METRICS
+                    .throttled
+                    .with_label_values(&["docebo"])
+                    .inc();
+            }
             let retry_after = response
                 .headers()
                 .get("retry-after")

@@ -28,6 +28,7 @@ pub mod config;
 pub mod context;
 pub mod docebo;
 pub mod mapping;
+pub mod metrics;
 pub mod runner;
 pub mod salesforce;
 pub mod sync;

@@ -95,6 +95,18 @@ async fn main() -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
+    if let Some(address) = options.metrics_listen {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => {
+                tracing::info!(%address, "metrics listening");
+                tokio::spawn(learnsync_worker::metrics::serve(listener, shutdown.clone()));
+            }
+            Err(error) => {
+                tracing::error!(%error, %address, "cannot serve metrics");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match worker.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -179,6 +179,7 @@ impl Worker {
 
     /// Reaps the jobs of stopping runs nobody will stop, then claims up to `free` jobs.
     async fn claim(&self, free: usize) -> learnsync_store::Result<Vec<ClaimedJob>> {
+        let _timer = crate::metrics::METRICS.claim_seconds.start_timer();
         let mut conn = self.store.conn().await?;
         let tx = conn.transaction().await?;
         store_worker::reap_stopped(&tx).await?;
@@ -195,6 +196,10 @@ impl Worker {
         };
         tx.commit().await?;
         for job in &jobs {
+            crate::metrics::METRICS
+                .claims
+                .with_label_values(&[job.kind.as_str()])
+                .inc();
             tracing::info!(job = %job.id, run = %job.run_id, kind = %job.kind, attempt = job.attempt, "job claimed");
         }
         Ok(jobs)
@@ -246,6 +251,7 @@ impl JobRunner {
             Ok(()) => Ending::Finish(Outcome::Done),
             Err(SyncError::Interrupted(Interrupt::Stop)) => Ending::Finish(Outcome::Stopped),
             Err(SyncError::Interrupted(Interrupt::Lost)) => {
+                crate::metrics::METRICS.lease_losses.inc();
                 tracing::warn!(job = %job.id, attempt = job.attempt, "lease lost: another worker has the job");
                 return;
             }

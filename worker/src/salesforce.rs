@@ -324,6 +324,10 @@ impl Salesforce {
                 }
             };
             let status = response.status().as_u16();
+            crate::metrics::METRICS
+                .api_calls
+                .with_label_values(&["salesforce", &status.to_string()])
+                .inc();
             let text = response.text().await.unwrap_or_default();
             if (200..300).contains(&status) {
                 return Ok((status, text));
@@ -335,6 +339,10 @@ impl Salesforce {
                 continue;
             }
             if (status == 403 && code == "REQUEST_LIMIT_EXCEEDED") || status == 429 {
+                crate::metrics::METRICS
+                    .throttled
+                    .with_label_values(&["salesforce"])
+                    .inc();
                 pauses += 1;
                 if pauses > MAX_LIMIT_PAUSES {
                     return Err(SyncError::Transient(format!(

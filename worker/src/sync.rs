@@ -208,7 +208,6 @@ impl<'a> Walker<'a> {
         page_size: u32,
         targets: Option<Targets>,
         categories: Vec<i64>,
-        ended_before: Option<String>,
     ) -> Walker<'a> {
         let depth = depth(kind);
         let pos = if pos.len() == depth {
@@ -241,7 +240,7 @@ impl<'a> Walker<'a> {
             page_size,
             targets,
             categories,
-            ended_before,
+            ended_before: None,
         }
     }
 
@@ -673,8 +672,8 @@ impl<'a> JobRun<'a> {
             page_size,
             self.targets.clone(),
             self.ctx.job.course_category_ids.clone(),
-            self.ended_before(),
         );
+        walker.ended_before = self.ended_before();
         // Small jobs write page by page through collections; large ones gather chunks of the bulk
         // chunk size (at least the threshold), so that few Bulk API 2.0 jobs carry them.
         let bulk_chunk = self
@@ -1053,6 +1052,18 @@ impl<'a> JobRun<'a> {
         store_worker::log(&tx, job, written.events).await?;
         tx.commit().await.map_err(learnsync_store::Error::from)?;
         self.ctx.mark_progress();
+        let records = &crate::metrics::METRICS.records;
+        for (outcome, count) in [
+            ("written", written.counts.written),
+            ("unchanged", written.counts.unchanged),
+            ("failed", written.counts.failed),
+        ] {
+            if count > 0 {
+                records
+                    .with_label_values(&[job.kind.as_str(), outcome])
+                    .inc_by(count as u64);
+            }
+        }
         Ok(())
     }
 
