@@ -23,4 +23,16 @@ fi
 export LEARNSYNC_PYTHON="$PWD/.learnsync/venv/bin/python"
 export LEARNSYNC_NODE_PATH="$PWD/.learnsync/node_modules"
 
-exec cargo test --workspace --no-fail-fast "$@"
+# cargo prints one summary per test binary, the last often a doc-test run of 0: close with the
+# totals over all of them.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
+echo
+echo "total: $passed passed, $failed failed"
+exit "$status"
