@@ -99,7 +99,19 @@ impl Worker {
                                 JobCtx::new(job, self.store.clone(), settings.clone(), &shutdown);
                             let run_id = ctx.job.run_id;
                             let worker = self.job_runner();
-                            let task = tasks.spawn(worker.run_job(ctx.clone()));
+                            // One span per job: every event of the job's work (Docebo pages,
+                            // Salesforce writes, retries) carries its run, job, kind and attempt.
+                            let span = tracing::info_span!(
+                                "job",
+                                run = %ctx.job.run_id,
+                                job = %ctx.job.id,
+                                kind = %ctx.job.kind,
+                                attempt = ctx.job.attempt,
+                            );
+                            let task = tasks.spawn(tracing::Instrument::instrument(
+                                worker.run_job(ctx.clone()),
+                                span,
+                            ));
                             running.insert(task.id(), Running { run_id, ctx });
                         }
                     }
