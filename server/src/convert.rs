@@ -340,6 +340,25 @@ pub fn page_token(time: DateTime<Utc>, id: Uuid) -> String {
         .encode(format!("{}:{id}", time.timestamp_micros()))
 }
 
+/// Trims a page read with one row more than `limit` and returns the token of the next page
+/// (empty on the last page): the extra row says whether there is one.
+pub fn next_page_token<T>(
+    page: &mut Vec<T>,
+    limit: i64,
+    cursor: impl Fn(&T) -> (DateTime<Utc>, Uuid),
+) -> String {
+    if page.len() as i64 <= limit {
+        return String::new();
+    }
+    page.truncate(limit as usize);
+    page.last()
+        .map(|last| {
+            let (time, id) = cursor(last);
+            page_token(time, id)
+        })
+        .unwrap_or_default()
+}
+
 /// Decodes a page token.
 pub fn parse_page_token(violations: &mut Violations, value: &str) -> Option<(DateTime<Utc>, Uuid)> {
     use base64::Engine as _;

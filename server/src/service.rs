@@ -41,20 +41,6 @@ fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
         .ok_or_else(|| error::unauthenticated("missing authorization: Bearer <token> metadata"))
 }
 
-/// The digest an idempotency key is bound to: the method and the request without its request id.
-fn request_digest<M: prost::Message + Clone>(
-    method: &str,
-    request: &M,
-    clear_request_id: impl FnOnce(&mut M),
-) -> Vec<u8> {
-    let mut canonical = request.clone();
-    clear_request_id(&mut canonical);
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(method.as_bytes());
-    hasher.update(canonical.encode_to_vec());
-    hasher.finalize().to_vec()
-}
-
 /// An idempotency key to claim in a transaction.
 struct Idempotency<'a> {
     principal: String,
@@ -63,7 +49,29 @@ struct Idempotency<'a> {
     digest: Vec<u8>,
 }
 
-impl Idempotency<'_> {
+impl<'a> Idempotency<'a> {
+    /// The key of a request, bound to a digest of the method and the request without its request
+    /// id (a retry must be the same request).
+    fn new<M: prost::Message + Clone>(
+        principal: &Principal,
+        method: &'static str,
+        request: &'a M,
+        request_id: impl Fn(&M) -> &String,
+        clear_request_id: impl FnOnce(&mut M),
+    ) -> Idempotency<'a> {
+        let mut canonical = request.clone();
+        clear_request_id(&mut canonical);
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(method.as_bytes());
+        hasher.update(canonical.encode_to_vec());
+        Idempotency {
+            principal: principal.name(),
+            method,
+            request_id: request_id(request),
+            digest: hasher.finalize().to_vec(),
+        }
+    }
+
     /// Claims the key; returns the first answer when this is a retry.
     async fn claim<R: prost::Message + Default>(
         &self,
@@ -242,12 +250,13 @@ impl SyncService for Service {
             return Err(Status::internal("validated credentials missing"));
         };
         let credentials = secrets::Credentials { docebo, salesforce };
-        let key = Idempotency {
-            principal: principal.name(),
-            method: "CreateConnection",
-            request_id: &request.request_id,
-            digest: request_digest("CreateConnection", &request, |r| r.request_id.clear()),
-        };
+        let key = Idempotency::new(
+            &principal,
+            "CreateConnection",
+            &request,
+            |r| &r.request_id,
+            |r| r.request_id.clear(),
+        );
         let id = Uuid::new_v4();
         let new = connections::NewConnection {
             id,
@@ -295,14 +304,8 @@ impl SyncService for Service {
         let mut page = connections::list(&conn, principal.tenant(), after, limit + 1)
             .await
             .or_status()?;
-        let next_page_token = if page.len() as i64 > limit {
-            page.truncate(limit as usize);
-            page.last()
-                .map(|last| convert::page_token(last.create_time, last.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            convert::next_page_token(&mut page, limit, |last| (last.create_time, last.id));
         Ok(Response::new(pb::ListConnectionsResponse {
             connections: page.iter().map(convert::connection_to_proto).collect(),
             next_page_token,
@@ -391,12 +394,13 @@ impl SyncService for Service {
             }
         }
         violations.check()?;
-        let key = Idempotency {
-            principal: principal.name(),
-            method: "UpdateConnection",
-            request_id: &request.request_id,
-            digest: request_digest("UpdateConnection", &request, |r| r.request_id.clear()),
-        };
+        let key = Idempotency::new(
+            &principal,
+            "UpdateConnection",
+            &request,
+            |r| &r.request_id,
+            |r| r.request_id.clear(),
+        );
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
         self.authorize(&tx, &principal, id).await?;
@@ -433,12 +437,13 @@ impl SyncService for Service {
         convert::request_id(&mut violations, &request.request_id);
         let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
         violations.check()?;
-        let key = Idempotency {
-            principal: principal.name(),
-            method: "DeleteConnection",
-            request_id: &request.request_id,
-            digest: request_digest("DeleteConnection", &request, |r| r.request_id.clear()),
-        };
+        let key = Idempotency::new(
+            &principal,
+            "DeleteConnection",
+            &request,
+            |r| &r.request_id,
+            |r| r.request_id.clear(),
+        );
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
         // A retry after the deletion finds no connection: answer from the key first.
@@ -512,12 +517,13 @@ impl SyncService for Service {
             course_category_ids: config.course_category_ids.clone(),
             full_interval_seconds,
         };
-        let key = Idempotency {
-            principal: principal.name(),
-            method: "Configure",
-            request_id: &request.request_id,
-            digest: request_digest("Configure", &request, |r| r.request_id.clear()),
-        };
+        let key = Idempotency::new(
+            &principal,
+            "Configure",
+            &request,
+            |r| &r.request_id,
+            |r| r.request_id.clear(),
+        );
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
         self.authorize(&tx, &principal, id).await?;
@@ -557,12 +563,13 @@ impl SyncService for Service {
         let timeframe =
             convert::timeframe(&mut violations, "timeframe", request.timeframe.as_ref());
         violations.check()?;
-        let key = Idempotency {
-            principal: principal.name(),
-            method: "Start",
-            request_id: &request.request_id,
-            digest: request_digest("Start", &request, |r| r.request_id.clear()),
-        };
+        let key = Idempotency::new(
+            &principal,
+            "Start",
+            &request,
+            |r| &r.request_id,
+            |r| r.request_id.clear(),
+        );
         let run = self
             .run_action(&principal, id, key, async |tx| {
                 runs::start(tx, id, area, timeframe).await
@@ -580,12 +587,13 @@ impl SyncService for Service {
         let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
         let area = convert::area(&mut violations, "area", request.area);
         violations.check()?;
-        let key = Idempotency {
-            principal: principal.name(),
-            method: "Stop",
-            request_id: &request.request_id,
-            digest: request_digest("Stop", &request, |r| r.request_id.clear()),
-        };
+        let key = Idempotency::new(
+            &principal,
+            "Stop",
+            &request,
+            |r| &r.request_id,
+            |r| r.request_id.clear(),
+        );
         let run = self
             .run_action(&principal, id, key, async |tx| {
                 runs::stop(tx, id, area).await
@@ -609,12 +617,13 @@ impl SyncService for Service {
             convert::timeframe(&mut violations, "timeframe", request.timeframe.as_ref());
         violations.check()?;
         let rewrite = request.rewrite_unchanged;
-        let key = Idempotency {
-            principal: principal.name(),
-            method: "Resynchronize",
-            request_id: &request.request_id,
-            digest: request_digest("Resynchronize", &request, |r| r.request_id.clear()),
-        };
+        let key = Idempotency::new(
+            &principal,
+            "Resynchronize",
+            &request,
+            |r| &r.request_id,
+            |r| r.request_id.clear(),
+        );
         let run = self
             .run_action(&principal, id, key, async |tx| {
                 runs::resynchronize(tx, id, area, timeframe, rewrite).await
@@ -734,14 +743,8 @@ impl SyncService for Service {
         let mut page = runs::list(&conn, id, area, after, limit + 1)
             .await
             .or_status()?;
-        let next_page_token = if page.len() as i64 > limit {
-            page.truncate(limit as usize);
-            page.last()
-                .map(|last| convert::page_token(last.create_time, last.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            convert::next_page_token(&mut page, limit, |last| (last.create_time, last.id));
         Ok(Response::new(pb::ListRunsResponse {
             runs: page.iter().map(convert::run_to_proto).collect(),
             next_page_token,
@@ -778,12 +781,13 @@ impl SyncService for Service {
         convert::request_id(&mut violations, &request.request_id);
         let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
         violations.check()?;
-        let key = Idempotency {
-            principal: principal.name(),
-            method: "RotateWebhookSecret",
-            request_id: &request.request_id,
-            digest: request_digest("RotateWebhookSecret", &request, |r| r.request_id.clear()),
-        };
+        let key = Idempotency::new(
+            &principal,
+            "RotateWebhookSecret",
+            &request,
+            |r| &r.request_id,
+            |r| r.request_id.clear(),
+        );
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
         self.authorize(&tx, &principal, id).await?;
