@@ -185,6 +185,30 @@ pub fn sample_connection(
     }
 }
 
+/// A connection to a pair of running simulators, with their credentials and a Docebo budget large
+/// enough for tests, demos and benchmarks (the simulators' rate limit is the one that matters).
+pub fn sim_connection(
+    display_name: &str,
+    docebo: &learnsync_sim::DoceboSim,
+    salesforce: &learnsync_sim::SalesforceSim,
+) -> pb::Connection {
+    let mut connection = sample_connection(display_name, docebo.base_url(), salesforce.base_url());
+    if let Some(credentials) = connection.docebo.as_mut() {
+        credentials.client_id = docebo.config().client_id.clone();
+        credentials.client_secret = docebo.config().client_secret.clone();
+    }
+    if let Some(credentials) = connection.salesforce.as_mut() {
+        credentials.client_id = salesforce.config().client_id.clone();
+        credentials.grant = Some(pb::salesforce_credentials::Grant::ClientCredentials(
+            pb::SalesforceClientCredentialsGrant {
+                client_secret: salesforce.config().client_secret.clone(),
+            },
+        ));
+    }
+    connection.docebo_calls_per_hour = 100_000;
+    connection
+}
+
 /// Creates a sample connection with `client` and returns its id.
 pub async fn create_sample(client: &mut Client, display_name: &str) -> anyhow::Result<String> {
     let connection = client
@@ -275,20 +299,7 @@ impl TestSystem {
         docebo.generate(params);
         let salesforce =
             learnsync_sim::SalesforceSim::start(learnsync_sim::SalesforceConfig::default()).await?;
-        let mut connection = sample_connection("system", docebo.base_url(), salesforce.base_url());
-        if let Some(credentials) = connection.docebo.as_mut() {
-            credentials.client_id = docebo.config().client_id.clone();
-            credentials.client_secret = docebo.config().client_secret.clone();
-        }
-        if let Some(credentials) = connection.salesforce.as_mut() {
-            credentials.client_id = salesforce.config().client_id.clone();
-            credentials.grant = Some(pb::salesforce_credentials::Grant::ClientCredentials(
-                pb::SalesforceClientCredentialsGrant {
-                    client_secret: salesforce.config().client_secret.clone(),
-                },
-            ));
-        }
-        connection.docebo_calls_per_hour = 100_000;
+        let connection = sim_connection("system", &docebo, &salesforce);
         let mut client = server.operator().await?;
         let created = client
             .create_connection(pb::CreateConnectionRequest {

@@ -131,27 +131,8 @@ async fn main() -> anyhow::Result<()> {
     let connection = client
         .create_connection(pb::CreateConnectionRequest {
             connection: Some(pb::Connection {
-                display_name: "Demo: Acme Academy".into(),
                 tenant: "demo".into(),
-                docebo: Some(pb::DoceboCredentials {
-                    base_url: docebo.base_url().to_string(),
-                    client_id: docebo.config().client_id.clone(),
-                    client_secret: docebo.config().client_secret.clone(),
-                    grant: Some(pb::docebo_credentials::Grant::ClientCredentials(
-                        pb::DoceboClientCredentialsGrant {},
-                    )),
-                }),
-                salesforce: Some(pb::SalesforceCredentials {
-                    login_url: salesforce.base_url().to_string(),
-                    client_id: salesforce.config().client_id.clone(),
-                    grant: Some(pb::salesforce_credentials::Grant::ClientCredentials(
-                        pb::SalesforceClientCredentialsGrant {
-                            client_secret: salesforce.config().client_secret.clone(),
-                        },
-                    )),
-                }),
-                docebo_calls_per_hour: 100_000,
-                ..Default::default()
+                ..learnsync_e2e::sim_connection("Demo: Acme Academy", &docebo, &salesforce)
             }),
             request_id: String::new(),
         })
