@@ -357,6 +357,92 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     hex::encode(buffer)
 }
 
+/// What the two simulators' control APIs share: call counters, injected faults, the sim clock and
+/// reset. Each state implements it once; the routes below serve it for both.
+pub(crate) trait ControlState: Send + Sync + 'static {
+    /// The per-endpoint call counters.
+    fn counters(&self) -> &Counters;
+    /// The injected faults.
+    fn faults(&self) -> &Mutex<FaultState>;
+    /// The sim clock's now.
+    fn now(&self) -> DateTime<Utc>;
+    /// Drops all data and restores the configuration.
+    fn reset(&self);
+}
+
+/// A control API error as JSON, with the status its kind calls for.
+pub(crate) fn control_error(error: Error) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let status = match &error {
+        Error::NotFound(_) => axum::http::StatusCode::NOT_FOUND,
+        Error::Conflict(_) => axum::http::StatusCode::CONFLICT,
+        _ => axum::http::StatusCode::BAD_REQUEST,
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({"error": error.to_string()})),
+    )
+        .into_response()
+}
+
+/// Reads a control API body (an empty body reads as `{}`).
+#[allow(clippy::result_large_err)] // the error is the response itself, sent at once
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, axum::response::Response> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|error| control_error(Error::Invalid(format!("bad JSON body: {error}"))))
+}
+
+/// The control routes both simulators serve the same way: reset, counters, faults.
+pub(crate) fn shared_control_routes<S: ControlState>() -> Router<std::sync::Arc<S>> {
+    use axum::extract::State;
+    use axum::response::IntoResponse as _;
+    use axum::routing::{get, post};
+    type Shared<S> = State<std::sync::Arc<S>>;
+    async fn reset<S: ControlState>(State(state): Shared<S>) -> axum::response::Response {
+        state.reset();
+        axum::Json(serde_json::json!({"reset": true})).into_response()
+    }
+    async fn counters<S: ControlState>(State(state): Shared<S>) -> axum::response::Response {
+        axum::Json(state.counters().snapshot()).into_response()
+    }
+    async fn clear_counters<S: ControlState>(State(state): Shared<S>) -> axum::response::Response {
+        state.counters().clear();
+        axum::Json(serde_json::json!({"cleared": true})).into_response()
+    }
+    async fn set_faults<S: ControlState>(
+        State(state): Shared<S>,
+        body: axum::body::Bytes,
+    ) -> axum::response::Response {
+        let faults: Faults = match parse_json(&body) {
+            Ok(faults) => faults,
+            Err(response) => return response,
+        };
+        lock(state.faults()).set(faults.clone(), state.now());
+        axum::Json(faults).into_response()
+    }
+    async fn clear_faults<S: ControlState>(State(state): Shared<S>) -> axum::response::Response {
+        lock(state.faults()).set(Faults::default(), state.now());
+        axum::Json(Faults::default()).into_response()
+    }
+    Router::new()
+        .route("/__sim/reset", post(reset::<S>))
+        .route(
+            "/__sim/counters",
+            get(counters::<S>).delete(clear_counters::<S>),
+        )
+        .route(
+            "/__sim/faults",
+            post(set_faults::<S>).delete(clear_faults::<S>),
+        )
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Error;
+use crate::common::{ControlState, control_error, parse_json};
 use crate::common::{
     Counters, FaultState, Faults, RunningServer, SimClock, docebo_date, lock, parse_docebo_date,
     random_hex,
@@ -619,18 +620,9 @@ fn router(state: Arc<DoceboState>) -> Router {
             get(list_session_enrollments),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), api_guard));
-    let control = Router::new()
+    let control = crate::common::shared_control_routes::<DoceboState>()
         .route("/__sim/generate", post(control_generate))
         .route("/__sim/summary", get(control_summary))
-        .route("/__sim/reset", post(control_reset))
-        .route(
-            "/__sim/counters",
-            get(control_counters).delete(control_clear_counters),
-        )
-        .route(
-            "/__sim/faults",
-            post(control_set_faults).delete(control_clear_faults),
-        )
         .route("/__sim/clock", post(control_clock))
         .route("/__sim/rate_limit", post(control_rate_limit))
         .route("/__sim/tokens/expire", post(control_expire_tokens))
@@ -1085,25 +1077,6 @@ async fn list_session_enrollments(
 // ---------------------------------------------------------------------------------------------
 // Control API
 
-fn control_error(error: Error) -> Response {
-    let status = match &error {
-        Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::Conflict(_) => StatusCode::CONFLICT,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    (status, axum::Json(json!({"error": error.to_string()}))).into_response()
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        body
-    };
-    serde_json::from_slice(body)
-        .map_err(|error| control_error(Error::Invalid(format!("bad JSON body: {error}"))))
-}
-
 fn parse_kind(kind: &str) -> Result<EntityKind, Response> {
     EntityKind::from_name(kind)
         .ok_or_else(|| control_error(Error::NotFound(format!("unknown entity kind {kind}"))))
@@ -1123,34 +1096,6 @@ async fn control_generate(State(state): State<Arc<DoceboState>>, body: Bytes) ->
 
 async fn control_summary(State(state): State<Arc<DoceboState>>) -> Response {
     axum::Json(state.summary()).into_response()
-}
-
-async fn control_reset(State(state): State<Arc<DoceboState>>) -> Response {
-    state.reset();
-    axum::Json(json!({"reset": true})).into_response()
-}
-
-async fn control_counters(State(state): State<Arc<DoceboState>>) -> Response {
-    axum::Json(state.counters.snapshot()).into_response()
-}
-
-async fn control_clear_counters(State(state): State<Arc<DoceboState>>) -> Response {
-    state.counters.clear();
-    axum::Json(json!({"cleared": true})).into_response()
-}
-
-async fn control_set_faults(State(state): State<Arc<DoceboState>>, body: Bytes) -> Response {
-    let faults: Faults = match parse_json(&body) {
-        Ok(faults) => faults,
-        Err(response) => return response,
-    };
-    lock(&state.faults).set(faults.clone(), state.now());
-    axum::Json(faults).into_response()
-}
-
-async fn control_clear_faults(State(state): State<Arc<DoceboState>>) -> Response {
-    lock(&state.faults).set(Faults::default(), state.now());
-    axum::Json(Faults::default()).into_response()
 }
 
 #[derive(Deserialize, Serialize)]
@@ -1293,5 +1238,23 @@ async fn control_delete(
     match state.delete(kind, &key) {
         Ok(item) => axum::Json(item).into_response(),
         Err(error) => control_error(error),
+    }
+}
+
+impl ControlState for DoceboState {
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn faults(&self) -> &Mutex<FaultState> {
+        &self.faults
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        DoceboState::now(self)
+    }
+
+    fn reset(&self) {
+        DoceboState::reset(self)
     }
 }

@@ -34,6 +34,7 @@ use serde_json::{Map, Value, json};
 use sha2::Digest as _;
 
 use crate::Error;
+use crate::common::{ControlState, control_error, parse_json};
 use crate::common::{Counters, FaultState, Faults, RunningServer, SimClock, lock};
 use bulk::{BulkOp, Job, JobState, ResultKind};
 use org::{Op, Org, Outcome, RequestError};
@@ -476,21 +477,12 @@ fn router(state: Arc<SfState>) -> Router {
             get(unprocessed_results),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), data_guard));
-    let control = Router::new()
+    let control = crate::common::shared_control_routes::<SfState>()
         .route("/__sim/records/{object}", get(control_records))
         .route("/__sim/summary", get(control_summary))
         .route(
             "/__sim/schema",
             get(control_schema).put(control_load_schema),
-        )
-        .route("/__sim/reset", post(control_reset))
-        .route(
-            "/__sim/counters",
-            get(control_counters).delete(control_clear_counters),
-        )
-        .route(
-            "/__sim/faults",
-            post(control_set_faults).delete(control_clear_faults),
         )
         .route("/__sim/clock", post(control_clock))
         .route("/__sim/sessions/revoke", post(control_revoke))
@@ -1824,24 +1816,6 @@ async fn unprocessed_results(
 // ---------------------------------------------------------------------------------------------
 // Control API
 
-fn control_error(error: Error) -> Response {
-    let status = match &error {
-        Error::NotFound(_) => StatusCode::NOT_FOUND,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    (status, axum::Json(json!({"error": error.to_string()}))).into_response()
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        body
-    };
-    serde_json::from_slice(body)
-        .map_err(|error| control_error(Error::Invalid(format!("bad JSON body: {error}"))))
-}
-
 async fn control_records(
     State(state): State<Arc<SfState>>,
     Path(object): Path<String>,
@@ -1884,34 +1858,6 @@ async fn control_load_schema(State(state): State<Arc<SfState>>, body: Bytes) -> 
     }
     *write(&state.org) = Org::new(schema);
     axum::Json(json!({"loaded": true})).into_response()
-}
-
-async fn control_reset(State(state): State<Arc<SfState>>) -> Response {
-    state.reset();
-    axum::Json(json!({"reset": true})).into_response()
-}
-
-async fn control_counters(State(state): State<Arc<SfState>>) -> Response {
-    axum::Json(state.counters.snapshot()).into_response()
-}
-
-async fn control_clear_counters(State(state): State<Arc<SfState>>) -> Response {
-    state.counters.clear();
-    axum::Json(json!({"cleared": true})).into_response()
-}
-
-async fn control_set_faults(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
-    let faults: Faults = match parse_json(&body) {
-        Ok(faults) => faults,
-        Err(response) => return response,
-    };
-    lock(&state.faults).set(faults.clone(), state.now());
-    axum::Json(faults).into_response()
-}
-
-async fn control_clear_faults(State(state): State<Arc<SfState>>) -> Response {
-    lock(&state.faults).set(Faults::default(), state.now());
-    axum::Json(Faults::default()).into_response()
 }
 
 #[derive(Deserialize)]
@@ -1969,4 +1915,22 @@ pub mod test_keys {
     /// Another private key, whose assertions the simulator refuses.
     pub const OTHER_PRIVATE_KEY_PEM: &str =
         include_str!("../../tests/fixtures/other_rsa_private.pem");
+}
+
+impl ControlState for SfState {
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn faults(&self) -> &Mutex<FaultState> {
+        &self.faults
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        SfState::now(self)
+    }
+
+    fn reset(&self) {
+        SfState::reset(self)
+    }
 }
