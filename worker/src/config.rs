@@ -25,6 +25,9 @@ pub struct Settings {
     /// Records per Bulk API 2.0 job once a job is large (Salesforce processes 10,000-record
     /// batches; fewer, larger jobs mean fewer polls). Bounds the records held in memory.
     pub bulk_chunk: i64,
+    /// Chunks of one job being written to Salesforce at once, while the next is read from Docebo
+    /// (their checkpoints still commit in order). Bounds memory at about this many chunks plus two.
+    pub writes_in_flight: usize,
     /// First retry delay of a job after a transient failure (doubles per retry).
     pub retry_base: Duration,
     /// Longest retry delay.
@@ -61,6 +64,7 @@ impl Default for Settings {
             page_size: 200,
             bulk_threshold: 2000,
             bulk_chunk: 5_000,
+            writes_in_flight: 3,
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(300),
             max_retries_with_progress: 20,
@@ -149,6 +153,9 @@ pub struct Options {
     /// Records per Bulk API 2.0 job once a job is large.
     #[arg(long, env = "LEARNSYNC_WORKER_BULK_CHUNK", default_value_t = 5_000)]
     pub bulk_chunk: i64,
+    /// Chunks of one job written to Salesforce at once while the next is read.
+    #[arg(long, env = "LEARNSYNC_WORKER_WRITES_IN_FLIGHT", default_value_t = 3)]
+    pub writes_in_flight: usize,
     /// Docebo page size.
     #[arg(long, env = "LEARNSYNC_WORKER_PAGE_SIZE", default_value_t = 200)]
     pub page_size: u32,
@@ -181,6 +188,7 @@ impl Options {
             page_size: self.page_size.clamp(1, 1000),
             bulk_threshold: self.bulk_threshold,
             bulk_chunk: self.bulk_chunk.max(1),
+            writes_in_flight: self.writes_in_flight.clamp(1, 16),
             salesforce_limit_pause: self.salesforce_limit_pause,
             shutdown_grace: self.shutdown_grace,
             ..Settings::default()

@@ -8,6 +8,9 @@
 
 use std::collections::HashMap;
 
+use futures::StreamExt as _;
+use futures::stream::FuturesOrdered;
+
 use chrono::{DateTime, Utc};
 use learnsync_store::model::{Counts, JobKind, LogLevel, NewLogEvent, UnenrollmentPolicy};
 use learnsync_store::realtime::Targets;
@@ -480,6 +483,27 @@ fn in_categories(categories: &[i64], course: &Value) -> bool {
 /// A record read, mapped or not.
 type Pending = Result<MappedRecord, RecordError>;
 
+/// Records read from Docebo, to be written as one unit.
+struct Chunk {
+    records: Vec<Pending>,
+    end: ChunkEnd,
+}
+
+/// What a chunk's commit records besides its writes.
+#[derive(Default)]
+struct ChunkEnd {
+    /// The listing's position after the chunk (empty once the listing is done).
+    levels: Vec<Pos>,
+    /// Whether the listing ends with this chunk.
+    finished: bool,
+    /// Records read (in the timeframe and the category filter).
+    read: i64,
+    /// Pages read.
+    pages: i64,
+    /// Records Docebo announced on the chunk's pages.
+    expected: i64,
+}
+
 /// What one write produced.
 #[derive(Default)]
 struct Written {
@@ -614,8 +638,8 @@ impl<'a> JobRun<'a> {
             && job.timeframe_end.is_none_or(|end| time < end)
     }
 
-    fn next_phase_after_list(&self) -> Phase {
-        if !self.checkpoint.deferred.is_empty() {
+    fn next_phase_after_list(&self, checkpoint: &Checkpoint) -> Phase {
+        if !checkpoint.deferred.is_empty() {
             Phase::Deferred
         } else {
             self.phase_after_deferred()
@@ -658,6 +682,11 @@ impl<'a> JobRun<'a> {
             .then(|| crate::mapping::docebo_time(from - chrono::Duration::days(ROSTER_GRACE_DAYS)))
     }
 
+    /// Reads the listing and writes it, pipelined: one task reads Docebo and maps chunks while up
+    /// to `writes_in_flight` chunks are being written to Salesforce; chunks commit in listing
+    /// order, each with the checkpoint after it, so a takeover resumes after the last chunk whose
+    /// predecessors are all confirmed. On an error no new chunk starts; the chunks already sent
+    /// finish and their confirmed writes reach the ledger (the checkpoint stays before them).
     async fn list(&mut self) -> SyncResult<()> {
         let filters = self.leaf_filters();
         let page_size = *self
@@ -674,29 +703,117 @@ impl<'a> JobRun<'a> {
             self.ctx.job.course_category_ids.clone(),
         );
         walker.ended_before = self.ended_before();
+        let mut checkpoint = self.checkpoint.clone();
+        let in_flight_max = self.ctx.settings.writes_in_flight.max(1);
+        let (sender, mut chunks) = tokio::sync::mpsc::channel::<SyncResult<Chunk>>(1);
+        let this = &*self;
+        let reader = this.read_chunks(&mut walker, checkpoint.expected, sender);
+        let writer = async {
+            let mut in_flight = FuturesOrdered::new();
+            let mut reading = true;
+            let mut failure: Option<SyncError> = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some((chunk, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                        let chunk: ChunkEnd = chunk;
+                        let outcome: SyncResult<Written> = outcome;
+                        let mut written = match outcome {
+                            Ok(written) => written,
+                            Err(error) => {
+                                failure.get_or_insert(error);
+                                continue;
+                            }
+                        };
+                        if failure.is_none()
+                            && let Some(error) = written.interrupted.take()
+                        {
+                            failure = Some(error);
+                        }
+                        if failure.is_some() {
+                            // A chunk after (or of) a failure: its confirmed writes are kept,
+                            // the checkpoint stays before it.
+                            this.commit_confirmed_only(&written).await?;
+                            continue;
+                        }
+                        checkpoint.levels = chunk.levels;
+                        checkpoint.expected += chunk.expected;
+                        this.admit_deferred(&mut checkpoint, &mut written);
+                        written.counts.read = chunk.read;
+                        if chunk.finished {
+                            checkpoint.phase = this.next_phase_after_list(&checkpoint);
+                        }
+                        if chunk.pages > 0 {
+                            written.events.insert(
+                                0,
+                                NewLogEvent::new(LogLevel::Debug, "docebo pages read")
+                                    .field("pages", chunk.pages)
+                                    .field("records", chunk.read),
+                            );
+                        }
+                        this.commit(&checkpoint, written).await?;
+                        if chunk.finished {
+                            return Ok(checkpoint);
+                        }
+                    }
+                    message = chunks.recv(), if reading && failure.is_none() && in_flight.len() < in_flight_max => {
+                        match message {
+                            Some(Ok(chunk)) => {
+                                let Chunk { records, end } = chunk;
+                                in_flight.push_back(async move {
+                                    (end, this.write(records, true).await)
+                                });
+                            }
+                            Some(Err(error)) => failure = Some(error),
+                            None => reading = false,
+                        }
+                    }
+                    else => break,
+                }
+            }
+            Err(failure.unwrap_or_else(|| {
+                SyncError::Transient("the docebo listing ended without its last chunk".into())
+            }))
+        };
+        let ((), outcome) = tokio::join!(reader, writer);
+        self.checkpoint = outcome?;
+        Ok(())
+    }
+
+    /// Reads the listing into chunks of mapped records and hands them to the writer; an error
+    /// (or an interruption) is handed over as the last message.
+    async fn read_chunks(
+        &self,
+        walker: &mut Walker<'_>,
+        mut expected: i64,
+        sender: tokio::sync::mpsc::Sender<SyncResult<Chunk>>,
+    ) {
         // Small jobs write page by page through collections; large ones gather chunks of the bulk
         // chunk size (at least the threshold), so that few Bulk API 2.0 jobs carry them.
-        let bulk_chunk = self
-            .ctx
-            .settings
-            .bulk_chunk
-            .max(self.ctx.settings.bulk_threshold)
-            .max(1) as usize;
-        let mut chunk_target = page_size as usize;
-        if self.ctx.job.counts.expected >= self.ctx.settings.bulk_threshold {
-            chunk_target = bulk_chunk;
-        }
-        let mut pending: Vec<Pending> = Vec::new();
-        let mut read = 0i64;
-        let mut pages = 0i64;
+        let settings = &self.ctx.settings;
+        let bulk_chunk = settings.bulk_chunk.max(settings.bulk_threshold).max(1) as usize;
+        let mut chunk_target = if self.ctx.job.counts.expected >= settings.bulk_threshold {
+            bulk_chunk
+        } else {
+            walker.page_size as usize
+        };
+        let mut records: Vec<Pending> = Vec::new();
+        let mut end = ChunkEnd::default();
         loop {
-            let next = self.ctx.interruptible(walker.next_leaf(self.ctx)).await?;
+            let next = match self.ctx.interruptible(walker.next_leaf(self.ctx)).await {
+                Ok(next) => next,
+                Err(error) => {
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+            };
             let finished = next.is_none();
             if let Some(page) = next {
-                pages += 1;
+                end.pages += 1;
                 if let Some(total) = page.total {
-                    self.checkpoint.expected += total;
-                    if self.checkpoint.expected >= self.ctx.settings.bulk_threshold {
+                    end.expected += total;
+                    expected += total;
+                    if expected >= settings.bulk_threshold {
                         chunk_target = bulk_chunk;
                     }
                 }
@@ -709,41 +826,43 @@ impl<'a> JobRun<'a> {
                     {
                         continue;
                     }
-                    read += 1;
-                    pending.push(self.mapping.map(&item));
+                    end.read += 1;
+                    records.push(self.mapping.map(&item));
                 }
             }
-            if finished || pending.len() >= chunk_target {
-                self.checkpoint.levels = walker.position();
-                if finished {
-                    self.checkpoint.levels.clear();
+            if finished || records.len() >= chunk_target {
+                end.finished = finished;
+                end.levels = if finished {
+                    Vec::new()
+                } else {
+                    walker.position()
+                };
+                let chunk = Chunk {
+                    records: std::mem::take(&mut records),
+                    end: std::mem::take(&mut end),
+                };
+                if sender.send(Ok(chunk)).await.is_err() || finished {
+                    return;
                 }
-                let records = std::mem::take(&mut pending);
-                let mut written = self.write(records, true).await?;
-                if let Some(error) = written.interrupted.take() {
-                    self.commit_confirmed_only(&written).await?;
-                    return Err(error);
-                }
-                // Deferred records travel in the checkpoint, so a takeover retries them too.
-                self.checkpoint.deferred.append(&mut written.deferred);
-                written.counts.read = read;
-                if finished {
-                    self.checkpoint.phase = self.next_phase_after_list();
-                }
-                if pages > 0 {
-                    written.events.insert(
-                        0,
-                        NewLogEvent::new(LogLevel::Debug, "docebo pages read")
-                            .field("pages", pages)
-                            .field("records", read),
-                    );
-                }
-                self.commit(written).await?;
-                read = 0;
-                pages = 0;
             }
-            if finished {
-                return Ok(());
+        }
+    }
+
+    /// Keeps a chunk's records whose parent was missing for the retry at the end of the listing,
+    /// up to [`MAX_DEFERRED`]; beyond it they fail now, with Salesforce's reason.
+    fn admit_deferred(&self, checkpoint: &mut Checkpoint, written: &mut Written) {
+        let object = self.mapping.object.as_str();
+        for deferred in std::mem::take(&mut written.deferred) {
+            if checkpoint.deferred.len() < MAX_DEFERRED {
+                checkpoint.deferred.push(deferred);
+            } else {
+                written.counts.failed += 1;
+                written.events.push(
+                    NewLogEvent::new(LogLevel::Error, deferred.reason)
+                        .record(deferred.key.as_str())
+                        .code("INVALID_FIELD")
+                        .field("object", object),
+                );
             }
         }
     }
@@ -844,7 +963,6 @@ impl<'a> JobRun<'a> {
                     locked.push(record);
                 } else if is_missing_parent(&failure.code, &failure.message)
                     && defer_missing_parents
-                    && self.checkpoint.deferred.len() + written.deferred.len() < MAX_DEFERRED
                 {
                     written.seen.push(record.key.clone());
                     written.deferred.push(Deferred {
@@ -1009,10 +1127,11 @@ impl<'a> JobRun<'a> {
 
     /// Commits what Salesforce confirmed with the checkpoint after it, in one transaction fenced
     /// by the attempt.
-    async fn commit(&self, written: Written) -> SyncResult<()> {
+    async fn commit(&self, checkpoint: &Checkpoint, written: Written) -> SyncResult<()> {
         let job = &self.ctx.job;
         let object = self.mapping.object.as_str();
-        let checkpoint = serde_json::to_value(&self.checkpoint)
+        let expected = checkpoint.expected;
+        let checkpoint = serde_json::to_value(checkpoint)
             .map_err(|error| SyncError::Permanent(error.to_string()))?;
         let mut conn = self.ctx.store.conn().await?;
         let tx = conn
@@ -1044,7 +1163,7 @@ impl<'a> JobRun<'a> {
         .await?;
         let progress = Progress {
             delta: written.counts,
-            expected: (self.checkpoint.expected > 0).then_some(self.checkpoint.expected),
+            expected: (expected > 0).then_some(expected),
             checkpoint: Some(checkpoint),
             status_message: None,
         };
@@ -1093,7 +1212,7 @@ impl<'a> JobRun<'a> {
             if self.checkpoint.deferred.is_empty() {
                 self.checkpoint.phase = self.phase_after_deferred();
             }
-            self.commit(written).await?;
+            self.commit(&self.checkpoint, written).await?;
         }
         Ok(())
     }
@@ -1146,7 +1265,7 @@ impl<'a> JobRun<'a> {
             };
             let Some(last_key) = last_key else {
                 self.checkpoint.phase = Phase::Done;
-                return self.commit(Written::default()).await;
+                return self.commit(&self.checkpoint, Written::default()).await;
             };
             self.ctx.check()?;
             let now = Utc::now();
