@@ -497,7 +497,7 @@ impl Salesforce {
         ctx: &JobCtx,
         object: &str,
         external_id: &str,
-        records: &[Map<String, Value>],
+        records: &[&Map<String, Value>],
     ) -> SyncResult<Vec<RecordResult>> {
         debug_assert!(records.len() <= COLLECTION_SIZE);
         let records: Vec<Value> = records
@@ -505,7 +505,7 @@ impl Salesforce {
             .map(|fields| {
                 let mut record = Map::new();
                 record.insert("attributes".into(), json!({ "type": object }));
-                record.extend(fields.clone());
+                record.extend((*fields).clone());
                 Value::Object(record)
             })
             .collect();
@@ -568,7 +568,7 @@ impl Salesforce {
         ctx: &JobCtx,
         object: &str,
         external_id: &str,
-        records: &[Map<String, Value>],
+        records: &[&Map<String, Value>],
     ) -> SyncResult<Vec<RecordResult>> {
         let csv_text = to_csv(records, external_id)?;
         let created = self
@@ -630,7 +630,7 @@ impl Salesforce {
                 _ => delay = (delay * 2).min(Duration::from_secs(5).max(ctx.settings.bulk_poll)),
             }
         }
-        let mut by_key: HashMap<String, RecordResult> = HashMap::new();
+        let mut by_key: HashMap<String, RecordResult> = HashMap::with_capacity(records.len());
         let (_, successful) = self
             .call(
                 ctx,
@@ -639,19 +639,17 @@ impl Salesforce {
                 &Body::None,
             )
             .await?;
-        for row in read_csv(&successful)? {
-            if let Some(key) = row.get(external_id) {
-                let id = row.get("sf__Id").filter(|id| !id.is_empty()).cloned();
-                by_key.insert(
-                    key.clone(),
-                    RecordResult {
-                        success: true,
-                        id,
-                        errors: Vec::new(),
-                    },
-                );
-            }
+        for (key, id) in read_results(&successful, external_id, "sf__Id")? {
+            by_key.insert(
+                key,
+                RecordResult {
+                    success: true,
+                    id: Some(id).filter(|id| !id.is_empty()),
+                    errors: Vec::new(),
+                },
+            );
         }
+        drop(successful);
         let (_, failed) = self
             .call(
                 ctx,
@@ -660,18 +658,15 @@ impl Salesforce {
                 &Body::None,
             )
             .await?;
-        for row in read_csv(&failed)? {
-            if let Some(key) = row.get(external_id) {
-                let error = row.get("sf__Error").cloned().unwrap_or_default();
-                by_key.insert(
-                    key.clone(),
-                    RecordResult {
-                        success: false,
-                        id: None,
-                        errors: vec![parse_bulk_error(&error)],
-                    },
-                );
-            }
+        for (key, error) in read_results(&failed, external_id, "sf__Error")? {
+            by_key.insert(
+                key,
+                RecordResult {
+                    success: false,
+                    id: None,
+                    errors: vec![parse_bulk_error(&error)],
+                },
+            );
         }
         Ok(records
             .iter()
@@ -782,75 +777,92 @@ fn parse_bulk_error(text: &str) -> RecordFailure {
 }
 
 /// Writes records as Bulk API CSV: relationship columns as `Rel__r.Ext__c`, nulls as `#N/A`.
-fn to_csv(records: &[Map<String, Value>], external_id: &str) -> SyncResult<String> {
-    let mut columns: Vec<String> = vec![external_id.to_string()];
+fn to_csv(records: &[&Map<String, Value>], external_id: &str) -> SyncResult<String> {
+    // Columns in first-seen order; a lookup by external id is `Relationship__r.Field__c`.
+    let mut columns: Vec<(String, Option<String>)> = vec![(external_id.to_string(), None)];
     for record in records {
-        for (field, value) in record {
-            let names: Vec<String> = match value {
-                Value::Object(reference) => reference
-                    .keys()
-                    .map(|key| format!("{field}.{key}"))
-                    .collect(),
-                _ => vec![field.clone()],
-            };
-            for name in names {
-                if !columns.contains(&name) {
-                    columns.push(name);
+        for (field, value) in record.iter() {
+            // A handful of columns: a scan allocates nothing, unlike a set of owned names.
+            match value {
+                Value::Object(reference) => {
+                    for key in reference.keys() {
+                        let known = columns
+                            .iter()
+                            .any(|(f, k)| f == field && k.as_deref() == Some(key.as_str()));
+                        if !known {
+                            columns.push((field.clone(), Some(key.clone())));
+                        }
+                    }
+                }
+                _ => {
+                    if !columns.iter().any(|(f, k)| f == field && k.is_none()) {
+                        columns.push((field.clone(), None));
+                    }
                 }
             }
         }
     }
     let mut writer = csv::WriterBuilder::new()
         .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
+        .from_writer(Vec::with_capacity(records.len() * 160));
     let fail = |error: csv::Error| SyncError::Permanent(format!("cannot write bulk csv: {error}"));
-    writer.write_record(&columns).map_err(fail)?;
+    for (field, key) in &columns {
+        match key {
+            Some(key) => writer.write_field(format!("{field}.{key}")),
+            None => writer.write_field(field),
+        }
+        .map_err(fail)?;
+    }
+    writer.write_record(None::<&[u8]>).map_err(fail)?;
+    let mut number = String::new();
     for record in records {
-        let row: Vec<String> = columns
-            .iter()
-            .map(|column| {
-                let value = match column.split_once('.') {
-                    Some((field, key)) => {
-                        record.get(field).and_then(|reference| reference.get(key))
-                    }
-                    None => record.get(column),
-                };
-                match value {
-                    None | Some(Value::Null) => "#N/A".to_string(),
-                    Some(Value::String(text)) => text.clone(),
-                    Some(other) => other.to_string(),
+        for (field, key) in &columns {
+            let value = match key {
+                Some(key) => record.get(field).and_then(|reference| reference.get(key)),
+                None => record.get(field),
+            };
+            match value {
+                None | Some(Value::Null) => writer.write_field("#N/A"),
+                Some(Value::String(text)) => writer.write_field(text),
+                Some(other) => {
+                    number.clear();
+                    std::fmt::Write::write_fmt(&mut number, format_args!("{other}"))
+                        .map_err(|error| SyncError::Permanent(error.to_string()))?;
+                    writer.write_field(&number)
                 }
-            })
-            .collect();
-        writer.write_record(&row).map_err(fail)?;
+            }
+            .map_err(fail)?;
+        }
+        writer.write_record(None::<&[u8]>).map_err(fail)?;
     }
     let bytes = writer
         .into_inner()
         .map_err(|error| SyncError::Permanent(format!("cannot write bulk csv: {error}")))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| SyncError::Permanent("bulk csv is not utf-8".into()))?;
-    Ok(text)
+    String::from_utf8(bytes)
+        .map_err(|error| SyncError::Permanent(format!("bulk csv is not utf-8: {error}")))
 }
 
-fn read_csv(text: &str) -> SyncResult<Vec<HashMap<String, String>>> {
+/// Reads a Bulk API 2.0 result CSV: `(external id value, value of column)` per row. Only the two
+/// columns are kept (the results repeat every field sent).
+fn read_results(text: &str, external_id: &str, column: &str) -> SyncResult<Vec<(String, String)>> {
+    let unreadable =
+        |error: csv::Error| SyncError::Transient(format!("bulk results unreadable: {error}"));
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .from_reader(text.as_bytes());
-    let headers = reader
-        .headers()
-        .map_err(|error| SyncError::Transient(format!("bulk results unreadable: {error}")))?
-        .clone();
+    let headers = reader.headers().map_err(unreadable)?;
+    let position = |name: &str| headers.iter().position(|header| header == name);
+    let (Some(key_at), value_at) = (position(external_id), position(column)) else {
+        return Ok(Vec::new());
+    };
     let mut rows = Vec::new();
-    for record in reader.records() {
-        let record = record
-            .map_err(|error| SyncError::Transient(format!("bulk results unreadable: {error}")))?;
-        rows.push(
-            headers
-                .iter()
-                .zip(record.iter())
-                .map(|(header, value)| (header.to_string(), value.to_string()))
-                .collect(),
-        );
+    let mut record = csv::StringRecord::new();
+    while reader.read_record(&mut record).map_err(unreadable)? {
+        let Some(key) = record.get(key_at) else {
+            continue;
+        };
+        let value = value_at.and_then(|at| record.get(at)).unwrap_or_default();
+        rows.push((key.to_string(), value.to_string()));
     }
     Ok(rows)
 }
@@ -896,11 +908,14 @@ mod tests {
         record.insert("Docebo_User__r".into(), json!({"Docebo_User_Id__c": "1"}));
         record.insert("Score__c".into(), Value::Null);
         record.insert("Name".into(), json!("a, \"b\""));
-        let text = to_csv(&[record], "Enrollment_Key__c").unwrap();
-        let rows = read_csv(&text).unwrap();
-        assert_eq!(rows[0]["Docebo_User__r.Docebo_User_Id__c"], "1");
-        assert_eq!(rows[0]["Score__c"], "#N/A");
-        assert_eq!(rows[0]["Name"], "a, \"b\"");
+        let text = to_csv(&[&record], "Enrollment_Key__c").unwrap();
+        let column = |name: &str| read_results(&text, "Enrollment_Key__c", name).unwrap();
+        assert_eq!(
+            column("Docebo_User__r.Docebo_User_Id__c"),
+            vec![("1-2".to_string(), "1".to_string())]
+        );
+        assert_eq!(column("Score__c")[0].1, "#N/A");
+        assert_eq!(column("Name")[0].1, "a, \"b\"");
         let error = parse_bulk_error(
             "INVALID_FIELD:Foreign key external ID: 9 not found for field X in entity Y:Docebo_User__c --",
         );

@@ -1064,8 +1064,8 @@ impl<'a> JobRun<'a> {
     ) -> (Vec<RecordResult>, Option<SyncError>) {
         let object = &self.mapping.object;
         let external_id = &self.mapping.external_id;
-        let fields: Vec<Map<String, Value>> =
-            records.iter().map(|record| record.fields.clone()).collect();
+        let fields: Vec<&Map<String, Value>> =
+            records.iter().map(|record| &record.fields).collect();
         if bulk {
             return match self
                 .salesforce
@@ -1278,6 +1278,7 @@ impl<'a> JobRun<'a> {
                         .iter()
                         .filter_map(|(key, _)| self.mapping.unenrolled_record(key, now))
                         .collect();
+                    let records: Vec<&Map<String, Value>> = records.iter().collect();
                     let results = self
                         .salesforce
                         .upsert_collection(self.ctx, &object, &self.mapping.external_id, &records)
