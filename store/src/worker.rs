@@ -703,6 +703,22 @@ pub async fn ledger_lookup(
         .collect()
 }
 
+/// Whether the ledger holds no record of an object for a connection (its first sync): a job that
+/// starts so can skip looking its records up, as nothing it reads can be there but its own writes.
+pub async fn ledger_is_empty(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    object: &str,
+) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM ledger WHERE connection_id = $1 AND object = $2)",
+            &[&connection_id, &object],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
 /// One record Salesforce confirmed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerWrite {

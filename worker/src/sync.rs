@@ -508,7 +508,9 @@ struct ChunkEnd {
 #[derive(Default)]
 struct Written {
     ledger: Vec<LedgerWrite>,
-    /// Keys present in the listing but not written (unchanged, failed, deferred).
+    /// Keys the ledger holds that are present in the listing but were not written (unchanged,
+    /// failed, deferred): marked seen so that the unenrollment comparison keeps them. A key the
+    /// ledger does not hold has nothing to mark.
     seen: Vec<String>,
     counts: Counts,
     events: Vec<NewLogEvent>,
@@ -521,7 +523,6 @@ struct Written {
 impl Written {
     fn fail(&mut self, object: &str, key: &str, code: &str, reason: &str) {
         self.counts.failed += 1;
-        self.seen.push(key.to_string());
         self.events.push(
             NewLogEvent::new(LogLevel::Error, reason.to_string())
                 .record(key)
@@ -545,6 +546,10 @@ pub struct JobRun<'a> {
     checkpoint: Checkpoint,
     /// Webhook runs: the records the events named.
     targets: Option<Targets>,
+    /// The ledger held nothing of this object when the attempt started (a first sync): records
+    /// are not looked up, since only this attempt's own writes could be found (a key listed
+    /// twice is then written twice, which Salesforce's upsert makes harmless).
+    ledger_empty: bool,
 }
 
 impl<'a> JobRun<'a> {
@@ -577,6 +582,7 @@ impl<'a> JobRun<'a> {
             mapping,
             checkpoint,
             targets,
+            ledger_empty: false,
         })
     }
 
@@ -597,6 +603,11 @@ impl<'a> JobRun<'a> {
             .mapping
             .fit_to_org(&describe)
             .map_err(SyncError::Permanent)?;
+        self.ledger_empty = {
+            let conn = self.ctx.store.conn().await?;
+            store_worker::ledger_is_empty(&conn, self.ctx.job.connection_id, &self.mapping.object)
+                .await?
+        };
         if self.checkpoint.phase == Phase::List {
             self.list().await?;
         }
@@ -875,11 +886,15 @@ impl<'a> JobRun<'a> {
     ) -> SyncResult<Written> {
         let object = self.mapping.object.as_str();
         let mut written = Written::default();
-        let mut mapped: Vec<MappedRecord> = Vec::new();
+        let mut mapped: Vec<MappedRecord> = Vec::with_capacity(records.len());
+        let mut unfit: Vec<String> = Vec::new();
         for record in records {
             match record {
                 Ok(record) => mapped.push(record),
-                Err(error) => written.fail(object, &error.key, &error.code, &error.message),
+                Err(error) => {
+                    written.fail(object, &error.key, &error.code, &error.message);
+                    unfit.push(error.key);
+                }
             }
         }
         // The same key twice in one request fails both: the later one wins, the earlier one is
@@ -897,11 +912,19 @@ impl<'a> JobRun<'a> {
             }
         }
         self.resolve_matches(&mut unique).await?;
-        let keys: Vec<String> = unique.iter().map(|record| record.key.clone()).collect();
-        let ledger = {
+        let mut keys: Vec<String> = unique.iter().map(|record| record.key.clone()).collect();
+        keys.extend(unfit.iter().cloned());
+        let ledger = if self.ledger_empty {
+            HashMap::new()
+        } else {
             let conn = self.ctx.store.conn().await?;
             store_worker::ledger_lookup(&conn, self.ctx.job.connection_id, object, &keys).await?
         };
+        drop(keys);
+        // Records that do not fit stay enrolled if they were written before.
+        written
+            .seen
+            .extend(unfit.into_iter().filter(|key| ledger.contains_key(key)));
         let mut to_write = Vec::new();
         for record in unique {
             let unchanged = !self.ctx.job.rewrite_unchanged
@@ -964,7 +987,9 @@ impl<'a> JobRun<'a> {
                 } else if is_missing_parent(&failure.code, &failure.message)
                     && defer_missing_parents
                 {
-                    written.seen.push(record.key.clone());
+                    if ledger.contains_key(&record.key) {
+                        written.seen.push(record.key.clone());
+                    }
                     written.deferred.push(Deferred {
                         key: record.key,
                         fields: record.fields,
@@ -974,6 +999,9 @@ impl<'a> JobRun<'a> {
                     });
                 } else {
                     written.fail(object, &record.key, &failure.code, &failure.message);
+                    if ledger.contains_key(&record.key) {
+                        written.seen.push(record.key);
+                    }
                 }
             }
             if !locked.is_empty() && round >= LOCK_ROUNDS {
