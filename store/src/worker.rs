@@ -719,6 +719,64 @@ pub async fn ledger_is_empty(
     Ok(row.try_get(0)?)
 }
 
+/// Keeps records of a job for a retry at the end of its listing (`(record key, record)`), in the
+/// caller's fenced transaction; a key kept twice keeps its latest record.
+pub async fn deferred_add(
+    client: &impl GenericClient,
+    job_id: Uuid,
+    records: &[(String, serde_json::Value)],
+) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = records.iter().map(|(key, _)| key.as_str()).collect();
+    let values: Vec<&serde_json::Value> = records.iter().map(|(_, value)| value).collect();
+    client
+        .execute(
+            "INSERT INTO job_deferred (job_id, record_key, record) \
+             SELECT $1, k, r FROM unnest($2::text[], $3::jsonb[]) AS t(k, r) \
+             ON CONFLICT (job_id, record_key) DO UPDATE SET record = excluded.record",
+            &[&job_id, &keys, &values],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The next records a job kept for a retry, in key order.
+pub async fn deferred_next(
+    client: &impl GenericClient,
+    job_id: Uuid,
+    limit: i64,
+) -> Result<Vec<serde_json::Value>> {
+    let rows = client
+        .query(
+            "SELECT record FROM job_deferred WHERE job_id = $1 ORDER BY record_key LIMIT $2",
+            &[&job_id, &limit],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| row.try_get(0).map_err(crate::Error::from))
+        .collect()
+}
+
+/// Forgets records a job retried, in the caller's fenced transaction.
+pub async fn deferred_remove(
+    client: &impl GenericClient,
+    job_id: Uuid,
+    keys: &[String],
+) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute(
+            "DELETE FROM job_deferred WHERE job_id = $1 AND record_key = ANY($2)",
+            &[&job_id, &keys],
+        )
+        .await?;
+    Ok(())
+}
+
 /// One record Salesforce confirmed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerWrite {

@@ -274,6 +274,9 @@ pub fn parse_docebo_time(value: &Value) -> Result<Option<DateTime<Utc>>, String>
     if text.is_empty() || text.starts_with("0000-00-00") {
         return Ok(None);
     }
+    if let Some(time) = parse_plain_time(text) {
+        return Ok(Some(time));
+    }
     if let Ok(time) = NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S") {
         return Ok(Some(time.and_utc()));
     }
@@ -293,9 +296,47 @@ pub fn docebo_time(time: DateTime<Utc>) -> String {
     time.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-/// Formats a time as Salesforce's REST API wants it.
+/// Formats a time as Salesforce's REST API wants it (`%Y-%m-%dT%H:%M:%SZ`, written directly:
+/// this runs for every date of every record).
 pub fn salesforce_time(time: DateTime<Utc>) -> String {
-    time.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    use chrono::{Datelike as _, Timelike as _};
+    if !(0..=9999).contains(&time.year()) {
+        return time.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    }
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        time.year(),
+        time.month(),
+        time.day(),
+        time.hour(),
+        time.minute(),
+        time.second()
+    )
+}
+
+/// Docebo's usual `YYYY-MM-DD HH:MM:SS`, read without a format string (every date of every
+/// record goes through here); anything else is left to chrono's parsers.
+fn parse_plain_time(text: &str) -> Option<DateTime<Utc>> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 19 || bytes[4] != b'-' || bytes[7] != b'-' || bytes[10] != b' ' {
+        return None;
+    }
+    if bytes[13] != b':' || bytes[16] != b':' {
+        return None;
+    }
+    let number = |from: usize, to: usize| -> Option<u32> {
+        bytes[from..to].iter().try_fold(0u32, |acc, byte| {
+            byte.is_ascii_digit()
+                .then(|| acc * 10 + u32::from(byte - b'0'))
+        })
+    };
+    let date = NaiveDate::from_ymd_opt(
+        i32::try_from(number(0, 4)?).ok()?,
+        number(5, 7)?,
+        number(8, 10)?,
+    )?;
+    let time = date.and_hms_opt(number(11, 13)?, number(14, 16)?, number(17, 19)?)?;
+    Some(time.and_utc())
 }
 
 fn text_of(value: &Value) -> Option<String> {
@@ -706,30 +747,46 @@ impl ObjectMapping {
     }
 }
 
-/// Hashes the values with the keys in a fixed order, whatever the map's iteration order.
+/// Hashes the values with the keys in a fixed order, whatever the map's iteration order: the
+/// object, then `{key:value,...}` with keys sorted and scalars in their compact JSON form. Nothing
+/// is cloned or rendered to an intermediate string.
 fn hash_fields(object: &str, fields: &Map<String, Value>) -> Vec<u8> {
+    /// Feeds what serde_json writes straight into the hasher.
+    struct Feed<'a>(&'a mut sha2::Sha256);
+    impl std::io::Write for Feed<'_> {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.update(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    fn feed_map(hasher: &mut sha2::Sha256, map: &Map<String, Value>) {
+        let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+        // Sorted already unless serde_json keeps insertion order; then this sorts.
+        if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+        }
+        hasher.update(b"{");
+        for (key, value) in entries {
+            hasher.update(key.as_bytes());
+            hasher.update(b":");
+            feed(hasher, value);
+            hasher.update(b",");
+        }
+        hasher.update(b"}");
+    }
     fn feed(hasher: &mut sha2::Sha256, value: &Value) {
         match value {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                hasher.update(b"{");
-                for key in keys {
-                    hasher.update(key.as_bytes());
-                    hasher.update(b":");
-                    if let Some(inner) = map.get(key) {
-                        feed(hasher, inner);
-                    }
-                    hasher.update(b",");
-                }
-                hasher.update(b"}");
-            }
-            other => hasher.update(other.to_string().as_bytes()),
+            Value::Object(map) => feed_map(hasher, map),
+            // Writing into a hasher cannot fail.
+            other => serde_json::to_writer(Feed(hasher), other).unwrap_or_default(),
         }
     }
     let mut hasher = sha2::Sha256::new();
     hasher.update(object.as_bytes());
-    feed(&mut hasher, &Value::Object(fields.clone()));
+    feed_map(&mut hasher, fields);
     hasher.finalize().to_vec()
 }
 
@@ -742,6 +799,53 @@ mod tests {
 
     fn mapping() -> Mapping {
         Mapping::default_mapping().unwrap()
+    }
+
+    #[test]
+    fn reads_and_writes_times_as_the_format_strings_do() {
+        for text in [
+            "2024-02-29 23:59:59",
+            "1999-01-01 00:00:00",
+            "2031-12-31 12:30:05",
+        ] {
+            let slow = NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
+                .unwrap()
+                .and_utc();
+            assert_eq!(parse_plain_time(text), Some(slow));
+            assert_eq!(
+                salesforce_time(slow),
+                slow.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+            );
+        }
+        for bad in [
+            "2023-02-29 10:00:00",
+            "2024-13-01 00:00:00",
+            "2024-01-01T00:00:00",
+        ] {
+            assert_eq!(parse_plain_time(bad), None, "{bad}");
+        }
+        assert!(
+            parse_docebo_time(&Value::from("2024-01-01T00:00:00Z"))
+                .unwrap()
+                .is_some()
+        );
+        assert!(parse_docebo_time(&Value::from("2023-02-29 10:00:00")).is_err());
+    }
+
+    #[test]
+    fn hashes_as_the_first_version_did() {
+        // The ledger keeps hashes across versions: a change here rewrites every record once.
+        let mut fields = Map::new();
+        fields.insert("B__c".into(), json!("x\"y"));
+        fields.insert("A__c".into(), json!(1.5));
+        fields.insert("C__r".into(), json!({"Ext__c": "7", "Alt__c": null}));
+        let expected = {
+            let mut hasher = sha2::Sha256::new();
+            hasher.update(b"Obj__c");
+            hasher.update(br#"{A__c:1.5,B__c:"x\"y",C__r:{Alt__c:null,Ext__c:"7",},}"#);
+            hasher.finalize().to_vec()
+        };
+        assert_eq!(hash_fields("Obj__c", &fields), expected);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! checkpoint after them. Then retry records whose parent was missing, then (full enrollment
 //! runs) mark unenrolled what the listing no longer holds.
 //!
-//! Memory stays flat: at most one chunk of records is held (a page, or up to the bulk threshold
-//! when the job is large enough for Bulk API 2.0), plus the deferred records the checkpoint holds.
+//! Memory stays flat: a few chunks of records are held (a page, or the bulk chunk when the job is
+//! large enough for Bulk API 2.0): the one being read and those being written. Records kept for
+//! a retry wait in `job_deferred`, not in memory.
 
 use std::collections::HashMap;
 
@@ -26,7 +27,7 @@ use crate::mapping::{
 use crate::salesforce::{COLLECTION_SIZE, RecordResult, Salesforce};
 
 /// Most records whose parent was missing that a job keeps for a retry at its end; beyond it they
-/// fail at once (the checkpoint carries them, so it must stay small).
+/// fail at once, so that the retry phase stays short (ten collection calls).
 const MAX_DEFERRED: usize = 2000;
 /// Rounds of re-sending rows Salesforce could not lock; rows still locked after them make the job
 /// retry later (from its checkpoint, the confirmed rows kept): contention never fails a record.
@@ -41,8 +42,13 @@ pub struct Checkpoint {
     pub phase: Phase,
     /// The listing's position, outer levels first (courses, sessions, roster).
     pub levels: Vec<Pos>,
-    /// Records whose parent Salesforce did not know yet: retried at the end of the listing.
+    /// Records kept in `job_deferred` for a retry at the end of the listing (their parent was
+    /// missing in Salesforce).
     #[serde(default)]
+    pub deferred_count: usize,
+    /// Deferred records as checkpoints held them before `job_deferred` existed: a job resumed
+    /// from such a checkpoint moves them to the table first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deferred: Vec<Deferred>,
     /// Unenrollment: the last ledger key handled.
     #[serde(default)]
@@ -515,6 +521,8 @@ struct Written {
     counts: Counts,
     events: Vec<NewLogEvent>,
     deferred: Vec<Deferred>,
+    /// Deferred records retried (whatever the outcome): removed from `job_deferred`.
+    retired: Vec<String>,
     /// The chunk was cut short after some writes were confirmed: those go to the ledger (so a
     /// resumed job skips them), the checkpoint stays before the chunk, and the job ends with this.
     interrupted: Option<SyncError>,
@@ -608,6 +616,7 @@ impl<'a> JobRun<'a> {
             store_worker::ledger_is_empty(&conn, self.ctx.job.connection_id, &self.mapping.object)
                 .await?
         };
+        self.move_legacy_deferred().await?;
         if self.checkpoint.phase == Phase::List {
             self.list().await?;
         }
@@ -650,7 +659,7 @@ impl<'a> JobRun<'a> {
     }
 
     fn next_phase_after_list(&self, checkpoint: &Checkpoint) -> Phase {
-        if !checkpoint.deferred.is_empty() {
+        if checkpoint.deferred_count > 0 {
             Phase::Deferred
         } else {
             self.phase_after_deferred()
@@ -716,10 +725,17 @@ impl<'a> JobRun<'a> {
         walker.ended_before = self.ended_before();
         let mut checkpoint = self.checkpoint.clone();
         let in_flight_max = self.ctx.settings.writes_in_flight.max(1);
-        let (sender, mut chunks) = tokio::sync::mpsc::channel::<SyncResult<Chunk>>(1);
+        let (sender, chunks) = tokio::sync::mpsc::channel::<SyncResult<Chunk>>(1);
         let this = &*self;
-        let reader = this.read_chunks(&mut walker, checkpoint.expected, sender);
+        let expected = checkpoint.expected;
+        let reader = async {
+            this.read_chunks(&mut walker, expected, sender).await;
+            // The writer decides when the listing is done (its last chunk committed, or an error).
+            std::future::pending::<()>().await;
+        };
         let writer = async {
+            // Owned here: when the writer ends, a reader waiting to hand over a chunk is released.
+            let mut chunks = chunks;
             let mut in_flight = FuturesOrdered::new();
             let mut reading = true;
             let mut failure: Option<SyncError> = None;
@@ -786,7 +802,12 @@ impl<'a> JobRun<'a> {
                 SyncError::Transient("the docebo listing ended without its last chunk".into())
             }))
         };
-        let ((), outcome) = tokio::join!(reader, writer);
+        // The reader never ends on its own: when the writer ends, the reader (perhaps waiting for
+        // a page or for room in the channel) is dropped with it.
+        let outcome = tokio::select! {
+            outcome = writer => outcome,
+            () = reader => unreachable!("the reader waits for the writer"),
+        };
         self.checkpoint = outcome?;
         Ok(())
     }
@@ -864,8 +885,9 @@ impl<'a> JobRun<'a> {
     fn admit_deferred(&self, checkpoint: &mut Checkpoint, written: &mut Written) {
         let object = self.mapping.object.as_str();
         for deferred in std::mem::take(&mut written.deferred) {
-            if checkpoint.deferred.len() < MAX_DEFERRED {
-                checkpoint.deferred.push(deferred);
+            if checkpoint.deferred_count < MAX_DEFERRED {
+                checkpoint.deferred_count += 1;
+                written.deferred.push(deferred);
             } else {
                 written.counts.failed += 1;
                 written.events.push(
@@ -1189,6 +1211,17 @@ impl<'a> JobRun<'a> {
             job.kind.as_str(),
         )
         .await?;
+        let deferred = written
+            .deferred
+            .iter()
+            .map(|deferred| {
+                serde_json::to_value(deferred)
+                    .map(|record| (deferred.key.clone(), record))
+                    .map_err(|error| SyncError::Permanent(error.to_string()))
+            })
+            .collect::<SyncResult<Vec<_>>>()?;
+        store_worker::deferred_add(&tx, job.id, &deferred).await?;
+        store_worker::deferred_remove(&tx, job.id, &written.retired).await?;
         let progress = Progress {
             delta: written.counts,
             expected: (expected > 0).then_some(expected),
@@ -1217,32 +1250,54 @@ impl<'a> JobRun<'a> {
     /// Retries the records whose parent was missing: parents written since (by this job, or by
     /// another) make them succeed; those still orphaned fail with Salesforce's reason.
     async fn retry_deferred(&mut self) -> SyncResult<()> {
-        while !self.checkpoint.deferred.is_empty() {
-            let take = self.checkpoint.deferred.len().min(COLLECTION_SIZE);
-            let batch: Vec<Deferred> = self.checkpoint.deferred.drain(..take).collect();
-            let records: Vec<Pending> = batch
-                .into_iter()
-                .map(|deferred| {
-                    Ok(MappedRecord {
-                        key: deferred.key,
-                        fields: deferred.fields,
-                        hash: hex::decode(&deferred.hash).unwrap_or_default(),
-                        updated_at: deferred.updated_at,
-                        matches: Vec::new(),
-                    })
-                })
-                .collect();
+        loop {
+            let batch = {
+                let conn = self.ctx.store.conn().await?;
+                store_worker::deferred_next(&conn, self.ctx.job.id, COLLECTION_SIZE as i64).await?
+            };
+            if batch.is_empty() {
+                self.checkpoint.deferred_count = 0;
+                self.checkpoint.phase = self.phase_after_deferred();
+                return self.commit(&self.checkpoint, Written::default()).await;
+            }
+            let mut retired = Vec::with_capacity(batch.len());
+            let mut records: Vec<Pending> = Vec::with_capacity(batch.len());
+            for record in batch {
+                let deferred: Deferred = serde_json::from_value(record).map_err(|error| {
+                    SyncError::Permanent(format!("unreadable deferred record: {error}"))
+                })?;
+                retired.push(deferred.key.clone());
+                records.push(Ok(MappedRecord {
+                    key: deferred.key,
+                    fields: deferred.fields,
+                    hash: hex::decode(&deferred.hash).unwrap_or_default(),
+                    updated_at: deferred.updated_at,
+                    matches: Vec::new(),
+                }));
+            }
             let mut written = self.write(records, false).await?;
             if let Some(error) = written.interrupted.take() {
                 self.commit_confirmed_only(&written).await?;
                 return Err(error);
             }
-            if self.checkpoint.deferred.is_empty() {
-                self.checkpoint.phase = self.phase_after_deferred();
-            }
+            self.checkpoint.deferred_count =
+                self.checkpoint.deferred_count.saturating_sub(retired.len());
+            written.retired = retired;
             self.commit(&self.checkpoint, written).await?;
         }
-        Ok(())
+    }
+
+    /// Moves the deferred records of a checkpoint written before `job_deferred` existed into it.
+    async fn move_legacy_deferred(&mut self) -> SyncResult<()> {
+        if self.checkpoint.deferred.is_empty() {
+            return Ok(());
+        }
+        let written = Written {
+            deferred: std::mem::take(&mut self.checkpoint.deferred),
+            ..Written::default()
+        };
+        self.checkpoint.deferred_count += written.deferred.len();
+        self.commit(&self.checkpoint, written).await
     }
 
     /// Marks unenrolled (or deletes) the records the ledger holds that this full listing did not
@@ -1481,6 +1536,7 @@ mod tests {
                 index: 2,
             }],
             deferred: Vec::new(),
+            deferred_count: 3,
             after_key: String::new(),
             expected: 12,
             page_size: Some(10),

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{Env, sync_area, test_settings};
-use learnsync_sim::{FailNext, Faults, GenerateParams};
+use learnsync_sim::{FailNext, FailShare, Faults, GenerateParams};
 use learnsync_store::model::{Area, JobState, LogLevel, RunState};
 
 fn clean(seed: u64, scale: f64) -> GenerateParams {
@@ -343,5 +343,54 @@ async fn rows_salesforce_cannot_lock_never_fail_their_record() {
                 .unwrap_or_default()
                 .contains("could not lock")
     }));
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_failing_while_the_listing_reads_ahead_ends_the_attempt_and_loses_nothing() {
+    let env = Env::new(clean(38, 0.5)).await;
+    let mut settings = test_settings("w1");
+    // Small pages written through collections: many chunks, so the reader runs ahead of slow
+    // writes and waits with a full hand-over when a write fails.
+    settings.page_size = 10;
+    settings.bulk_threshold = 1_000_000;
+    settings.retry_base = Duration::from_millis(200);
+    let worker = env.spawn_worker(settings);
+    assert_eq!(
+        sync_area(&env, Area::Users).await.state,
+        RunState::Succeeded
+    );
+    assert_eq!(
+        sync_area(&env, Area::Courses).await.state,
+        RunState::Succeeded
+    );
+    env.salesforce.set_faults(Faults {
+        latency_ms: 30,
+        ..Faults::default()
+    });
+    let run = env.start(Area::Enrollments, (None, None)).await;
+    env.wait_until(run.id, Duration::from_secs(30), "first writes", |run| {
+        run.counts().written > 0
+    })
+    .await;
+    env.salesforce.set_faults(Faults {
+        fail_share: Some(FailShare {
+            status: 500,
+            share: 1.0,
+        }),
+        ..Faults::default()
+    });
+    // The failing attempt ends (it would hang if the reader kept the writer waiting) and hands
+    // the job back for a retry.
+    env.wait_until(run.id, Duration::from_secs(30), "a retry", |run| {
+        run.jobs
+            .iter()
+            .any(|job| job.attempt > 1 || job.state == JobState::Queued)
+    })
+    .await;
+    env.salesforce.set_faults(Faults::default());
+    let run = env.wait_final(run.id, Duration::from_secs(60)).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    assert_enrollments_mirrored(&env);
     worker.stop().await;
 }
