@@ -28,6 +28,10 @@ pub struct Settings {
     /// Chunks of one job being written to Salesforce at once, while the next is read from Docebo
     /// (their checkpoints still commit in order). Bounds memory at about this many chunks plus two.
     pub writes_in_flight: usize,
+    /// Records the whole worker holds at once, read but not yet committed, across all its jobs:
+    /// what bounds its memory whatever the platform's size and the number of jobs. A job's
+    /// listing waits for room (after handing over what it gathered).
+    pub records_in_flight: usize,
     /// First retry delay of a job after a transient failure (doubles per retry).
     pub retry_base: Duration,
     /// Longest retry delay.
@@ -65,6 +69,7 @@ impl Default for Settings {
             bulk_threshold: 2000,
             bulk_chunk: 5_000,
             writes_in_flight: 3,
+            records_in_flight: 25_000,
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(300),
             max_retries_with_progress: 20,
@@ -156,6 +161,13 @@ pub struct Options {
     /// Chunks of one job written to Salesforce at once while the next is read.
     #[arg(long, env = "LEARNSYNC_WORKER_WRITES_IN_FLIGHT", default_value_t = 3)]
     pub writes_in_flight: usize,
+    /// Records the worker holds at once across its jobs (bounds its memory).
+    #[arg(
+        long,
+        env = "LEARNSYNC_WORKER_RECORDS_IN_FLIGHT",
+        default_value_t = 25_000
+    )]
+    pub records_in_flight: usize,
     /// Docebo page size.
     #[arg(long, env = "LEARNSYNC_WORKER_PAGE_SIZE", default_value_t = 200)]
     pub page_size: u32,
@@ -189,6 +201,7 @@ impl Options {
             bulk_threshold: self.bulk_threshold,
             bulk_chunk: self.bulk_chunk.max(1),
             writes_in_flight: self.writes_in_flight.clamp(1, 16),
+            records_in_flight: self.records_in_flight.max(1000),
             salesforce_limit_pause: self.salesforce_limit_pause,
             shutdown_grace: self.shutdown_grace,
             ..Settings::default()

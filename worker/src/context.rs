@@ -66,6 +66,9 @@ pub struct JobCtx {
     pub interrupt: CancellationToken,
     reason: Arc<Mutex<Option<Interrupt>>>,
     progressed: Arc<AtomicBool>,
+    /// The worker's room for records in flight (`Settings::records_in_flight` permits), shared by
+    /// all its jobs.
+    pub room: Arc<tokio::sync::Semaphore>,
 }
 
 impl JobCtx {
@@ -75,6 +78,7 @@ impl JobCtx {
         store: Store,
         settings: Arc<Settings>,
         shutdown: &CancellationToken,
+        room: Arc<tokio::sync::Semaphore>,
     ) -> JobCtx {
         JobCtx {
             job: Arc::new(job),
@@ -83,6 +87,7 @@ impl JobCtx {
             interrupt: shutdown.child_token(),
             reason: Arc::new(Mutex::new(None)),
             progressed: Arc::new(AtomicBool::new(false)),
+            room,
         }
     }
 

@@ -83,6 +83,9 @@ impl Worker {
         self.wait_for_schema(&shutdown).await;
         tracing::info!(worker = %settings.worker_id, concurrency = settings.concurrency, "worker started");
 
+        let room = Arc::new(tokio::sync::Semaphore::new(
+            settings.records_in_flight.max(1),
+        ));
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, Running> = HashMap::new();
         let mut claim_now = true;
@@ -95,8 +98,13 @@ impl Worker {
                         // A full claim may have left more: look again at once.
                         claim_now = free > 0 && jobs.len() == free;
                         for job in jobs {
-                            let ctx =
-                                JobCtx::new(job, self.store.clone(), settings.clone(), &shutdown);
+                            let ctx = JobCtx::new(
+                                job,
+                                self.store.clone(),
+                                settings.clone(),
+                                &shutdown,
+                                room.clone(),
+                            );
                             let run_id = ctx.job.run_id;
                             let worker = self.job_runner();
                             // One span per job: every event of the job's work (Docebo pages,

@@ -495,6 +495,17 @@ struct Chunk {
     end: ChunkEnd,
 }
 
+/// Room in the worker's budget of records in flight, held by a chunk until its commit.
+type Room = Option<tokio::sync::OwnedSemaphorePermit>;
+
+/// Adds room to what a chunk holds.
+fn hold(held: &mut Room, more: tokio::sync::OwnedSemaphorePermit) {
+    match held {
+        Some(held) => held.merge(more),
+        None => *held = Some(more),
+    }
+}
+
 /// What a chunk's commit records besides its writes.
 #[derive(Default)]
 struct ChunkEnd {
@@ -508,6 +519,8 @@ struct ChunkEnd {
     pages: i64,
     /// Records Docebo announced on the chunk's pages.
     expected: i64,
+    /// The chunk's room in the worker's records budget, given back when it is dropped.
+    room: Room,
 }
 
 /// What one write produced.
@@ -831,7 +844,44 @@ impl<'a> JobRun<'a> {
         };
         let mut records: Vec<Pending> = Vec::new();
         let mut end = ChunkEnd::default();
+        // Room for one page, taken before it is read. When the worker has none left, what was
+        // gathered is handed over first: a listing waits only with nothing held, so the budget
+        // shared by the worker's jobs cannot deadlock.
+        let page_room = (walker.page_size as usize)
+            .min(self.ctx.settings.records_in_flight)
+            .max(1) as u32;
         loop {
+            let room = match self.ctx.room.clone().try_acquire_many_owned(page_room) {
+                Ok(room) => room,
+                Err(_) => {
+                    if !records.is_empty() {
+                        end.levels = walker.position();
+                        let chunk = Chunk {
+                            records: std::mem::take(&mut records),
+                            end: std::mem::take(&mut end),
+                        };
+                        if sender.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    let wait = async {
+                        self.ctx
+                            .room
+                            .clone()
+                            .acquire_many_owned(page_room)
+                            .await
+                            .map_err(|_| SyncError::Interrupted(Interrupt::Shutdown))
+                    };
+                    match self.ctx.interruptible(wait).await {
+                        Ok(room) => room,
+                        Err(error) => {
+                            let _ = sender.send(Err(error)).await;
+                            return;
+                        }
+                    }
+                }
+            };
+            hold(&mut end.room, room);
             let next = match self.ctx.interruptible(walker.next_leaf(self.ctx)).await {
                 Ok(next) => next,
                 Err(error) => {
@@ -848,6 +898,14 @@ impl<'a> JobRun<'a> {
                     if expected >= settings.bulk_threshold {
                         chunk_target = bulk_chunk;
                     }
+                }
+                // A short page (a small roster) gives back the room it did not use.
+                let unused = (page_room as usize).saturating_sub(page.items.len());
+                if unused > 0
+                    && let Some(room) = end.room.as_mut()
+                    && room.num_permits() > unused
+                {
+                    drop(room.split(unused));
                 }
                 for item in page.items {
                     if !self.in_timeframe(&item) {

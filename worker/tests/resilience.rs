@@ -394,3 +394,24 @@ async fn a_write_failing_while_the_listing_reads_ahead_ends_the_attempt_and_lose
     assert_enrollments_mirrored(&env);
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_records_budget_shared_by_four_jobs_still_mirrors_everything() {
+    let env = Env::new(clean(39, 0.5)).await;
+    let mut settings = test_settings("w1");
+    // Room for six pages across the four enrollment jobs: listings hand over partial chunks and
+    // wait for room instead of holding records.
+    settings.page_size = 50;
+    settings.records_in_flight = 300;
+    settings.bulk_threshold = 200;
+    settings.bulk_chunk = 1000;
+    let worker = env.spawn_worker(settings);
+    for area in [Area::Users, Area::Courses, Area::Enrollments] {
+        let run = sync_area(&env, area).await;
+        assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+        assert_eq!(run.counts().written, run.counts().read, "{run:#?}");
+    }
+    assert_mirrored(&env);
+    assert_enrollments_mirrored(&env);
+    worker.stop().await;
+}
