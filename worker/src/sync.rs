@@ -1250,16 +1250,30 @@ impl<'a> JobRun<'a> {
             self.ctx.raise(Interrupt::Lost);
             return Err(SyncError::Interrupted(Interrupt::Lost));
         }
-        store_worker::ledger_record(
-            &tx,
-            job.connection_id,
-            self.mapping.area,
-            object,
-            &written.ledger,
-            job.run_id,
-            job.kind.as_str(),
-        )
-        .await?;
+        let (area, scope) = (self.mapping.area, job.kind.as_str());
+        let inserted = self.ledger_empty
+            && store_worker::ledger_insert_new(
+                &tx,
+                job.connection_id,
+                area,
+                object,
+                &written.ledger,
+                job.run_id,
+                scope,
+            )
+            .await?;
+        if !inserted {
+            store_worker::ledger_record(
+                &tx,
+                job.connection_id,
+                area,
+                object,
+                &written.ledger,
+                job.run_id,
+                scope,
+            )
+            .await?;
+        }
         store_worker::ledger_mark_seen(
             &tx,
             job.connection_id,

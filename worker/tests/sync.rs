@@ -1,4 +1,4 @@
-//! Proves a full sync of users, courses and enrollments leaves Salesforce holding exactly what Docebo holds (counts matching, every record that cannot fit logged with its reason), users are linked to the Contact with their email, and a second run with nothing changed writes nothing.
+//! Proves a full sync of users, courses and enrollments leaves Salesforce holding exactly what Docebo holds (counts matching, every record that cannot fit logged with its reason), users are linked to the Contact with their email, a second run with nothing changed writes nothing, and a first sync's plain ledger insert falls back to an upsert for a key listed twice.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -242,4 +242,82 @@ async fn users_are_linked_to_the_contact_with_their_email() {
     assert_eq!(run.counts().written, 1, "{run:#?}");
     assert_eq!(contact_of(&env, second_id), later.as_str());
     worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_sync_insert_falls_back_to_an_upsert_for_a_key_already_there() {
+    use learnsync_store::worker::{self as store_worker, LedgerWrite};
+    let env = Env::new(GenerateParams {
+        seed: 12,
+        scale: Some(0.1),
+        ..GenerateParams::default()
+    })
+    .await;
+    let write = |key: &str, hash: u8| LedgerWrite {
+        record_key: key.to_string(),
+        salesforce_id: Some(format!("a0{key}")),
+        value_hash: vec![hash; 32],
+        docebo_updated_at: None,
+    };
+    let run_id = uuid::Uuid::new_v4();
+    let object = "Docebo_Course_Enrollment__c";
+    let mut conn = env.store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    assert!(
+        store_worker::ledger_is_empty(&tx, env.connection_id, object)
+            .await
+            .unwrap()
+    );
+    let first = [write("1-1", 1), write("1-2", 1)];
+    assert!(
+        store_worker::ledger_insert_new(
+            &tx,
+            env.connection_id,
+            Area::Enrollments,
+            object,
+            &first,
+            run_id,
+            "course_enrollments"
+        )
+        .await
+        .unwrap()
+    );
+    // "1-2" listed again: the insert changes nothing and says so; the upsert then applies.
+    let second = [write("1-2", 2), write("1-3", 2)];
+    assert!(
+        !store_worker::ledger_insert_new(
+            &tx,
+            env.connection_id,
+            Area::Enrollments,
+            object,
+            &second,
+            run_id,
+            "course_enrollments"
+        )
+        .await
+        .unwrap()
+    );
+    store_worker::ledger_record(
+        &tx,
+        env.connection_id,
+        Area::Enrollments,
+        object,
+        &second,
+        run_id,
+        "course_enrollments",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let keys: Vec<String> = ["1-1", "1-2", "1-3"].map(String::from).to_vec();
+    let found = store_worker::ledger_lookup(&conn, env.connection_id, object, &keys)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 3);
+    assert_eq!(found["1-1"].value_hash, vec![1; 32]);
+    assert_eq!(found["1-2"].value_hash, vec![2; 32]);
+    let imported = learnsync_store::runs::records_imported(&conn, env.connection_id)
+        .await
+        .unwrap();
+    assert_eq!(imported[&Area::Enrollments], 3);
 }
