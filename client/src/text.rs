@@ -89,6 +89,9 @@ pub fn run(r: &pb::Run) -> String {
             time(&tf.end_time)
         ));
     }
+    if !r.trace_id.is_empty() {
+        text.push_str(&format!("\n  trace {}", r.trace_id));
+    }
     if !r.error_message.is_empty() {
         text.push_str(&format!("\n  error: {}", r.error_message));
     }

@@ -550,7 +550,33 @@ pub fn run_to_proto(run: &model::Run) -> pb::Run {
         start_time: opt_timestamp(run.start_time),
         end_time: opt_timestamp(run.end_time),
         stop_time: opt_timestamp(run.stop_time),
+        trace_id: run.trace_id.clone(),
     }
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<trace id>-<parent id>-<flags>`), when the
+/// header is there and well formed; a malformed one is ignored, as the specification asks.
+pub fn traceparent_trace_id(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let header = metadata.get("traceparent")?.to_str().ok()?.trim();
+    let mut parts = header.split('-');
+    let (version, trace_id, parent_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |text: &str, len: usize| {
+        text.len() == len
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zero = |text: &str| text.bytes().all(|b| b == b'0');
+    let known_version = version == "00" && parts.next().is_none();
+    let later_version = hex(version, 2) && version != "00" && version != "ff";
+    let valid = (known_version || later_version)
+        && hex(trace_id, 32)
+        && !zero(trace_id)
+        && hex(parent_id, 16)
+        && !zero(parent_id)
+        && hex(flags, 2);
+    valid.then(|| trace_id.to_string())
 }
 
 /// Reads a log level filter.

@@ -56,7 +56,8 @@ async fn schedule_once(
     for outcome in outcomes {
         match outcome.run_id {
             Some(run_id) => tracing::info!(
-                connection_id = %outcome.connection_id, area = %outcome.area, %run_id, full = outcome.full,
+                connection_id = %outcome.connection_id, area = %outcome.area, %run_id,
+                trace_id = outcome.trace_id.as_deref().unwrap_or_default(), full = outcome.full,
                 "scheduled run started"
             ),
             None => tracing::info!(
@@ -120,7 +121,7 @@ async fn dispatch_once(
     for outcome in &outcomes {
         tracing::info!(
             connection_id = %outcome.connection_id, messages = outcome.messages,
-            run_id = ?outcome.run_id, "webhook messages handled"
+            run_id = ?outcome.run_id, trace_id = ?outcome.trace_id, "webhook messages handled"
         );
     }
     Ok(handled as i64 >= BATCH)

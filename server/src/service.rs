@@ -555,6 +555,7 @@ impl SyncService for Service {
 
     async fn start(&self, request: Request<pb::StartRequest>) -> Result<Response<pb::Run>, Status> {
         let principal = principal(&request)?;
+        let trace_id = convert::traceparent_trace_id(request.metadata());
         let request = request.into_inner();
         let mut violations = Violations::default();
         convert::request_id(&mut violations, &request.request_id);
@@ -572,10 +573,10 @@ impl SyncService for Service {
         );
         let run = self
             .run_action(&principal, id, key, async |tx| {
-                runs::start(tx, id, area, timeframe).await
+                runs::start(tx, id, area, timeframe, trace_id.clone()).await
             })
             .await?;
-        tracing::info!(connection_id = %id, %area, run_id = %run.id, "run started");
+        tracing::info!(connection_id = %id, %area, run_id = %run.id, trace_id = %run.trace_id, "run started");
         Ok(Response::new(run))
     }
 
@@ -608,6 +609,7 @@ impl SyncService for Service {
         request: Request<pb::ResynchronizeRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let principal = principal(&request)?;
+        let trace_id = convert::traceparent_trace_id(request.metadata());
         let request = request.into_inner();
         let mut violations = Violations::default();
         convert::request_id(&mut violations, &request.request_id);
@@ -626,10 +628,10 @@ impl SyncService for Service {
         );
         let run = self
             .run_action(&principal, id, key, async |tx| {
-                runs::resynchronize(tx, id, area, timeframe, rewrite).await
+                runs::resynchronize(tx, id, area, timeframe, rewrite, trace_id.clone()).await
             })
             .await?;
-        tracing::info!(connection_id = %id, %area, run_id = %run.id, "resynchronization started");
+        tracing::info!(connection_id = %id, %area, run_id = %run.id, trace_id = %run.trace_id, "resynchronization started");
         Ok(Response::new(run))
     }
 

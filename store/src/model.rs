@@ -375,6 +375,8 @@ pub struct Run {
     /// Final state reached.
     pub end_time: Option<DateTime<Utc>>,
     /// The run's jobs, in creation order.
+    /// The W3C trace id every log line about the run carries (server and workers).
+    pub trace_id: String,
     pub jobs: Vec<Job>,
 }
 

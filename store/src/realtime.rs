@@ -197,6 +197,8 @@ pub struct Scheduled {
     pub area: Area,
     /// The run created, if any (none when a run was still active).
     pub run_id: Option<Uuid>,
+    /// The run's trace id, when one was created.
+    pub trace_id: Option<String>,
     /// Whether it is the periodic full comparison.
     pub full: bool,
 }
@@ -229,6 +231,7 @@ pub async fn schedule_due(
         let full_due: bool = row.try_get(3)?;
         let active = runs::active(client, connection_id, area).await?;
         let mut run_id = None;
+        let mut trace_id = None;
         if let Some(active) = active {
             logs::append(
                 client,
@@ -252,6 +255,7 @@ pub async fn schedule_due(
             };
             let run = runs::create(client, connection_id, area, &request).await?;
             run_id = Some(run.id);
+            trace_id = Some(run.trace_id);
         }
         client
             .execute(
@@ -266,6 +270,7 @@ pub async fn schedule_due(
             connection_id,
             area,
             run_id,
+            trace_id,
             full: full_due,
         });
     }
@@ -281,6 +286,8 @@ pub struct Dispatched {
     pub messages: usize,
     /// The run created, if any.
     pub run_id: Option<Uuid>,
+    /// The run's trace id, when one was created.
+    pub trace_id: Option<String>,
 }
 
 /// Turns pending webhook messages into small enrollment runs: one run per connection, carrying
@@ -333,6 +340,7 @@ pub async fn dispatch_webhooks(
                 connection_id,
                 messages: message_ids.len(),
                 run_id: None,
+                trace_id: None,
             });
             continue;
         }
@@ -397,6 +405,7 @@ pub async fn dispatch_webhooks(
                 connection_id,
                 messages: message_ids.len(),
                 run_id: None,
+                trace_id: None,
             });
             continue;
         }
@@ -427,6 +436,7 @@ pub async fn dispatch_webhooks(
             connection_id,
             messages: message_ids.len(),
             run_id: Some(run.id),
+            trace_id: Some(run.trace_id),
         });
     }
     Ok(outcomes)

@@ -14,7 +14,8 @@ use crate::model::{
 use crate::{CHANNEL_CANCEL, CHANNEL_JOBS, CHANNEL_RUNS, Error, Result, areas, logs};
 
 const RUN_COLUMNS: &str = "id, connection_id, area, trigger, timeframe_start, timeframe_end, full_sync, updated_from, \
-    rewrite_unchanged, state, stop_time, first_error_sequence, error_message, create_time, start_time, end_time";
+    rewrite_unchanged, state, stop_time, first_error_sequence, error_message, create_time, start_time, end_time, \
+    trace_id";
 
 const JOB_COLUMNS: &str = "id, run_id, connection_id, kind, state, attempt, read_count, written_count, \
     unchanged_count, failed_count, expected_count, status_message, error_message, start_time, end_time";
@@ -37,6 +38,7 @@ fn run_from_row(row: &Row) -> Result<Run> {
         create_time: row.try_get("create_time")?,
         start_time: row.try_get("start_time")?,
         end_time: row.try_get("end_time")?,
+        trace_id: row.try_get("trace_id")?,
         jobs: Vec::new(),
     })
 }
@@ -84,6 +86,9 @@ pub struct RunRequest {
     pub jobs: Option<Vec<JobKind>>,
     /// What a webhook run is limited to (see [`crate::realtime::Targets`]).
     pub targets: Option<serde_json::Value>,
+    /// The caller's W3C trace id (32 lowercase hex digits), when its request carried one; a new
+    /// one otherwise.
+    pub trace_id: Option<String>,
 }
 
 impl RunRequest {
@@ -102,7 +107,14 @@ impl RunRequest {
             rewrite_unchanged,
             jobs: None,
             targets: None,
+            trace_id: None,
         }
+    }
+
+    /// The same request, continuing the caller's trace.
+    pub fn traced(mut self, trace_id: Option<String>) -> RunRequest {
+        self.trace_id = trace_id;
+        self
     }
 }
 
@@ -174,6 +186,7 @@ pub async fn start(
     connection_id: Uuid,
     area: Area,
     timeframe: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    trace_id: Option<String>,
 ) -> Result<Run> {
     let config = require_enabled(
         connection_id,
@@ -193,7 +206,7 @@ pub async fn start(
     if let Some(run) = active(client, connection_id, area).await? {
         return Err(run_active_error(connection_id, area, &run));
     }
-    let request = RunRequest::full(Trigger::Start, timeframe, false);
+    let request = RunRequest::full(Trigger::Start, timeframe, false).traced(trace_id);
     create(client, connection_id, area, &request).await
 }
 
@@ -204,6 +217,7 @@ pub async fn resynchronize(
     area: Area,
     timeframe: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
     rewrite_unchanged: bool,
+    trace_id: Option<String>,
 ) -> Result<Run> {
     require_enabled(
         connection_id,
@@ -229,7 +243,8 @@ pub async fn resynchronize(
             format!("the {area} area has never run: use Start for its first synchronization"),
         ));
     }
-    let request = RunRequest::full(Trigger::Resynchronize, timeframe, rewrite_unchanged);
+    let request =
+        RunRequest::full(Trigger::Resynchronize, timeframe, rewrite_unchanged).traced(trace_id);
     create(client, connection_id, area, &request).await
 }
 
@@ -244,8 +259,9 @@ pub async fn create(
     let run_id = Uuid::new_v4();
     let sql = format!(
         "INSERT INTO runs (id, connection_id, area, trigger, timeframe_start, timeframe_end, full_sync, updated_from, \
-             rewrite_unchanged, targets, state) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued') RETURNING {RUN_COLUMNS}"
+             rewrite_unchanged, targets, state, trace_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', \
+                 coalesce($11, replace(gen_random_uuid()::text, '-', ''))) RETURNING {RUN_COLUMNS}"
     );
     let inserted = client
         .query_one(
@@ -261,6 +277,7 @@ pub async fn create(
                 &request.updated_from,
                 &request.rewrite_unchanged,
                 &request.targets,
+                &request.trace_id,
             ],
         )
         .await

@@ -44,7 +44,7 @@ started AS ( \
     UPDATE runs r SET state = 'running', start_time = coalesce(r.start_time, now()) \
     WHERE r.id IN (SELECT run_id FROM claimed) AND r.state = 'queued') \
 SELECT c.*, r.area, r.timeframe_start, r.timeframe_end, r.full_sync, r.updated_from, \
-    r.rewrite_unchanged, r.create_time AS run_create_time, r.targets, \
+    r.rewrite_unchanged, r.create_time AS run_create_time, r.targets, r.trace_id, \
     n.docebo_platform, n.docebo_calls_per_hour, n.unenrollment_policy, \
     (SELECT a.first_success_time FROM area_configs a \
       WHERE a.connection_id = c.connection_id AND a.area = 'enrollments') AS enrollments_first_success, \
@@ -97,6 +97,8 @@ pub struct ClaimedJob {
     pub enrollments_first_success: Option<DateTime<Utc>>,
     /// Webhook runs: the records the events named (see [`crate::realtime::Targets`]).
     pub targets: Option<serde_json::Value>,
+    /// The run's W3C trace id: the job's log lines carry it.
+    pub trace_id: String,
     /// The courses area's category filter (empty: every course).
     pub course_category_ids: Vec<i64>,
 }
@@ -153,6 +155,7 @@ fn claimed_from_row(row: &Row) -> Result<ClaimedJob> {
         unenrollment_policy: UnenrollmentPolicy::parse(row.try_get("unenrollment_policy")?)?,
         enrollments_first_success: row.try_get("enrollments_first_success")?,
         targets: row.try_get("targets")?,
+        trace_id: row.try_get("trace_id")?,
         course_category_ids: row
             .try_get::<_, Option<Vec<i64>>>("course_category_ids")?
             .unwrap_or_default(),

@@ -466,3 +466,66 @@ async fn a_connection_with_an_active_run_is_not_deleted() {
         Code::NotFound
     );
 }
+
+#[tokio::test]
+async fn a_run_continues_the_callers_trace_or_starts_its_own() {
+    let server = TestServer::start().await.unwrap();
+    let mut client = server.operator().await.unwrap();
+    let id = create_sample(&mut client, "traced").await.unwrap();
+    client
+        .configure(&id, manual(pb::Area::Users))
+        .await
+        .unwrap();
+    client
+        .configure(&id, manual(pb::Area::Courses))
+        .await
+        .unwrap();
+    let start = |area: pb::Area, traceparent: Option<&str>| {
+        let mut request = tonic::Request::new(pb::StartRequest {
+            connection_id: id.clone(),
+            area: area as i32,
+            timeframe: None,
+            request_id: uuid::Uuid::new_v4().to_string(),
+        });
+        if let Some(header) = traceparent {
+            request
+                .metadata_mut()
+                .insert("traceparent", header.parse().unwrap());
+        }
+        request
+    };
+    // A W3C traceparent: the run carries the caller's trace id, and GetRun says so.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traced = client
+        .raw()
+        .start(start(
+            pb::Area::Users,
+            Some(&format!("00-{trace_id}-00f067aa0ba902b7-01")),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(traced.trace_id, trace_id);
+    assert_eq!(
+        client.get_run(&id, &traced.id).await.unwrap().trace_id,
+        trace_id
+    );
+    // A malformed header is ignored (as W3C Trace Context asks): the run starts a trace of its own.
+    let own = client
+        .raw()
+        .start(start(
+            pb::Area::Courses,
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.trace_id.len(), 32);
+    assert!(
+        own.trace_id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    );
+    assert_ne!(own.trace_id, "0".repeat(32));
+    assert_ne!(own.trace_id, trace_id);
+}

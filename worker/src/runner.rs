@@ -108,9 +108,12 @@ impl Worker {
                             let run_id = ctx.job.run_id;
                             let worker = self.job_runner();
                             // One span per job: every event of the job's work (Docebo pages,
-                            // Salesforce writes, retries) carries its run, job, kind and attempt.
+                            // Salesforce writes, retries) carries its run's trace id, run, job,
+                            // kind and attempt, as the server's lines about the run carry the
+                            // trace id: one search finds a run across processes.
                             let span = tracing::info_span!(
                                 "job",
+                                trace_id = %ctx.job.trace_id,
                                 run = %ctx.job.run_id,
                                 job = %ctx.job.id,
                                 kind = %ctx.job.kind,
@@ -220,7 +223,7 @@ impl Worker {
                 .claims
                 .with_label_values(&[job.kind.as_str()])
                 .inc();
-            tracing::info!(job = %job.id, run = %job.run_id, kind = %job.kind, attempt = job.attempt, "job claimed");
+            tracing::info!(job = %job.id, run = %job.run_id, trace_id = %job.trace_id, kind = %job.kind, attempt = job.attempt, "job claimed");
         }
         Ok(jobs)
     }

@@ -226,6 +226,7 @@ async fn unenrollments_are_tracked_from_the_first_completed_sync_on() {
             None,
         ),
         false,
+        None,
     )
     .await
     .unwrap();

@@ -215,7 +215,7 @@ impl Env {
             configure(&conn, self.connection_id, area).await;
         }
         let tx = conn.transaction().await.unwrap();
-        let run = runs::start(&tx, self.connection_id, area, timeframe)
+        let run = runs::start(&tx, self.connection_id, area, timeframe, None)
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -232,6 +232,7 @@ impl Env {
             area,
             (None, None),
             rewrite_unchanged,
+            None,
         )
         .await
         .unwrap();
