@@ -7,10 +7,10 @@
 //! large enough for Bulk API 2.0): the one being read and those being written. Records kept for
 //! a retry wait in `job_deferred`, not in memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use futures::StreamExt as _;
-use futures::stream::FuturesOrdered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 
 use chrono::{DateTime, Utc};
 use learnsync_store::model::{Counts, JobKind, LogLevel, NewLogEvent, UnenrollmentPolicy};
@@ -495,6 +495,10 @@ struct Chunk {
     end: ChunkEnd,
 }
 
+/// A chunk's commit: the checkpoint once the listing's last chunk is committed.
+type CommitFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = SyncResult<Option<Checkpoint>>> + Send + 'a>>;
+
 /// Room in the worker's budget of records in flight, held by a chunk until its commit.
 type Room = Option<tokio::sync::OwnedSemaphorePermit>;
 
@@ -749,54 +753,82 @@ impl<'a> JobRun<'a> {
         let writer = async {
             // Owned here: when the writer ends, a reader waiting to hand over a chunk is released.
             let mut chunks = chunks;
+            // Every future of the pipeline is polled on every turn of this loop, commits
+            // included: a write suspended while holding a pooled connection would otherwise keep
+            // it from the commit waiting for one.
             let mut in_flight = FuturesOrdered::new();
+            let mut ready: VecDeque<(ChunkEnd, SyncResult<Written>)> = VecDeque::new();
+            // At most one commit at a time (they go in listing order); it yields the checkpoint
+            // once the listing's last chunk is committed.
+            let mut committing = FuturesUnordered::new();
             let mut reading = true;
             let mut failure: Option<SyncError> = None;
             loop {
-                tokio::select! {
-                    biased;
-                    Some((chunk, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                        let chunk: ChunkEnd = chunk;
-                        let outcome: SyncResult<Written> = outcome;
-                        let mut written = match outcome {
-                            Ok(written) => written,
-                            Err(error) => {
-                                failure.get_or_insert(error);
-                                continue;
-                            }
-                        };
-                        if failure.is_none()
-                            && let Some(error) = written.interrupted.take()
-                        {
-                            failure = Some(error);
-                        }
-                        if failure.is_some() {
-                            // A chunk after (or of) a failure: its confirmed writes are kept,
-                            // the checkpoint stays before it.
-                            this.commit_confirmed_only(&written).await?;
+                if committing.is_empty()
+                    && let Some((chunk, outcome)) = ready.pop_front()
+                {
+                    let chunk: ChunkEnd = chunk;
+                    let mut written: Written = match outcome {
+                        Ok(written) => written,
+                        Err(error) => {
+                            failure.get_or_insert(error);
                             continue;
                         }
-                        checkpoint.levels = chunk.levels;
-                        checkpoint.expected += chunk.expected;
-                        this.admit_deferred(&mut checkpoint, &mut written);
-                        written.counts.read = chunk.read;
-                        if chunk.finished {
-                            checkpoint.phase = this.next_phase_after_list(&checkpoint);
-                        }
-                        if chunk.pages > 0 {
-                            written.events.insert(
-                                0,
-                                NewLogEvent::new(LogLevel::Debug, "docebo pages read")
-                                    .field("pages", chunk.pages)
-                                    .field("records", chunk.read),
-                            );
-                        }
-                        this.commit(&checkpoint, written).await?;
-                        if chunk.finished {
-                            return Ok(checkpoint);
+                    };
+                    if failure.is_none()
+                        && let Some(error) = written.interrupted.take()
+                    {
+                        failure = Some(error);
+                    }
+                    if failure.is_some() {
+                        // A chunk after (or of) a failure: its confirmed writes are kept, the
+                        // checkpoint stays before it.
+                        committing.push(Box::pin(async move {
+                            this.commit_confirmed_only(&written).await.map(|()| None)
+                        }) as CommitFuture<'_>);
+                        continue;
+                    }
+                    checkpoint.levels = chunk.levels;
+                    checkpoint.expected += chunk.expected;
+                    this.admit_deferred(&mut checkpoint, &mut written);
+                    written.counts.read = chunk.read;
+                    if chunk.finished {
+                        checkpoint.phase = this.next_phase_after_list(&checkpoint);
+                    }
+                    if chunk.pages > 0 {
+                        written.events.insert(
+                            0,
+                            NewLogEvent::new(LogLevel::Debug, "docebo pages read")
+                                .field("pages", chunk.pages)
+                                .field("records", chunk.read),
+                        );
+                    }
+                    let snapshot = checkpoint.clone();
+                    let finished = chunk.finished;
+                    // The chunk's room in the records budget goes with the commit.
+                    let room = chunk.room;
+                    committing.push(Box::pin(async move {
+                        this.commit(&snapshot, written).await?;
+                        drop(room);
+                        Ok(finished.then_some(snapshot))
+                    }) as CommitFuture<'_>);
+                    continue;
+                }
+                let idle = committing.is_empty() && ready.is_empty() && in_flight.is_empty();
+                if idle && (!reading || failure.is_some()) {
+                    break;
+                }
+                let room_for_more = in_flight.len() + ready.len() < in_flight_max;
+                tokio::select! {
+                    Some(done) = committing.next(), if !committing.is_empty() => {
+                        if let Some(done) = done? {
+                            return Ok(done);
                         }
                     }
-                    message = chunks.recv(), if reading && failure.is_none() && in_flight.len() < in_flight_max => {
+                    Some(result) = in_flight.next(), if !in_flight.is_empty() => {
+                        ready.push_back(result);
+                    }
+                    message = chunks.recv(), if reading && failure.is_none() && room_for_more => {
                         match message {
                             Some(Ok(chunk)) => {
                                 let Chunk { records, end } = chunk;
@@ -808,7 +840,6 @@ impl<'a> JobRun<'a> {
                             None => reading = false,
                         }
                     }
-                    else => break,
                 }
             }
             Err(failure.unwrap_or_else(|| {
