@@ -7,6 +7,7 @@
 //! reason the record cannot fit the org, which fails that one record, never the run.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use learnsync_store::model::Area;
@@ -62,7 +63,7 @@ pub struct ObjectMapping {
     #[serde(deserialize_with = "area_from_str")]
     pub area: Area,
     /// The external id field the upsert matches on.
-    pub external_id: String,
+    pub external_id: Arc<str>,
     /// The key template (`{user_id}-{course_id}`), made of numeric ids.
     pub key: String,
     /// Templates for `Name`, the first that renders non-empty wins (truncated to 80).
@@ -95,8 +96,8 @@ fn area_from_str<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Ar
 /// One Salesforce field and where its value comes from.
 #[derive(Clone, Debug, Deserialize)]
 pub struct FieldMapping {
-    /// The field's API name (a relationship name for lookups).
-    pub field: String,
+    /// The field's API name (a relationship name for lookups), shared by every record.
+    pub field: Arc<str>,
     /// The Docebo field it is read from (`_`-prefixed: context the sync adds).
     #[serde(default)]
     pub from: Option<String>,
@@ -148,7 +149,7 @@ pub enum FieldKind {
         /// The parent object.
         object: String,
         /// The parent's external id field.
-        external_id: String,
+        external_id: Arc<str>,
     },
     /// Always null (clears a field the sync sets elsewhere, e.g. `Unenrolled_At__c`).
     Clear,
@@ -167,7 +168,7 @@ pub enum FieldKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingMatch {
     /// The lookup field to set.
-    pub field: String,
+    pub field: Arc<str>,
     /// The object searched.
     pub object: String,
     /// Its field compared with the value.
@@ -176,13 +177,138 @@ pub struct PendingMatch {
     pub value: String,
 }
 
+/// The `Name` field every record carries.
+static NAME_FIELD: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("Name"));
+
+/// A value to send in one field.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FieldValue {
+    /// Text, a number, a boolean or null.
+    Plain(Value),
+    /// A lookup by external id: `{"<field>": {"<external id>": "<key>"}}` in JSON,
+    /// `<field>.<external id>` in Bulk CSV.
+    Lookup {
+        /// The parent's external id field.
+        external_id: Arc<str>,
+        /// The parent's key.
+        key: String,
+    },
+}
+
+/// A record's fields, in name order: one small vector whose names are shared with the mapping,
+/// instead of a JSON map per record (with a worker's budget of records in flight, maps and their
+/// one-entry lookup maps were two thirds of its heap).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fields(Vec<(Arc<str>, FieldValue)>);
+
+impl Fields {
+    /// Sets a field (replacing its value, if it has one).
+    pub fn insert(&mut self, name: Arc<str>, value: FieldValue) {
+        match self.0.binary_search_by(|(n, _)| (**n).cmp(&*name)) {
+            Ok(at) => self.0[at].1 = value,
+            Err(at) => self.0.insert(at, (name, value)),
+        }
+    }
+
+    /// Sets a plain value.
+    pub fn insert_plain(&mut self, name: Arc<str>, value: Value) {
+        self.insert(name, FieldValue::Plain(value));
+    }
+
+    /// A field's value.
+    pub fn get(&self, name: &str) -> Option<&FieldValue> {
+        self.0
+            .binary_search_by(|(n, _)| (**n).cmp(name))
+            .ok()
+            .map(|at| &self.0[at].1)
+    }
+
+    /// The fields, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &FieldValue)> {
+        self.0.iter().map(|(name, value)| (&**name, value))
+    }
+
+    /// The first lookup's key (children of one parent sort together by it).
+    pub fn first_lookup_key(&self) -> Option<&str> {
+        self.0.iter().find_map(|(_, value)| match value {
+            FieldValue::Lookup { key, .. } => Some(key.as_str()),
+            FieldValue::Plain(_) => None,
+        })
+    }
+
+    /// The fields as the JSON object Salesforce's REST API takes.
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    FieldValue::Plain(value) => value.clone(),
+                    FieldValue::Lookup { external_id, key } => {
+                        let mut reference = Map::new();
+                        reference.insert(external_id.to_string(), Value::String(key.clone()));
+                        Value::Object(reference)
+                    }
+                };
+                (name.to_string(), value)
+            })
+            .collect()
+    }
+
+    /// Fields from such a JSON object (a one-entry object of text is a lookup).
+    pub fn from_map(map: &Map<String, Value>) -> Fields {
+        let mut fields = Fields::default();
+        for (name, value) in map {
+            let lookup = match value {
+                Value::Object(reference) if reference.len() == 1 => reference
+                    .iter()
+                    .next()
+                    .and_then(|(external_id, key)| Some((external_id, key.as_str()?))),
+                _ => None,
+            };
+            let value = match lookup {
+                Some((external_id, key)) => FieldValue::Lookup {
+                    external_id: Arc::from(external_id.as_str()),
+                    key: key.to_string(),
+                },
+                None => FieldValue::Plain(value.clone()),
+            };
+            fields.insert(Arc::from(name.as_str()), value);
+        }
+        fields
+    }
+}
+
+impl serde::Serialize for Fields {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        /// A lookup's `{"<external id>": "<key>"}`.
+        struct Reference<'a>(&'a str, &'a str);
+        impl serde::Serialize for Reference<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry(self.0, self.1)?;
+                map.end()
+            }
+        }
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.iter() {
+            match value {
+                FieldValue::Plain(value) => map.serialize_entry(name, value)?,
+                FieldValue::Lookup { external_id, key } => {
+                    map.serialize_entry(name, &Reference(external_id, key))?
+                }
+            }
+        }
+        map.end()
+    }
+}
+
 /// A record ready to upsert.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MappedRecord {
     /// The external id value (also the ledger's record key and the log's record key).
     pub key: String,
     /// The fields to send, external id included, `attributes` excluded.
-    pub fields: Map<String, Value>,
+    pub fields: Fields,
     /// A hash of the values.
     pub hash: Vec<u8>,
     /// The Docebo change time.
@@ -434,9 +560,9 @@ impl ObjectMapping {
             code: code.to_string(),
             message,
         };
-        let mut fields = Map::new();
+        let mut fields = Fields(Vec::with_capacity(self.fields.len() + 2));
         let mut matches = Vec::new();
-        fields.insert(self.external_id.clone(), Value::String(key.clone()));
+        fields.insert_plain(self.external_id.clone(), Value::String(key.clone()));
         let name = self
             .name
             .iter()
@@ -444,8 +570,8 @@ impl ObjectMapping {
             .find(|name| !name.is_empty() && !name.starts_with('/') && !name.ends_with('/'))
             .unwrap_or_else(|| key.clone());
         // Name is our own label, not Docebo data: shortening it loses nothing.
-        fields.insert(
-            "Name".into(),
+        fields.insert_plain(
+            NAME_FIELD.clone(),
             Value::String(name.chars().take(80).collect()),
         );
         for field in &self.fields {
@@ -467,7 +593,7 @@ impl ObjectMapping {
                             value: text.trim().to_lowercase(),
                         });
                     } else {
-                        fields.insert(field.field.clone(), Value::Null);
+                        fields.insert_plain(field.field.clone(), Value::Null);
                     }
                     continue;
                 }
@@ -569,9 +695,14 @@ impl ObjectMapping {
                 FieldKind::Lookup { external_id, .. } => {
                     match field.from.as_deref().and_then(|from| id_of(item, from)) {
                         Some(id) => {
-                            let mut reference = Map::new();
-                            reference.insert(external_id.clone(), Value::String(id.to_string()));
-                            Value::Object(reference)
+                            fields.insert(
+                                field.field.clone(),
+                                FieldValue::Lookup {
+                                    external_id: external_id.clone(),
+                                    key: id.to_string(),
+                                },
+                            );
+                            continue;
                         }
                         None if source.is_null() => Value::Null,
                         None => {
@@ -589,7 +720,7 @@ impl ObjectMapping {
                     format!("{}: a value is required", field.field),
                 ));
             }
-            fields.insert(field.field.clone(), value);
+            fields.insert_plain(field.field.clone(), value);
         }
         let mut updated_at = None;
         for marker in &self.updated_at {
@@ -617,7 +748,7 @@ impl ObjectMapping {
     ) {
         for pending in std::mem::take(&mut record.matches) {
             let value = found(&pending).map_or(Value::Null, Value::String);
-            record.fields.insert(pending.field.clone(), value);
+            record.fields.insert_plain(pending.field.clone(), value);
         }
         record.hash = hash_fields(&self.object, &record.fields);
     }
@@ -632,16 +763,16 @@ impl ObjectMapping {
     }
 
     /// The record that marks an enrollment unenrolled.
-    pub fn unenrolled_record(&self, key: &str, at: DateTime<Utc>) -> Option<Map<String, Value>> {
+    pub fn unenrolled_record(&self, key: &str, at: DateTime<Utc>) -> Option<Fields> {
         let unenroll = self.unenroll.as_ref()?;
-        let mut fields = Map::new();
-        fields.insert(self.external_id.clone(), Value::String(key.to_string()));
-        fields.insert(
-            unenroll.status_field.clone(),
+        let mut fields = Fields::default();
+        fields.insert_plain(self.external_id.clone(), Value::String(key.to_string()));
+        fields.insert_plain(
+            Arc::from(unenroll.status_field.as_str()),
             Value::String(unenroll.status_value.clone()),
         );
-        fields.insert(
-            unenroll.time_field.clone(),
+        fields.insert_plain(
+            Arc::from(unenroll.time_field.as_str()),
             Value::String(salesforce_time(at)),
         );
         Some(fields)
@@ -750,7 +881,7 @@ impl ObjectMapping {
 /// Hashes the values with the keys in a fixed order, whatever the map's iteration order: the
 /// object, then `{key:value,...}` with keys sorted and scalars in their compact JSON form. Nothing
 /// is cloned or rendered to an intermediate string.
-fn hash_fields(object: &str, fields: &Map<String, Value>) -> Vec<u8> {
+fn hash_fields(object: &str, fields: &Fields) -> Vec<u8> {
     /// Feeds what serde_json writes straight into the hasher.
     struct Feed<'a>(&'a mut sha2::Sha256);
     impl std::io::Write for Feed<'_> {
@@ -786,7 +917,24 @@ fn hash_fields(object: &str, fields: &Map<String, Value>) -> Vec<u8> {
     }
     let mut hasher = sha2::Sha256::new();
     hasher.update(object.as_bytes());
-    feed_map(&mut hasher, fields);
+    // Fields are kept in name order: the bytes are those of the sorted JSON object.
+    hasher.update(b"{");
+    for (name, value) in fields.iter() {
+        hasher.update(name.as_bytes());
+        hasher.update(b":");
+        match value {
+            FieldValue::Plain(value) => feed(&mut hasher, value),
+            FieldValue::Lookup { external_id, key } => {
+                hasher.update(b"{");
+                hasher.update(external_id.as_bytes());
+                hasher.update(b":");
+                serde_json::to_writer(Feed(&mut hasher), key).unwrap_or_default();
+                hasher.update(b",}");
+            }
+        }
+        hasher.update(b",");
+    }
+    hasher.update(b"}");
     hasher.finalize().to_vec()
 }
 
@@ -839,13 +987,27 @@ mod tests {
         fields.insert("B__c".into(), json!("x\"y"));
         fields.insert("A__c".into(), json!(1.5));
         fields.insert("C__r".into(), json!({"Ext__c": "7", "Alt__c": null}));
+        fields.insert("D__r".into(), json!({"Ext__c": "9"}));
         let expected = {
             let mut hasher = sha2::Sha256::new();
             hasher.update(b"Obj__c");
-            hasher.update(br#"{A__c:1.5,B__c:"x\"y",C__r:{Alt__c:null,Ext__c:"7",},}"#);
+            hasher.update(
+                br#"{A__c:1.5,B__c:"x\"y",C__r:{Alt__c:null,Ext__c:"7",},D__r:{Ext__c:"9",},}"#,
+            );
             hasher.finalize().to_vec()
         };
+        let fields = Fields::from_map(&fields);
+        assert!(matches!(
+            fields.get("D__r"),
+            Some(FieldValue::Lookup { .. })
+        ));
         assert_eq!(hash_fields("Obj__c", &fields), expected);
+        // JSON and back: what job_deferred keeps.
+        assert_eq!(Fields::from_map(&fields.to_map()), fields);
+        assert_eq!(
+            serde_json::to_value(&fields).unwrap(),
+            Value::Object(fields.to_map())
+        );
     }
 
     #[test]
@@ -863,25 +1025,28 @@ mod tests {
             .map(&item)
             .unwrap();
         assert_eq!(record.key, "12301-55");
-        assert_eq!(record.fields["Enrollment_Key__c"], json!("12301-55"));
         assert_eq!(
-            record.fields["Docebo_User__r"],
+            record.fields.to_map()["Enrollment_Key__c"],
+            json!("12301-55")
+        );
+        assert_eq!(
+            record.fields.to_map()["Docebo_User__r"],
             json!({"Docebo_User_Id__c": "12301"})
         );
         assert_eq!(
-            record.fields["Docebo_Course__r"],
+            record.fields.to_map()["Docebo_Course__r"],
             json!({"Docebo_Course_Id__c": "55"})
         );
-        assert_eq!(record.fields["Status__c"], json!("Completed"));
+        assert_eq!(record.fields.to_map()["Status__c"], json!("Completed"));
         assert_eq!(
-            record.fields["Completed_At__c"],
+            record.fields.to_map()["Completed_At__c"],
             json!("2024-03-20T09:01:02Z")
         );
-        assert_eq!(record.fields["Valid_To__c"], Value::Null);
-        assert_eq!(record.fields["Score__c"], json!(87.0));
-        assert_eq!(record.fields["Time_Spent_Seconds__c"], json!(3600));
+        assert_eq!(record.fields.to_map()["Valid_To__c"], Value::Null);
+        assert_eq!(record.fields.to_map()["Score__c"], json!(87.0));
+        assert_eq!(record.fields.to_map()["Time_Spent_Seconds__c"], json!(3600));
         assert_eq!(
-            record.fields["Name"],
+            record.fields.to_map()["Name"],
             json!("jane@acme.example / SALES-101")
         );
         assert_eq!(

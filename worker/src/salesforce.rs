@@ -9,10 +9,11 @@ use std::time::Duration;
 use learnsync_store::model::{LogLevel, NewLogEvent};
 use learnsync_store::secrets::{SalesforceCredentials, SalesforceGrant};
 use learnsync_store::worker as store_worker;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::context::{JobCtx, SyncError, SyncResult};
+use crate::mapping::{FieldValue, Fields};
 
 /// The REST API version learnsync speaks.
 pub const API_VERSION: &str = "v62.0";
@@ -497,16 +498,26 @@ impl Salesforce {
         ctx: &JobCtx,
         object: &str,
         external_id: &str,
-        records: &[&Map<String, Value>],
+        records: &[&Fields],
     ) -> SyncResult<Vec<RecordResult>> {
         debug_assert!(records.len() <= COLLECTION_SIZE);
-        let records: Vec<Value> = records
+        /// One record of a collection: `attributes` then the fields.
+        #[derive(serde::Serialize)]
+        struct Record<'a> {
+            attributes: Attributes<'a>,
+            #[serde(flatten)]
+            fields: &'a Fields,
+        }
+        #[derive(serde::Serialize)]
+        struct Attributes<'a> {
+            #[serde(rename = "type")]
+            object: &'a str,
+        }
+        let records: Vec<Record<'_>> = records
             .iter()
-            .map(|fields| {
-                let mut record = Map::new();
-                record.insert("attributes".into(), json!({ "type": object }));
-                record.extend((*fields).clone());
-                Value::Object(record)
+            .map(|fields| Record {
+                attributes: Attributes { object },
+                fields,
             })
             .collect();
         let body = Body::Json(json!({"allOrNone": false, "records": records}));
@@ -568,7 +579,7 @@ impl Salesforce {
         ctx: &JobCtx,
         object: &str,
         external_id: &str,
-        records: &[&Map<String, Value>],
+        records: &[&Fields],
     ) -> SyncResult<Vec<RecordResult>> {
         let csv_text = to_csv(records, external_id)?;
         let created = self
@@ -671,10 +682,10 @@ impl Salesforce {
         Ok(records
             .iter()
             .map(|record| {
-                let key = record
-                    .get(external_id)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
+                let key = match record.get(external_id) {
+                    Some(FieldValue::Plain(Value::String(key))) => key.as_str(),
+                    _ => "",
+                };
                 by_key.remove(key).unwrap_or(RecordResult {
                     success: false,
                     id: None,
@@ -777,28 +788,21 @@ fn parse_bulk_error(text: &str) -> RecordFailure {
 }
 
 /// Writes records as Bulk API CSV: relationship columns as `Rel__r.Ext__c`, nulls as `#N/A`.
-fn to_csv(records: &[&Map<String, Value>], external_id: &str) -> SyncResult<String> {
+fn to_csv(records: &[&Fields], external_id: &str) -> SyncResult<String> {
     // Columns in first-seen order; a lookup by external id is `Relationship__r.Field__c`.
     let mut columns: Vec<(String, Option<String>)> = vec![(external_id.to_string(), None)];
     for record in records {
         for (field, value) in record.iter() {
             // A handful of columns: a scan allocates nothing, unlike a set of owned names.
-            match value {
-                Value::Object(reference) => {
-                    for key in reference.keys() {
-                        let known = columns
-                            .iter()
-                            .any(|(f, k)| f == field && k.as_deref() == Some(key.as_str()));
-                        if !known {
-                            columns.push((field.clone(), Some(key.clone())));
-                        }
-                    }
-                }
-                _ => {
-                    if !columns.iter().any(|(f, k)| f == field && k.is_none()) {
-                        columns.push((field.clone(), None));
-                    }
-                }
+            let reference = match value {
+                FieldValue::Lookup { external_id, .. } => Some(&**external_id),
+                FieldValue::Plain(_) => None,
+            };
+            let known = columns
+                .iter()
+                .any(|(f, k)| f == field && k.as_deref() == reference);
+            if !known {
+                columns.push((field.to_string(), reference.map(str::to_string)));
             }
         }
     }
@@ -816,22 +820,24 @@ fn to_csv(records: &[&Map<String, Value>], external_id: &str) -> SyncResult<Stri
     writer.write_record(None::<&[u8]>).map_err(fail)?;
     let mut number = String::new();
     for record in records {
-        for (field, key) in &columns {
-            let value = match key {
-                Some(key) => record.get(field).and_then(|reference| reference.get(key)),
-                None => record.get(field),
-            };
-            match value {
-                None | Some(Value::Null) => writer.write_field("#N/A"),
-                Some(Value::String(text)) => writer.write_field(text),
-                Some(other) => {
+        for (field, reference) in &columns {
+            let text = match (record.get(field), reference) {
+                (Some(FieldValue::Lookup { external_id, key }), Some(reference))
+                    if **external_id == **reference =>
+                {
+                    Some(key.as_str())
+                }
+                (Some(FieldValue::Plain(Value::String(text))), None) => Some(text.as_str()),
+                (Some(FieldValue::Plain(Value::Null)) | None, _) => None,
+                (Some(FieldValue::Plain(other)), None) => {
                     number.clear();
                     std::fmt::Write::write_fmt(&mut number, format_args!("{other}"))
                         .map_err(|error| SyncError::Permanent(error.to_string()))?;
-                    writer.write_field(&number)
+                    Some(number.as_str())
                 }
-            }
-            .map_err(fail)?;
+                _ => None,
+            };
+            writer.write_field(text.unwrap_or("#N/A")).map_err(fail)?;
         }
         writer.write_record(None::<&[u8]>).map_err(fail)?;
     }
@@ -870,6 +876,8 @@ fn read_results(text: &str, external_id: &str, column: &str) -> SyncResult<Vec<(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use serde_json::Map;
+
     use super::*;
 
     #[test]
@@ -908,6 +916,7 @@ mod tests {
         record.insert("Docebo_User__r".into(), json!({"Docebo_User_Id__c": "1"}));
         record.insert("Score__c".into(), Value::Null);
         record.insert("Name".into(), json!("a, \"b\""));
+        let record = Fields::from_map(&record);
         let text = to_csv(&[&record], "Enrollment_Key__c").unwrap();
         let column = |name: &str| read_results(&text, "Enrollment_Key__c", name).unwrap();
         assert_eq!(

@@ -22,7 +22,8 @@ use serde_json::{Map, Value};
 use crate::context::{Interrupt, JobCtx, SyncError, SyncResult};
 use crate::docebo::{Docebo, PageRef};
 use crate::mapping::{
-    Entity, MappedRecord, Mapping, ObjectMapping, RecordError, course_category, docebo_time, id_of,
+    Entity, Fields, MappedRecord, Mapping, ObjectMapping, RecordError, course_category,
+    docebo_time, id_of,
 };
 use crate::salesforce::{COLLECTION_SIZE, RecordResult, Salesforce};
 
@@ -1103,7 +1104,7 @@ impl<'a> JobRun<'a> {
                     }
                     written.deferred.push(Deferred {
                         key: record.key,
-                        fields: record.fields,
+                        fields: record.fields.to_map(),
                         hash: hex::encode(&record.hash),
                         updated_at: record.updated_at,
                         reason: failure.message,
@@ -1203,8 +1204,7 @@ impl<'a> JobRun<'a> {
     ) -> (Vec<RecordResult>, Option<SyncError>) {
         let object = &self.mapping.object;
         let external_id = &self.mapping.external_id;
-        let fields: Vec<&Map<String, Value>> =
-            records.iter().map(|record| &record.fields).collect();
+        let fields: Vec<&Fields> = records.iter().map(|record| &record.fields).collect();
         if bulk {
             return match self
                 .salesforce
@@ -1234,8 +1234,10 @@ impl<'a> JobRun<'a> {
         (results, None)
     }
 
-    /// Records in the ledger the writes of a chunk cut short, without moving the checkpoint or the
-    /// counts (the chunk is read again; its confirmed records then count as unchanged).
+    /// Records in the ledger the writes of a chunk cut short (or written after a failure or a
+    /// stop), and counts them written, without moving the checkpoint: the job's counts say what
+    /// Salesforce holds. A resumed job reads the chunk again; its confirmed records then count as
+    /// unchanged as well.
     async fn commit_confirmed_only(&self, written: &Written) -> SyncResult<()> {
         if written.ledger.is_empty() {
             return Ok(());
@@ -1260,7 +1262,20 @@ impl<'a> JobRun<'a> {
             job.kind.as_str(),
         )
         .await?;
+        let confirmed = written.ledger.len() as i64;
+        let progress = Progress {
+            delta: Counts {
+                written: confirmed,
+                ..Counts::default()
+            },
+            ..Progress::default()
+        };
+        store_worker::progress(&tx, job.id, job.attempt, &progress).await?;
         tx.commit().await.map_err(learnsync_store::Error::from)?;
+        crate::metrics::METRICS
+            .records
+            .with_label_values(&[job.kind.as_str(), "written"])
+            .inc_by(confirmed as u64);
         Ok(())
     }
 
@@ -1372,7 +1387,7 @@ impl<'a> JobRun<'a> {
                 retired.push(deferred.key.clone());
                 records.push(Ok(MappedRecord {
                     key: deferred.key,
-                    fields: deferred.fields,
+                    fields: Fields::from_map(&deferred.fields),
                     hash: hex::decode(&deferred.hash).unwrap_or_default(),
                     updated_at: deferred.updated_at,
                     matches: Vec::new(),
@@ -1460,11 +1475,11 @@ impl<'a> JobRun<'a> {
             match job.unenrollment_policy {
                 _ if unseen.is_empty() => {}
                 UnenrollmentPolicy::MarkUnenrolled => {
-                    let records: Vec<Map<String, Value>> = unseen
+                    let records: Vec<Fields> = unseen
                         .iter()
                         .filter_map(|(key, _)| self.mapping.unenrolled_record(key, now))
                         .collect();
-                    let records: Vec<&Map<String, Value>> = records.iter().collect();
+                    let records: Vec<&Fields> = records.iter().collect();
                     let results = self
                         .salesforce
                         .upsert_collection(self.ctx, &object, &self.mapping.external_id, &records)
@@ -1589,16 +1604,9 @@ impl<'a> JobRun<'a> {
 fn parent_key(record: &MappedRecord) -> String {
     record
         .fields
-        .iter()
-        .find_map(|(_, value)| match value {
-            Value::Object(reference) => reference
-                .values()
-                .next()
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            _ => None,
-        })
+        .first_lookup_key()
         .unwrap_or_default()
+        .to_string()
 }
 
 #[cfg(test)]
