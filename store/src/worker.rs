@@ -794,7 +794,12 @@ pub struct LedgerWrite {
 }
 
 /// Records writes Salesforce confirmed, and keeps `ledger_counts` in step in the same statement.
-/// `seen_run_id` marks the records as present in this run's listing.
+/// `seen_run_id` marks the records as present in this run's listing. `maybe_new` says the ledger
+/// held none of the object's records when the job started (a first sync): the rows are then
+/// inserted plainly (at a million records, a fifth of the database's time goes to these rows, and
+/// an upsert costs half as much again), with the upsert only when a key is there after all (a
+/// record listed twice). Must run in a transaction (the insert uses a savepoint).
+#[allow(clippy::too_many_arguments)]
 pub async fn ledger_record(
     client: &impl GenericClient,
     connection_id: Uuid,
@@ -803,7 +808,18 @@ pub async fn ledger_record(
     writes: &[LedgerWrite],
     seen_run_id: Uuid,
     scope: &str,
+    maybe_new: bool,
 ) -> Result<()> {
+    const INSERT: &str = "WITH ins AS ( \
+             INSERT INTO ledger (connection_id, object, record_key, salesforce_id, value_hash, \
+                 docebo_updated_at, seen_run_id, unenrolled_at, write_time, scope) \
+             SELECT $1, $3, t.record_key, t.salesforce_id, t.value_hash, t.updated_at, $8, NULL, now(), $9 \
+             FROM unnest($4::text[], $5::text[], $6::bytea[], $7::timestamptz[]) \
+                 AS t(record_key, salesforce_id, value_hash, updated_at) \
+             RETURNING 1) \
+         INSERT INTO ledger_counts AS c (connection_id, area, object, records) \
+         SELECT $1, $2, $3, count(*) FROM ins \
+         ON CONFLICT (connection_id, area, object) DO UPDATE SET records = c.records + excluded.records";
     const UPSERT: &str = "WITH up AS ( \
              INSERT INTO ledger AS l (connection_id, object, record_key, salesforce_id, value_hash, \
                  docebo_updated_at, seen_run_id, unenrolled_at, write_time, scope) \
@@ -819,115 +835,83 @@ pub async fn ledger_record(
          INSERT INTO ledger_counts AS c (connection_id, area, object, records) \
          SELECT $1, $2, $3, count(*) FILTER (WHERE inserted) FROM up \
          ON CONFLICT (connection_id, area, object) DO UPDATE SET records = c.records + excluded.records";
-    ledger_write(
-        client,
-        UPSERT,
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let batch = LedgerBatch {
         connection_id,
         area,
         object,
         writes,
         seen_run_id,
         scope,
-    )
-    .await?;
+    };
+    if maybe_new {
+        client.batch_execute("SAVEPOINT ledger_insert").await?;
+        match batch.run(client, INSERT).await {
+            Ok(_) => {
+                client
+                    .batch_execute("RELEASE SAVEPOINT ledger_insert")
+                    .await?;
+                return Ok(());
+            }
+            Err(error)
+                if error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+            {
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT ledger_insert")
+                    .await?;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    batch.run(client, UPSERT).await?;
     Ok(())
 }
 
-/// Records writes of records the ledger did not hold when the job started (a first sync) with a
-/// plain insert: a fifth of a million-record sync's database time goes to these rows, and an
-/// upsert costs half as much again. Returns `false`, having changed nothing, when a key is there
-/// after all (a record listed twice); the caller then calls [`ledger_record`]. Must run in a
-/// transaction (it uses a savepoint).
-pub async fn ledger_insert_new(
-    client: &impl GenericClient,
+/// A batch of confirmed writes for one of the ledger's write statements.
+struct LedgerBatch<'a> {
     connection_id: Uuid,
     area: Area,
-    object: &str,
-    writes: &[LedgerWrite],
+    object: &'a str,
+    writes: &'a [LedgerWrite],
     seen_run_id: Uuid,
-    scope: &str,
-) -> Result<bool> {
-    const INSERT: &str = "WITH ins AS ( \
-             INSERT INTO ledger (connection_id, object, record_key, salesforce_id, value_hash, \
-                 docebo_updated_at, seen_run_id, unenrolled_at, write_time, scope) \
-             SELECT $1, $3, t.record_key, t.salesforce_id, t.value_hash, t.updated_at, $8, NULL, now(), $9 \
-             FROM unnest($4::text[], $5::text[], $6::bytea[], $7::timestamptz[]) \
-                 AS t(record_key, salesforce_id, value_hash, updated_at) \
-             RETURNING 1) \
-         INSERT INTO ledger_counts AS c (connection_id, area, object, records) \
-         SELECT $1, $2, $3, count(*) FROM ins \
-         ON CONFLICT (connection_id, area, object) DO UPDATE SET records = c.records + excluded.records";
-    if writes.is_empty() {
-        return Ok(true);
-    }
-    client.batch_execute("SAVEPOINT ledger_insert_new").await?;
-    let inserted = ledger_write(
-        client,
-        INSERT,
-        connection_id,
-        area,
-        object,
-        writes,
-        seen_run_id,
-        scope,
-    )
-    .await;
-    match inserted {
-        Ok(_) => {
-            client
-                .batch_execute("RELEASE SAVEPOINT ledger_insert_new")
-                .await?;
-            Ok(true)
-        }
-        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-            client
-                .batch_execute("ROLLBACK TO SAVEPOINT ledger_insert_new")
-                .await?;
-            Ok(false)
-        }
-        Err(error) => Err(error.into()),
-    }
+    scope: &'a str,
 }
 
-/// Runs one of the ledger's write statements over a batch, in key order (the primary key's
-/// B-tree takes neighbouring keys on the same pages, and two writers of one object lock rows in
-/// the same order).
-#[allow(clippy::too_many_arguments)]
-async fn ledger_write(
-    client: &impl GenericClient,
-    sql: &str,
-    connection_id: Uuid,
-    area: Area,
-    object: &str,
-    writes: &[LedgerWrite],
-    seen_run_id: Uuid,
-    scope: &str,
-) -> std::result::Result<u64, tokio_postgres::Error> {
-    if writes.is_empty() {
-        return Ok(0);
+impl LedgerBatch<'_> {
+    /// Runs a write statement over the batch, in key order (the primary key's B-tree takes
+    /// neighbouring keys on the same pages, and two writers of one object lock rows in the same
+    /// order).
+    async fn run(
+        &self,
+        client: &impl GenericClient,
+        sql: &str,
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        let mut writes: Vec<&LedgerWrite> = self.writes.iter().collect();
+        writes.sort_unstable_by(|a, b| a.record_key.cmp(&b.record_key));
+        let keys: Vec<&str> = writes.iter().map(|w| w.record_key.as_str()).collect();
+        let ids: Vec<Option<&str>> = writes.iter().map(|w| w.salesforce_id.as_deref()).collect();
+        let hashes: Vec<&[u8]> = writes.iter().map(|w| w.value_hash.as_slice()).collect();
+        let times: Vec<Option<DateTime<Utc>>> =
+            writes.iter().map(|w| w.docebo_updated_at).collect();
+        client
+            .execute(
+                sql,
+                &[
+                    &self.connection_id,
+                    &self.area.as_str(),
+                    &self.object,
+                    &keys,
+                    &ids,
+                    &hashes,
+                    &times,
+                    &self.seen_run_id,
+                    &self.scope,
+                ],
+            )
+            .await
     }
-    let mut writes: Vec<&LedgerWrite> = writes.iter().collect();
-    writes.sort_unstable_by(|a, b| a.record_key.cmp(&b.record_key));
-    let keys: Vec<&str> = writes.iter().map(|w| w.record_key.as_str()).collect();
-    let ids: Vec<Option<&str>> = writes.iter().map(|w| w.salesforce_id.as_deref()).collect();
-    let hashes: Vec<&[u8]> = writes.iter().map(|w| w.value_hash.as_slice()).collect();
-    let times: Vec<Option<DateTime<Utc>>> = writes.iter().map(|w| w.docebo_updated_at).collect();
-    client
-        .execute(
-            sql,
-            &[
-                &connection_id,
-                &area.as_str(),
-                &object,
-                &keys,
-                &ids,
-                &hashes,
-                &times,
-                &seen_run_id,
-                &scope,
-            ],
-        )
-        .await
 }
 
 /// Marks records as present in a run's listing without writing them (unchanged or failed ones),

@@ -1260,6 +1260,7 @@ impl<'a> JobRun<'a> {
             &written.ledger,
             job.run_id,
             job.kind.as_str(),
+            self.ledger_empty,
         )
         .await?;
         let confirmed = written.ledger.len() as i64;
@@ -1296,30 +1297,17 @@ impl<'a> JobRun<'a> {
             self.ctx.raise(Interrupt::Lost);
             return Err(SyncError::Interrupted(Interrupt::Lost));
         }
-        let (area, scope) = (self.mapping.area, job.kind.as_str());
-        let inserted = self.ledger_empty
-            && store_worker::ledger_insert_new(
-                &tx,
-                job.connection_id,
-                area,
-                object,
-                &written.ledger,
-                job.run_id,
-                scope,
-            )
-            .await?;
-        if !inserted {
-            store_worker::ledger_record(
-                &tx,
-                job.connection_id,
-                area,
-                object,
-                &written.ledger,
-                job.run_id,
-                scope,
-            )
-            .await?;
-        }
+        store_worker::ledger_record(
+            &tx,
+            job.connection_id,
+            self.mapping.area,
+            object,
+            &written.ledger,
+            job.run_id,
+            job.kind.as_str(),
+            self.ledger_empty,
+        )
+        .await?;
         store_worker::ledger_mark_seen(
             &tx,
             job.connection_id,

@@ -245,7 +245,7 @@ async fn users_are_linked_to_the_contact_with_their_email() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_first_sync_insert_falls_back_to_an_upsert_for_a_key_already_there() {
+async fn a_first_sync_inserts_and_upserts_only_a_key_already_there() {
     use learnsync_store::worker::{self as store_worker, LedgerWrite};
     let env = Env::new(GenerateParams {
         seed: 12,
@@ -268,46 +268,25 @@ async fn a_first_sync_insert_falls_back_to_an_upsert_for_a_key_already_there() {
             .await
             .unwrap()
     );
-    let first = [write("1-1", 1), write("1-2", 1)];
-    assert!(
-        store_worker::ledger_insert_new(
+    // A first sync: plain inserts; "1-2" listed again makes the second batch's insert fail
+    // whole, and it is upserted instead, inside the same transaction.
+    for batch in [
+        [write("1-1", 1), write("1-2", 1)],
+        [write("1-2", 2), write("1-3", 2)],
+    ] {
+        store_worker::ledger_record(
             &tx,
             env.connection_id,
             Area::Enrollments,
             object,
-            &first,
+            &batch,
             run_id,
-            "course_enrollments"
+            "course_enrollments",
+            true,
         )
         .await
-        .unwrap()
-    );
-    // "1-2" listed again: the insert changes nothing and says so; the upsert then applies.
-    let second = [write("1-2", 2), write("1-3", 2)];
-    assert!(
-        !store_worker::ledger_insert_new(
-            &tx,
-            env.connection_id,
-            Area::Enrollments,
-            object,
-            &second,
-            run_id,
-            "course_enrollments"
-        )
-        .await
-        .unwrap()
-    );
-    store_worker::ledger_record(
-        &tx,
-        env.connection_id,
-        Area::Enrollments,
-        object,
-        &second,
-        run_id,
-        "course_enrollments",
-    )
-    .await
-    .unwrap();
+        .unwrap();
+    }
     tx.commit().await.unwrap();
     let keys: Vec<String> = ["1-1", "1-2", "1-3"].map(String::from).to_vec();
     let found = store_worker::ledger_lookup(&conn, env.connection_id, object, &keys)
