@@ -1,12 +1,14 @@
 //! Prometheus metrics of a worker process: records written, unchanged and failed by job kind, API
-//! calls and throttling per upstream, claims and their latency, lease losses. Served on `/metrics`
+//! calls and throttling per upstream, claims and their latency, lease losses, and the records in
+//! flight against the worker's budget. Served on `/metrics`
 //! of `--metrics-listen` by the binary; kept in one process-wide registry.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
+use tokio::sync::Semaphore;
 
 /// The worker's metrics.
 pub struct Metrics {
@@ -23,6 +25,39 @@ pub struct Metrics {
     pub claim_seconds: Histogram,
     /// Jobs this worker lost to another (its lease expired).
     pub lease_losses: IntCounter,
+    /// Records read and not yet committed, across the process's jobs (read when scraped).
+    records_in_flight: IntGauge,
+    /// The records budget (`records_in_flight` setting) of the process's workers.
+    records_budget: IntGauge,
+}
+
+/// The records budgets of the process's workers, read when metrics are rendered.
+static ROOMS: Mutex<Vec<(Weak<Semaphore>, usize)>> = Mutex::new(Vec::new());
+
+/// Reports a worker's records budget (`capacity` permits of `room`) in the metrics.
+pub fn watch_room(room: &Arc<Semaphore>, capacity: usize) {
+    let mut rooms = ROOMS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    rooms.retain(|(room, _)| room.strong_count() > 0);
+    rooms.push((Arc::downgrade(room), capacity));
+}
+
+/// Sets the budget gauges from the live budgets.
+fn read_rooms() {
+    let mut rooms = ROOMS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    rooms.retain(|(room, _)| room.strong_count() > 0);
+    let (mut used, mut budget) = (0usize, 0usize);
+    for (room, capacity) in rooms.iter() {
+        if let Some(room) = room.upgrade() {
+            used += capacity.saturating_sub(room.available_permits());
+            budget += capacity;
+        }
+    }
+    METRICS.records_in_flight.set(used as i64);
+    METRICS.records_budget.set(budget as i64);
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -70,7 +105,17 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(throttled.clone()))?;
     registry.register(Box::new(claims.clone()))?;
     registry.register(Box::new(claim_seconds.clone()))?;
+    let records_in_flight = IntGauge::new(
+        "learnsync_worker_records_in_flight",
+        "records read and not yet committed, across the worker's jobs",
+    )?;
+    let records_budget = IntGauge::new(
+        "learnsync_worker_records_budget",
+        "records the worker may hold at once (its records_in_flight setting)",
+    )?;
     registry.register(Box::new(lease_losses.clone()))?;
+    registry.register(Box::new(records_in_flight.clone()))?;
+    registry.register(Box::new(records_budget.clone()))?;
     Ok(Metrics {
         registry,
         records,
@@ -79,6 +124,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         claims,
         claim_seconds,
         lease_losses,
+        records_in_flight,
+        records_budget,
     })
 }
 
@@ -89,6 +136,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 
 /// Renders every metric in Prometheus's text format.
 pub fn render() -> String {
+    read_rooms();
     let mut buffer = Vec::new();
     if let Err(error) =
         prometheus::TextEncoder::new().encode(&METRICS.registry.gather(), &mut buffer)
@@ -114,6 +162,7 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -135,5 +184,29 @@ mod tests {
             text.contains("learnsync_worker_api_calls_total{status=\"200\",upstream=\"docebo\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn reports_the_records_in_flight_against_the_budget() {
+        let room = Arc::new(Semaphore::new(1000));
+        watch_room(&room, 1000);
+        let held = room.clone().try_acquire_many_owned(250).unwrap();
+        let text = render();
+        assert!(
+            text.contains("learnsync_worker_records_in_flight 250"),
+            "{text}"
+        );
+        assert!(
+            text.contains("learnsync_worker_records_budget 1000"),
+            "{text}"
+        );
+        drop(held);
+        drop(room);
+        let text = render();
+        assert!(
+            text.contains("learnsync_worker_records_in_flight 0"),
+            "{text}"
+        );
+        assert!(text.contains("learnsync_worker_records_budget 0"), "{text}");
     }
 }
