@@ -785,7 +785,7 @@ impl<'a> JobRun<'a> {
                         // A chunk after (or of) a failure: its confirmed writes are kept, the
                         // checkpoint stays before it.
                         committing.push(Box::pin(async move {
-                            this.commit_confirmed_only(&written).await.map(|()| None)
+                            this.commit_confirmed_only(written).await.map(|()| None)
                         }) as CommitFuture<'_>);
                         continue;
                     }
@@ -809,7 +809,7 @@ impl<'a> JobRun<'a> {
                     // The chunk's room in the records budget goes with the commit.
                     let room = chunk.room;
                     committing.push(Box::pin(async move {
-                        this.commit(&snapshot, written).await?;
+                        this.commit(Some(&snapshot), written).await?;
                         drop(room);
                         Ok(finished.then_some(snapshot))
                     }) as CommitFuture<'_>);
@@ -862,9 +862,21 @@ impl<'a> JobRun<'a> {
     async fn read_chunks(
         &self,
         walker: &mut Walker<'_>,
-        mut expected: i64,
+        expected: i64,
         sender: tokio::sync::mpsc::Sender<SyncResult<Chunk>>,
     ) {
+        if let Err(error) = self.read_into(walker, expected, &sender).await {
+            let _ = sender.send(Err(error)).await;
+        }
+    }
+
+    /// The reading of [`Self::read_chunks`]; ends early, with no error, when the writer is gone.
+    async fn read_into(
+        &self,
+        walker: &mut Walker<'_>,
+        mut expected: i64,
+        sender: &tokio::sync::mpsc::Sender<SyncResult<Chunk>>,
+    ) -> SyncResult<()> {
         // Small jobs write page by page through collections; large ones gather chunks of the bulk
         // chunk size (at least the threshold), so that few Bulk API 2.0 jobs carry them.
         let settings = &self.ctx.settings;
@@ -876,11 +888,19 @@ impl<'a> JobRun<'a> {
         };
         let mut records: Vec<Pending> = Vec::new();
         let mut end = ChunkEnd::default();
+        // Hands what was gathered over to the writer; false once the writer is gone.
+        let hand_over = async |records: &mut Vec<Pending>, end: &mut ChunkEnd| {
+            let chunk = Chunk {
+                records: std::mem::take(records),
+                end: std::mem::take(end),
+            };
+            sender.send(Ok(chunk)).await.is_ok()
+        };
         // Room for one page, taken before it is read. When the worker has none left, what was
         // gathered is handed over first: a listing waits only with nothing held, so the budget
         // shared by the worker's jobs cannot deadlock.
         let page_room = (walker.page_size as usize)
-            .min(self.ctx.settings.records_in_flight)
+            .min(settings.records_in_flight)
             .max(1) as u32;
         loop {
             let room = match self.ctx.room.clone().try_acquire_many_owned(page_room) {
@@ -888,12 +908,8 @@ impl<'a> JobRun<'a> {
                 Err(_) => {
                     if !records.is_empty() {
                         end.levels = walker.position();
-                        let chunk = Chunk {
-                            records: std::mem::take(&mut records),
-                            end: std::mem::take(&mut end),
-                        };
-                        if sender.send(Ok(chunk)).await.is_err() {
-                            return;
+                        if !hand_over(&mut records, &mut end).await {
+                            return Ok(());
                         }
                     }
                     let wait = async {
@@ -904,23 +920,11 @@ impl<'a> JobRun<'a> {
                             .await
                             .map_err(|_| SyncError::Interrupted(Interrupt::Shutdown))
                     };
-                    match self.ctx.interruptible(wait).await {
-                        Ok(room) => room,
-                        Err(error) => {
-                            let _ = sender.send(Err(error)).await;
-                            return;
-                        }
-                    }
+                    self.ctx.interruptible(wait).await?
                 }
             };
             hold(&mut end.room, room);
-            let next = match self.ctx.interruptible(walker.next_leaf(self.ctx)).await {
-                Ok(next) => next,
-                Err(error) => {
-                    let _ = sender.send(Err(error)).await;
-                    return;
-                }
-            };
+            let next = self.ctx.interruptible(walker.next_leaf(self.ctx)).await?;
             let finished = next.is_none();
             if let Some(page) = next {
                 end.pages += 1;
@@ -959,12 +963,8 @@ impl<'a> JobRun<'a> {
                 } else {
                     walker.position()
                 };
-                let chunk = Chunk {
-                    records: std::mem::take(&mut records),
-                    end: std::mem::take(&mut end),
-                };
-                if sender.send(Ok(chunk)).await.is_err() || finished {
-                    return;
+                if !hand_over(&mut records, &mut end).await || finished {
+                    return Ok(());
                 }
             }
         }
@@ -1238,55 +1238,33 @@ impl<'a> JobRun<'a> {
     /// stop), and counts them written, without moving the checkpoint: the job's counts say what
     /// Salesforce holds. A resumed job reads the chunk again; its confirmed records then count as
     /// unchanged as well.
-    async fn commit_confirmed_only(&self, written: &Written) -> SyncResult<()> {
+    async fn commit_confirmed_only(&self, written: Written) -> SyncResult<()> {
         if written.ledger.is_empty() {
             return Ok(());
         }
-        let job = &self.ctx.job;
-        let mut conn = self.ctx.store.conn().await?;
-        let tx = conn
-            .transaction()
-            .await
-            .map_err(learnsync_store::Error::from)?;
-        if !store_worker::fence(&tx, job.id, job.attempt).await? {
-            self.ctx.raise(Interrupt::Lost);
-            return Err(SyncError::Interrupted(Interrupt::Lost));
-        }
-        store_worker::ledger_record(
-            &tx,
-            job.connection_id,
-            self.mapping.area,
-            &self.mapping.object,
-            &written.ledger,
-            job.run_id,
-            job.kind.as_str(),
-            self.ledger_empty,
-        )
-        .await?;
-        let confirmed = written.ledger.len() as i64;
-        let progress = Progress {
-            delta: Counts {
-                written: confirmed,
-                ..Counts::default()
-            },
-            ..Progress::default()
+        let counts = Counts {
+            written: written.ledger.len() as i64,
+            ..Counts::default()
         };
-        store_worker::progress(&tx, job.id, job.attempt, &progress).await?;
-        tx.commit().await.map_err(learnsync_store::Error::from)?;
-        crate::metrics::METRICS
-            .records
-            .with_label_values(&[job.kind.as_str(), "written"])
-            .inc_by(confirmed as u64);
-        Ok(())
+        let confirmed = Written {
+            ledger: written.ledger,
+            counts,
+            ..Written::default()
+        };
+        self.commit(None, confirmed).await
     }
 
-    /// Commits what Salesforce confirmed with the checkpoint after it, in one transaction fenced
-    /// by the attempt.
-    async fn commit(&self, checkpoint: &Checkpoint, written: Written) -> SyncResult<()> {
+    /// Commits what Salesforce confirmed, with the checkpoint after it when there is one (none:
+    /// the position stays where it was), in one transaction fenced by the attempt.
+    async fn commit(&self, checkpoint: Option<&Checkpoint>, written: Written) -> SyncResult<()> {
         let job = &self.ctx.job;
         let object = self.mapping.object.as_str();
-        let expected = checkpoint.expected;
-        let checkpoint = serde_json::to_value(checkpoint)
+        let expected = checkpoint
+            .map(|checkpoint| checkpoint.expected)
+            .filter(|expected| *expected > 0);
+        let checkpoint = checkpoint
+            .map(serde_json::to_value)
+            .transpose()
             .map_err(|error| SyncError::Permanent(error.to_string()))?;
         let mut conn = self.ctx.store.conn().await?;
         let tx = conn
@@ -1328,16 +1306,19 @@ impl<'a> JobRun<'a> {
             .collect::<SyncResult<Vec<_>>>()?;
         store_worker::deferred_add(&tx, job.id, &deferred).await?;
         store_worker::deferred_remove(&tx, job.id, &written.retired).await?;
+        let moved = checkpoint.is_some();
         let progress = Progress {
             delta: written.counts,
-            expected: (expected > 0).then_some(expected),
-            checkpoint: Some(checkpoint),
+            expected,
+            checkpoint,
             status_message: None,
         };
         store_worker::progress(&tx, job.id, job.attempt, &progress).await?;
         store_worker::log(&tx, job, written.events).await?;
         tx.commit().await.map_err(learnsync_store::Error::from)?;
-        self.ctx.mark_progress();
+        if moved {
+            self.ctx.mark_progress();
+        }
         let records = &crate::metrics::METRICS.records;
         for (outcome, count) in [
             ("written", written.counts.written),
@@ -1364,7 +1345,9 @@ impl<'a> JobRun<'a> {
             if batch.is_empty() {
                 self.checkpoint.deferred_count = 0;
                 self.checkpoint.phase = self.phase_after_deferred();
-                return self.commit(&self.checkpoint, Written::default()).await;
+                return self
+                    .commit(Some(&self.checkpoint), Written::default())
+                    .await;
             }
             let mut retired = Vec::with_capacity(batch.len());
             let mut records: Vec<Pending> = Vec::with_capacity(batch.len());
@@ -1383,13 +1366,13 @@ impl<'a> JobRun<'a> {
             }
             let mut written = self.write(records, false).await?;
             if let Some(error) = written.interrupted.take() {
-                self.commit_confirmed_only(&written).await?;
+                self.commit_confirmed_only(written).await?;
                 return Err(error);
             }
             self.checkpoint.deferred_count =
                 self.checkpoint.deferred_count.saturating_sub(retired.len());
             written.retired = retired;
-            self.commit(&self.checkpoint, written).await?;
+            self.commit(Some(&self.checkpoint), written).await?;
         }
     }
 
@@ -1403,7 +1386,7 @@ impl<'a> JobRun<'a> {
             ..Written::default()
         };
         self.checkpoint.deferred_count += written.deferred.len();
-        self.commit(&self.checkpoint, written).await
+        self.commit(Some(&self.checkpoint), written).await
     }
 
     /// Marks unenrolled (or deletes) the records the ledger holds that this full listing did not
@@ -1454,7 +1437,9 @@ impl<'a> JobRun<'a> {
             };
             let Some(last_key) = last_key else {
                 self.checkpoint.phase = Phase::Done;
-                return self.commit(&self.checkpoint, Written::default()).await;
+                return self
+                    .commit(Some(&self.checkpoint), Written::default())
+                    .await;
             };
             self.ctx.check()?;
             let now = Utc::now();
