@@ -54,10 +54,10 @@ async fn schedule_once(
     let outcomes = realtime::schedule_due(&tx, options.overlap, 100).await?;
     tx.commit().await?;
     for outcome in outcomes {
-        match outcome.run_id {
-            Some(run_id) => tracing::info!(
-                connection_id = %outcome.connection_id, area = %outcome.area, %run_id,
-                trace_id = outcome.trace_id.as_deref().unwrap_or_default(), full = outcome.full,
+        match &outcome.run {
+            Some(run) => tracing::info!(
+                connection_id = %outcome.connection_id, area = %outcome.area, run_id = %run.id,
+                trace_id = %run.trace_id, full = outcome.full,
                 "scheduled run started"
             ),
             None => tracing::info!(
@@ -121,7 +121,9 @@ async fn dispatch_once(
     for outcome in &outcomes {
         tracing::info!(
             connection_id = %outcome.connection_id, messages = outcome.messages,
-            run_id = ?outcome.run_id, trace_id = ?outcome.trace_id, "webhook messages handled"
+            run_id = ?outcome.run.as_ref().map(|run| run.id),
+            trace_id = ?outcome.run.as_ref().map(|run| &run.trace_id),
+            "webhook messages handled"
         );
     }
     Ok(handled as i64 >= BATCH)

@@ -15,7 +15,7 @@ use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::model::{Area, JobKind, LogLevel, NewLogEvent, Trigger};
+use crate::model::{Area, JobKind, LogLevel, NewLogEvent, Run, Trigger};
 use crate::runs::{self, RunRequest};
 use crate::{Error, Result, logs};
 
@@ -189,16 +189,14 @@ pub async fn message_counts(
 }
 
 /// What one scheduler tick did for one area.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Scheduled {
     /// The connection.
     pub connection_id: Uuid,
     /// The area.
     pub area: Area,
     /// The run created, if any (none when a run was still active).
-    pub run_id: Option<Uuid>,
-    /// The run's trace id, when one was created.
-    pub trace_id: Option<String>,
+    pub run: Option<Run>,
     /// Whether it is the periodic full comparison.
     pub full: bool,
 }
@@ -229,48 +227,46 @@ pub async fn schedule_due(
         let area = Area::parse(row.try_get(1)?)?;
         let watermark: Option<DateTime<Utc>> = row.try_get(2)?;
         let full_due: bool = row.try_get(3)?;
-        let active = runs::active(client, connection_id, area).await?;
-        let mut run_id = None;
-        let mut trace_id = None;
-        if let Some(active) = active {
-            logs::append(
-                client,
-                connection_id,
-                &[NewLogEvent::new(
-                    LogLevel::Info,
-                    format!("scheduled {area} run skipped: a run is still active"),
+        let run = match runs::active(client, connection_id, area).await? {
+            Some(active) => {
+                logs::append(
+                    client,
+                    connection_id,
+                    &[NewLogEvent::new(
+                        LogLevel::Info,
+                        format!("scheduled {area} run skipped: a run is still active"),
+                    )
+                    .field("active_run", active.id.to_string())],
                 )
-                .field("active_run", active.id.to_string())],
-            )
-            .await?;
-        } else {
-            let request = if full_due {
-                RunRequest::full(Trigger::Schedule, (None, None), false)
-            } else {
-                RunRequest {
-                    full_sync: false,
-                    updated_from: watermark.map(|w| w - overlap),
-                    ..RunRequest::full(Trigger::Schedule, (None, None), false)
-                }
-            };
-            let run = runs::create(client, connection_id, area, &request).await?;
-            run_id = Some(run.id);
-            trace_id = Some(run.trace_id);
-        }
+                .await?;
+                None
+            }
+            None => {
+                let request = if full_due {
+                    RunRequest::full(Trigger::Schedule, (None, None), false)
+                } else {
+                    RunRequest {
+                        full_sync: false,
+                        updated_from: watermark.map(|w| w - overlap),
+                        ..RunRequest::full(Trigger::Schedule, (None, None), false)
+                    }
+                };
+                Some(runs::create(client, connection_id, area, &request).await?)
+            }
+        };
         client
             .execute(
                 "UPDATE area_configs SET next_run_time = now() + interval_seconds * interval '1 second', \
                      next_full_time = CASE WHEN $3 THEN now() + full_interval_seconds * interval '1 second' \
                                            ELSE next_full_time END \
                  WHERE connection_id = $1 AND area = $2",
-                &[&connection_id, &area.as_str(), &(full_due && run_id.is_some())],
+                &[&connection_id, &area.as_str(), &(full_due && run.is_some())],
             )
             .await?;
         outcomes.push(Scheduled {
             connection_id,
             area,
-            run_id,
-            trace_id,
+            run,
             full: full_due,
         });
     }
@@ -278,16 +274,14 @@ pub async fn schedule_due(
 }
 
 /// What webhook dispatching did for one connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Dispatched {
     /// The connection.
     pub connection_id: Uuid,
     /// The messages handled.
     pub messages: usize,
     /// The run created, if any.
-    pub run_id: Option<Uuid>,
-    /// The run's trace id, when one was created.
-    pub trace_id: Option<String>,
+    pub run: Option<Run>,
 }
 
 /// Turns pending webhook messages into small enrollment runs: one run per connection, carrying
@@ -339,8 +333,7 @@ pub async fn dispatch_webhooks(
             outcomes.push(Dispatched {
                 connection_id,
                 messages: message_ids.len(),
-                run_id: None,
-                trace_id: None,
+                run: None,
             });
             continue;
         }
@@ -404,8 +397,7 @@ pub async fn dispatch_webhooks(
             outcomes.push(Dispatched {
                 connection_id,
                 messages: message_ids.len(),
-                run_id: None,
-                trace_id: None,
+                run: None,
             });
             continue;
         }
@@ -435,8 +427,7 @@ pub async fn dispatch_webhooks(
         outcomes.push(Dispatched {
             connection_id,
             messages: message_ids.len(),
-            run_id: Some(run.id),
-            trace_id: Some(run.trace_id),
+            run: Some(run),
         });
     }
     Ok(outcomes)

@@ -90,7 +90,7 @@ async fn a_webhook_run_writes_the_change_and_the_deletion() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let run_id = dispatched[0].run_id.unwrap();
+    let run_id = dispatched[0].run.as_ref().unwrap().id;
     let run = env.wait_final(run_id, Duration::from_secs(30)).await;
     assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
     // A run limited to what webhooks named did not read every change: the watermark stays.
@@ -173,7 +173,10 @@ async fn a_webhook_run_writes_the_change_and_the_deletion() {
         .unwrap();
     tx.commit().await.unwrap();
     let run = env
-        .wait_final(dispatched[0].run_id.unwrap(), Duration::from_secs(30))
+        .wait_final(
+            dispatched[0].run.as_ref().unwrap().id,
+            Duration::from_secs(30),
+        )
         .await;
     assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
     assert_eq!(run.counts().read, 1, "{run:#?}");
