@@ -41,6 +41,38 @@ fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
         .ok_or_else(|| error::unauthenticated("missing authorization: Bearer <token> metadata"))
 }
 
+/// A request that changes state: its `request_id` makes a retry safe.
+trait Mutating: prost::Message + Clone {
+    /// The caller's request id.
+    fn request_id(&self) -> &String;
+    /// The same, to clear it from the request's digest.
+    fn request_id_mut(&mut self) -> &mut String;
+}
+
+macro_rules! mutating {
+    ($($request:ty),* $(,)?) => {$(
+        impl Mutating for $request {
+            fn request_id(&self) -> &String {
+                &self.request_id
+            }
+            fn request_id_mut(&mut self) -> &mut String {
+                &mut self.request_id
+            }
+        }
+    )*};
+}
+
+mutating!(
+    pb::CreateConnectionRequest,
+    pb::UpdateConnectionRequest,
+    pb::DeleteConnectionRequest,
+    pb::ConfigureRequest,
+    pb::StartRequest,
+    pb::StopRequest,
+    pb::ResynchronizeRequest,
+    pb::RotateWebhookSecretRequest,
+);
+
 /// An idempotency key to claim in a transaction.
 struct Idempotency<'a> {
     principal: String,
@@ -52,22 +84,20 @@ struct Idempotency<'a> {
 impl<'a> Idempotency<'a> {
     /// The key of a request, bound to a digest of the method and the request without its request
     /// id (a retry must be the same request).
-    fn new<M: prost::Message + Clone>(
+    fn new<M: Mutating>(
         principal: &Principal,
         method: &'static str,
         request: &'a M,
-        request_id: impl Fn(&M) -> &String,
-        clear_request_id: impl FnOnce(&mut M),
     ) -> Idempotency<'a> {
         let mut canonical = request.clone();
-        clear_request_id(&mut canonical);
+        canonical.request_id_mut().clear();
         let mut hasher = sha2::Sha256::new();
         hasher.update(method.as_bytes());
         hasher.update(canonical.encode_to_vec());
         Idempotency {
             principal: principal.name(),
             method,
-            request_id: request_id(request),
+            request_id: request.request_id(),
             digest: hasher.finalize().to_vec(),
         }
     }
@@ -250,13 +280,7 @@ impl SyncService for Service {
             return Err(Status::internal("validated credentials missing"));
         };
         let credentials = secrets::Credentials { docebo, salesforce };
-        let key = Idempotency::new(
-            &principal,
-            "CreateConnection",
-            &request,
-            |r| &r.request_id,
-            |r| r.request_id.clear(),
-        );
+        let key = Idempotency::new(&principal, "CreateConnection", &request);
         let id = Uuid::new_v4();
         let new = connections::NewConnection {
             id,
@@ -394,13 +418,7 @@ impl SyncService for Service {
             }
         }
         violations.check()?;
-        let key = Idempotency::new(
-            &principal,
-            "UpdateConnection",
-            &request,
-            |r| &r.request_id,
-            |r| r.request_id.clear(),
-        );
+        let key = Idempotency::new(&principal, "UpdateConnection", &request);
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
         self.authorize(&tx, &principal, id).await?;
@@ -437,13 +455,7 @@ impl SyncService for Service {
         convert::request_id(&mut violations, &request.request_id);
         let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
         violations.check()?;
-        let key = Idempotency::new(
-            &principal,
-            "DeleteConnection",
-            &request,
-            |r| &r.request_id,
-            |r| r.request_id.clear(),
-        );
+        let key = Idempotency::new(&principal, "DeleteConnection", &request);
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
         // A retry after the deletion finds no connection: answer from the key first.
@@ -517,13 +529,7 @@ impl SyncService for Service {
             course_category_ids: config.course_category_ids.clone(),
             full_interval_seconds,
         };
-        let key = Idempotency::new(
-            &principal,
-            "Configure",
-            &request,
-            |r| &r.request_id,
-            |r| r.request_id.clear(),
-        );
+        let key = Idempotency::new(&principal, "Configure", &request);
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
         self.authorize(&tx, &principal, id).await?;
@@ -564,13 +570,7 @@ impl SyncService for Service {
         let timeframe =
             convert::timeframe(&mut violations, "timeframe", request.timeframe.as_ref());
         violations.check()?;
-        let key = Idempotency::new(
-            &principal,
-            "Start",
-            &request,
-            |r| &r.request_id,
-            |r| r.request_id.clear(),
-        );
+        let key = Idempotency::new(&principal, "Start", &request);
         let run = self
             .run_action(&principal, id, key, async |tx| {
                 runs::start(tx, id, area, timeframe, trace_id.clone()).await
@@ -588,13 +588,7 @@ impl SyncService for Service {
         let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
         let area = convert::area(&mut violations, "area", request.area);
         violations.check()?;
-        let key = Idempotency::new(
-            &principal,
-            "Stop",
-            &request,
-            |r| &r.request_id,
-            |r| r.request_id.clear(),
-        );
+        let key = Idempotency::new(&principal, "Stop", &request);
         let run = self
             .run_action(&principal, id, key, async |tx| {
                 runs::stop(tx, id, area).await
@@ -619,13 +613,7 @@ impl SyncService for Service {
             convert::timeframe(&mut violations, "timeframe", request.timeframe.as_ref());
         violations.check()?;
         let rewrite = request.rewrite_unchanged;
-        let key = Idempotency::new(
-            &principal,
-            "Resynchronize",
-            &request,
-            |r| &r.request_id,
-            |r| r.request_id.clear(),
-        );
+        let key = Idempotency::new(&principal, "Resynchronize", &request);
         let run = self
             .run_action(&principal, id, key, async |tx| {
                 runs::resynchronize(tx, id, area, timeframe, rewrite, trace_id.clone()).await
@@ -783,13 +771,7 @@ impl SyncService for Service {
         convert::request_id(&mut violations, &request.request_id);
         let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
         violations.check()?;
-        let key = Idempotency::new(
-            &principal,
-            "RotateWebhookSecret",
-            &request,
-            |r| &r.request_id,
-            |r| r.request_id.clear(),
-        );
+        let key = Idempotency::new(&principal, "RotateWebhookSecret", &request);
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
         self.authorize(&tx, &principal, id).await?;
