@@ -236,21 +236,14 @@ impl Fields {
         })
     }
 
-    /// The fields as the JSON object Salesforce's REST API takes.
+    /// The fields as the JSON object Salesforce's REST API takes (their serialization).
+    #[cfg(test)]
     pub fn to_map(&self) -> Map<String, Value> {
-        self.iter()
-            .map(|(name, value)| {
-                let value = match value {
-                    FieldValue::Plain(value) => value.clone(),
-                    FieldValue::Lookup { external_id, key } => {
-                        let mut reference = Map::new();
-                        reference.insert(external_id.to_string(), Value::String(key.clone()));
-                        Value::Object(reference)
-                    }
-                };
-                (name.to_string(), value)
-            })
-            .collect()
+        match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            // Names and JSON values always serialize to an object.
+            _ => Map::new(),
+        }
     }
 
     /// Fields from such a JSON object (a one-entry object of text is a lookup).
@@ -274,6 +267,12 @@ impl Fields {
             fields.insert(Arc::from(name.as_str()), value);
         }
         fields
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Fields, D::Error> {
+        Map::deserialize(deserializer).map(|map| Fields::from_map(&map))
     }
 }
 
@@ -1002,12 +1001,11 @@ mod tests {
             Some(FieldValue::Lookup { .. })
         ));
         assert_eq!(hash_fields("Obj__c", &fields), expected);
-        // JSON and back: what job_deferred keeps.
-        assert_eq!(Fields::from_map(&fields.to_map()), fields);
-        assert_eq!(
-            serde_json::to_value(&fields).unwrap(),
-            Value::Object(fields.to_map())
-        );
+        // JSON and back: what job_deferred keeps, lookups nested as Salesforce takes them.
+        let value = serde_json::to_value(&fields).unwrap();
+        assert_eq!(value["D__r"], json!({"Ext__c": "9"}));
+        assert_eq!(value["C__r"], json!({"Ext__c": "7", "Alt__c": null}));
+        assert_eq!(serde_json::from_value::<Fields>(value).unwrap(), fields);
     }
 
     #[test]

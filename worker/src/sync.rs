@@ -124,7 +124,7 @@ pub struct Deferred {
     /// The record key.
     pub key: String,
     /// The fields to send.
-    pub fields: Map<String, Value>,
+    pub fields: Fields,
     /// Hex of the value hash.
     pub hash: String,
     /// The Docebo change time.
@@ -1104,7 +1104,7 @@ impl<'a> JobRun<'a> {
                     }
                     written.deferred.push(Deferred {
                         key: record.key,
-                        fields: record.fields.to_map(),
+                        fields: record.fields,
                         hash: hex::encode(&record.hash),
                         updated_at: record.updated_at,
                         reason: failure.message,
@@ -1358,7 +1358,7 @@ impl<'a> JobRun<'a> {
                 retired.push(deferred.key.clone());
                 records.push(Ok(MappedRecord {
                     key: deferred.key,
-                    fields: Fields::from_map(&deferred.fields),
+                    fields: deferred.fields,
                     hash: hex::decode(&deferred.hash).unwrap_or_default(),
                     updated_at: deferred.updated_at,
                     matches: Vec::new(),
