@@ -1,6 +1,12 @@
 //! A private PostgreSQL cluster, created in a temporary directory from the machine's PostgreSQL
 //! binaries, for the demo and the tests when `DATABASE_URL` is unset. PostgreSQL refuses to run as
 //! root, so when the process is root the cluster runs as the `postgres` user (or `nobody`).
+//!
+//! No cluster outlives the process that started it (see [`cleanup`]): dropping the handle stops
+//! it, a watchdog stops it when the process ends without dropping it (a signal, SIGKILL, an abort,
+//! a handle in a `static`), and each start removes the clusters of owners that are gone.
+
+mod cleanup;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
@@ -9,32 +15,60 @@ use std::process::{Command, Stdio};
 
 use crate::{Error, Result};
 
-/// A running private cluster. Dropping it stops the cluster and removes its directory.
+use cleanup::Watchdog;
+
+/// A running private cluster. Dropping it stops the cluster and removes its directory; if this
+/// process ends first, however it ends, its watchdog does both.
 #[derive(Debug)]
 pub struct PrivatePostgres {
-    dir: tempfile::TempDir,
+    /// The cluster's directory: `data/`, the socket, the log and the owner file.
+    dir: PathBuf,
     bindir: PathBuf,
     port: u16,
+    /// The uid and gid PostgreSQL runs as, when this process is root.
     owner: Option<(u32, u32)>,
+    /// Stops the cluster if this process ends without dropping the handle.
+    watchdog: Option<Watchdog>,
 }
 
 impl PrivatePostgres {
-    /// Creates and starts a cluster on a free loopback port.
+    /// Creates and starts a cluster on a free loopback port, after removing the clusters that
+    /// programs which ended left behind. It always starts its own cluster: it never reads
+    /// `DATABASE_URL` (callers decide whether to use one).
     pub fn start() -> Result<PrivatePostgres> {
+        cleanup::sweep_leftovers();
         let bindir = find_bindir()?;
         let owner = unprivileged_owner()?;
         let dir = tempfile::Builder::new()
-            .prefix("learnsync-pg-")
+            .prefix(cleanup::DIR_PREFIX)
             .tempdir()
-            .map_err(|error| Error::Embedded(format!("temporary directory: {error}")))?;
+            .map_err(|error| Error::Embedded(format!("temporary directory: {error}")))?
+            .keep();
+        // From here on the handle owns the directory: any error below drops it, which removes it.
+        let mut cluster = PrivatePostgres {
+            watchdog: None,
+            dir,
+            bindir,
+            port: 0,
+            owner,
+        };
         if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|error| {
-                Error::Embedded(format!("chown {}: {error}", dir.path().display()))
+            std::os::unix::fs::chown(&cluster.dir, Some(uid), Some(gid)).map_err(|error| {
+                Error::Embedded(format!("chown {}: {error}", cluster.dir.display()))
             })?;
         }
-        let data = dir.path().join("data");
+        cleanup::write_owner_file(&cluster.dir)?;
+        cluster.watchdog = Some(Watchdog::start(&cluster.dir)?);
+        cluster.initialize_and_start()?;
+        Ok(cluster)
+    }
+
+    /// Runs `initdb`, then starts the postmaster on a free port (another process may take the
+    /// port between the probe and the start: up to three tries).
+    fn initialize_and_start(&mut self) -> Result<()> {
+        let data = self.dir.join("data");
         run(
-            Command::new(bindir.join("initdb"))
+            Command::new(self.bindir.join("initdb"))
                 .args([
                     "--auth=trust",
                     "--username=postgres",
@@ -44,8 +78,8 @@ impl PrivatePostgres {
                 ])
                 .arg("-D")
                 .arg(&data),
-            owner,
-            dir.path(),
+            self.owner,
+            &self.dir,
         )?;
         let mut last_error = None;
         for _ in 0..3 {
@@ -53,28 +87,24 @@ impl PrivatePostgres {
             let options = format!(
                 "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
                  -c full_page_writes=off -c max_connections=400 -c shared_buffers=128MB",
-                dir.path().display()
+                self.dir.display()
             );
             let started = run(
-                Command::new(bindir.join("pg_ctl"))
+                Command::new(self.bindir.join("pg_ctl"))
                     .args(["start", "-w", "-t", "60", "-D"])
                     .arg(&data)
                     .arg("-l")
-                    .arg(dir.path().join("postgres.log"))
+                    .arg(self.dir.join("postgres.log"))
                     .arg("-o")
                     .arg(options),
-                owner,
-                dir.path(),
+                self.owner,
+                &self.dir,
             );
             match started {
                 Ok(()) => {
-                    tracing::info!(port, dir = %dir.path().display(), "private postgres started");
-                    return Ok(PrivatePostgres {
-                        dir,
-                        bindir,
-                        port,
-                        owner,
-                    });
+                    self.port = port;
+                    tracing::info!(port, dir = %self.dir.display(), "private postgres started");
+                    return Ok(());
                 }
                 Err(error) => last_error = Some(error),
             }
@@ -92,48 +122,48 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
-    /// The postmaster's process id (for measuring the cluster's CPU time in benchmarks).
-    pub fn postmaster_pid(&self) -> Option<u32> {
-        let text = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
+    /// The cluster's directory (its data directory is `data/` inside).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
-    /// Makes sure the cluster stops and its directory goes when this process exits, even if the
-    /// handle is never dropped (a handle in a `static` is not): a small shell watchdog waits for
-    /// this process to end.
+    /// The postmaster's process id (for measuring the cluster's CPU time in benchmarks).
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        cleanup::postmaster_of(&self.dir)
+    }
+
+    /// Kept for callers written before every cluster had a watchdog: [`PrivatePostgres::start`]
+    /// now starts one, so this does nothing.
     pub fn stop_when_process_exits(&self) -> Result<()> {
-        let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-             kill -INT $(head -n 1 '{dir}/data/postmaster.pid') 2>/dev/null; sleep 3; rm -rf '{dir}'",
-            pid = std::process::id(),
-            dir = self.dir.path().display()
-        );
-        Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(|error| Error::Embedded(format!("watchdog: {error}")))?;
         Ok(())
     }
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        let stopped = run(
-            Command::new(self.bindir.join("pg_ctl"))
-                .args(["stop", "-m", "fast", "-w", "-D"])
-                .arg(&data),
-            self.owner,
-            self.dir.path(),
-        );
-        if let Err(error) = stopped {
-            tracing::warn!(%error, "private postgres did not stop cleanly");
+        // Immediate shutdown: the data is thrown away, so there is nothing to checkpoint.
+        let data = self.dir.join("data");
+        if data.join("postmaster.pid").exists() {
+            let stopped = run(
+                Command::new(self.bindir.join("pg_ctl"))
+                    .args(["stop", "-m", "immediate", "-w", "-D"])
+                    .arg(&data),
+                self.owner,
+                &self.dir,
+            );
+            if let Err(error) = stopped {
+                tracing::warn!(%error, "private postgres did not stop cleanly");
+            }
         }
+        if let Err(error) = std::fs::remove_dir_all(&self.dir)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.dir.display(), %error, "private postgres directory not removed");
+        }
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.dismiss();
+        }
+        tracing::info!(dir = %self.dir.display(), "private postgres stopped and removed");
     }
 }
 
