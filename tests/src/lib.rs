@@ -6,6 +6,7 @@
 //!   its shutdown channel (never by sleeping).
 //! - [`tokens`]: the bearer tokens the harness configures.
 //! - [`sample_connection`]: a valid connection request.
+//! - [`signals`]: the signals that end the demo and the benchmark cleanly.
 
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ use learnsync_server::{Options, Principal, Tokens};
 use learnsync_store::{Store, secrets::Cipher};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+pub mod signals;
 
 /// The bearer tokens the harness configures.
 pub mod tokens {
