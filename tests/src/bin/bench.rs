@@ -19,6 +19,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use futures::StreamExt as _;
 use learnsync_client::{Client, pb};
+use learnsync_e2e::signals::ShutdownSignals;
 use learnsync_server::{Principal, Tokens};
 use learnsync_sim::{
     DoceboConfig, DoceboSim, EntityKind, GenerateParams, SalesforceConfig, SalesforceSim,
@@ -243,8 +244,16 @@ impl Bed {
         self.salesforce.clear_counters();
     }
 
-    fn stop(mut self) {
-        for child in &mut self.workers {
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+/// A bench ended early (an error, a signal) still stops its worker processes, which would
+/// otherwise outlive it; the server stops with the token, the cluster with its handle.
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for mut child in self.workers.drain(..) {
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let _ = child.wait();
         }
@@ -474,7 +483,9 @@ async fn bench_compare(enrollments: usize, python: PathBuf) -> anyhow::Result<()
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/baseline_sync.py");
     bed.clear_calls();
     let started = Instant::now();
-    let output = Command::new(&python)
+    // Killed if the bench is stopped while it runs.
+    let output = tokio::process::Command::new(&python)
+        .kill_on_drop(true)
         .arg(&script)
         .arg(bed.docebo.base_url())
         .arg(bed.salesforce.base_url())
@@ -483,6 +494,7 @@ async fn bench_compare(enrollments: usize, python: PathBuf) -> anyhow::Result<()
         .env("SF_CLIENT_ID", &bed.salesforce.config().client_id)
         .env("SF_CLIENT_SECRET", &bed.salesforce.config().client_secret)
         .output()
+        .await
         .with_context(|| {
             format!(
                 "running {} (run scripts/test.sh once to install simple-salesforce)",
@@ -651,7 +663,24 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    match args.command {
+    // Ctrl-C, SIGTERM and SIGHUP stop the bench: its worker processes, the server, the simulators
+    // and the private cluster, instead of leaving the processes behind.
+    let mut signals = ShutdownSignals::install()?;
+    let mut bench = tokio::spawn(run(args.command));
+    tokio::select! {
+        finished = &mut bench => finished?,
+        signal = signals.recv() => {
+            eprintln!("{signal}: stopping the workers, the server, the simulators and the private postgres");
+            bench.abort();
+            let _ = bench.await;
+            eprintln!("stopped");
+            std::process::exit(learnsync_e2e::signals::exit_code(signal));
+        }
+    }
+}
+
+async fn run(command: Bench) -> anyhow::Result<()> {
+    match command {
         Bench::Sync {
             enrollments,
             workers,

@@ -5,11 +5,13 @@
 //! progress, and a summary checked against what the Salesforce simulator holds.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Parser;
 use learnsync_client::{Client, pb};
+use learnsync_e2e::signals::ShutdownSignals;
 use learnsync_server::{Principal, Tokens};
 use learnsync_sim::{DoceboConfig, DoceboSim, GenerateParams, SalesforceConfig, SalesforceSim};
 use learnsync_store::embedded::PrivatePostgres;
@@ -53,8 +55,26 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let started = Instant::now();
 
+    // Ctrl-C, SIGTERM (`kill`, a CI timeout) and SIGHUP (a closed terminal) stop everything the
+    // demo started; a second signal exits at once (the private cluster's watchdog still removes it).
+    let mut signals = ShutdownSignals::install()?;
+    let shutdown = CancellationToken::new();
+    let signalled = Arc::new(OnceLock::new());
+    tokio::spawn({
+        let (shutdown, signalled) = (shutdown.clone(), signalled.clone());
+        async move {
+            let signal = signals.recv().await;
+            println!("\n{signal}: stopping the server, the workers and the simulators");
+            let _ = signalled.set(signal);
+            shutdown.cancel();
+            let signal = signals.recv().await;
+            println!("{signal} again: exiting now");
+            std::process::exit(learnsync_e2e::signals::exit_code(signal));
+        }
+    });
+
     // Postgres: the caller's, or a private cluster from the machine's binaries.
-    let (database_url, _private) = match args.database_url.clone().filter(|url| !url.is_empty()) {
+    let (database_url, private) = match args.database_url.clone().filter(|url| !url.is_empty()) {
         Some(url) => {
             println!("postgres      {}", redact(&url));
             (url, None)
@@ -106,7 +126,6 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     };
     let endpoint = format!("http://{}", listener.local_addr()?);
-    let shutdown = CancellationToken::new();
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(learnsync_server::serve(
         store.clone(),
@@ -127,68 +146,80 @@ async fn main() -> anyhow::Result<()> {
     println!("workers       {}", args.workers);
 
     // Everything below goes through the public API, as any caller would.
-    let mut client = Client::connect(&endpoint, DEMO_TOKEN).await?;
-    let connection = client
-        .create_connection(pb::CreateConnectionRequest {
-            connection: Some(pb::Connection {
-                tenant: "demo".into(),
-                ..learnsync_e2e::sim_connection("Demo: Acme Academy", &docebo, &salesforce)
-            }),
-            request_id: String::new(),
-        })
-        .await?;
-    let id = connection.id.clone();
-    println!("connection    {id}\n");
+    let drive = async {
+        let mut client = Client::connect(&endpoint, DEMO_TOKEN).await?;
+        let connection = client
+            .create_connection(pb::CreateConnectionRequest {
+                connection: Some(pb::Connection {
+                    tenant: "demo".into(),
+                    ..learnsync_e2e::sim_connection("Demo: Acme Academy", &docebo, &salesforce)
+                }),
+                request_id: String::new(),
+            })
+            .await?;
+        let id = connection.id.clone();
+        println!("connection    {id}\n");
 
-    for area in [pb::Area::Users, pb::Area::Courses] {
-        client.configure(&id, manual(area)).await?;
-        client.start(&id, area, None).await?;
-    }
-    learnsync_client::watch::watch(&mut client, &id, &[pb::Area::Users, pb::Area::Courses]).await?;
-    client.configure(&id, manual(pb::Area::Enrollments)).await?;
-    client.start(&id, pb::Area::Enrollments, None).await?;
-    println!();
-    learnsync_client::watch::watch(&mut client, &id, &[pb::Area::Enrollments]).await?;
-
-    // The summary, checked against what the Salesforce simulator holds.
-    let status = client.get_status(&id, &[]).await?;
-    println!("\nsummary (took {:.1} s)", started.elapsed().as_secs_f64());
-    for area in &status.areas {
-        let run = area.last_run.clone().unwrap_or_default();
-        let counts = run.counts.unwrap_or_default();
-        println!(
-            "  {:<12} {:<22} {:>8} imported  {:>7} failed",
-            learnsync_client::text::enum_name(pb::Area::try_from(area.area)),
-            learnsync_client::text::enum_name(pb::RunState::try_from(run.state)),
-            area.records_imported,
-            counts.failed,
-        );
-        if counts.failed > 0 {
-            println!(
-                "  {:<12} why: learnsync logs {id} --run {} --level error",
-                "", run.id
-            );
+        for area in [pb::Area::Users, pb::Area::Courses] {
+            client.configure(&id, manual(area)).await?;
+            client.start(&id, area, None).await?;
         }
-    }
-    println!("  salesforce now holds:");
-    for object in [
-        "Docebo_User__c",
-        "Docebo_Course__c",
-        "Docebo_Learning_Plan__c",
-        "Docebo_Session__c",
-        "Docebo_Course_Enrollment__c",
-        "Docebo_Learning_Plan_Enrollment__c",
-        "Docebo_Session_Enrollment__c",
-    ] {
-        println!("    {:<36} {:>8}", object, salesforce.record_count(object));
-    }
-    println!(
-        "  docebo calls {}   salesforce calls {}",
-        docebo.counters().values().sum::<u64>(),
-        salesforce.counters().values().sum::<u64>()
-    );
+        learnsync_client::watch::watch(&mut client, &id, &[pb::Area::Users, pb::Area::Courses])
+            .await?;
+        client.configure(&id, manual(pb::Area::Enrollments)).await?;
+        client.start(&id, pb::Area::Enrollments, None).await?;
+        println!();
+        learnsync_client::watch::watch(&mut client, &id, &[pb::Area::Enrollments]).await?;
 
-    if args.keep_running {
+        // The summary, checked against what the Salesforce simulator holds.
+        let status = client.get_status(&id, &[]).await?;
+        println!("\nsummary (took {:.1} s)", started.elapsed().as_secs_f64());
+        for area in &status.areas {
+            let run = area.last_run.clone().unwrap_or_default();
+            let counts = run.counts.unwrap_or_default();
+            println!(
+                "  {:<12} {:<22} {:>8} imported  {:>7} failed",
+                learnsync_client::text::enum_name(pb::Area::try_from(area.area)),
+                learnsync_client::text::enum_name(pb::RunState::try_from(run.state)),
+                area.records_imported,
+                counts.failed,
+            );
+            if counts.failed > 0 {
+                println!(
+                    "  {:<12} why: learnsync logs {id} --run {} --level error",
+                    "", run.id
+                );
+            }
+        }
+        println!("  salesforce now holds:");
+        for object in [
+            "Docebo_User__c",
+            "Docebo_Course__c",
+            "Docebo_Learning_Plan__c",
+            "Docebo_Session__c",
+            "Docebo_Course_Enrollment__c",
+            "Docebo_Learning_Plan_Enrollment__c",
+            "Docebo_Session_Enrollment__c",
+        ] {
+            println!("    {:<36} {:>8}", object, salesforce.record_count(object));
+        }
+        println!(
+            "  docebo calls {}   salesforce calls {}",
+            docebo.counters().values().sum::<u64>(),
+            salesforce.counters().values().sum::<u64>()
+        );
+        Ok::<_, anyhow::Error>(id)
+    };
+    // The connection's id once the sync has run; none if a signal came first.
+    let synchronized = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => None,
+        finished = drive => Some(finished?),
+    };
+
+    if args.keep_running
+        && let Some(id) = &synchronized
+    {
         println!("\neverything keeps running; try:");
         println!("  export LEARNSYNC_ENDPOINT={endpoint} LEARNSYNC_TOKEN={DEMO_TOKEN}");
         println!("  cargo run -q -p learnsync-client --bin learnsync -- status {id}");
@@ -199,8 +230,8 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "  grpcurl -plaintext -H 'authorization: Bearer {DEMO_TOKEN}' -d '{{\"connection_id\": \"{id}\"}}' \\\n      {address} learnsync.v1.SyncService/GetStatus"
         );
-        println!("press ctrl-c to stop");
-        tokio::signal::ctrl_c().await?;
+        println!("press ctrl-c to stop (or send SIGTERM or SIGHUP)");
+        shutdown.cancelled().await;
     }
     shutdown.cancel();
     for worker in workers {
@@ -209,6 +240,21 @@ async fn main() -> anyhow::Result<()> {
     server.await??;
     docebo.shutdown().await;
     salesforce.shutdown().await;
+    let had_private = private.is_some();
+    drop(private);
+    if let Some(signal) = signalled.get() {
+        println!(
+            "stopped the server, the workers, the simulators{}",
+            if had_private {
+                " and the private postgres"
+            } else {
+                ""
+            }
+        );
+        if synchronized.is_none() {
+            std::process::exit(learnsync_e2e::signals::exit_code(signal));
+        }
+    }
     Ok(())
 }
 
