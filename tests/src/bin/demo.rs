@@ -241,6 +241,8 @@ async fn main() -> anyhow::Result<()> {
     docebo.shutdown().await;
     salesforce.shutdown().await;
     let had_private = private.is_some();
+    // The pool's connections close before the cluster goes, rather than being cut by it.
+    drop(store);
     drop(private);
     if let Some(signal) = signalled.get() {
         println!(
