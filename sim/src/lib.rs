@@ -7,7 +7,7 @@
 //! - `common`: the sim clock, call counters, fault injection, the server runner.
 //! - `docebo`: [`DoceboSim`]: OAuth2, the list endpoints, rate limiting, webhooks, data-set generation.
 //! - `salesforce`: [`SalesforceSim`]: OAuth2 (client credentials, JWT bearer), the org schema, sObject
-//!   Collections, SOQL, Bulk API 2.0 ingest, limits.
+//!   Collections, SOQL, Bulk API 2.0 ingest and query jobs, limits.
 //! - `main.rs`: the `learnsync-sim` binary serving both; `bin/sim-bench.rs`: their benchmark.
 //! - `schema/default.json`: the default org schema (learnsync's data model), compiled in.
 //!

@@ -1,12 +1,13 @@
 //! The Salesforce simulator (API v62.0): OAuth2 (client credentials, JWT bearer), an org schema loaded
-//! as data, sObject Collections, single-record upsert, SOQL, Bulk API 2.0 ingest, limits, and the
-//! `/__sim/` control API.
+//! as data, sObject Collections, single-record upsert, SOQL, Bulk API 2.0 ingest and query jobs,
+//! limits, and the `/__sim/` control API.
 
 // Handlers return a ready-made error response as their `Err`: it is built once per refused request,
 // so its size costs nothing worth boxing for.
 #![allow(clippy::result_large_err)]
 
 mod bulk;
+mod bulk_query;
 mod org;
 pub mod schema;
 mod soql;
@@ -37,6 +38,7 @@ use crate::Error;
 use crate::common::{ControlState, control_error, parse_json};
 use crate::common::{Counters, FaultState, Faults, RunningServer, SimClock, lock};
 use bulk::{BulkOp, Job, JobState, ResultKind};
+use bulk_query::{QueryJob, QueryOp};
 use org::{Op, Org, Outcome, RequestError};
 
 /// The API version the simulator serves (`/services/data/v62.0/...`).
@@ -66,6 +68,9 @@ pub struct SalesforceConfig {
     pub daily_api_limit: u64,
     /// Largest raw CSV upload of a Bulk job (Salesforce: about 100 MB).
     pub max_upload_bytes: usize,
+    /// How long a Bulk API 2.0 query job stays `UploadComplete`, then `InProgress`, before it runs
+    /// its query and completes (each state lasts this long).
+    pub bulk_query_delay: Duration,
     /// The org schema.
     pub schema: Schema,
 }
@@ -85,6 +90,7 @@ impl Default for SalesforceConfig {
             session_idle_timeout: Duration::from_secs(2 * 3600),
             daily_api_limit: 100_000,
             max_upload_bytes: 100 * 1024 * 1024,
+            bulk_query_delay: Duration::from_millis(10),
             schema: Schema::default_org(),
         }
     }
@@ -105,6 +111,13 @@ struct QueryCursor {
     total_size: usize,
 }
 
+/// Bulk API 2.0 query jobs, and how many were created (against `DailyBulkV2QueryJobs`).
+#[derive(Default)]
+struct QueryJobs {
+    jobs: HashMap<String, QueryJob>,
+    created: u64,
+}
+
 struct SfState {
     config: SalesforceConfig,
     base_url: Mutex<String>,
@@ -115,6 +128,7 @@ struct SfState {
     faults: Mutex<FaultState>,
     counters: Counters,
     jobs: Mutex<HashMap<String, Job>>,
+    query_jobs: Mutex<QueryJobs>,
     cursors: Mutex<HashMap<String, QueryCursor>>,
     jwt_key: Option<jsonwebtoken::DecodingKey>,
 }
@@ -158,6 +172,7 @@ impl SalesforceSim {
             faults: Mutex::new(FaultState::default()),
             counters: Counters::default(),
             jobs: Mutex::new(HashMap::new()),
+            query_jobs: Mutex::new(QueryJobs::default()),
             cursors: Mutex::new(HashMap::new()),
             jwt_key,
         });
@@ -326,6 +341,7 @@ impl SfState {
         lock(&self.faults).set(Faults::default(), self.now());
         self.counters.clear();
         lock(&self.jobs).clear();
+        *lock(&self.query_jobs) = QueryJobs::default();
         lock(&self.cursors).clear();
         self.clock.set_offset(0);
     }
@@ -475,6 +491,20 @@ fn router(state: Arc<SfState>) -> Router {
         .route(
             "/services/data/v62.0/jobs/ingest/{id}/unprocessedRecords/",
             get(unprocessed_results),
+        )
+        .route(
+            "/services/data/v62.0/jobs/query",
+            post(create_query_job).get(list_query_jobs),
+        )
+        .route(
+            "/services/data/{version}/jobs/query/{id}",
+            get(query_job_info)
+                .patch(change_query_job)
+                .delete(delete_query_job),
+        )
+        .route(
+            "/services/data/{version}/jobs/query/{id}/results",
+            get(query_job_results),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), data_guard));
     let control = crate::common::shared_control_routes::<SfState>()
@@ -744,10 +774,14 @@ async fn limits(State(state): State<Arc<SfState>>) -> Response {
         (usage.used, usage.max)
     };
     let batches = lock(&state.jobs).len() as u64;
+    let query_jobs = lock(&state.query_jobs).created;
     axum::Json(json!({
         "DailyApiRequests": {"Max": max, "Remaining": max.saturating_sub(used)},
         "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000u64.saturating_sub(batches)},
-        "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
+        "DailyBulkV2QueryJobs": {
+            "Max": bulk_query::DAILY_QUERY_JOBS,
+            "Remaining": bulk_query::DAILY_QUERY_JOBS.saturating_sub(query_jobs),
+        },
         "DailyBulkV2QueryFileStorageMB": {"Max": 976562, "Remaining": 976562},
         "DataStorageMB": {"Max": 5120, "Remaining": 5120},
         "ConcurrentAsyncGetReportInstances": {"Max": 200, "Remaining": 200},
@@ -1811,6 +1845,339 @@ async fn unprocessed_results(
     Path(id): Path<String>,
 ) -> Response {
     results(&state, &id, ResultKind::Unprocessed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bulk API 2.0 query jobs
+
+#[derive(Deserialize)]
+struct CreateQueryJob {
+    operation: Option<String>,
+    query: Option<String>,
+    #[serde(rename = "contentType")]
+    content_type: Option<String>,
+    #[serde(rename = "columnDelimiter")]
+    column_delimiter: Option<String>,
+    #[serde(rename = "lineEnding")]
+    line_ending: Option<String>,
+}
+
+async fn create_query_job(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
+    let request: CreateQueryJob = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return api_error(
+                400,
+                "JSON_PARSER_ERROR",
+                &format!("Unexpected content: {e}"),
+            );
+        }
+    };
+    let operation_name = request.operation.unwrap_or_default();
+    let Some(operation) = QueryOp::parse(&operation_name) else {
+        return api_error(
+            400,
+            "INVALIDJOB",
+            &format!("Invalid operation: {operation_name}"),
+        );
+    };
+    if request.content_type.as_deref().is_some_and(|c| c != "CSV") {
+        return api_error(400, "INVALIDJOB", "Only CSV content is supported");
+    }
+    // The simulator writes results with commas and line feeds only.
+    if request
+        .column_delimiter
+        .as_deref()
+        .is_some_and(|d| d != "COMMA")
+        || request.line_ending.as_deref().is_some_and(|l| l != "LF")
+    {
+        return api_error(
+            400,
+            "INVALIDJOB",
+            "The simulator serves query results with columnDelimiter COMMA and lineEnding LF only",
+        );
+    }
+    let Some(soql_text) = request.query.filter(|q| !q.trim().is_empty()) else {
+        return api_error(400, "INVALIDJOB", "A query is required");
+    };
+    let object = {
+        let org = read(&state.org);
+        match soql::parse(&org, &soql_text) {
+            Ok(parsed) => org.objects[parsed.object()].def.name.clone(),
+            Err(error) => return request_error(error),
+        }
+    };
+    let now = state.now();
+    let info = {
+        let mut query_jobs = lock(&state.query_jobs);
+        if query_jobs.created >= bulk_query::DAILY_QUERY_JOBS {
+            return api_error(
+                400,
+                "LIMIT_EXCEEDED",
+                "Max number of Bulk API 2.0 query jobs per day exceeded",
+            );
+        }
+        let id = write(&state.org).new_id("750").to_string();
+        let job = QueryJob {
+            id: id.clone(),
+            operation,
+            object,
+            soql: soql_text,
+            api_version: API_VERSION.to_string(),
+            state: JobState::UploadComplete,
+            created: now,
+            modified: now,
+            error_message: None,
+            processing_ms: 0,
+            results: None,
+        };
+        let info = job.info(USER_ID);
+        query_jobs.jobs.insert(id.clone(), job);
+        query_jobs.created += 1;
+        let state = state.clone();
+        tokio::spawn(async move { run_query_job(state, id).await });
+        info
+    };
+    axum::Json(info).into_response()
+}
+
+/// Moves a query job through `InProgress`, runs its query (the snapshot it serves) and completes it,
+/// unless it was aborted or deleted meanwhile.
+async fn run_query_job(state: Arc<SfState>, id: String) {
+    let delay = state.config.bulk_query_delay;
+    tokio::time::sleep(delay).await;
+    {
+        let mut query_jobs = lock(&state.query_jobs);
+        let Some(job) = query_jobs.jobs.get_mut(&id) else {
+            return;
+        };
+        if job.state != JobState::UploadComplete {
+            return;
+        }
+        job.state = JobState::InProgress;
+        job.modified = state.now();
+    }
+    tokio::time::sleep(delay).await;
+    let Some((soql_text, operation)) = lock(&state.query_jobs)
+        .jobs
+        .get(&id)
+        .filter(|job| job.state == JobState::InProgress)
+        .map(|job| (job.soql.clone(), job.operation))
+    else {
+        return;
+    };
+    let started = Instant::now();
+    let worker = state.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let org = read(&worker.org);
+        let parsed = soql::parse(&org, &soql_text).map_err(|e| e.message)?;
+        soql::execute_csv(&org, &parsed, operation == QueryOp::QueryAll)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("query failed: {e}")));
+    let mut query_jobs = lock(&state.query_jobs);
+    let Some(job) = query_jobs.jobs.get_mut(&id) else {
+        return;
+    };
+    if job.state != JobState::InProgress {
+        return;
+    }
+    job.modified = state.now();
+    job.processing_ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Ok(result) => {
+            tracing::debug!(job = %id, records = result.row_ends.len(), "bulk query job complete");
+            job.results = Some(Arc::new(result));
+            job.state = JobState::JobComplete;
+        }
+        Err(message) => {
+            tracing::debug!(job = %id, %message, "bulk query job failed");
+            job.error_message = Some(message);
+            job.state = JobState::Failed;
+        }
+    }
+}
+
+async fn list_query_jobs(State(state): State<Arc<SfState>>) -> Response {
+    let query_jobs = lock(&state.query_jobs);
+    let records: Vec<Value> = query_jobs.jobs.values().map(|j| j.info(USER_ID)).collect();
+    axum::Json(json!({"done": true, "records": records, "nextRecordsUrl": null})).into_response()
+}
+
+/// Finds a query job for a request made with `version`: 404 when there is none, 409 when it was
+/// created with another API version.
+fn query_job<'a>(
+    jobs: &'a mut QueryJobs,
+    version: &str,
+    id: &str,
+) -> Result<&'a mut QueryJob, Response> {
+    let job = jobs.jobs.get_mut(id).ok_or_else(job_not_found)?;
+    if job.api_version != version {
+        return Err(api_error(
+            409,
+            "API_VERSION_MISMATCH",
+            &format!(
+                "Job {id} was created with API version {}; use that version to read it",
+                job.api_version
+            ),
+        ));
+    }
+    Ok(job)
+}
+
+async fn query_job_info(
+    State(state): State<Arc<SfState>>,
+    Path((version, id)): Path<(String, String)>,
+) -> Response {
+    let mut query_jobs = lock(&state.query_jobs);
+    match query_job(&mut query_jobs, &version, &id) {
+        Ok(job) => axum::Json(job.info(USER_ID)).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn change_query_job(
+    State(state): State<Arc<SfState>>,
+    Path((version, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let change: ChangeJob = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(e) => {
+            return api_error(
+                400,
+                "JSON_PARSER_ERROR",
+                &format!("Unexpected content: {e}"),
+            );
+        }
+    };
+    let now = state.now();
+    let mut query_jobs = lock(&state.query_jobs);
+    let job = match query_job(&mut query_jobs, &version, &id) {
+        Ok(job) => job,
+        Err(response) => return response,
+    };
+    match (change.state.as_str(), job.state) {
+        ("Aborted", JobState::UploadComplete | JobState::InProgress) => {
+            job.state = JobState::Aborted;
+            job.modified = now;
+            axum::Json(job.info(USER_ID)).into_response()
+        }
+        (wanted, current) => api_error(
+            400,
+            "INVALIDJOBSTATE",
+            &format!(
+                "Cannot change the state of a job from {} to {wanted}",
+                current.name()
+            ),
+        ),
+    }
+}
+
+async fn delete_query_job(
+    State(state): State<Arc<SfState>>,
+    Path((version, id)): Path<(String, String)>,
+) -> Response {
+    let mut query_jobs = lock(&state.query_jobs);
+    let current = match query_job(&mut query_jobs, &version, &id) {
+        Ok(job) => job.state,
+        Err(response) => return response,
+    };
+    match current {
+        JobState::UploadComplete | JobState::InProgress => api_error(
+            400,
+            "INVALIDJOBSTATE",
+            "Job must be Aborted, JobComplete or Failed to be deleted",
+        ),
+        _ => {
+            query_jobs.jobs.remove(&id);
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ResultsParams {
+    locator: Option<String>,
+    #[serde(rename = "maxRecords")]
+    max_records: Option<String>,
+}
+
+async fn query_job_results(
+    State(state): State<Arc<SfState>>,
+    Path((version, id)): Path<(String, String)>,
+    Query(params): Query<ResultsParams>,
+) -> Response {
+    let max = match params.max_records.as_deref() {
+        None | Some("") => bulk_query::DEFAULT_MAX_RECORDS,
+        Some(text) => match text.parse::<usize>() {
+            Ok(max) if max > 0 => max,
+            _ => {
+                return api_error(
+                    400,
+                    "INVALIDREQUEST",
+                    &format!("maxRecords must be a positive integer, not {text}"),
+                );
+            }
+        },
+    };
+    let offset = match params.locator.as_deref() {
+        None | Some("") => 0,
+        Some(locator) => match bulk_query::decode_locator(locator) {
+            Some(offset) => offset,
+            None => {
+                return api_error(
+                    400,
+                    "INVALID_QUERY_LOCATOR",
+                    &format!("Invalid locator: {locator}"),
+                );
+            }
+        },
+    };
+    let now = state.now();
+    let result = {
+        let mut query_jobs = lock(&state.query_jobs);
+        let job = match query_job(&mut query_jobs, &version, &id) {
+            Ok(job) => job,
+            Err(response) => return response,
+        };
+        if now - job.created > chrono::Duration::days(bulk_query::RESULTS_KEPT_DAYS) {
+            return api_error(
+                404,
+                "NOT_FOUND",
+                "The results of this job are no longer available",
+            );
+        }
+        match (&job.results, job.state) {
+            (Some(result), JobState::JobComplete) => result.clone(),
+            (_, current) => {
+                return api_error(
+                    400,
+                    "INVALIDJOBSTATE",
+                    &format!(
+                        "Results are available once the job is JobComplete; it is {}",
+                        current.name()
+                    ),
+                );
+            }
+        }
+    };
+    if offset > result.row_ends.len() {
+        return api_error(
+            400,
+            "INVALID_QUERY_LOCATOR",
+            "The locator is past the end of the results",
+        );
+    }
+    let page = bulk_query::page(&result, offset, max);
+    let mut response = csv_response(page.body);
+    let headers = response.headers_mut();
+    let locator = page.next.unwrap_or_else(|| "null".into());
+    if let Ok(value) = HeaderValue::from_str(&locator) {
+        headers.insert("sforce-locator", value);
+    }
+    headers.insert("sforce-numberofrecords", HeaderValue::from(page.rows));
+    response
 }
 
 // ---------------------------------------------------------------------------------------------
