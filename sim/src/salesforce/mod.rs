@@ -2183,16 +2183,42 @@ async fn query_job_results(
 // ---------------------------------------------------------------------------------------------
 // Control API
 
+/// `GET /__sim/records/{object}[?Field=value&...]`: the live records of an object with every field
+/// (`Id` plus each field; lookups as ids), in creation order, keeping only those whose fields hold
+/// the given values (text form, e.g. `?Enrollment_Key__c=1-55&Status__c=Completed`, `?Id=a05...`).
 async fn control_records(
     State(state): State<Arc<SfState>>,
     Path(object): Path<String>,
+    Query(filters): Query<Vec<(String, String)>>,
 ) -> Response {
     let org = read(&state.org);
     let Some(index) = org.object(&object) else {
         return control_error(Error::NotFound(format!("object {object}")));
     };
     let store = &org.objects[index];
-    let records: Vec<Value> = store.iter().map(|r| store.record_json(r)).collect();
+    let mut wanted: Vec<(Option<usize>, &str)> = Vec::with_capacity(filters.len());
+    for (name, value) in &filters {
+        if name.eq_ignore_ascii_case("Id") {
+            wanted.push((None, value.as_str()));
+            continue;
+        }
+        match store.field(name) {
+            Some(field) => wanted.push((Some(field), value.as_str())),
+            None => {
+                return control_error(Error::Invalid(format!("{object} has no field {name}")));
+            }
+        }
+    }
+    let records: Vec<Value> = store
+        .iter()
+        .filter(|record| {
+            wanted.iter().all(|(field, value)| match field {
+                None => org::normalize_id(value).as_deref() == Some(&*record.id),
+                Some(field) => record.vals[*field].as_text().as_deref() == Some(*value),
+            })
+        })
+        .map(|r| store.record_json(r))
+        .collect();
     axum::Json(records).into_response()
 }
 
