@@ -35,10 +35,10 @@ pub mod common;
 pub mod docebo;
 pub mod salesforce;
 
-pub use common::{FailNext, FailShare, Faults, SimClock};
+pub use common::{FailNext, FailShare, Faults, ListFault, SimClock};
 pub use docebo::{
-    BadRecord, DatasetSummary, DoceboConfig, DoceboSim, EntityKind, GenerateParams, WebhookEvent,
-    WebhookStats,
+    BadRecord, DatasetSummary, DoceboConfig, DoceboSim, EntityKind, GenerateParams, PageAction,
+    PageHook, WebhookEvent, WebhookStats,
 };
 pub use salesforce::{SalesforceConfig, SalesforceSim};
 

@@ -6,10 +6,12 @@
 #![allow(clippy::result_large_err)]
 
 mod generate;
+mod hooks;
 mod table;
 mod webhooks;
 
 pub use generate::{BadRecord, DatasetSummary, GenerateParams};
+pub use hooks::{PageAction, PageHook};
 pub use table::EntityKind;
 pub use webhooks::{WebhookEvent, WebhookStats};
 
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,8 +35,8 @@ use serde_json::{Value, json};
 use crate::Error;
 use crate::common::{ControlState, control_error, parse_json};
 use crate::common::{
-    Counters, FaultState, Faults, RunningServer, SimClock, docebo_date, lock, parse_docebo_date,
-    random_hex,
+    Counters, FaultState, Faults, ListFaultKind, RunningServer, SimClock, docebo_date, lock,
+    parse_docebo_date, random_hex,
 };
 use table::{Cursor, Key, ListQuery, Row, Table, id_of};
 use webhooks::{DeliverySettings, Webhooks};
@@ -121,6 +123,7 @@ struct DoceboState {
     faults: Mutex<FaultState>,
     counters: Counters,
     webhooks: Webhooks,
+    page_hooks: Mutex<Vec<PageHook>>,
 }
 
 fn read(data: &RwLock<Data>) -> RwLockReadGuard<'_, Data> {
@@ -161,6 +164,7 @@ impl DoceboSim {
             faults: Mutex::new(FaultState::default()),
             counters: Counters::default(),
             webhooks,
+            page_hooks: Mutex::new(Vec::new()),
         });
         let server = RunningServer::start(state.config.bind, router(state.clone())).await?;
         let base_url = format!("http://{}", server.addr);
@@ -237,6 +241,21 @@ impl DoceboSim {
     /// (`page=2&page_size=200&course_id[]=5`). Returns `None` when the query is invalid.
     pub fn render_page(&self, kind: EntityKind, group: Option<i64>, query: &str) -> Option<String> {
         render_list(&self.state, kind, Some(query), group).ok()
+    }
+
+    /// Adds a mutation that fires once, after a page of a listing is served (see [`PageHook`]).
+    pub fn on_page(&self, hook: PageHook) {
+        lock(&self.state.page_hooks).push(hook);
+    }
+
+    /// Returns the page hooks added since the last clear, fired or not.
+    pub fn page_hooks(&self) -> Vec<PageHook> {
+        lock(&self.state.page_hooks).clone()
+    }
+
+    /// Removes every page hook.
+    pub fn clear_page_hooks(&self) {
+        lock(&self.state.page_hooks).clear();
     }
 
     /// Replaces the injected faults.
@@ -327,6 +346,7 @@ impl DoceboState {
         *lock(&self.rate_limit) = self.config.rate_limit_per_hour;
         self.counters.clear();
         self.webhooks.clear();
+        lock(&self.page_hooks).clear();
         self.clock.set_offset(0);
     }
 
@@ -421,6 +441,10 @@ impl DoceboState {
         let key = kind
             .parse_key(key_text)
             .ok_or_else(|| Error::Invalid(format!("bad key {key_text:?}")))?;
+        let patch = match patch {
+            Value::Null => Value::Object(serde_json::Map::new()),
+            patch => patch,
+        };
         let Value::Object(patch) = patch else {
             return Err(Error::Invalid("a patch must be a JSON object".into()));
         };
@@ -463,6 +487,37 @@ impl DoceboState {
         drop(data);
         self.webhooks.fire(event.into_iter().collect());
         Ok(item)
+    }
+
+    /// Fires the hooks waiting for page `page` of `path`, in the order they were added.
+    fn fire_page_hooks(&self, path: &str, page: usize) {
+        let due: Vec<(usize, PageAction)> = lock(&self.page_hooks)
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, hook)| !hook.fired && hook.page == page && hook.path == path)
+            .map(|(i, hook)| {
+                hook.fired = true;
+                (i, hook.action.clone())
+            })
+            .collect();
+        for (i, action) in due {
+            let outcome = match action {
+                PageAction::Update { kind, key, patch } => self.update(kind, &key, patch),
+                PageAction::Delete { kind, key } => self.delete(kind, &key),
+                PageAction::Create { kind, item } => {
+                    self.create(kind, vec![item]).map(|_| Value::Null)
+                }
+            };
+            match outcome {
+                Ok(_) => tracing::debug!(%path, page, "page hook fired"),
+                Err(error) => {
+                    tracing::warn!(%path, page, %error, "page hook failed");
+                    if let Some(hook) = lock(&self.page_hooks).get_mut(i) {
+                        hook.error = Some(error.to_string());
+                    }
+                }
+            }
+        }
     }
 
     fn delete(&self, kind: EntityKind, key_text: &str) -> Result<Value, Error> {
@@ -626,6 +681,12 @@ fn router(state: Arc<DoceboState>) -> Router {
         .route("/__sim/clock", post(control_clock))
         .route("/__sim/rate_limit", post(control_rate_limit))
         .route("/__sim/tokens/expire", post(control_expire_tokens))
+        .route(
+            "/__sim/on_page",
+            post(control_add_page_hook)
+                .get(control_page_hooks)
+                .delete(control_clear_page_hooks),
+        )
         .route(
             "/__sim/webhooks",
             post(control_register_webhook)
@@ -957,21 +1018,40 @@ fn malformed_item(kind: EntityKind) -> &'static str {
     }
 }
 
+/// Serves a listing: the injected 404 and missing-`has_more_data` faults, the page, then the page
+/// hooks waiting for it (so a client sees the mutation from its next call on).
 fn list(
     state: &DoceboState,
     kind: EntityKind,
+    uri: &Uri,
     raw_query: Option<String>,
     path_group: Option<i64>,
 ) -> Response {
-    match render_list(state, kind, raw_query.as_deref(), path_group) {
-        Ok(body) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
+    let path = uri.path();
+    let (not_found, omit_has_more) = {
+        let mut faults = lock(&state.faults);
+        (
+            faults.take_list_fault(ListFaultKind::NotFound, path),
+            faults.take_list_fault(ListFaultKind::OmitHasMoreData, path),
         )
-            .into_response(),
+    };
+    if not_found {
+        return docebo_error(404, "Not found");
+    }
+    match render_list_with(state, kind, raw_query.as_deref(), path_group, omit_has_more) {
+        Ok((body, page)) => {
+            if let Some(page) = page {
+                state.fire_page_hooks(path, page);
+            }
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response()
+        }
         Err(response) => response,
     }
 }
@@ -983,6 +1063,18 @@ fn render_list(
     raw_query: Option<&str>,
     path_group: Option<i64>,
 ) -> Result<String, Response> {
+    render_list_with(state, kind, raw_query, path_group, false).map(|(body, _)| body)
+}
+
+/// Renders a list response body, without `has_more_data` when `omit_has_more` (a fault); also returns
+/// the page number when the call was in page-number mode.
+fn render_list_with(
+    state: &DoceboState,
+    kind: EntityKind,
+    raw_query: Option<&str>,
+    path_group: Option<i64>,
+    omit_has_more: bool,
+) -> Result<(String, Option<usize>), Response> {
     let query = parse_list_query(state, kind, raw_query, path_group)?;
     let malformed = lock(&state.faults).take_malformed();
     let mut data = read(&state.data);
@@ -1010,10 +1102,14 @@ fn render_list(
         count += 1;
     }
     let total_pages = page.total_count.div_ceil(query.page_size.max(1));
+    let _ = write!(body, r#"],"count":{count}"#);
+    if !omit_has_more {
+        let _ = write!(body, r#","has_more_data":{}"#, page.has_more);
+    }
     let _ = write!(
         body,
-        r#"],"count":{count},"has_more_data":{},"current_page":{},"current_page_size":{},"total_page_count":{},"total_count":{}"#,
-        page.has_more, query.page, query.page_size, total_pages, page.total_count
+        r#","current_page":{},"current_page_size":{},"total_page_count":{},"total_count":{}"#,
+        query.page, query.page_size, total_pages, page.total_count
     );
     if query.want_cursor || query.cursor.is_some() {
         if let Some(cursor) = page.next_cursor {
@@ -1023,53 +1119,76 @@ fn render_list(
         }
     }
     body.push_str(r#"},"version":"1.0.0","_links":[]}"#);
-    Ok(body)
+    let page_mode = !query.want_cursor && query.cursor.is_none();
+    Ok((body, page_mode.then_some(query.page)))
 }
 
-async fn list_users(State(state): State<Arc<DoceboState>>, RawQuery(q): RawQuery) -> Response {
-    list(&state, EntityKind::Users, q, None)
+async fn list_users(
+    State(state): State<Arc<DoceboState>>,
+    uri: Uri,
+    RawQuery(q): RawQuery,
+) -> Response {
+    list(&state, EntityKind::Users, &uri, q, None)
 }
 
-async fn list_courses(State(state): State<Arc<DoceboState>>, RawQuery(q): RawQuery) -> Response {
-    list(&state, EntityKind::Courses, q, None)
+async fn list_courses(
+    State(state): State<Arc<DoceboState>>,
+    uri: Uri,
+    RawQuery(q): RawQuery,
+) -> Response {
+    list(&state, EntityKind::Courses, &uri, q, None)
 }
 
-async fn list_plans(State(state): State<Arc<DoceboState>>, RawQuery(q): RawQuery) -> Response {
-    list(&state, EntityKind::LearningPlans, q, None)
+async fn list_plans(
+    State(state): State<Arc<DoceboState>>,
+    uri: Uri,
+    RawQuery(q): RawQuery,
+) -> Response {
+    list(&state, EntityKind::LearningPlans, &uri, q, None)
 }
 
 async fn list_sessions(
     State(state): State<Arc<DoceboState>>,
     Path(course_id): Path<String>,
+    uri: Uri,
     RawQuery(q): RawQuery,
 ) -> Response {
     match course_id.trim().parse::<i64>() {
-        Ok(course_id) => list(&state, EntityKind::Sessions, q, Some(course_id)),
+        Ok(course_id) => list(&state, EntityKind::Sessions, &uri, q, Some(course_id)),
         Err(_) => docebo_error(400, "Invalid course id"),
     }
 }
 
 async fn list_course_enrollments(
     State(state): State<Arc<DoceboState>>,
+    uri: Uri,
     RawQuery(q): RawQuery,
 ) -> Response {
-    list(&state, EntityKind::CourseEnrollments, q, None)
+    list(&state, EntityKind::CourseEnrollments, &uri, q, None)
 }
 
 async fn list_plan_enrollments(
     State(state): State<Arc<DoceboState>>,
+    uri: Uri,
     RawQuery(q): RawQuery,
 ) -> Response {
-    list(&state, EntityKind::LearningPlanEnrollments, q, None)
+    list(&state, EntityKind::LearningPlanEnrollments, &uri, q, None)
 }
 
 async fn list_session_enrollments(
     State(state): State<Arc<DoceboState>>,
     Path(session_id): Path<String>,
+    uri: Uri,
     RawQuery(q): RawQuery,
 ) -> Response {
     match session_id.trim().parse::<i64>() {
-        Ok(session_id) => list(&state, EntityKind::SessionEnrollments, q, Some(session_id)),
+        Ok(session_id) => list(
+            &state,
+            EntityKind::SessionEnrollments,
+            &uri,
+            q,
+            Some(session_id),
+        ),
         Err(_) => docebo_error(400, "Invalid session id"),
     }
 }
@@ -1126,6 +1245,34 @@ async fn control_rate_limit(State(state): State<Arc<DoceboState>>, body: Bytes) 
     *lock(&state.rate_limit) = limit.per_hour;
     lock(&state.buckets).clear();
     axum::Json(json!({"per_hour": limit.per_hour})).into_response()
+}
+
+async fn control_add_page_hook(State(state): State<Arc<DoceboState>>, body: Bytes) -> Response {
+    let hook: PageHook = match parse_json(&body) {
+        Ok(hook) => hook,
+        Err(response) => return response,
+    };
+    if !hook.path.starts_with('/') || hook.page == 0 {
+        return control_error(Error::Invalid(
+            "a page hook needs a path starting with / and a page from 1".into(),
+        ));
+    }
+    let mut hooks = lock(&state.page_hooks);
+    hooks.push(PageHook {
+        fired: false,
+        error: None,
+        ..hook
+    });
+    (StatusCode::CREATED, axum::Json(hooks.clone())).into_response()
+}
+
+async fn control_page_hooks(State(state): State<Arc<DoceboState>>) -> Response {
+    axum::Json(lock(&state.page_hooks).clone()).into_response()
+}
+
+async fn control_clear_page_hooks(State(state): State<Arc<DoceboState>>) -> Response {
+    lock(&state.page_hooks).clear();
+    axum::Json(json!({"cleared": true})).into_response()
 }
 
 async fn control_expire_tokens(State(state): State<Arc<DoceboState>>) -> Response {
