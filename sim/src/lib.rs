@@ -38,7 +38,7 @@ pub mod salesforce;
 pub use common::{FailNext, FailShare, Faults, ListFault, SimClock};
 pub use docebo::{
     BadRecord, DatasetSummary, DoceboConfig, DoceboSim, EntityKind, GenerateParams, PageAction,
-    PageHook, WebhookEvent, WebhookStats,
+    PageHook, RateLimit, WebhookEvent, WebhookStats,
 };
 pub use salesforce::{SalesforceConfig, SalesforceSim};
 

@@ -1,5 +1,15 @@
 //! The Docebo simulator: OAuth2 token endpoint, the list endpoints a sync reads, a leaky-bucket rate
 //! limit, webhooks, and the `/__sim/` control API.
+//!
+//! Control routes specific to Docebo (besides `/__sim/reset`, `/__sim/counters`, `/__sim/faults`):
+//! - `POST /__sim/generate`, `GET /__sim/summary`: a generated data set and its counts.
+//! - `GET|POST /__sim/records/{kind}`, `GET|PATCH|DELETE /__sim/records/{kind}/{key}`: items, changed
+//!   as an admin would (webhooks fire).
+//! - `POST|GET|DELETE /__sim/on_page`: [`PageHook`]s, changes applied right after a page is served.
+//! - `POST /__sim/rate_limit` `{"per_hour": 1000, "burst": 20}` sets the limiter (no `per_hour`: off;
+//!   no `burst`: the bucket holds an hour's allowance); `GET /__sim/rate_limit` returns it with the
+//!   calls it let through and refused with 429 since it was set.
+//! - `POST /__sim/clock`, `POST /__sim/tokens/expire`, `POST|GET|DELETE /__sim/webhooks`.
 
 // Handlers return a ready-made error response as their `Err`: it is built once per refused request,
 // so its size costs nothing worth boxing for.
@@ -60,6 +70,9 @@ pub struct DoceboConfig {
     pub max_page_size: usize,
     /// Leaky-bucket allowance per client and hour; `None` turns rate limiting off (benchmarks).
     pub rate_limit_per_hour: Option<u32>,
+    /// Calls a full bucket lets through at once before it refuses with 429 (Docebo's limiter: a
+    /// small burst, e.g. 20); `None` makes the bucket hold the whole hourly allowance.
+    pub rate_limit_burst: Option<u32>,
     /// A webhook target slower than this counts as failed (Docebo: about 5 s).
     pub webhook_timeout: Duration,
     /// First retry delay of a failed webhook; doubles at each retry.
@@ -81,6 +94,7 @@ impl Default for DoceboConfig {
             token_lifetime: Duration::from_secs(3600),
             max_page_size: 200,
             rate_limit_per_hour: Some(1000),
+            rate_limit_burst: None,
             webhook_timeout: Duration::from_secs(5),
             webhook_retry_base: Duration::from_secs(1),
             webhook_max_attempts: 8,
@@ -101,6 +115,31 @@ struct Tokens {
     refresh: HashMap<String, String>,
 }
 
+/// The limiter's settings and what it did since they were set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RateLimit {
+    /// Calls an hour the bucket leaks (lets through on average); `None`: no limit.
+    pub per_hour: Option<u32>,
+    /// Calls a full bucket lets through at once; `None`: the hourly allowance.
+    pub burst: Option<u32>,
+    /// Calls let through since the limiter was set.
+    #[serde(default)]
+    pub allowed: u64,
+    /// Calls refused with 429 since the limiter was set.
+    #[serde(default)]
+    pub refused: u64,
+}
+
+impl RateLimit {
+    fn configured(config: &DoceboConfig) -> RateLimit {
+        RateLimit {
+            per_hour: config.rate_limit_per_hour,
+            burst: config.rate_limit_burst,
+            ..RateLimit::default()
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Bucket {
     level: f64,
@@ -118,7 +157,7 @@ struct DoceboState {
     clock: SimClock,
     data: RwLock<Data>,
     tokens: Mutex<Tokens>,
-    rate_limit: Mutex<Option<u32>>,
+    rate_limit: Mutex<RateLimit>,
     buckets: Mutex<HashMap<String, Bucket>>,
     faults: Mutex<FaultState>,
     counters: Counters,
@@ -155,7 +194,7 @@ impl DoceboSim {
             tokio::runtime::Handle::current(),
         );
         let state = Arc::new(DoceboState {
-            rate_limit: Mutex::new(config.rate_limit_per_hour),
+            rate_limit: Mutex::new(RateLimit::configured(&config)),
             config,
             clock: SimClock::default(),
             data: RwLock::new(Data::default()),
@@ -268,10 +307,26 @@ impl DoceboSim {
         self.set_faults(Faults::default());
     }
 
-    /// Changes the leaky-bucket allowance per hour (`None` turns rate limiting off).
+    /// Changes the leaky-bucket allowance per hour (`None` turns rate limiting off); the burst stays.
     pub fn set_rate_limit(&self, per_hour: Option<u32>) {
-        *lock(&self.state.rate_limit) = per_hour;
+        let burst = lock(&self.state.rate_limit).burst;
+        self.set_rate_limit_bucket(per_hour, burst);
+    }
+
+    /// Sets the limiter: `per_hour` calls an hour (`None`: off), at most `burst` at once (`None`: the
+    /// hourly allowance). Empties the buckets and zeroes the limiter's counts.
+    pub fn set_rate_limit_bucket(&self, per_hour: Option<u32>, burst: Option<u32>) {
+        *lock(&self.state.rate_limit) = RateLimit {
+            per_hour,
+            burst,
+            ..RateLimit::default()
+        };
         lock(&self.state.buckets).clear();
+    }
+
+    /// Returns the limiter's settings and the calls it let through and refused since they were set.
+    pub fn rate_limit(&self) -> RateLimit {
+        lock(&self.state.rate_limit).clone()
     }
 
     /// Returns calls per endpoint, keyed `"GET /manage/v1/user"`, `"POST /oauth2/token"`, ...
@@ -343,7 +398,7 @@ impl DoceboState {
         *lock(&self.tokens) = Tokens::default();
         lock(&self.faults).set(Faults::default(), self.now());
         lock(&self.buckets).clear();
-        *lock(&self.rate_limit) = self.config.rate_limit_per_hour;
+        *lock(&self.rate_limit) = RateLimit::configured(&self.config);
         self.counters.clear();
         self.webhooks.clear();
         lock(&self.page_hooks).clear();
@@ -679,7 +734,10 @@ fn router(state: Arc<DoceboState>) -> Router {
         .route("/__sim/generate", post(control_generate))
         .route("/__sim/summary", get(control_summary))
         .route("/__sim/clock", post(control_clock))
-        .route("/__sim/rate_limit", post(control_rate_limit))
+        .route(
+            "/__sim/rate_limit",
+            post(control_rate_limit).get(control_get_rate_limit),
+        )
         .route("/__sim/tokens/expire", post(control_expire_tokens))
         .route(
             "/__sim/on_page",
@@ -779,11 +837,26 @@ async fn api_guard(
             None => return docebo_error(401, "The access token provided is invalid"),
         }
     };
-    if let Some(per_hour) = *lock(&state.rate_limit)
-        && !take_from_bucket(&state, &client_id, per_hour)
-    {
-        tracing::debug!(%client_id, "docebo rate limit exceeded");
-        return docebo_error(429, "Too many requests: rate limit exceeded");
+    let limit = {
+        let limit = lock(&state.rate_limit);
+        limit.per_hour.map(|per_hour| (per_hour, limit.burst))
+    };
+    if let Some((per_hour, burst)) = limit {
+        let taken = take_from_bucket(&state, &client_id, per_hour, burst);
+        let mut limit = lock(&state.rate_limit);
+        match taken {
+            Ok(()) => limit.allowed += 1,
+            Err(retry_after) => {
+                limit.refused += 1;
+                drop(limit);
+                tracing::debug!(%client_id, retry_after, "docebo rate limit exceeded");
+                let mut response = docebo_error(429, "Too many requests: rate limit exceeded");
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                return response;
+            }
+        }
     }
     let mut response = next.run(request).await;
     response
@@ -793,10 +866,16 @@ async fn api_guard(
 }
 
 /// Leaky bucket: each call adds one drop; the bucket leaks `per_hour` drops an hour; a full bucket
-/// (capacity `per_hour`) refuses the call.
-fn take_from_bucket(state: &DoceboState, client_id: &str, per_hour: u32) -> bool {
-    let capacity = f64::from(per_hour.max(1));
-    let leak_per_sec = capacity / 3600.0;
+/// (capacity `burst`, or `per_hour` without one) refuses the call with the whole seconds until a drop
+/// has leaked (its `Retry-After`).
+fn take_from_bucket(
+    state: &DoceboState,
+    client_id: &str,
+    per_hour: u32,
+    burst: Option<u32>,
+) -> Result<(), u64> {
+    let capacity = f64::from(burst.unwrap_or(per_hour).max(1));
+    let leak_per_sec = f64::from(per_hour.max(1)) / 3600.0;
     let mut buckets = lock(&state.buckets);
     let now = Instant::now();
     let bucket = buckets.entry(client_id.to_string()).or_insert(Bucket {
@@ -807,10 +886,11 @@ fn take_from_bucket(state: &DoceboState, client_id: &str, per_hour: u32) -> bool
     bucket.level = (bucket.level - elapsed * leak_per_sec).max(0.0);
     bucket.last = now;
     if bucket.level + 1.0 > capacity {
-        return false;
+        let wait = (bucket.level + 1.0 - capacity) / leak_per_sec;
+        return Err((wait.ceil() as u64).max(1));
     }
     bucket.level += 1.0;
-    true
+    Ok(())
 }
 
 fn form_fields(headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
@@ -1235,6 +1315,7 @@ async fn control_clock(State(state): State<Arc<DoceboState>>, body: Bytes) -> Re
 #[derive(Deserialize)]
 struct RateLimitBody {
     per_hour: Option<u32>,
+    burst: Option<u32>,
 }
 
 async fn control_rate_limit(State(state): State<Arc<DoceboState>>, body: Bytes) -> Response {
@@ -1242,9 +1323,23 @@ async fn control_rate_limit(State(state): State<Arc<DoceboState>>, body: Bytes) 
         Ok(limit) => limit,
         Err(response) => return response,
     };
-    *lock(&state.rate_limit) = limit.per_hour;
+    if limit.burst == Some(0) {
+        return control_error(Error::Invalid(
+            "a burst lets one call through at least".into(),
+        ));
+    }
+    let limit = RateLimit {
+        per_hour: limit.per_hour,
+        burst: limit.burst,
+        ..RateLimit::default()
+    };
+    *lock(&state.rate_limit) = limit.clone();
     lock(&state.buckets).clear();
-    axum::Json(json!({"per_hour": limit.per_hour})).into_response()
+    axum::Json(limit).into_response()
+}
+
+async fn control_get_rate_limit(State(state): State<Arc<DoceboState>>) -> Response {
+    axum::Json(lock(&state.rate_limit).clone()).into_response()
 }
 
 async fn control_add_page_hook(State(state): State<Arc<DoceboState>>, body: Bytes) -> Response {
