@@ -100,6 +100,7 @@ async fn someone_else_edits_and_deletes_what_the_sync_wrote() {
         .collect();
     assert_eq!(ids.len(), 6);
 
+    org.sim.clear_counters();
     // The admin edits one record's status and score, and another's lookup to a different user.
     let (status, body) = org
         .call(
@@ -145,6 +146,13 @@ async fn someone_else_edits_and_deletes_what_the_sync_wrote() {
             .iter()
             .all(|r| r["success"] == true),
         "{body}"
+    );
+    // Two PATCHes and two DELETEs, each counted against the object it changed.
+    assert_eq!(
+        org.sim.object_calls()["Docebo_Course_Enrollment__c"],
+        4,
+        "{:?}",
+        org.sim.object_calls()
     );
 
     // The control API shows what the org now holds, with values, filterable by field and id.

@@ -1,7 +1,7 @@
 // Proves Bulk API 2.0 query jobs: creation, the UploadComplete -> InProgress -> JobComplete states,
 // CSV results (header as in the SELECT, relationship columns, empty cells for nulls, `...000Z`
 // datetimes), result sets cut by `Sforce-Locator`, the API-version check, deletion, the daily limit
-// in `/limits`, call counting, the snapshot taken at completion, and `queryAll` with the recycle bin.
+// in `/limits`, call counting (per endpoint and per object), the snapshot taken at completion, and `queryAll` with the recycle bin.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -345,6 +345,32 @@ async fn query_job_lifecycle_csv_versions_limits_and_deletion() {
         counters["DELETE /services/data/{version}/jobs/query/{id}"],
         1
     );
+
+    // Calls per object: every call about the job but /limits and the read after its deletion.
+    let (_, body) = org
+        .call(
+            Method::GET,
+            &format!("{DATA}/query?q=SELECT+Id+FROM+docebo_user__c"),
+            None,
+        )
+        .await;
+    assert_eq!(body["totalSize"], 3);
+    let per_object = org.sim.object_calls();
+    assert_eq!(per_object["Docebo_Course_Enrollment__c"], calls - 2);
+    assert_eq!(per_object["Docebo_User__c"], 1);
+    assert_eq!(per_object.len(), 2, "{per_object:?}");
+    let over_http: Value = org
+        .http
+        .get(format!("{}/__sim/object_calls", org.sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(over_http["Docebo_User__c"], 1);
+    org.sim.clear_counters();
+    assert!(org.sim.object_calls().is_empty());
 }
 
 #[tokio::test]

@@ -107,6 +107,7 @@ struct Usage {
 }
 
 struct QueryCursor {
+    object: String,
     records: Vec<Value>,
     total_size: usize,
 }
@@ -127,6 +128,8 @@ struct SfState {
     usage: Mutex<Usage>,
     faults: Mutex<FaultState>,
     counters: Counters,
+    /// API calls per sObject they concern, keyed by object name.
+    object_calls: Counters,
     jobs: Mutex<HashMap<String, Job>>,
     query_jobs: Mutex<QueryJobs>,
     cursors: Mutex<HashMap<String, QueryCursor>>,
@@ -171,6 +174,7 @@ impl SalesforceSim {
             sessions: Mutex::new(HashMap::new()),
             faults: Mutex::new(FaultState::default()),
             counters: Counters::default(),
+            object_calls: Counters::default(),
             jobs: Mutex::new(HashMap::new()),
             query_jobs: Mutex::new(QueryJobs::default()),
             cursors: Mutex::new(HashMap::new()),
@@ -280,9 +284,17 @@ impl SalesforceSim {
         self.state.counters.snapshot()
     }
 
-    /// Zeroes the call counters.
+    /// Returns API calls per sObject they concern (`{"Docebo_User__c": 12, ...}`): record reads and
+    /// writes, describes, SOQL queries and their next pages, and every call about an ingest or query
+    /// job of the object. Calls about no one object (limits, versions, jobs lists) are not in it.
+    pub fn object_calls(&self) -> BTreeMap<String, u64> {
+        self.state.object_calls.snapshot()
+    }
+
+    /// Zeroes the call counters, per endpoint and per object.
     pub fn clear_counters(&self) {
         self.state.counters.clear();
+        self.state.object_calls.clear();
     }
 
     /// Revokes every session: later calls answer 401 `INVALID_SESSION_ID`.
@@ -340,6 +352,7 @@ impl SfState {
         };
         lock(&self.faults).set(Faults::default(), self.now());
         self.counters.clear();
+        self.object_calls.clear();
         lock(&self.jobs).clear();
         *lock(&self.query_jobs) = QueryJobs::default();
         lock(&self.cursors).clear();
@@ -511,6 +524,10 @@ fn router(state: Arc<SfState>) -> Router {
         .route("/__sim/records/{object}", get(control_records))
         .route("/__sim/summary", get(control_summary))
         .route(
+            "/__sim/object_calls",
+            get(control_object_calls).delete(control_clear_object_calls),
+        )
+        .route(
             "/__sim/schema",
             get(control_schema).put(control_load_schema),
         )
@@ -625,7 +642,56 @@ async fn guarded(state: &SfState, request: Request, next: Next) -> Response {
         }
         usage.used += 1;
     }
+    if let Some(object) = object_of(state, &request) {
+        state.object_calls.bump(&object);
+    }
     next.run(request).await
+}
+
+/// The sObject a `/services/data` call concerns, when the path and query tell it; calls whose body
+/// names it (collections create and update, job creation) are counted by their handlers.
+fn object_of(state: &SfState, request: &Request) -> Option<String> {
+    let path = request.uri().path().strip_prefix("/services/data/")?;
+    let segments: Vec<&str> = path.split('/').skip(1).filter(|s| !s.is_empty()).collect();
+    let named = |name: &str| {
+        let org = read(&state.org);
+        org.object(name).map(|i| org.objects[i].def.name.clone())
+    };
+    let param = |wanted: &str| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(request.uri().query().unwrap_or(""))
+            .ok()?
+            .into_iter()
+            .find(|(name, _)| name == wanted)
+            .map(|(_, value)| value)
+    };
+    match segments.as_slice() {
+        ["sobjects", object, ..] | ["composite", "sobjects", object, _] => named(object),
+        ["composite", "sobjects"] if request.method() == axum::http::Method::DELETE => {
+            let ids = param("ids")?;
+            let prefix = ids.split(',').next()?.get(..3)?.to_string();
+            let org = read(&state.org);
+            org.objects
+                .iter()
+                .find(|o| o.def.key_prefix == prefix)
+                .map(|o| o.def.name.clone())
+        }
+        ["query"] | ["queryAll"] => {
+            let soql = param("q")?;
+            let mut words = soql.split_whitespace();
+            words.find(|w| w.eq_ignore_ascii_case("FROM"))?;
+            named(words.next()?)
+        }
+        ["query", locator] => {
+            let id = locator.rsplit_once('-').map_or(*locator, |(id, _)| id);
+            lock(&state.cursors).get(id).map(|c| c.object.clone())
+        }
+        ["jobs", "ingest", id, ..] => lock(&state.jobs).get(*id).map(|j| j.object.clone()),
+        ["jobs", "query", id, ..] => lock(&state.query_jobs)
+            .jobs
+            .get(*id)
+            .map(|j| j.object.clone()),
+        _ => None,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1000,6 +1066,13 @@ async fn collections_write(state: &SfState, body: &[u8], op: Op) -> Response {
         }
         return api_error(400, "INVALID_TYPE", "Must send a concrete entity type.");
     };
+    if let Some(name) = {
+        let org = read(&state.org);
+        org.object(&first_type)
+            .map(|i| org.objects[i].def.name.clone())
+    } {
+        state.object_calls.bump(&name);
+    }
     let share = state.lock_share();
     let mut org = write(&state.org);
     let Some(object) = org.object(&first_type) else {
@@ -1336,13 +1409,16 @@ async fn query(
         return api_error(400, "MALFORMED_QUERY", "A query string is required (q)");
     };
     let page = batch_size(&headers);
-    let result = {
+    let (result, object) = {
         let org = read(&state.org);
         let parsed = match soql::parse(&org, &text) {
             Ok(parsed) => parsed,
             Err(error) => return request_error(error),
         };
-        soql::execute(&org, &parsed, API_VERSION)
+        (
+            soql::execute(&org, &parsed, API_VERSION),
+            org.objects[parsed.object()].def.name.clone(),
+        )
     };
     if result.records.len() <= page {
         return axum::Json(
@@ -1354,6 +1430,7 @@ async fn query(
     lock(&state.cursors).insert(
         locator.clone(),
         QueryCursor {
+            object,
             total_size: result.total_size,
             records: result.records,
         },
@@ -1464,6 +1541,7 @@ async fn create_job(State(state): State<Arc<SfState>>, body: Bytes) -> Response 
     };
     let object = store.def.name.clone();
     drop(org);
+    state.object_calls.bump(&object);
     let id = write(&state.org).new_id("750").to_string();
     let now = state.now();
     let job = Job {
@@ -1907,6 +1985,7 @@ async fn create_query_job(State(state): State<Arc<SfState>>, body: Bytes) -> Res
             Err(error) => return request_error(error),
         }
     };
+    state.object_calls.bump(&object);
     let now = state.now();
     let info = {
         let mut query_jobs = lock(&state.query_jobs);
@@ -2220,6 +2299,16 @@ async fn control_records(
         .map(|r| store.record_json(r))
         .collect();
     axum::Json(records).into_response()
+}
+
+/// `GET /__sim/object_calls`: API calls per sObject (see [`SalesforceSim::object_calls`]).
+async fn control_object_calls(State(state): State<Arc<SfState>>) -> Response {
+    axum::Json(state.object_calls.snapshot()).into_response()
+}
+
+async fn control_clear_object_calls(State(state): State<Arc<SfState>>) -> Response {
+    state.object_calls.clear();
+    axum::Json(json!({"cleared": true})).into_response()
 }
 
 async fn control_summary(State(state): State<Arc<SfState>>) -> Response {
