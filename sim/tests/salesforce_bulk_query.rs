@@ -424,7 +424,12 @@ async fn results_are_the_org_when_the_job_completes_and_query_all_reads_the_recy
     let soql = "SELECT Id, Docebo_User_Id__c, Name FROM Docebo_User__c";
     let (_, job) = org.create_query("query", soql).await;
     let id = job["id"].as_str().unwrap().to_string();
-    let (_, all_job) = org.create_query("queryAll", soql).await;
+    let (_, all_job) = org
+        .create_query(
+            "queryAll",
+            "SELECT Id, Docebo_User_Id__c, Name, IsDeleted FROM Docebo_User__c",
+        )
+        .await;
     let all_id = all_job["id"].as_str().unwrap().to_string();
     assert_eq!(all_job["operation"], "queryAll");
 
@@ -465,6 +470,26 @@ async fn results_are_the_org_when_the_job_completes_and_query_all_reads_the_recy
         ["1", "2", "3", "4", "5"],
         "queryAll sees the deleted user"
     );
+    let deleted: Vec<&str> = rows
+        .iter()
+        .filter(|r| r[3] == "true")
+        .map(|r| r[1].as_str())
+        .collect();
+    assert_eq!(deleted, ["2"]);
+    assert_eq!(rows.iter().filter(|r| r[3] == "false").count(), 4);
+
+    // REST: /queryAll reads the recycle bin too, /query does not.
+    let soql = "SELECT+Docebo_User_Id__c,IsDeleted+FROM+Docebo_User__c+WHERE+IsDeleted+=+true";
+    let (_, body) = org
+        .call(Method::GET, &format!("{DATA}/queryAll?q={soql}"), None)
+        .await;
+    assert_eq!(body["totalSize"], 1, "{body}");
+    assert_eq!(body["records"][0]["Docebo_User_Id__c"], "2");
+    assert_eq!(body["records"][0]["IsDeleted"], true);
+    let (_, body) = org
+        .call(Method::GET, &format!("{DATA}/query?q={soql}"), None)
+        .await;
+    assert_eq!(body["totalSize"], 0, "{body}");
 }
 
 #[tokio::test]

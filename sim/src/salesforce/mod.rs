@@ -458,7 +458,7 @@ fn router(state: Arc<SfState>) -> Router {
         )
         .route("/services/data/v62.0/query", get(query))
         .route("/services/data/v62.0/query/", get(query))
-        .route("/services/data/v62.0/queryAll", get(query))
+        .route("/services/data/v62.0/queryAll", get(query_all))
         .route("/services/data/v62.0/query/{locator}", get(query_more))
         .route(
             "/services/data/v62.0/jobs/ingest",
@@ -1405,10 +1405,28 @@ async fn query(
     headers: HeaderMap,
     Query(params): Query<QueryParams>,
 ) -> Response {
+    run_query(&state, &headers, params, false)
+}
+
+/// `GET /queryAll`: as `/query`, with the recycle bin's records (`IsDeleted` true).
+async fn query_all(
+    State(state): State<Arc<SfState>>,
+    headers: HeaderMap,
+    Query(params): Query<QueryParams>,
+) -> Response {
+    run_query(&state, &headers, params, true)
+}
+
+fn run_query(
+    state: &SfState,
+    headers: &HeaderMap,
+    params: QueryParams,
+    with_deleted: bool,
+) -> Response {
     let Some(text) = params.q.filter(|q| !q.trim().is_empty()) else {
         return api_error(400, "MALFORMED_QUERY", "A query string is required (q)");
     };
-    let page = batch_size(&headers);
+    let page = batch_size(headers);
     let (result, object) = {
         let org = read(&state.org);
         let parsed = match soql::parse(&org, &text) {
@@ -1416,7 +1434,7 @@ async fn query(
             Err(error) => return request_error(error),
         };
         (
-            soql::execute(&org, &parsed, API_VERSION),
+            soql::execute_all(&org, &parsed, API_VERSION, with_deleted),
             org.objects[parsed.object()].def.name.clone(),
         )
     };
@@ -1435,7 +1453,7 @@ async fn query(
             records: result.records,
         },
     );
-    query_page(&state, &locator, 0, page)
+    query_page(state, &locator, 0, page)
 }
 
 async fn query_more(

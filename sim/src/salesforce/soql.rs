@@ -84,6 +84,8 @@ fn tokenize(text: &str) -> Result<Vec<Token>, RequestError> {
 #[derive(Debug, Clone)]
 enum Path {
     Id,
+    /// The system field `IsDeleted`: true for records read from the recycle bin (`queryAll`).
+    IsDeleted,
     Field(usize),
     /// Through a lookup: lookup field, parent object, parent field (`None` = Id).
     Parent(usize, usize, Option<usize>),
@@ -187,6 +189,9 @@ impl Parser<'_> {
         };
         if name.eq_ignore_ascii_case("Id") {
             return Ok(Path::Id);
+        }
+        if name.eq_ignore_ascii_case("IsDeleted") && store.field(name).is_none() {
+            return Ok(Path::IsDeleted);
         }
         if let Some((relationship, inner)) = name.split_once('.') {
             let field = store.relationship(relationship).ok_or_else(no_column)?;
@@ -387,6 +392,8 @@ fn list(parser: &mut Parser<'_>) -> Result<Vec<Literal>, RequestError> {
 fn value_of(org: &Org, object: usize, record: &super::org::Rec, path: &Path) -> Val {
     match path {
         Path::Id => Val::Str(record.id.clone()),
+        // Live records are indexed by id; recycled ones are not.
+        Path::IsDeleted => Val::Bool(org.objects[object].get(&record.id).is_none()),
         Path::Field(field) => record.vals[*field].clone(),
         Path::Parent(field, parent, parent_field) => {
             let _ = object;
@@ -533,8 +540,13 @@ fn select_records<'a>(org: &'a Org, query: &Query, with_deleted: bool) -> Vec<&'
 
 /// Runs a parsed query.
 pub fn execute(org: &Org, query: &Query, api_version: &str) -> QueryResult {
+    execute_all(org, query, api_version, false)
+}
+
+/// Runs a parsed query; `with_deleted` adds the recycle bin's records (`queryAll`).
+pub fn execute_all(org: &Org, query: &Query, api_version: &str, with_deleted: bool) -> QueryResult {
     let store = &org.objects[query.object];
-    let matched = select_records(org, query, false);
+    let matched = select_records(org, query, with_deleted);
     if query.count {
         return QueryResult {
             total_size: matched.len(),
@@ -557,6 +569,12 @@ pub fn execute(org: &Org, query: &Query, api_version: &str) -> QueryResult {
                 match path {
                     Path::Id => {
                         object.insert("Id".into(), Value::String(record.id.to_string()));
+                    }
+                    Path::IsDeleted => {
+                        object.insert(
+                            "IsDeleted".into(),
+                            value_of(org, query.object, record, path).to_json(),
+                        );
                     }
                     Path::Field(field) => {
                         object.insert(
@@ -642,7 +660,7 @@ pub fn execute_csv(org: &Org, query: &Query, with_deleted: bool) -> Result<CsvRe
         .select
         .iter()
         .map(|(_, path)| match path {
-            Path::Id | Path::Parent(_, _, None) => None,
+            Path::Id | Path::IsDeleted | Path::Parent(_, _, None) => None,
             Path::Field(field) => Some(store.field_def(*field).kind),
             Path::Parent(_, parent, Some(field)) => {
                 Some(org.objects[*parent].field_def(*field).kind)
