@@ -5,7 +5,9 @@
 //!
 //! Layout:
 //! - `common`: the sim clock, call counters, fault injection, the server runner.
-//! - `docebo`: [`DoceboSim`]: OAuth2, the list endpoints, rate limiting, webhooks, data-set generation.
+//! - `docebo`: [`DoceboSim`]: OAuth2, the list endpoints, rate limiting (a leaky bucket, optionally with
+//!   a small burst), webhooks, data-set generation, and changes made while a client reads
+//!   ([`PageHook`]).
 //! - `salesforce`: [`SalesforceSim`]: OAuth2 (client credentials, JWT bearer), the org schema, sObject
 //!   Collections, SOQL, Bulk API 2.0 ingest and query jobs, limits.
 //! - `main.rs`: the `learnsync-sim` binary serving both; `bin/sim-bench.rs`: their benchmark.

@@ -1,6 +1,20 @@
 //! The Salesforce simulator (API v62.0): OAuth2 (client credentials, JWT bearer), an org schema loaded
 //! as data, sObject Collections, single-record upsert, SOQL, Bulk API 2.0 ingest and query jobs,
 //! limits, and the `/__sim/` control API.
+//!
+//! Bulk API 2.0 query jobs (`POST /jobs/query`, `operation` `query` or `queryAll`) run their SOQL when
+//! they complete, after [`SalesforceConfig::bulk_query_delay`] in `UploadComplete` and as long in
+//! `InProgress`: results are the org as it was then. Result sets hold 50,000 rows unless `maxRecords`
+//! says fewer. Soft-deleted records stay in a recycle bin that `queryAll` (Bulk and REST) reads, with
+//! `IsDeleted` true. Records edited or deleted through the ordinary REST routes (`PATCH`/`DELETE
+//! /sobjects/{object}/{id}`, `DELETE /composite/sobjects?ids=`) stand for changes made by someone else.
+//!
+//! Control routes specific to Salesforce (besides `/__sim/reset`, `/__sim/counters`, `/__sim/faults`):
+//! - `GET /__sim/records/{object}[?Field=value&...]`: live records with every field, filtered.
+//! - `GET|DELETE /__sim/object_calls`: API calls per sObject (a call is counted once per endpoint in
+//!   `/__sim/counters` and once per object here).
+//! - `GET|PUT /__sim/schema`, `GET /__sim/summary`, `POST /__sim/clock`, `POST /__sim/sessions/revoke`,
+//!   `POST /__sim/limits` (`{"used": N, "max": M}`), `POST /__sim/token`.
 
 // Handlers return a ready-made error response as their `Err`: it is built once per refused request,
 // so its size costs nothing worth boxing for.
