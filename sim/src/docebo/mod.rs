@@ -1108,16 +1108,14 @@ fn list(
     path_group: Option<i64>,
 ) -> Response {
     let path = uri.path();
-    let (not_found, omit_has_more) = {
+    let omit_has_more = {
         let mut faults = lock(&state.faults);
-        (
-            faults.take_list_fault(ListFaultKind::NotFound, path),
-            faults.take_list_fault(ListFaultKind::OmitHasMoreData, path),
-        )
+        if faults.take_list_fault(ListFaultKind::NotFound, path) {
+            drop(faults);
+            return docebo_error(404, "Not found");
+        }
+        faults.take_list_fault(ListFaultKind::OmitHasMoreData, path)
     };
-    if not_found {
-        return docebo_error(404, "Not found");
-    }
     match render_list_with(state, kind, raw_query.as_deref(), path_group, omit_has_more) {
         Ok((body, page)) => {
             if let Some(page) = page {

@@ -2019,6 +2019,8 @@ async fn create_query_job(State(state): State<Arc<SfState>>, body: Bytes) -> Res
     };
     state.object_calls.bump(&object);
     let now = state.now();
+    // The id is drawn before the jobs lock is taken: the org lock may wait for an ingest batch.
+    let id = write(&state.org).new_id("750").to_string();
     let info = {
         let mut query_jobs = lock(&state.query_jobs);
         if query_jobs.created >= bulk_query::DAILY_QUERY_JOBS {
@@ -2028,7 +2030,6 @@ async fn create_query_job(State(state): State<Arc<SfState>>, body: Bytes) -> Res
                 "Max number of Bulk API 2.0 query jobs per day exceeded",
             );
         }
-        let id = write(&state.org).new_id("750").to_string();
         let job = QueryJob {
             id: id.clone(),
             operation,
