@@ -93,6 +93,24 @@ pub struct FailShare {
     pub share: f64,
 }
 
+/// A fault on Docebo listings: the next `count` calls of the listing at `path` (any listing when
+/// `path` is absent) get it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ListFault {
+    /// The listing's path as requested (`/course/v1/courses/12/sessions`); absent: every listing.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// How many calls still get it.
+    pub count: u32,
+}
+
+/// Which listing fault to consume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListFaultKind {
+    NotFound,
+    OmitHasMoreData,
+}
+
 /// Faults both simulators understand; each is optional and they combine.
 ///
 /// JSON form (control API `POST /__sim/faults`): every field optional, e.g.
@@ -111,6 +129,13 @@ pub struct Faults {
     /// Docebo only: appends one malformed item (non-numeric id, missing key fields) to each of the next
     /// N list pages served.
     pub malformed_pages: u32,
+    /// Docebo only: listings answering 404 `{"name": "Not Found", ...}` though what they list (the
+    /// course of `/course/v1/courses/{id}/sessions`, the session of
+    /// `/course/v1/sessions/{id}/enrollments`) still exists, e.g.
+    /// `[{"path": "/course/v1/courses/12/sessions", "count": 1}]`.
+    pub not_found_lists: Vec<ListFault>,
+    /// Docebo only: list pages served without `has_more_data` (the other paging fields stay).
+    pub omit_has_more_data: Vec<ListFault>,
     /// Salesforce only: share of written rows (collections and bulk) failing with `UNABLE_TO_LOCK_ROW`.
     pub lock_row_share: f64,
     /// Salesforce only: the next N `/services/data` calls answer 403 `REQUEST_LIMIT_EXCEEDED`.
@@ -184,6 +209,26 @@ impl FaultState {
             return true;
         }
         matches!(self.limit_window_until, Some(until) if now < until)
+    }
+
+    /// Takes one call of the first listing fault of `kind` that applies to `path`; true when the call
+    /// gets it.
+    pub fn take_list_fault(&mut self, kind: ListFaultKind, path: &str) -> bool {
+        let faults = match kind {
+            ListFaultKind::NotFound => &mut self.faults.not_found_lists,
+            ListFaultKind::OmitHasMoreData => &mut self.faults.omit_has_more_data,
+        };
+        let Some(at) = faults
+            .iter()
+            .position(|f| f.count > 0 && f.path.as_deref().is_none_or(|p| p == path))
+        else {
+            return false;
+        };
+        faults[at].count -= 1;
+        if faults[at].count == 0 {
+            faults.remove(at);
+        }
+        true
     }
 
     /// Takes one malformed-page credit.

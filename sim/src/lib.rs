@@ -5,9 +5,11 @@
 //!
 //! Layout:
 //! - `common`: the sim clock, call counters, fault injection, the server runner.
-//! - `docebo`: [`DoceboSim`]: OAuth2, the list endpoints, rate limiting, webhooks, data-set generation.
+//! - `docebo`: [`DoceboSim`]: OAuth2, the list endpoints, rate limiting (a leaky bucket, optionally with
+//!   a small burst), webhooks, data-set generation, and changes made while a client reads
+//!   ([`PageHook`]).
 //! - `salesforce`: [`SalesforceSim`]: OAuth2 (client credentials, JWT bearer), the org schema, sObject
-//!   Collections, SOQL, Bulk API 2.0 ingest, limits.
+//!   Collections, SOQL, Bulk API 2.0 ingest and query jobs, limits.
 //! - `main.rs`: the `learnsync-sim` binary serving both; `bin/sim-bench.rs`: their benchmark.
 //! - `schema/default.json`: the default org schema (learnsync's data model), compiled in.
 //!
@@ -35,10 +37,10 @@ pub mod common;
 pub mod docebo;
 pub mod salesforce;
 
-pub use common::{FailNext, FailShare, Faults, SimClock};
+pub use common::{FailNext, FailShare, Faults, ListFault, SimClock};
 pub use docebo::{
-    BadRecord, DatasetSummary, DoceboConfig, DoceboSim, EntityKind, GenerateParams, WebhookEvent,
-    WebhookStats,
+    BadRecord, DatasetSummary, DoceboConfig, DoceboSim, EntityKind, GenerateParams, PageAction,
+    PageHook, RateLimit, WebhookEvent, WebhookStats,
 };
 pub use salesforce::{SalesforceConfig, SalesforceSim};
 

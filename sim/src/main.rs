@@ -47,6 +47,10 @@ struct Config {
     /// Docebo calls per hour and client (leaky bucket); 0 turns rate limiting off.
     #[arg(long, env = "LEARNSYNC_SIM_DOCEBO_RATE_LIMIT", default_value_t = 1000)]
     docebo_rate_limit: u32,
+    /// Docebo limiter's burst: calls a full bucket lets through at once; 0 makes it the hourly
+    /// allowance.
+    #[arg(long, env = "LEARNSYNC_SIM_DOCEBO_RATE_BURST", default_value_t = 0)]
+    docebo_rate_burst: u32,
     /// Largest Docebo page size.
     #[arg(
         long,
@@ -109,6 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         password: secret("LEARNSYNC_SIM_DOCEBO_PASSWORD", "admin-password"),
         token_lifetime: Duration::from_secs(config.docebo_token_lifetime_secs),
         rate_limit_per_hour: (config.docebo_rate_limit > 0).then_some(config.docebo_rate_limit),
+        rate_limit_burst: (config.docebo_rate_burst > 0).then_some(config.docebo_rate_burst),
         max_page_size: config.docebo_max_page_size,
         ..DoceboConfig::default()
     })

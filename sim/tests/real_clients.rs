@@ -1,4 +1,4 @@
-// Proves real Salesforce client libraries (Python simple-salesforce, Node jsforce) work against the Salesforce simulator: each script exits 0 and the org then holds its records.
+// Proves real Salesforce client libraries (Python simple-salesforce, Node jsforce) work against the Salesforce simulator, Bulk API 2.0 ingest and query included: each script exits 0 and the org then holds its records.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -72,6 +72,12 @@ async fn simple_salesforce_bulk2_and_collections() {
     assert!(
         counters.contains_key("PATCH /services/data/v62.0/composite/sobjects/{sobject}/{field}")
     );
+    // Three result sets of the Bulk API 2.0 query, each read by locator.
+    assert_eq!(counters["POST /services/data/v62.0/jobs/query"], 1);
+    assert_eq!(
+        counters["GET /services/data/{version}/jobs/query/{id}/results"],
+        3
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,4 +116,8 @@ async fn jsforce_bulk2_and_collections() {
             .iter()
             .all(|c| c["Type__c"] == "Webinar" && c["Credits__c"] == 1.5)
     );
+    // The Bulk API 2.0 query went through the simulator's query jobs.
+    let counters = sim.counters();
+    assert_eq!(counters["POST /services/data/v62.0/jobs/query"], 1);
+    assert!(counters["GET /services/data/{version}/jobs/query/{id}/results"] >= 1);
 }

@@ -4,7 +4,8 @@
 //!    on one thread, for the first page, a deep page, a filtered page and a cursor page; plus the
 //!    end-to-end latency of the same page over HTTP.
 //! 2. Time to ingest a 1,000,000-row Bulk API 2.0 upsert (upload over HTTP, then processing), with
-//!    relationship columns to users and courses.
+//!    relationship columns to users and courses; then to read it all back with a Bulk API 2.0 query
+//!    job, and the API calls that cost.
 //!
 //! Run: `cargo run --release -p learnsync-sim --bin sim-bench [-- --rows 1000000 --enrollments 1000000]`.
 
@@ -269,6 +270,88 @@ async fn bulk_ingest(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         "bulk: org holds {} course enrollments",
         sf.record_count("Docebo_Course_Enrollment__c")
     );
+    bulk_query(&sf, &http, &data, &token).await?;
     sf.shutdown().await;
+    Ok(())
+}
+
+/// Reads every course enrollment back with a Bulk API 2.0 query job (relationship columns included),
+/// following locators; reports the time and the API calls the object cost.
+async fn bulk_query(
+    sf: &SalesforceSim,
+    http: &reqwest::Client,
+    data: &str,
+    token: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    sf.clear_counters();
+    let started = Instant::now();
+    let info: Value = http
+        .post(format!("{data}/jobs/query"))
+        .bearer_auth(token)
+        .json(&json!({"operation": "query", "query": "SELECT Id, Enrollment_Key__c, Docebo_User__r.Docebo_User_Id__c, Docebo_Course__r.Docebo_Course_Id__c, Status__c, Completed_At__c, Score__c FROM Docebo_Course_Enrollment__c"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = info["id"].as_str().ok_or("no query job id")?.to_string();
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        let info: Value = http
+            .get(format!("{data}/jobs/query/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        match info["state"].as_str().unwrap_or("") {
+            "JobComplete" => break,
+            "Failed" | "Aborted" => return Err(format!("query job ended {info}").into()),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let completed = started.elapsed();
+    let (mut rows, mut sets, mut bytes) = (0usize, 0usize, 0usize);
+    let mut locator: Option<String> = None;
+    loop {
+        let mut url = format!("{data}/jobs/query/{id}/results");
+        if let Some(locator) = &locator {
+            url.push_str(&format!("?locator={locator}"));
+        }
+        let response = http.get(url).bearer_auth(token).send().await?;
+        let next = response
+            .headers()
+            .get("sforce-locator")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("null")
+            .to_string();
+        let body = response.bytes().await?;
+        bytes += body.len();
+        rows += body
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            .saturating_sub(1);
+        sets += 1;
+        if next == "null" {
+            break;
+        }
+        locator = Some(next);
+    }
+    http.delete(format!("{data}/jobs/query/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let calls = sf
+        .object_calls()
+        .get("Docebo_Course_Enrollment__c")
+        .copied()
+        .unwrap_or(0);
+    println!(
+        "bulk query: {rows} rows in {sets} result sets ({:.1} MB): JobComplete after {:.2} s, all read after {:.2} s; {calls} API calls for the object: 1 create, {polls} polls every 20 ms, {sets} result sets, 1 delete",
+        bytes as f64 / 1e6,
+        completed.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -1,15 +1,27 @@
 //! The Docebo simulator: OAuth2 token endpoint, the list endpoints a sync reads, a leaky-bucket rate
 //! limit, webhooks, and the `/__sim/` control API.
+//!
+//! Control routes specific to Docebo (besides `/__sim/reset`, `/__sim/counters`, `/__sim/faults`):
+//! - `POST /__sim/generate`, `GET /__sim/summary`: a generated data set and its counts.
+//! - `GET|POST /__sim/records/{kind}`, `GET|PATCH|DELETE /__sim/records/{kind}/{key}`: items, changed
+//!   as an admin would (webhooks fire).
+//! - `POST|GET|DELETE /__sim/on_page`: [`PageHook`]s, changes applied right after a page is served.
+//! - `POST /__sim/rate_limit` `{"per_hour": 1000, "burst": 20}` sets the limiter (no `per_hour`: off;
+//!   no `burst`: the bucket holds an hour's allowance); `GET /__sim/rate_limit` returns it with the
+//!   calls it let through and refused with 429 since it was set.
+//! - `POST /__sim/clock`, `POST /__sim/tokens/expire`, `POST|GET|DELETE /__sim/webhooks`.
 
 // Handlers return a ready-made error response as their `Err`: it is built once per refused request,
 // so its size costs nothing worth boxing for.
 #![allow(clippy::result_large_err)]
 
 mod generate;
+mod hooks;
 mod table;
 mod webhooks;
 
 pub use generate::{BadRecord, DatasetSummary, GenerateParams};
+pub use hooks::{PageAction, PageHook};
 pub use table::EntityKind;
 pub use webhooks::{WebhookEvent, WebhookStats};
 
@@ -22,7 +34,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,8 +45,8 @@ use serde_json::{Value, json};
 use crate::Error;
 use crate::common::{ControlState, control_error, parse_json};
 use crate::common::{
-    Counters, FaultState, Faults, RunningServer, SimClock, docebo_date, lock, parse_docebo_date,
-    random_hex,
+    Counters, FaultState, Faults, ListFaultKind, RunningServer, SimClock, docebo_date, lock,
+    parse_docebo_date, random_hex,
 };
 use table::{Cursor, Key, ListQuery, Row, Table, id_of};
 use webhooks::{DeliverySettings, Webhooks};
@@ -58,6 +70,9 @@ pub struct DoceboConfig {
     pub max_page_size: usize,
     /// Leaky-bucket allowance per client and hour; `None` turns rate limiting off (benchmarks).
     pub rate_limit_per_hour: Option<u32>,
+    /// Calls a full bucket lets through at once before it refuses with 429 (Docebo's limiter: a
+    /// small burst, e.g. 20); `None` makes the bucket hold the whole hourly allowance.
+    pub rate_limit_burst: Option<u32>,
     /// A webhook target slower than this counts as failed (Docebo: about 5 s).
     pub webhook_timeout: Duration,
     /// First retry delay of a failed webhook; doubles at each retry.
@@ -79,6 +94,7 @@ impl Default for DoceboConfig {
             token_lifetime: Duration::from_secs(3600),
             max_page_size: 200,
             rate_limit_per_hour: Some(1000),
+            rate_limit_burst: None,
             webhook_timeout: Duration::from_secs(5),
             webhook_retry_base: Duration::from_secs(1),
             webhook_max_attempts: 8,
@@ -99,6 +115,31 @@ struct Tokens {
     refresh: HashMap<String, String>,
 }
 
+/// The limiter's settings and what it did since they were set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RateLimit {
+    /// Calls an hour the bucket leaks (lets through on average); `None`: no limit.
+    pub per_hour: Option<u32>,
+    /// Calls a full bucket lets through at once; `None`: the hourly allowance.
+    pub burst: Option<u32>,
+    /// Calls let through since the limiter was set.
+    #[serde(default)]
+    pub allowed: u64,
+    /// Calls refused with 429 since the limiter was set.
+    #[serde(default)]
+    pub refused: u64,
+}
+
+impl RateLimit {
+    fn configured(config: &DoceboConfig) -> RateLimit {
+        RateLimit {
+            per_hour: config.rate_limit_per_hour,
+            burst: config.rate_limit_burst,
+            ..RateLimit::default()
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Bucket {
     level: f64,
@@ -116,11 +157,12 @@ struct DoceboState {
     clock: SimClock,
     data: RwLock<Data>,
     tokens: Mutex<Tokens>,
-    rate_limit: Mutex<Option<u32>>,
+    rate_limit: Mutex<RateLimit>,
     buckets: Mutex<HashMap<String, Bucket>>,
     faults: Mutex<FaultState>,
     counters: Counters,
     webhooks: Webhooks,
+    page_hooks: Mutex<Vec<PageHook>>,
 }
 
 fn read(data: &RwLock<Data>) -> RwLockReadGuard<'_, Data> {
@@ -152,7 +194,7 @@ impl DoceboSim {
             tokio::runtime::Handle::current(),
         );
         let state = Arc::new(DoceboState {
-            rate_limit: Mutex::new(config.rate_limit_per_hour),
+            rate_limit: Mutex::new(RateLimit::configured(&config)),
             config,
             clock: SimClock::default(),
             data: RwLock::new(Data::default()),
@@ -161,6 +203,7 @@ impl DoceboSim {
             faults: Mutex::new(FaultState::default()),
             counters: Counters::default(),
             webhooks,
+            page_hooks: Mutex::new(Vec::new()),
         });
         let server = RunningServer::start(state.config.bind, router(state.clone())).await?;
         let base_url = format!("http://{}", server.addr);
@@ -239,6 +282,21 @@ impl DoceboSim {
         render_list(&self.state, kind, Some(query), group).ok()
     }
 
+    /// Adds a mutation that fires once, after a page of a listing is served (see [`PageHook`]).
+    pub fn on_page(&self, hook: PageHook) {
+        lock(&self.state.page_hooks).push(hook);
+    }
+
+    /// Returns the page hooks added since the last clear, fired or not.
+    pub fn page_hooks(&self) -> Vec<PageHook> {
+        lock(&self.state.page_hooks).clone()
+    }
+
+    /// Removes every page hook.
+    pub fn clear_page_hooks(&self) {
+        lock(&self.state.page_hooks).clear();
+    }
+
     /// Replaces the injected faults.
     pub fn set_faults(&self, faults: Faults) {
         lock(&self.state.faults).set(faults, self.state.clock.now());
@@ -249,10 +307,26 @@ impl DoceboSim {
         self.set_faults(Faults::default());
     }
 
-    /// Changes the leaky-bucket allowance per hour (`None` turns rate limiting off).
+    /// Changes the leaky-bucket allowance per hour (`None` turns rate limiting off); the burst stays.
     pub fn set_rate_limit(&self, per_hour: Option<u32>) {
-        *lock(&self.state.rate_limit) = per_hour;
+        let burst = lock(&self.state.rate_limit).burst;
+        self.set_rate_limit_bucket(per_hour, burst);
+    }
+
+    /// Sets the limiter: `per_hour` calls an hour (`None`: off), at most `burst` at once (`None`: the
+    /// hourly allowance). Empties the buckets and zeroes the limiter's counts.
+    pub fn set_rate_limit_bucket(&self, per_hour: Option<u32>, burst: Option<u32>) {
+        *lock(&self.state.rate_limit) = RateLimit {
+            per_hour,
+            burst,
+            ..RateLimit::default()
+        };
         lock(&self.state.buckets).clear();
+    }
+
+    /// Returns the limiter's settings and the calls it let through and refused since they were set.
+    pub fn rate_limit(&self) -> RateLimit {
+        lock(&self.state.rate_limit).clone()
     }
 
     /// Returns calls per endpoint, keyed `"GET /manage/v1/user"`, `"POST /oauth2/token"`, ...
@@ -324,9 +398,10 @@ impl DoceboState {
         *lock(&self.tokens) = Tokens::default();
         lock(&self.faults).set(Faults::default(), self.now());
         lock(&self.buckets).clear();
-        *lock(&self.rate_limit) = self.config.rate_limit_per_hour;
+        *lock(&self.rate_limit) = RateLimit::configured(&self.config);
         self.counters.clear();
         self.webhooks.clear();
+        lock(&self.page_hooks).clear();
         self.clock.set_offset(0);
     }
 
@@ -421,6 +496,10 @@ impl DoceboState {
         let key = kind
             .parse_key(key_text)
             .ok_or_else(|| Error::Invalid(format!("bad key {key_text:?}")))?;
+        let patch = match patch {
+            Value::Null => Value::Object(serde_json::Map::new()),
+            patch => patch,
+        };
         let Value::Object(patch) = patch else {
             return Err(Error::Invalid("a patch must be a JSON object".into()));
         };
@@ -463,6 +542,37 @@ impl DoceboState {
         drop(data);
         self.webhooks.fire(event.into_iter().collect());
         Ok(item)
+    }
+
+    /// Fires the hooks waiting for page `page` of `path`, in the order they were added.
+    fn fire_page_hooks(&self, path: &str, page: usize) {
+        let due: Vec<(usize, PageAction)> = lock(&self.page_hooks)
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, hook)| !hook.fired && hook.page == page && hook.path == path)
+            .map(|(i, hook)| {
+                hook.fired = true;
+                (i, hook.action.clone())
+            })
+            .collect();
+        for (i, action) in due {
+            let outcome = match action {
+                PageAction::Update { kind, key, patch } => self.update(kind, &key, patch),
+                PageAction::Delete { kind, key } => self.delete(kind, &key),
+                PageAction::Create { kind, item } => {
+                    self.create(kind, vec![item]).map(|_| Value::Null)
+                }
+            };
+            match outcome {
+                Ok(_) => tracing::debug!(%path, page, "page hook fired"),
+                Err(error) => {
+                    tracing::warn!(%path, page, %error, "page hook failed");
+                    if let Some(hook) = lock(&self.page_hooks).get_mut(i) {
+                        hook.error = Some(error.to_string());
+                    }
+                }
+            }
+        }
     }
 
     fn delete(&self, kind: EntityKind, key_text: &str) -> Result<Value, Error> {
@@ -624,8 +734,17 @@ fn router(state: Arc<DoceboState>) -> Router {
         .route("/__sim/generate", post(control_generate))
         .route("/__sim/summary", get(control_summary))
         .route("/__sim/clock", post(control_clock))
-        .route("/__sim/rate_limit", post(control_rate_limit))
+        .route(
+            "/__sim/rate_limit",
+            post(control_rate_limit).get(control_get_rate_limit),
+        )
         .route("/__sim/tokens/expire", post(control_expire_tokens))
+        .route(
+            "/__sim/on_page",
+            post(control_add_page_hook)
+                .get(control_page_hooks)
+                .delete(control_clear_page_hooks),
+        )
         .route(
             "/__sim/webhooks",
             post(control_register_webhook)
@@ -718,11 +837,26 @@ async fn api_guard(
             None => return docebo_error(401, "The access token provided is invalid"),
         }
     };
-    if let Some(per_hour) = *lock(&state.rate_limit)
-        && !take_from_bucket(&state, &client_id, per_hour)
-    {
-        tracing::debug!(%client_id, "docebo rate limit exceeded");
-        return docebo_error(429, "Too many requests: rate limit exceeded");
+    let limit = {
+        let limit = lock(&state.rate_limit);
+        limit.per_hour.map(|per_hour| (per_hour, limit.burst))
+    };
+    if let Some((per_hour, burst)) = limit {
+        let taken = take_from_bucket(&state, &client_id, per_hour, burst);
+        let mut limit = lock(&state.rate_limit);
+        match taken {
+            Ok(()) => limit.allowed += 1,
+            Err(retry_after) => {
+                limit.refused += 1;
+                drop(limit);
+                tracing::debug!(%client_id, retry_after, "docebo rate limit exceeded");
+                let mut response = docebo_error(429, "Too many requests: rate limit exceeded");
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                return response;
+            }
+        }
     }
     let mut response = next.run(request).await;
     response
@@ -732,10 +866,16 @@ async fn api_guard(
 }
 
 /// Leaky bucket: each call adds one drop; the bucket leaks `per_hour` drops an hour; a full bucket
-/// (capacity `per_hour`) refuses the call.
-fn take_from_bucket(state: &DoceboState, client_id: &str, per_hour: u32) -> bool {
-    let capacity = f64::from(per_hour.max(1));
-    let leak_per_sec = capacity / 3600.0;
+/// (capacity `burst`, or `per_hour` without one) refuses the call with the whole seconds until a drop
+/// has leaked (its `Retry-After`).
+fn take_from_bucket(
+    state: &DoceboState,
+    client_id: &str,
+    per_hour: u32,
+    burst: Option<u32>,
+) -> Result<(), u64> {
+    let capacity = f64::from(burst.unwrap_or(per_hour).max(1));
+    let leak_per_sec = f64::from(per_hour.max(1)) / 3600.0;
     let mut buckets = lock(&state.buckets);
     let now = Instant::now();
     let bucket = buckets.entry(client_id.to_string()).or_insert(Bucket {
@@ -746,10 +886,11 @@ fn take_from_bucket(state: &DoceboState, client_id: &str, per_hour: u32) -> bool
     bucket.level = (bucket.level - elapsed * leak_per_sec).max(0.0);
     bucket.last = now;
     if bucket.level + 1.0 > capacity {
-        return false;
+        let wait = (bucket.level + 1.0 - capacity) / leak_per_sec;
+        return Err((wait.ceil() as u64).max(1));
     }
     bucket.level += 1.0;
-    true
+    Ok(())
 }
 
 fn form_fields(headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
@@ -957,21 +1098,38 @@ fn malformed_item(kind: EntityKind) -> &'static str {
     }
 }
 
+/// Serves a listing: the injected 404 and missing-`has_more_data` faults, the page, then the page
+/// hooks waiting for it (so a client sees the mutation from its next call on).
 fn list(
     state: &DoceboState,
     kind: EntityKind,
+    uri: &Uri,
     raw_query: Option<String>,
     path_group: Option<i64>,
 ) -> Response {
-    match render_list(state, kind, raw_query.as_deref(), path_group) {
-        Ok(body) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response(),
+    let path = uri.path();
+    let omit_has_more = {
+        let mut faults = lock(&state.faults);
+        if faults.take_list_fault(ListFaultKind::NotFound, path) {
+            drop(faults);
+            return docebo_error(404, "Not found");
+        }
+        faults.take_list_fault(ListFaultKind::OmitHasMoreData, path)
+    };
+    match render_list_with(state, kind, raw_query.as_deref(), path_group, omit_has_more) {
+        Ok((body, page)) => {
+            if let Some(page) = page {
+                state.fire_page_hooks(path, page);
+            }
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response()
+        }
         Err(response) => response,
     }
 }
@@ -983,6 +1141,18 @@ fn render_list(
     raw_query: Option<&str>,
     path_group: Option<i64>,
 ) -> Result<String, Response> {
+    render_list_with(state, kind, raw_query, path_group, false).map(|(body, _)| body)
+}
+
+/// Renders a list response body, without `has_more_data` when `omit_has_more` (a fault); also returns
+/// the page number when the call was in page-number mode.
+fn render_list_with(
+    state: &DoceboState,
+    kind: EntityKind,
+    raw_query: Option<&str>,
+    path_group: Option<i64>,
+    omit_has_more: bool,
+) -> Result<(String, Option<usize>), Response> {
     let query = parse_list_query(state, kind, raw_query, path_group)?;
     let malformed = lock(&state.faults).take_malformed();
     let mut data = read(&state.data);
@@ -1010,10 +1180,14 @@ fn render_list(
         count += 1;
     }
     let total_pages = page.total_count.div_ceil(query.page_size.max(1));
+    let _ = write!(body, r#"],"count":{count}"#);
+    if !omit_has_more {
+        let _ = write!(body, r#","has_more_data":{}"#, page.has_more);
+    }
     let _ = write!(
         body,
-        r#"],"count":{count},"has_more_data":{},"current_page":{},"current_page_size":{},"total_page_count":{},"total_count":{}"#,
-        page.has_more, query.page, query.page_size, total_pages, page.total_count
+        r#","current_page":{},"current_page_size":{},"total_page_count":{},"total_count":{}"#,
+        query.page, query.page_size, total_pages, page.total_count
     );
     if query.want_cursor || query.cursor.is_some() {
         if let Some(cursor) = page.next_cursor {
@@ -1023,53 +1197,76 @@ fn render_list(
         }
     }
     body.push_str(r#"},"version":"1.0.0","_links":[]}"#);
-    Ok(body)
+    let page_mode = !query.want_cursor && query.cursor.is_none();
+    Ok((body, page_mode.then_some(query.page)))
 }
 
-async fn list_users(State(state): State<Arc<DoceboState>>, RawQuery(q): RawQuery) -> Response {
-    list(&state, EntityKind::Users, q, None)
+async fn list_users(
+    State(state): State<Arc<DoceboState>>,
+    uri: Uri,
+    RawQuery(q): RawQuery,
+) -> Response {
+    list(&state, EntityKind::Users, &uri, q, None)
 }
 
-async fn list_courses(State(state): State<Arc<DoceboState>>, RawQuery(q): RawQuery) -> Response {
-    list(&state, EntityKind::Courses, q, None)
+async fn list_courses(
+    State(state): State<Arc<DoceboState>>,
+    uri: Uri,
+    RawQuery(q): RawQuery,
+) -> Response {
+    list(&state, EntityKind::Courses, &uri, q, None)
 }
 
-async fn list_plans(State(state): State<Arc<DoceboState>>, RawQuery(q): RawQuery) -> Response {
-    list(&state, EntityKind::LearningPlans, q, None)
+async fn list_plans(
+    State(state): State<Arc<DoceboState>>,
+    uri: Uri,
+    RawQuery(q): RawQuery,
+) -> Response {
+    list(&state, EntityKind::LearningPlans, &uri, q, None)
 }
 
 async fn list_sessions(
     State(state): State<Arc<DoceboState>>,
     Path(course_id): Path<String>,
+    uri: Uri,
     RawQuery(q): RawQuery,
 ) -> Response {
     match course_id.trim().parse::<i64>() {
-        Ok(course_id) => list(&state, EntityKind::Sessions, q, Some(course_id)),
+        Ok(course_id) => list(&state, EntityKind::Sessions, &uri, q, Some(course_id)),
         Err(_) => docebo_error(400, "Invalid course id"),
     }
 }
 
 async fn list_course_enrollments(
     State(state): State<Arc<DoceboState>>,
+    uri: Uri,
     RawQuery(q): RawQuery,
 ) -> Response {
-    list(&state, EntityKind::CourseEnrollments, q, None)
+    list(&state, EntityKind::CourseEnrollments, &uri, q, None)
 }
 
 async fn list_plan_enrollments(
     State(state): State<Arc<DoceboState>>,
+    uri: Uri,
     RawQuery(q): RawQuery,
 ) -> Response {
-    list(&state, EntityKind::LearningPlanEnrollments, q, None)
+    list(&state, EntityKind::LearningPlanEnrollments, &uri, q, None)
 }
 
 async fn list_session_enrollments(
     State(state): State<Arc<DoceboState>>,
     Path(session_id): Path<String>,
+    uri: Uri,
     RawQuery(q): RawQuery,
 ) -> Response {
     match session_id.trim().parse::<i64>() {
-        Ok(session_id) => list(&state, EntityKind::SessionEnrollments, q, Some(session_id)),
+        Ok(session_id) => list(
+            &state,
+            EntityKind::SessionEnrollments,
+            &uri,
+            q,
+            Some(session_id),
+        ),
         Err(_) => docebo_error(400, "Invalid session id"),
     }
 }
@@ -1116,6 +1313,7 @@ async fn control_clock(State(state): State<Arc<DoceboState>>, body: Bytes) -> Re
 #[derive(Deserialize)]
 struct RateLimitBody {
     per_hour: Option<u32>,
+    burst: Option<u32>,
 }
 
 async fn control_rate_limit(State(state): State<Arc<DoceboState>>, body: Bytes) -> Response {
@@ -1123,9 +1321,51 @@ async fn control_rate_limit(State(state): State<Arc<DoceboState>>, body: Bytes) 
         Ok(limit) => limit,
         Err(response) => return response,
     };
-    *lock(&state.rate_limit) = limit.per_hour;
+    if limit.burst == Some(0) {
+        return control_error(Error::Invalid(
+            "a burst lets one call through at least".into(),
+        ));
+    }
+    let limit = RateLimit {
+        per_hour: limit.per_hour,
+        burst: limit.burst,
+        ..RateLimit::default()
+    };
+    *lock(&state.rate_limit) = limit.clone();
     lock(&state.buckets).clear();
-    axum::Json(json!({"per_hour": limit.per_hour})).into_response()
+    axum::Json(limit).into_response()
+}
+
+async fn control_get_rate_limit(State(state): State<Arc<DoceboState>>) -> Response {
+    axum::Json(lock(&state.rate_limit).clone()).into_response()
+}
+
+async fn control_add_page_hook(State(state): State<Arc<DoceboState>>, body: Bytes) -> Response {
+    let hook: PageHook = match parse_json(&body) {
+        Ok(hook) => hook,
+        Err(response) => return response,
+    };
+    if !hook.path.starts_with('/') || hook.page == 0 {
+        return control_error(Error::Invalid(
+            "a page hook needs a path starting with / and a page from 1".into(),
+        ));
+    }
+    let mut hooks = lock(&state.page_hooks);
+    hooks.push(PageHook {
+        fired: false,
+        error: None,
+        ..hook
+    });
+    (StatusCode::CREATED, axum::Json(hooks.clone())).into_response()
+}
+
+async fn control_page_hooks(State(state): State<Arc<DoceboState>>) -> Response {
+    axum::Json(lock(&state.page_hooks).clone()).into_response()
+}
+
+async fn control_clear_page_hooks(State(state): State<Arc<DoceboState>>) -> Response {
+    lock(&state.page_hooks).clear();
+    axum::Json(json!({"cleared": true})).into_response()
 }
 
 async fn control_expire_tokens(State(state): State<Arc<DoceboState>>) -> Response {

@@ -1,12 +1,27 @@
 //! The Salesforce simulator (API v62.0): OAuth2 (client credentials, JWT bearer), an org schema loaded
-//! as data, sObject Collections, single-record upsert, SOQL, Bulk API 2.0 ingest, limits, and the
-//! `/__sim/` control API.
+//! as data, sObject Collections, single-record upsert, SOQL, Bulk API 2.0 ingest and query jobs,
+//! limits, and the `/__sim/` control API.
+//!
+//! Bulk API 2.0 query jobs (`POST /jobs/query`, `operation` `query` or `queryAll`) run their SOQL when
+//! they complete, after [`SalesforceConfig::bulk_query_delay`] in `UploadComplete` and as long in
+//! `InProgress`: results are the org as it was then. Result sets hold 50,000 rows unless `maxRecords`
+//! says fewer. Soft-deleted records stay in a recycle bin that `queryAll` (Bulk and REST) reads, with
+//! `IsDeleted` true. Records edited or deleted through the ordinary REST routes (`PATCH`/`DELETE
+//! /sobjects/{object}/{id}`, `DELETE /composite/sobjects?ids=`) stand for changes made by someone else.
+//!
+//! Control routes specific to Salesforce (besides `/__sim/reset`, `/__sim/counters`, `/__sim/faults`):
+//! - `GET /__sim/records/{object}[?Field=value&...]`: live records with every field, filtered.
+//! - `GET|DELETE /__sim/object_calls`: API calls per sObject (a call is counted once per endpoint in
+//!   `/__sim/counters` and once per object here).
+//! - `GET|PUT /__sim/schema`, `GET /__sim/summary`, `POST /__sim/clock`, `POST /__sim/sessions/revoke`,
+//!   `POST /__sim/limits` (`{"used": N, "max": M}`), `POST /__sim/token`.
 
 // Handlers return a ready-made error response as their `Err`: it is built once per refused request,
 // so its size costs nothing worth boxing for.
 #![allow(clippy::result_large_err)]
 
 mod bulk;
+mod bulk_query;
 mod org;
 pub mod schema;
 mod soql;
@@ -37,6 +52,7 @@ use crate::Error;
 use crate::common::{ControlState, control_error, parse_json};
 use crate::common::{Counters, FaultState, Faults, RunningServer, SimClock, lock};
 use bulk::{BulkOp, Job, JobState, ResultKind};
+use bulk_query::{QueryJob, QueryOp};
 use org::{Op, Org, Outcome, RequestError};
 
 /// The API version the simulator serves (`/services/data/v62.0/...`).
@@ -66,6 +82,9 @@ pub struct SalesforceConfig {
     pub daily_api_limit: u64,
     /// Largest raw CSV upload of a Bulk job (Salesforce: about 100 MB).
     pub max_upload_bytes: usize,
+    /// How long a Bulk API 2.0 query job stays `UploadComplete`, then `InProgress`, before it runs
+    /// its query and completes (each state lasts this long).
+    pub bulk_query_delay: Duration,
     /// The org schema.
     pub schema: Schema,
 }
@@ -85,6 +104,7 @@ impl Default for SalesforceConfig {
             session_idle_timeout: Duration::from_secs(2 * 3600),
             daily_api_limit: 100_000,
             max_upload_bytes: 100 * 1024 * 1024,
+            bulk_query_delay: Duration::from_millis(10),
             schema: Schema::default_org(),
         }
     }
@@ -101,8 +121,16 @@ struct Usage {
 }
 
 struct QueryCursor {
+    object: String,
     records: Vec<Value>,
     total_size: usize,
+}
+
+/// Bulk API 2.0 query jobs, and how many were created (against `DailyBulkV2QueryJobs`).
+#[derive(Default)]
+struct QueryJobs {
+    jobs: HashMap<String, QueryJob>,
+    created: u64,
 }
 
 struct SfState {
@@ -114,7 +142,10 @@ struct SfState {
     usage: Mutex<Usage>,
     faults: Mutex<FaultState>,
     counters: Counters,
+    /// API calls per sObject they concern, keyed by object name.
+    object_calls: Counters,
     jobs: Mutex<HashMap<String, Job>>,
+    query_jobs: Mutex<QueryJobs>,
     cursors: Mutex<HashMap<String, QueryCursor>>,
     jwt_key: Option<jsonwebtoken::DecodingKey>,
 }
@@ -157,7 +188,9 @@ impl SalesforceSim {
             sessions: Mutex::new(HashMap::new()),
             faults: Mutex::new(FaultState::default()),
             counters: Counters::default(),
+            object_calls: Counters::default(),
             jobs: Mutex::new(HashMap::new()),
+            query_jobs: Mutex::new(QueryJobs::default()),
             cursors: Mutex::new(HashMap::new()),
             jwt_key,
         });
@@ -265,9 +298,17 @@ impl SalesforceSim {
         self.state.counters.snapshot()
     }
 
-    /// Zeroes the call counters.
+    /// Returns API calls per sObject they concern (`{"Docebo_User__c": 12, ...}`): record reads and
+    /// writes, describes, SOQL queries and their next pages, and every call about an ingest or query
+    /// job of the object. Calls about no one object (limits, versions, jobs lists) are not in it.
+    pub fn object_calls(&self) -> BTreeMap<String, u64> {
+        self.state.object_calls.snapshot()
+    }
+
+    /// Zeroes the call counters, per endpoint and per object.
     pub fn clear_counters(&self) {
         self.state.counters.clear();
+        self.state.object_calls.clear();
     }
 
     /// Revokes every session: later calls answer 401 `INVALID_SESSION_ID`.
@@ -325,7 +366,9 @@ impl SfState {
         };
         lock(&self.faults).set(Faults::default(), self.now());
         self.counters.clear();
+        self.object_calls.clear();
         lock(&self.jobs).clear();
+        *lock(&self.query_jobs) = QueryJobs::default();
         lock(&self.cursors).clear();
         self.clock.set_offset(0);
     }
@@ -429,7 +472,7 @@ fn router(state: Arc<SfState>) -> Router {
         )
         .route("/services/data/v62.0/query", get(query))
         .route("/services/data/v62.0/query/", get(query))
-        .route("/services/data/v62.0/queryAll", get(query))
+        .route("/services/data/v62.0/queryAll", get(query_all))
         .route("/services/data/v62.0/query/{locator}", get(query_more))
         .route(
             "/services/data/v62.0/jobs/ingest",
@@ -476,10 +519,28 @@ fn router(state: Arc<SfState>) -> Router {
             "/services/data/v62.0/jobs/ingest/{id}/unprocessedRecords/",
             get(unprocessed_results),
         )
+        .route(
+            "/services/data/v62.0/jobs/query",
+            post(create_query_job).get(list_query_jobs),
+        )
+        .route(
+            "/services/data/{version}/jobs/query/{id}",
+            get(query_job_info)
+                .patch(change_query_job)
+                .delete(delete_query_job),
+        )
+        .route(
+            "/services/data/{version}/jobs/query/{id}/results",
+            get(query_job_results),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), data_guard));
     let control = crate::common::shared_control_routes::<SfState>()
         .route("/__sim/records/{object}", get(control_records))
         .route("/__sim/summary", get(control_summary))
+        .route(
+            "/__sim/object_calls",
+            get(control_object_calls).delete(control_clear_object_calls),
+        )
         .route(
             "/__sim/schema",
             get(control_schema).put(control_load_schema),
@@ -595,7 +656,56 @@ async fn guarded(state: &SfState, request: Request, next: Next) -> Response {
         }
         usage.used += 1;
     }
+    if let Some(object) = object_of(state, &request) {
+        state.object_calls.bump(&object);
+    }
     next.run(request).await
+}
+
+/// The sObject a `/services/data` call concerns, when the path and query tell it; calls whose body
+/// names it (collections create and update, job creation) are counted by their handlers.
+fn object_of(state: &SfState, request: &Request) -> Option<String> {
+    let path = request.uri().path().strip_prefix("/services/data/")?;
+    let segments: Vec<&str> = path.split('/').skip(1).filter(|s| !s.is_empty()).collect();
+    let named = |name: &str| {
+        let org = read(&state.org);
+        org.object(name).map(|i| org.objects[i].def.name.clone())
+    };
+    let param = |wanted: &str| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(request.uri().query().unwrap_or(""))
+            .ok()?
+            .into_iter()
+            .find(|(name, _)| name == wanted)
+            .map(|(_, value)| value)
+    };
+    match segments.as_slice() {
+        ["sobjects", object, ..] | ["composite", "sobjects", object, _] => named(object),
+        ["composite", "sobjects"] if request.method() == axum::http::Method::DELETE => {
+            let ids = param("ids")?;
+            let prefix = ids.split(',').next()?.get(..3)?.to_string();
+            let org = read(&state.org);
+            org.objects
+                .iter()
+                .find(|o| o.def.key_prefix == prefix)
+                .map(|o| o.def.name.clone())
+        }
+        ["query"] | ["queryAll"] => {
+            let soql = param("q")?;
+            let mut words = soql.split_whitespace();
+            words.find(|w| w.eq_ignore_ascii_case("FROM"))?;
+            named(words.next()?)
+        }
+        ["query", locator] => {
+            let id = locator.rsplit_once('-').map_or(*locator, |(id, _)| id);
+            lock(&state.cursors).get(id).map(|c| c.object.clone())
+        }
+        ["jobs", "ingest", id, ..] => lock(&state.jobs).get(*id).map(|j| j.object.clone()),
+        ["jobs", "query", id, ..] => lock(&state.query_jobs)
+            .jobs
+            .get(*id)
+            .map(|j| j.object.clone()),
+        _ => None,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -744,10 +854,14 @@ async fn limits(State(state): State<Arc<SfState>>) -> Response {
         (usage.used, usage.max)
     };
     let batches = lock(&state.jobs).len() as u64;
+    let query_jobs = lock(&state.query_jobs).created;
     axum::Json(json!({
         "DailyApiRequests": {"Max": max, "Remaining": max.saturating_sub(used)},
         "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000u64.saturating_sub(batches)},
-        "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
+        "DailyBulkV2QueryJobs": {
+            "Max": bulk_query::DAILY_QUERY_JOBS,
+            "Remaining": bulk_query::DAILY_QUERY_JOBS.saturating_sub(query_jobs),
+        },
         "DailyBulkV2QueryFileStorageMB": {"Max": 976562, "Remaining": 976562},
         "DataStorageMB": {"Max": 5120, "Remaining": 5120},
         "ConcurrentAsyncGetReportInstances": {"Max": 200, "Remaining": 200},
@@ -966,6 +1080,13 @@ async fn collections_write(state: &SfState, body: &[u8], op: Op) -> Response {
         }
         return api_error(400, "INVALID_TYPE", "Must send a concrete entity type.");
     };
+    if let Some(name) = {
+        let org = read(&state.org);
+        org.object(&first_type)
+            .map(|i| org.objects[i].def.name.clone())
+    } {
+        state.object_calls.bump(&name);
+    }
     let share = state.lock_share();
     let mut org = write(&state.org);
     let Some(object) = org.object(&first_type) else {
@@ -1298,17 +1419,38 @@ async fn query(
     headers: HeaderMap,
     Query(params): Query<QueryParams>,
 ) -> Response {
+    run_query(&state, &headers, params, false)
+}
+
+/// `GET /queryAll`: as `/query`, with the recycle bin's records (`IsDeleted` true).
+async fn query_all(
+    State(state): State<Arc<SfState>>,
+    headers: HeaderMap,
+    Query(params): Query<QueryParams>,
+) -> Response {
+    run_query(&state, &headers, params, true)
+}
+
+fn run_query(
+    state: &SfState,
+    headers: &HeaderMap,
+    params: QueryParams,
+    with_deleted: bool,
+) -> Response {
     let Some(text) = params.q.filter(|q| !q.trim().is_empty()) else {
         return api_error(400, "MALFORMED_QUERY", "A query string is required (q)");
     };
-    let page = batch_size(&headers);
-    let result = {
+    let page = batch_size(headers);
+    let (result, object) = {
         let org = read(&state.org);
         let parsed = match soql::parse(&org, &text) {
             Ok(parsed) => parsed,
             Err(error) => return request_error(error),
         };
-        soql::execute(&org, &parsed, API_VERSION)
+        (
+            soql::execute_all(&org, &parsed, API_VERSION, with_deleted),
+            org.objects[parsed.object()].def.name.clone(),
+        )
     };
     if result.records.len() <= page {
         return axum::Json(
@@ -1320,11 +1462,12 @@ async fn query(
     lock(&state.cursors).insert(
         locator.clone(),
         QueryCursor {
+            object,
             total_size: result.total_size,
             records: result.records,
         },
     );
-    query_page(&state, &locator, 0, page)
+    query_page(state, &locator, 0, page)
 }
 
 async fn query_more(
@@ -1430,6 +1573,7 @@ async fn create_job(State(state): State<Arc<SfState>>, body: Bytes) -> Response 
     };
     let object = store.def.name.clone();
     drop(org);
+    state.object_calls.bump(&object);
     let id = write(&state.org).new_id("750").to_string();
     let now = state.now();
     let job = Job {
@@ -1814,19 +1958,390 @@ async fn unprocessed_results(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Bulk API 2.0 query jobs
+
+#[derive(Deserialize)]
+struct CreateQueryJob {
+    operation: Option<String>,
+    query: Option<String>,
+    #[serde(rename = "contentType")]
+    content_type: Option<String>,
+    #[serde(rename = "columnDelimiter")]
+    column_delimiter: Option<String>,
+    #[serde(rename = "lineEnding")]
+    line_ending: Option<String>,
+}
+
+async fn create_query_job(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
+    let request: CreateQueryJob = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return api_error(
+                400,
+                "JSON_PARSER_ERROR",
+                &format!("Unexpected content: {e}"),
+            );
+        }
+    };
+    let operation_name = request.operation.unwrap_or_default();
+    let Some(operation) = QueryOp::parse(&operation_name) else {
+        return api_error(
+            400,
+            "INVALIDJOB",
+            &format!("Invalid operation: {operation_name}"),
+        );
+    };
+    if request.content_type.as_deref().is_some_and(|c| c != "CSV") {
+        return api_error(400, "INVALIDJOB", "Only CSV content is supported");
+    }
+    // The simulator writes results with commas and line feeds only.
+    if request
+        .column_delimiter
+        .as_deref()
+        .is_some_and(|d| d != "COMMA")
+        || request.line_ending.as_deref().is_some_and(|l| l != "LF")
+    {
+        return api_error(
+            400,
+            "INVALIDJOB",
+            "The simulator serves query results with columnDelimiter COMMA and lineEnding LF only",
+        );
+    }
+    let Some(soql_text) = request.query.filter(|q| !q.trim().is_empty()) else {
+        return api_error(400, "INVALIDJOB", "A query is required");
+    };
+    let object = {
+        let org = read(&state.org);
+        match soql::parse(&org, &soql_text) {
+            Ok(parsed) => org.objects[parsed.object()].def.name.clone(),
+            Err(error) => return request_error(error),
+        }
+    };
+    state.object_calls.bump(&object);
+    let now = state.now();
+    // The id is drawn before the jobs lock is taken: the org lock may wait for an ingest batch.
+    let id = write(&state.org).new_id("750").to_string();
+    let info = {
+        let mut query_jobs = lock(&state.query_jobs);
+        if query_jobs.created >= bulk_query::DAILY_QUERY_JOBS {
+            return api_error(
+                400,
+                "LIMIT_EXCEEDED",
+                "Max number of Bulk API 2.0 query jobs per day exceeded",
+            );
+        }
+        let job = QueryJob {
+            id: id.clone(),
+            operation,
+            object,
+            soql: soql_text,
+            api_version: API_VERSION.to_string(),
+            state: JobState::UploadComplete,
+            created: now,
+            modified: now,
+            error_message: None,
+            processing_ms: 0,
+            results: None,
+        };
+        let info = job.info(USER_ID);
+        query_jobs.jobs.insert(id.clone(), job);
+        query_jobs.created += 1;
+        let state = state.clone();
+        tokio::spawn(async move { run_query_job(state, id).await });
+        info
+    };
+    axum::Json(info).into_response()
+}
+
+/// Moves a query job through `InProgress`, runs its query (the snapshot it serves) and completes it,
+/// unless it was aborted or deleted meanwhile.
+async fn run_query_job(state: Arc<SfState>, id: String) {
+    let delay = state.config.bulk_query_delay;
+    tokio::time::sleep(delay).await;
+    {
+        let mut query_jobs = lock(&state.query_jobs);
+        let Some(job) = query_jobs.jobs.get_mut(&id) else {
+            return;
+        };
+        if job.state != JobState::UploadComplete {
+            return;
+        }
+        job.state = JobState::InProgress;
+        job.modified = state.now();
+    }
+    tokio::time::sleep(delay).await;
+    let Some((soql_text, operation)) = lock(&state.query_jobs)
+        .jobs
+        .get(&id)
+        .filter(|job| job.state == JobState::InProgress)
+        .map(|job| (job.soql.clone(), job.operation))
+    else {
+        return;
+    };
+    let started = Instant::now();
+    let worker = state.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let org = read(&worker.org);
+        let parsed = soql::parse(&org, &soql_text).map_err(|e| e.message)?;
+        soql::execute_csv(&org, &parsed, operation == QueryOp::QueryAll)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("query failed: {e}")));
+    let mut query_jobs = lock(&state.query_jobs);
+    let Some(job) = query_jobs.jobs.get_mut(&id) else {
+        return;
+    };
+    if job.state != JobState::InProgress {
+        return;
+    }
+    job.modified = state.now();
+    job.processing_ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Ok(result) => {
+            tracing::debug!(job = %id, records = result.row_ends.len(), "bulk query job complete");
+            job.results = Some(Arc::new(result));
+            job.state = JobState::JobComplete;
+        }
+        Err(message) => {
+            tracing::debug!(job = %id, %message, "bulk query job failed");
+            job.error_message = Some(message);
+            job.state = JobState::Failed;
+        }
+    }
+}
+
+async fn list_query_jobs(State(state): State<Arc<SfState>>) -> Response {
+    let query_jobs = lock(&state.query_jobs);
+    let records: Vec<Value> = query_jobs.jobs.values().map(|j| j.info(USER_ID)).collect();
+    axum::Json(json!({"done": true, "records": records, "nextRecordsUrl": null})).into_response()
+}
+
+/// Finds a query job for a request made with `version`: 404 when there is none, 409 when it was
+/// created with another API version.
+fn query_job<'a>(
+    jobs: &'a mut QueryJobs,
+    version: &str,
+    id: &str,
+) -> Result<&'a mut QueryJob, Response> {
+    let job = jobs.jobs.get_mut(id).ok_or_else(job_not_found)?;
+    if job.api_version != version {
+        return Err(api_error(
+            409,
+            "API_VERSION_MISMATCH",
+            &format!(
+                "Job {id} was created with API version {}; use that version to read it",
+                job.api_version
+            ),
+        ));
+    }
+    Ok(job)
+}
+
+async fn query_job_info(
+    State(state): State<Arc<SfState>>,
+    Path((version, id)): Path<(String, String)>,
+) -> Response {
+    let mut query_jobs = lock(&state.query_jobs);
+    match query_job(&mut query_jobs, &version, &id) {
+        Ok(job) => axum::Json(job.info(USER_ID)).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn change_query_job(
+    State(state): State<Arc<SfState>>,
+    Path((version, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let change: ChangeJob = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(e) => {
+            return api_error(
+                400,
+                "JSON_PARSER_ERROR",
+                &format!("Unexpected content: {e}"),
+            );
+        }
+    };
+    let now = state.now();
+    let mut query_jobs = lock(&state.query_jobs);
+    let job = match query_job(&mut query_jobs, &version, &id) {
+        Ok(job) => job,
+        Err(response) => return response,
+    };
+    match (change.state.as_str(), job.state) {
+        ("Aborted", JobState::UploadComplete | JobState::InProgress) => {
+            job.state = JobState::Aborted;
+            job.modified = now;
+            axum::Json(job.info(USER_ID)).into_response()
+        }
+        (wanted, current) => api_error(
+            400,
+            "INVALIDJOBSTATE",
+            &format!(
+                "Cannot change the state of a job from {} to {wanted}",
+                current.name()
+            ),
+        ),
+    }
+}
+
+async fn delete_query_job(
+    State(state): State<Arc<SfState>>,
+    Path((version, id)): Path<(String, String)>,
+) -> Response {
+    let mut query_jobs = lock(&state.query_jobs);
+    let current = match query_job(&mut query_jobs, &version, &id) {
+        Ok(job) => job.state,
+        Err(response) => return response,
+    };
+    match current {
+        JobState::UploadComplete | JobState::InProgress => api_error(
+            400,
+            "INVALIDJOBSTATE",
+            "Job must be Aborted, JobComplete or Failed to be deleted",
+        ),
+        _ => {
+            query_jobs.jobs.remove(&id);
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ResultsParams {
+    locator: Option<String>,
+    #[serde(rename = "maxRecords")]
+    max_records: Option<String>,
+}
+
+async fn query_job_results(
+    State(state): State<Arc<SfState>>,
+    Path((version, id)): Path<(String, String)>,
+    Query(params): Query<ResultsParams>,
+) -> Response {
+    let max = match params.max_records.as_deref() {
+        None | Some("") => bulk_query::DEFAULT_MAX_RECORDS,
+        Some(text) => match text.parse::<usize>() {
+            Ok(max) if max > 0 => max,
+            _ => {
+                return api_error(
+                    400,
+                    "INVALIDREQUEST",
+                    &format!("maxRecords must be a positive integer, not {text}"),
+                );
+            }
+        },
+    };
+    let offset = match params.locator.as_deref() {
+        None | Some("") => 0,
+        Some(locator) => match bulk_query::decode_locator(locator) {
+            Some(offset) => offset,
+            None => {
+                return api_error(
+                    400,
+                    "INVALID_QUERY_LOCATOR",
+                    &format!("Invalid locator: {locator}"),
+                );
+            }
+        },
+    };
+    let now = state.now();
+    let result = {
+        let mut query_jobs = lock(&state.query_jobs);
+        let job = match query_job(&mut query_jobs, &version, &id) {
+            Ok(job) => job,
+            Err(response) => return response,
+        };
+        if now - job.created > chrono::Duration::days(bulk_query::RESULTS_KEPT_DAYS) {
+            return api_error(
+                404,
+                "NOT_FOUND",
+                "The results of this job are no longer available",
+            );
+        }
+        match (&job.results, job.state) {
+            (Some(result), JobState::JobComplete) => result.clone(),
+            (_, current) => {
+                return api_error(
+                    400,
+                    "INVALIDJOBSTATE",
+                    &format!(
+                        "Results are available once the job is JobComplete; it is {}",
+                        current.name()
+                    ),
+                );
+            }
+        }
+    };
+    if offset > result.row_ends.len() {
+        return api_error(
+            400,
+            "INVALID_QUERY_LOCATOR",
+            "The locator is past the end of the results",
+        );
+    }
+    let page = bulk_query::page(&result, offset, max);
+    let mut response = csv_response(page.body);
+    let headers = response.headers_mut();
+    let locator = page.next.unwrap_or_else(|| "null".into());
+    if let Ok(value) = HeaderValue::from_str(&locator) {
+        headers.insert("sforce-locator", value);
+    }
+    headers.insert("sforce-numberofrecords", HeaderValue::from(page.rows));
+    response
+}
+
+// ---------------------------------------------------------------------------------------------
 // Control API
 
+/// `GET /__sim/records/{object}[?Field=value&...]`: the live records of an object with every field
+/// (`Id` plus each field; lookups as ids), in creation order, keeping only those whose fields hold
+/// the given values (text form, e.g. `?Enrollment_Key__c=1-55&Status__c=Completed`, `?Id=a05...`).
 async fn control_records(
     State(state): State<Arc<SfState>>,
     Path(object): Path<String>,
+    Query(filters): Query<Vec<(String, String)>>,
 ) -> Response {
     let org = read(&state.org);
     let Some(index) = org.object(&object) else {
         return control_error(Error::NotFound(format!("object {object}")));
     };
     let store = &org.objects[index];
-    let records: Vec<Value> = store.iter().map(|r| store.record_json(r)).collect();
+    let mut wanted: Vec<(Option<usize>, &str)> = Vec::with_capacity(filters.len());
+    for (name, value) in &filters {
+        if name.eq_ignore_ascii_case("Id") {
+            wanted.push((None, value.as_str()));
+            continue;
+        }
+        match store.field(name) {
+            Some(field) => wanted.push((Some(field), value.as_str())),
+            None => {
+                return control_error(Error::Invalid(format!("{object} has no field {name}")));
+            }
+        }
+    }
+    let records: Vec<Value> = store
+        .iter()
+        .filter(|record| {
+            wanted.iter().all(|(field, value)| match field {
+                None => org::normalize_id(value).as_deref() == Some(&*record.id),
+                Some(field) => record.vals[*field].as_text().as_deref() == Some(*value),
+            })
+        })
+        .map(|r| store.record_json(r))
+        .collect();
     axum::Json(records).into_response()
+}
+
+/// `GET /__sim/object_calls`: API calls per sObject (see [`SalesforceSim::object_calls`]).
+async fn control_object_calls(State(state): State<Arc<SfState>>) -> Response {
+    axum::Json(state.object_calls.snapshot()).into_response()
+}
+
+async fn control_clear_object_calls(State(state): State<Arc<SfState>>) -> Response {
+    state.object_calls.clear();
+    axum::Json(json!({"cleared": true})).into_response()
 }
 
 async fn control_summary(State(state): State<Arc<SfState>>) -> Response {

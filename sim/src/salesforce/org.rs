@@ -45,7 +45,8 @@ pub struct ObjStore {
     pub by_id: FastMap<Arc<str>, usize>,
     /// Value -> slot, for external-id and unique fields.
     ext: Vec<Option<FastMap<Arc<str>, usize>>>,
-    deleted: FastSet<Arc<str>>,
+    /// The recycle bin: soft-deleted records as they were when deleted (`queryAll` reads them).
+    deleted: FastMap<Arc<str>, Rec>,
     pub live: usize,
 }
 
@@ -79,7 +80,7 @@ impl ObjStore {
             records: Vec::new(),
             by_id: FastMap::default(),
             ext,
-            deleted: FastSet::default(),
+            deleted: FastMap::default(),
             live: 0,
         }
     }
@@ -110,6 +111,11 @@ impl ObjStore {
     /// Iterates live records in creation order.
     pub fn iter(&self) -> impl Iterator<Item = &Rec> {
         self.records.iter().flatten()
+    }
+
+    /// Iterates the recycle bin (soft-deleted records), in no particular order.
+    pub fn recycled(&self) -> impl Iterator<Item = &Rec> {
+        self.deleted.values()
     }
 
     /// A record as JSON: `Id` plus every field.
@@ -673,7 +679,7 @@ impl Org {
                 let normalized = normalize_id(id).unwrap_or_default();
                 match store.by_id.get(normalized.as_str()) {
                     Some(slot) => Some(*slot),
-                    None if store.deleted.contains(normalized.as_str()) => {
+                    None if store.deleted.contains_key(normalized.as_str()) => {
                         return (
                             None,
                             Outcome::failed(
@@ -924,7 +930,7 @@ impl Org {
                 }
                 Some((o, slot)) => Ok((o, slot, Arc::from(normalized))),
                 None if object
-                    .is_some_and(|o| self.objects[o].deleted.contains(normalized.as_str())) =>
+                    .is_some_and(|o| self.objects[o].deleted.contains_key(normalized.as_str())) =>
                 {
                     Err(Outcome::failed(
                         Some(normalized.into()),
@@ -990,7 +996,7 @@ impl Org {
         store.by_id.remove(&record.id);
         store.live -= 1;
         if !hard {
-            store.deleted.insert(record.id);
+            store.deleted.insert(record.id.clone(), record);
         }
     }
 }

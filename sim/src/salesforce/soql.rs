@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 use serde_json::{Map, Value};
 
 use super::org::{Org, RequestError};
-use super::schema::{Val, parse_datetime};
+use super::schema::{FieldType, Val, parse_datetime};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Token {
@@ -84,6 +84,8 @@ fn tokenize(text: &str) -> Result<Vec<Token>, RequestError> {
 #[derive(Debug, Clone)]
 enum Path {
     Id,
+    /// The system field `IsDeleted`: true for records read from the recycle bin (`queryAll`).
+    IsDeleted,
     Field(usize),
     /// Through a lookup: lookup field, parent object, parent field (`None` = Id).
     Parent(usize, usize, Option<usize>),
@@ -114,6 +116,13 @@ pub struct Query {
     order: Option<(Path, bool, bool)>,
     limit: Option<usize>,
     offset: usize,
+}
+
+impl Query {
+    /// The index of the queried object in the org.
+    pub fn object(&self) -> usize {
+        self.object
+    }
 }
 
 struct Parser<'a> {
@@ -180,6 +189,9 @@ impl Parser<'_> {
         };
         if name.eq_ignore_ascii_case("Id") {
             return Ok(Path::Id);
+        }
+        if name.eq_ignore_ascii_case("IsDeleted") && store.field(name).is_none() {
+            return Ok(Path::IsDeleted);
         }
         if let Some((relationship, inner)) = name.split_once('.') {
             let field = store.relationship(relationship).ok_or_else(no_column)?;
@@ -380,6 +392,8 @@ fn list(parser: &mut Parser<'_>) -> Result<Vec<Literal>, RequestError> {
 fn value_of(org: &Org, object: usize, record: &super::org::Rec, path: &Path) -> Val {
     match path {
         Path::Id => Val::Str(record.id.clone()),
+        // Live records are indexed by id; recycled ones are not.
+        Path::IsDeleted => Val::Bool(org.objects[object].get(&record.id).is_none()),
         Path::Field(field) => record.vals[*field].clone(),
         Path::Parent(field, parent, parent_field) => {
             let _ = object;
@@ -492,11 +506,14 @@ pub struct QueryResult {
     pub records: Vec<Value>,
 }
 
-/// Runs a parsed query.
-pub fn execute(org: &Org, query: &Query, api_version: &str) -> QueryResult {
+/// The records a query selects, filtered, ordered and cut by `LIMIT`/`OFFSET`; `with_deleted` adds
+/// the object's recycled records (as `queryAll` does) after the live ones.
+fn select_records<'a>(org: &'a Org, query: &Query, with_deleted: bool) -> Vec<&'a super::org::Rec> {
     let store = &org.objects[query.object];
+    let recycled = store.recycled().filter(move |_| with_deleted);
     let mut matched: Vec<&super::org::Rec> = store
         .iter()
+        .chain(recycled)
         .filter(|record| holds(org, query, record))
         .collect();
     if let Some((path, descending, nulls_last)) = &query.order {
@@ -514,11 +531,22 @@ pub fn execute(org: &Org, query: &Query, api_version: &str) -> QueryResult {
         });
         matched = keyed.into_iter().map(|(_, record)| record).collect();
     }
-    let matched: Vec<&super::org::Rec> = matched
+    matched
         .into_iter()
         .skip(query.offset)
         .take(query.limit.unwrap_or(usize::MAX))
-        .collect();
+        .collect()
+}
+
+/// Runs a parsed query.
+pub fn execute(org: &Org, query: &Query, api_version: &str) -> QueryResult {
+    execute_all(org, query, api_version, false)
+}
+
+/// Runs a parsed query; `with_deleted` adds the recycle bin's records (`queryAll`).
+pub fn execute_all(org: &Org, query: &Query, api_version: &str, with_deleted: bool) -> QueryResult {
+    let store = &org.objects[query.object];
+    let matched = select_records(org, query, with_deleted);
     if query.count {
         return QueryResult {
             total_size: matched.len(),
@@ -541,6 +569,12 @@ pub fn execute(org: &Org, query: &Query, api_version: &str) -> QueryResult {
                 match path {
                     Path::Id => {
                         object.insert("Id".into(), Value::String(record.id.to_string()));
+                    }
+                    Path::IsDeleted => {
+                        object.insert(
+                            "IsDeleted".into(),
+                            value_of(org, query.object, record, path).to_json(),
+                        );
                     }
                     Path::Field(field) => {
                         object.insert(
@@ -590,6 +624,78 @@ pub fn execute(org: &Org, query: &Query, api_version: &str) -> QueryResult {
         total_size: matched.len(),
         records,
     }
+}
+
+/// A query's result as CSV, the way Bulk API 2.0 query jobs serve it: one header line, then one line
+/// per record; `row_ends[i]` is where record `i`'s line ends in `body`.
+#[derive(Debug, Default)]
+pub struct CsvResult {
+    /// The header line (with its line feed), names as written in the SELECT.
+    pub header: Vec<u8>,
+    /// Every record line, back to back.
+    pub body: Vec<u8>,
+    /// End offset in `body` of each record's line.
+    pub row_ends: Vec<usize>,
+}
+
+/// A value as a Bulk API 2.0 query result cell: empty for null, datetimes in `...000Z` form.
+fn csv_cell(value: &Val, kind: Option<FieldType>) -> String {
+    match (value, kind) {
+        (Val::Str(text), Some(FieldType::Datetime)) => match text.strip_suffix("+0000") {
+            Some(stem) => format!("{stem}Z"),
+            None => text.to_string(),
+        },
+        (value, _) => value.as_text().unwrap_or_default(),
+    }
+}
+
+/// Runs a parsed query for a Bulk API 2.0 query job: the whole result as CSV (every cell quoted, as
+/// Salesforce writes it). `COUNT()` is refused, as Bulk API 2.0 refuses aggregates.
+pub fn execute_csv(org: &Org, query: &Query, with_deleted: bool) -> Result<CsvResult, String> {
+    if query.count {
+        return Err("Aggregate queries are not supported by Bulk API 2.0 query jobs".into());
+    }
+    let store = &org.objects[query.object];
+    let kinds: Vec<Option<FieldType>> = query
+        .select
+        .iter()
+        .map(|(_, path)| match path {
+            Path::Id | Path::IsDeleted | Path::Parent(_, _, None) => None,
+            Path::Field(field) => Some(store.field_def(*field).kind),
+            Path::Parent(_, parent, Some(field)) => {
+                Some(org.objects[*parent].field_def(*field).kind)
+            }
+        })
+        .collect();
+    let writer = |into: Vec<u8>| {
+        csv::WriterBuilder::new()
+            .quote_style(csv::QuoteStyle::Always)
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_writer(into)
+    };
+    let mut head = writer(Vec::new());
+    head.write_record(query.select.iter().map(|(name, _)| name.as_str()))
+        .map_err(|e| e.to_string())?;
+    let header = head.into_inner().map_err(|e| e.to_string())?;
+    let matched = select_records(org, query, with_deleted);
+    let mut row_ends = Vec::with_capacity(matched.len());
+    let mut out = writer(Vec::new());
+    let mut cells: Vec<String> = Vec::with_capacity(query.select.len());
+    for record in matched {
+        cells.clear();
+        for ((_, path), kind) in query.select.iter().zip(&kinds) {
+            cells.push(csv_cell(&value_of(org, query.object, record, path), *kind));
+        }
+        out.write_record(&cells).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+        row_ends.push(out.get_ref().len());
+    }
+    let body = out.into_inner().map_err(|e| e.to_string())?;
+    Ok(CsvResult {
+        header,
+        body,
+        row_ends,
+    })
 }
 
 #[cfg(test)]

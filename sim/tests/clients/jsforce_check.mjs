@@ -1,4 +1,4 @@
-// Drives the Salesforce simulator with the real jsforce client: sObject Collections upsert and delete, Bulk 2.0, query.
+// Drives the Salesforce simulator with the real jsforce client: sObject Collections upsert and delete, Bulk 2.0 ingest and query, query.
 //
 // Usage: LEARNSYNC_NODE_PATH=<node_modules dir holding jsforce> node jsforce_check.mjs BASE_URL CLIENT_ID CLIENT_SECRET
 // Exits 0 when every check passed, non-zero (with a message) otherwise.
@@ -70,5 +70,19 @@ assert.equal(queried.totalSize, 2);
 const deleted = await conn.sobject('Docebo_User__c').destroy(queried.records.map((r) => r.Id));
 assert.equal(deleted.length, 2);
 assert.ok(deleted.every((r) => r.success));
+
+// Bulk API 2.0 query of the courses loaded above (jsforce follows Sforce-Locator to the last set).
+const courseStream = await conn.bulk2.query(
+  'SELECT Id, Docebo_Course_Id__c, Type__c, Credits__c FROM Docebo_Course__c',
+  { pollInterval: 50, pollTimeout: 30000 },
+);
+const courses = [];
+for await (const record of courseStream) courses.push(record);
+assert.equal(courses.length, 20);
+assert.deepEqual(
+  courses.map((c) => c.Docebo_Course_Id__c).sort(),
+  Array.from({ length: 20 }, (_, i) => String(700 + i)),
+);
+assert.ok(courses.every((c) => c.Id.length === 18 && c.Type__c === 'Webinar' && String(c.Credits__c) === '1.5'));
 
 console.log('jsforce checks passed');

@@ -1,8 +1,10 @@
-"""Drives the Salesforce simulator with the real simple-salesforce client: sObject Collections, Bulk 2.0 upsert, query.
+"""Drives the Salesforce simulator with the real simple-salesforce client: sObject Collections, Bulk 2.0 upsert, query, Bulk 2.0 query.
 
 Usage: python simple_salesforce_check.py BASE_URL CLIENT_ID CLIENT_SECRET
 Exits 0 when every check passed, non-zero (with a message) otherwise.
 """
+import csv
+import io
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
@@ -87,6 +89,20 @@ def main():
     result = sf.query_all("SELECT Id, Enrollment_Key__c, Docebo_User__r.Docebo_User_Id__c FROM Docebo_Course_Enrollment__c")
     assert result["totalSize"] == 10, result
     assert result["records"][0]["Docebo_User__r"]["Docebo_User_Id__c"] == "100", result["records"][0]
+
+    # Bulk API 2.0 query, in result sets of at most 4 records followed by locator.
+    sets = list(sf.bulk2.Docebo_Course_Enrollment__c.query(
+        "SELECT Id, Enrollment_Key__c, Docebo_User__r.Docebo_User_Id__c, Completed_At__c "
+        "FROM Docebo_Course_Enrollment__c",
+        max_records=4, wait=0.05))
+    parsed = [list(csv.reader(io.StringIO(text))) for text in sets]
+    assert [len(rows) - 1 for rows in parsed] == [4, 4, 2], sets
+    for rows in parsed:
+        assert rows[0] == ["Id", "Enrollment_Key__c", "Docebo_User__r.Docebo_User_Id__c", "Completed_At__c"], rows[0]
+    records = [row for rows in parsed for row in rows[1:]]
+    assert sorted(row[1] for row in records) == sorted(f"{100 + i}-55" for i in range(10)), records
+    assert all(row[3] == "2024-03-20T09:01:02.000Z" for row in records), records
+    assert all(row[2] == row[1].split("-")[0] for row in records), records
     print("simple-salesforce checks passed")
 
 
