@@ -18,25 +18,7 @@ use sha2::Digest as _;
 /// The default mapping (data-model.md), as JSON.
 const DEFAULT_MAPPING: &str = include_str!("mapping.json");
 
-/// The Docebo entities a sync reads, each mapped to one Salesforce object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Entity {
-    /// Users.
-    Users,
-    /// Courses.
-    Courses,
-    /// Learning plans.
-    LearningPlans,
-    /// ILT and webinar sessions.
-    Sessions,
-    /// Course enrollments.
-    CourseEnrollments,
-    /// Learning-plan enrollments.
-    LearningPlanEnrollments,
-    /// Webinar and ILT session enrollments.
-    SessionEnrollments,
-}
+pub use learnsync_store::model::Entity;
 
 /// A mapping that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -1116,6 +1098,18 @@ mod tests {
             .fit_to_org(&json!({ "fields": fields }))
             .unwrap_err();
         assert!(error.contains("Language__c"), "{error}");
+    }
+
+    #[test]
+    fn every_job_kind_s_description_agrees_with_the_default_mapping() {
+        let mapping = mapping();
+        for kind in learnsync_store::model::JobKind::ALL {
+            let spec = kind.spec();
+            let object = mapping.entity(spec.entity).unwrap();
+            assert_eq!(object.key, spec.key, "{kind}");
+            assert_eq!(object.area, spec.area, "{kind}");
+            assert_eq!(object.unenroll.is_some(), spec.unenrolls, "{kind}");
+        }
     }
 
     #[test]

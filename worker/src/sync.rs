@@ -144,17 +144,7 @@ struct Level {
 
 /// The entity a job writes.
 pub fn entity_of(kind: JobKind) -> Entity {
-    match kind {
-        JobKind::Users => Entity::Users,
-        JobKind::Courses => Entity::Courses,
-        JobKind::LearningPlans => Entity::LearningPlans,
-        JobKind::Sessions => Entity::Sessions,
-        JobKind::CourseEnrollments => Entity::CourseEnrollments,
-        JobKind::LearningPlanEnrollments => Entity::LearningPlanEnrollments,
-        JobKind::WebinarSessionEnrollments | JobKind::IltSessionEnrollments => {
-            Entity::SessionEnrollments
-        }
-    }
+    kind.spec().entity
 }
 
 /// How many levels a job's listing has (courses → sessions → roster).
@@ -700,7 +690,7 @@ impl<'a> JobRun<'a> {
         let mut keys: Vec<String> = targets
             .deleted
             .iter()
-            .filter(|deleted| deleted.kind == self.ctx.job.kind.as_str())
+            .filter(|deleted| deleted.kind == self.ctx.job.kind)
             .map(|deleted| deleted.key.clone())
             .collect();
         keys.sort();
