@@ -6,6 +6,10 @@ use uuid::Uuid;
 
 use crate::{Error, Result};
 
+mod kinds;
+
+pub use kinds::{COURSES_PATH, Entity, KindSpec, Listing, WebhookParents, WebhookSpec};
+
 /// Declares a fieldless enum stored as text, with its SQL names.
 macro_rules! sql_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $sql:literal),+ $(,)? }) => {
@@ -136,14 +140,7 @@ sql_enum! {
 impl JobKind {
     /// The area the job belongs to.
     pub fn area(self) -> Area {
-        match self {
-            JobKind::Users => Area::Users,
-            JobKind::Courses | JobKind::LearningPlans | JobKind::Sessions => Area::Courses,
-            JobKind::CourseEnrollments
-            | JobKind::LearningPlanEnrollments
-            | JobKind::WebinarSessionEnrollments
-            | JobKind::IltSessionEnrollments => Area::Enrollments,
-        }
+        self.spec().area
     }
 }
 

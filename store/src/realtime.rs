@@ -45,8 +45,8 @@ pub struct Targets {
 /// An enrollment a webhook said was deleted.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DeletedRecord {
-    /// The job kind whose object holds it.
-    pub kind: String,
+    /// The job kind whose object holds it (its SQL name in JSON).
+    pub kind: JobKind,
     /// Its key (`{user_id}-{course_id}` and the like).
     pub key: String,
 }
@@ -353,7 +353,7 @@ pub async fn dispatch_webhooks(
                 earliest = Some(earliest.map_or(time, |e| e.min(time)));
                 if event.deleted {
                     targets.deleted.push(DeletedRecord {
-                        kind: event.kind.as_str().to_string(),
+                        kind: event.kind,
                         key: event.key.clone(),
                     });
                     continue;
@@ -381,9 +381,7 @@ pub async fn dispatch_webhooks(
         targets.deleted.sort();
         targets.deleted.dedup();
         for deleted in &targets.deleted {
-            if let Ok(kind) = JobKind::parse(&deleted.kind) {
-                kinds.insert(kind);
-            }
+            kinds.insert(deleted.kind);
         }
         if kinds.is_empty() {
             mark_handled(

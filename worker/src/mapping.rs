@@ -18,25 +18,7 @@ use sha2::Digest as _;
 /// The default mapping (data-model.md), as JSON.
 const DEFAULT_MAPPING: &str = include_str!("mapping.json");
 
-/// The Docebo entities a sync reads, each mapped to one Salesforce object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Entity {
-    /// Users.
-    Users,
-    /// Courses.
-    Courses,
-    /// Learning plans.
-    LearningPlans,
-    /// ILT and webinar sessions.
-    Sessions,
-    /// Course enrollments.
-    CourseEnrollments,
-    /// Learning-plan enrollments.
-    LearningPlanEnrollments,
-    /// Webinar and ILT session enrollments.
-    SessionEnrollments,
-}
+pub use learnsync_store::model::Entity;
 
 /// A mapping that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -544,6 +526,147 @@ fn round_number(value: f64, precision: u32, scale: u32) -> Result<Value, String>
         .ok_or_else(|| format!("{value} is not a number"))
 }
 
+/// What one field mapping gives for an item.
+enum Converted {
+    /// A value, checked against `required`.
+    Value(Value),
+    /// A value set as it is (a lookup by external id, or an empty lookup by value).
+    Set(FieldValue),
+    /// A lookup by value still to resolve.
+    Pending(PendingMatch),
+}
+
+/// Why a field's value does not fit: a stable code and the reason (the field's name is added).
+type Misfit = (&'static str, String);
+
+impl FieldMapping {
+    /// Reads and validates this field's value from an item.
+    fn convert(&self, item: &Value) -> Result<Converted, Misfit> {
+        let source = self
+            .from
+            .as_deref()
+            .and_then(|from| item.get(from))
+            .unwrap_or(&Value::Null);
+        let value = match &self.kind {
+            FieldKind::Match {
+                object,
+                match_field,
+            } => {
+                return Ok(
+                    match text_of(source).filter(|text| !text.trim().is_empty()) {
+                        Some(text) => Converted::Pending(PendingMatch {
+                            field: self.field.clone(),
+                            object: object.clone(),
+                            match_field: match_field.clone(),
+                            value: text.trim().to_lowercase(),
+                        }),
+                        None => Converted::Set(FieldValue::Plain(Value::Null)),
+                    },
+                );
+            }
+            FieldKind::Lookup { external_id, .. } => {
+                match self.from.as_deref().and_then(|from| id_of(item, from)) {
+                    Some(id) => {
+                        return Ok(Converted::Set(FieldValue::Lookup {
+                            external_id: external_id.clone(),
+                            key: id.to_string(),
+                        }));
+                    }
+                    None if source.is_null() => Value::Null,
+                    None => return Err(("INVALID_KEY", format!("{source} is not a numeric id"))),
+                }
+            }
+            FieldKind::Clear => Value::Null,
+            FieldKind::Text { length } => text_value(source, *length, false)?,
+            FieldKind::Email { length } => text_value(source, *length, true)?,
+            FieldKind::Checkbox { true_values } => checkbox_value(source, true_values),
+            FieldKind::Datetime => match parse_docebo_time(source) {
+                Ok(time) => time.map_or(Value::Null, |time| Value::String(salesforce_time(time))),
+                Err(reason) => return Err(("INVALID_DATE", reason)),
+            },
+            FieldKind::Date => match parse_docebo_time(source) {
+                Ok(time) => time.map_or(Value::Null, |time| {
+                    Value::String(time.format("%Y-%m-%d").to_string())
+                }),
+                Err(reason) => return Err(("INVALID_DATE", reason)),
+            },
+            FieldKind::Number { precision, scale } => number_value(source, *precision, *scale)?,
+            FieldKind::Picklist { values } => picklist_value(source, values)?,
+        };
+        Ok(Converted::Value(value))
+    }
+}
+
+/// A text or email value of at most `length` characters (empty text is null).
+fn text_value(source: &Value, length: usize, email: bool) -> Result<Value, Misfit> {
+    let Some(text) = text_of(source).filter(|text| !text.is_empty()) else {
+        return Ok(Value::Null);
+    };
+    let count = text.chars().count();
+    if count > length {
+        return Err((
+            "STRING_TOO_LONG",
+            format!("{count} characters, at most {length} fit"),
+        ));
+    }
+    if email && !text.contains('@') {
+        return Err((
+            "INVALID_EMAIL_ADDRESS",
+            format!("{text:?} is not an email address"),
+        ));
+    }
+    Ok(Value::String(text))
+}
+
+/// A checkbox: JSON booleans, or text among `true_values`; null is false.
+fn checkbox_value(source: &Value, true_values: &[String]) -> Value {
+    match source {
+        Value::Bool(flag) => Value::Bool(*flag),
+        Value::Null => Value::Bool(false),
+        other => {
+            let text = text_of(other).unwrap_or_default().to_ascii_lowercase();
+            Value::Bool(
+                true_values
+                    .iter()
+                    .any(|value| value.eq_ignore_ascii_case(&text)),
+            )
+        }
+    }
+}
+
+/// A number (JSON or text) rounded to `scale` decimals within `precision` digits.
+fn number_value(source: &Value, precision: u32, scale: u32) -> Result<Value, Misfit> {
+    let number = match source {
+        Value::Null => None,
+        Value::Number(number) => number.as_f64(),
+        Value::String(text) if text.trim().is_empty() => None,
+        Value::String(text) => match text.trim().parse::<f64>() {
+            Ok(number) => Some(number),
+            Err(_) => return Err(("INVALID_NUMBER", format!("{text:?} is not a number"))),
+        },
+        other => return Err(("INVALID_NUMBER", format!("{other} is not a number"))),
+    };
+    match number {
+        None => Ok(Value::Null),
+        Some(number) => round_number(number, precision, scale)
+            .map_err(|reason| ("NUMBER_OUTSIDE_VALID_RANGE", reason)),
+    }
+}
+
+/// A restricted picklist's Salesforce value for a Docebo value (compared lowercased).
+fn picklist_value(source: &Value, values: &BTreeMap<String, String>) -> Result<Value, Misfit> {
+    let Some(text) = text_of(source) else {
+        return Ok(Value::Null);
+    };
+    match values.get(&text.trim().to_ascii_lowercase()) {
+        Some(value) => Ok(Value::String(value.clone())),
+        None => Err((
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+            format!("unknown value {text:?}"),
+        )),
+    }
+}
+
 impl ObjectMapping {
     /// Maps a Docebo item (with any `_` context fields the sync added) to a record.
     pub fn map(&self, item: &Value) -> Result<MappedRecord, RecordError> {
@@ -553,11 +676,6 @@ impl ObjectMapping {
                 code: "INVALID_KEY".into(),
                 message: format!("the item has no numeric key ({})", self.key),
             });
-        };
-        let fail = |code: &str, message: String| RecordError {
-            key: key.clone(),
-            code: code.to_string(),
-            message,
         };
         let mut fields = Fields(Vec::with_capacity(self.fields.len() + 2));
         let mut matches = Vec::new();
@@ -574,152 +692,23 @@ impl ObjectMapping {
             Value::String(name.chars().take(80).collect()),
         );
         for field in &self.fields {
-            let source = field
-                .from
-                .as_deref()
-                .and_then(|from| item.get(from))
-                .unwrap_or(&Value::Null);
-            let value = match &field.kind {
-                FieldKind::Match {
-                    object,
-                    match_field,
-                } => {
-                    if let Some(text) = text_of(source).filter(|text| !text.trim().is_empty()) {
-                        matches.push(PendingMatch {
-                            field: field.field.clone(),
-                            object: object.clone(),
-                            match_field: match_field.clone(),
-                            value: text.trim().to_lowercase(),
-                        });
-                    } else {
-                        fields.insert_plain(field.field.clone(), Value::Null);
-                    }
-                    continue;
+            let converted = field.convert(item).map_err(|(code, message)| RecordError {
+                key: key.clone(),
+                code: code.to_string(),
+                message: format!("{}: {message}", field.field),
+            })?;
+            match converted {
+                Converted::Pending(pending) => matches.push(pending),
+                Converted::Set(value) => fields.insert(field.field.clone(), value),
+                Converted::Value(value) if field.required && value.is_null() => {
+                    return Err(RecordError {
+                        key,
+                        code: "REQUIRED_FIELD_MISSING".into(),
+                        message: format!("{}: a value is required", field.field),
+                    });
                 }
-                FieldKind::Clear => Value::Null,
-                FieldKind::Text { length } | FieldKind::Email { length } => match text_of(source) {
-                    None => Value::Null,
-                    Some(text) if text.is_empty() => Value::Null,
-                    Some(text) => {
-                        let count = text.chars().count();
-                        if count > *length {
-                            return Err(fail(
-                                "STRING_TOO_LONG",
-                                format!(
-                                    "{}: {count} characters, at most {length} fit",
-                                    field.field
-                                ),
-                            ));
-                        }
-                        if matches!(field.kind, FieldKind::Email { .. }) && !text.contains('@') {
-                            return Err(fail(
-                                "INVALID_EMAIL_ADDRESS",
-                                format!("{}: {text:?} is not an email address", field.field),
-                            ));
-                        }
-                        Value::String(text)
-                    }
-                },
-                FieldKind::Checkbox { true_values } => match source {
-                    Value::Bool(flag) => Value::Bool(*flag),
-                    Value::Null => Value::Bool(false),
-                    other => {
-                        let text = text_of(other).unwrap_or_default().to_ascii_lowercase();
-                        Value::Bool(
-                            true_values
-                                .iter()
-                                .any(|value| value.eq_ignore_ascii_case(&text)),
-                        )
-                    }
-                },
-                FieldKind::Datetime => match parse_docebo_time(source) {
-                    Ok(Some(time)) => Value::String(salesforce_time(time)),
-                    Ok(None) => Value::Null,
-                    Err(reason) => {
-                        return Err(fail("INVALID_DATE", format!("{}: {reason}", field.field)));
-                    }
-                },
-                FieldKind::Date => match parse_docebo_time(source) {
-                    Ok(Some(time)) => Value::String(time.format("%Y-%m-%d").to_string()),
-                    Ok(None) => Value::Null,
-                    Err(reason) => {
-                        return Err(fail("INVALID_DATE", format!("{}: {reason}", field.field)));
-                    }
-                },
-                FieldKind::Number { precision, scale } => {
-                    let number = match source {
-                        Value::Null => None,
-                        Value::Number(number) => number.as_f64(),
-                        Value::String(text) if text.trim().is_empty() => None,
-                        Value::String(text) => match text.trim().parse::<f64>() {
-                            Ok(number) => Some(number),
-                            Err(_) => {
-                                return Err(fail(
-                                    "INVALID_NUMBER",
-                                    format!("{}: {text:?} is not a number", field.field),
-                                ));
-                            }
-                        },
-                        other => {
-                            return Err(fail(
-                                "INVALID_NUMBER",
-                                format!("{}: {other} is not a number", field.field),
-                            ));
-                        }
-                    };
-                    match number {
-                        None => Value::Null,
-                        Some(number) => {
-                            round_number(number, *precision, *scale).map_err(|reason| {
-                                fail(
-                                    "NUMBER_OUTSIDE_VALID_RANGE",
-                                    format!("{}: {reason}", field.field),
-                                )
-                            })?
-                        }
-                    }
-                }
-                FieldKind::Picklist { values } => match text_of(source) {
-                    None => Value::Null,
-                    Some(text) => match values.get(&text.trim().to_ascii_lowercase()) {
-                        Some(value) => Value::String(value.clone()),
-                        None => {
-                            return Err(fail(
-                                "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
-                                format!("{}: unknown value {text:?}", field.field),
-                            ));
-                        }
-                    },
-                },
-                FieldKind::Lookup { external_id, .. } => {
-                    match field.from.as_deref().and_then(|from| id_of(item, from)) {
-                        Some(id) => {
-                            fields.insert(
-                                field.field.clone(),
-                                FieldValue::Lookup {
-                                    external_id: external_id.clone(),
-                                    key: id.to_string(),
-                                },
-                            );
-                            continue;
-                        }
-                        None if source.is_null() => Value::Null,
-                        None => {
-                            return Err(fail(
-                                "INVALID_KEY",
-                                format!("{}: {source} is not a numeric id", field.field),
-                            ));
-                        }
-                    }
-                }
-            };
-            if field.required && value.is_null() {
-                return Err(fail(
-                    "REQUIRED_FIELD_MISSING",
-                    format!("{}: a value is required", field.field),
-                ));
+                Converted::Value(value) => fields.insert_plain(field.field.clone(), value),
             }
-            fields.insert_plain(field.field.clone(), value);
         }
         let mut updated_at = None;
         for marker in &self.updated_at {
@@ -802,12 +791,6 @@ impl ObjectMapping {
                 .find(|field| field.get("relationshipName").and_then(Value::as_str) == Some(name))
         };
         let missing = |name: &str| format!("the org has no field {name} on {}", self.object);
-        let org_length = |field: &Value| {
-            field
-                .get("length")
-                .and_then(Value::as_u64)
-                .filter(|length| *length > 0)
-        };
         if by_name(&self.external_id).is_none() {
             return Err(missing(&self.external_id));
         }
@@ -823,48 +806,7 @@ impl ObjectMapping {
                 _ => by_name(&mapped.field),
             }
             .ok_or_else(|| missing(&mapped.field))?;
-            match &mut mapped.kind {
-                FieldKind::Text { length } | FieldKind::Email { length } => {
-                    if let Some(org) = org_length(org_field) {
-                        *length = (*length).min(org as usize);
-                    }
-                }
-                FieldKind::Number { precision, scale } => {
-                    let org_precision = org_field
-                        .get("precision")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0) as u32;
-                    if org_precision > 0 {
-                        *precision = (*precision).min(org_precision);
-                        let org_scale =
-                            org_field.get("scale").and_then(Value::as_u64).unwrap_or(0) as u32;
-                        *scale = (*scale).min(org_scale);
-                    }
-                }
-                FieldKind::Picklist { values } => {
-                    let restricted = org_field
-                        .get("restrictedPicklist")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false);
-                    let org_values: Vec<&str> = org_field
-                        .get("picklistValues")
-                        .and_then(Value::as_array)
-                        .map(|values| {
-                            values
-                                .iter()
-                                .filter(|value| {
-                                    value.get("active").and_then(Value::as_bool).unwrap_or(true)
-                                })
-                                .filter_map(|value| value.get("value").and_then(Value::as_str))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    if restricted && !org_values.is_empty() {
-                        values.retain(|_, value| org_values.contains(&value.as_str()));
-                    }
-                }
-                _ => {}
-            }
+            tighten(&mut mapped.kind, org_field);
         }
         if let Some(unenroll) = &self.unenroll {
             for name in [&unenroll.status_field, &unenroll.time_field] {
@@ -874,6 +816,56 @@ impl ObjectMapping {
             }
         }
         Ok(fitted)
+    }
+}
+
+/// Tightens a field's constraints to the org's field (`org_field`, from the describe): text
+/// lengths, number digits, the active values of a restricted picklist.
+fn tighten(kind: &mut FieldKind, org_field: &Value) {
+    match kind {
+        FieldKind::Text { length } | FieldKind::Email { length } => {
+            let org_length = org_field
+                .get("length")
+                .and_then(Value::as_u64)
+                .filter(|length| *length > 0);
+            if let Some(org) = org_length {
+                *length = (*length).min(org as usize);
+            }
+        }
+        FieldKind::Number { precision, scale } => {
+            let org_precision = org_field
+                .get("precision")
+                .and_then(Value::as_u64)
+                .unwrap_or(0) as u32;
+            if org_precision > 0 {
+                *precision = (*precision).min(org_precision);
+                let org_scale = org_field.get("scale").and_then(Value::as_u64).unwrap_or(0) as u32;
+                *scale = (*scale).min(org_scale);
+            }
+        }
+        FieldKind::Picklist { values } => {
+            let restricted = org_field
+                .get("restrictedPicklist")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let org_values: Vec<&str> = org_field
+                .get("picklistValues")
+                .and_then(Value::as_array)
+                .map(|values| {
+                    values
+                        .iter()
+                        .filter(|value| {
+                            value.get("active").and_then(Value::as_bool).unwrap_or(true)
+                        })
+                        .filter_map(|value| value.get("value").and_then(Value::as_str))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if restricted && !org_values.is_empty() {
+                values.retain(|_, value| org_values.contains(&value.as_str()));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -1116,6 +1108,18 @@ mod tests {
             .fit_to_org(&json!({ "fields": fields }))
             .unwrap_err();
         assert!(error.contains("Language__c"), "{error}");
+    }
+
+    #[test]
+    fn every_job_kind_s_description_agrees_with_the_default_mapping() {
+        let mapping = mapping();
+        for kind in learnsync_store::model::JobKind::ALL {
+            let spec = kind.spec();
+            let object = mapping.entity(spec.entity).unwrap();
+            assert_eq!(object.key, spec.key, "{kind}");
+            assert_eq!(object.area, spec.area, "{kind}");
+            assert_eq!(object.unenroll.is_some(), spec.unenrolls, "{kind}");
+        }
     }
 
     #[test]

@@ -1,0 +1,121 @@
+//! The commit: what Salesforce confirmed goes to the ledger, the counts, `job_deferred` and the
+//! log together with the checkpoint after it, in one transaction fenced by the attempt.
+
+use learnsync_store::model::Counts;
+use learnsync_store::worker::{self as store_worker, Progress};
+
+use super::JobRun;
+use super::checkpoint::Checkpoint;
+use super::write::Written;
+use crate::context::{Interrupt, SyncError, SyncResult};
+
+impl JobRun<'_> {
+    /// Records in the ledger the writes of a chunk cut short (or written after a failure or a
+    /// stop), and counts them written, without moving the checkpoint: the job's counts say what
+    /// Salesforce holds. A resumed job reads the chunk again; its confirmed records then count as
+    /// unchanged as well.
+    pub(super) async fn commit_confirmed_only(&self, written: Written) -> SyncResult<()> {
+        if written.ledger.is_empty() {
+            return Ok(());
+        }
+        let counts = Counts {
+            written: written.ledger.len() as i64,
+            ..Counts::default()
+        };
+        let confirmed = Written {
+            ledger: written.ledger,
+            counts,
+            ..Written::default()
+        };
+        self.commit(None, confirmed).await
+    }
+
+    /// Commits what Salesforce confirmed, with the checkpoint after it when there is one (none:
+    /// the position stays where it was), in one transaction fenced by the attempt.
+    pub(super) async fn commit(
+        &self,
+        checkpoint: Option<&Checkpoint>,
+        written: Written,
+    ) -> SyncResult<()> {
+        let job = &self.ctx.job;
+        let object = self.mapping.object.as_str();
+        let expected = checkpoint
+            .map(|checkpoint| checkpoint.expected)
+            .filter(|expected| *expected > 0);
+        let checkpoint = checkpoint
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|error| SyncError::Permanent(error.to_string()))?;
+        let deferred = written
+            .deferred
+            .iter()
+            .map(|deferred| {
+                serde_json::to_value(deferred)
+                    .map(|record| (deferred.key.clone(), record))
+                    .map_err(|error| SyncError::Permanent(error.to_string()))
+            })
+            .collect::<SyncResult<Vec<_>>>()?;
+        let mut conn = self.ctx.store.conn().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(learnsync_store::Error::from)?;
+        if !store_worker::fence(&tx, job.id, job.attempt).await? {
+            self.ctx.raise(Interrupt::Lost);
+            return Err(SyncError::Interrupted(Interrupt::Lost));
+        }
+        store_worker::ledger_record(
+            &tx,
+            job.connection_id,
+            self.mapping.area,
+            object,
+            &written.ledger,
+            job.run_id,
+            job.kind.as_str(),
+            self.ledger_empty,
+        )
+        .await?;
+        store_worker::ledger_mark_seen(
+            &tx,
+            job.connection_id,
+            object,
+            &written.seen,
+            job.run_id,
+            job.kind.as_str(),
+        )
+        .await?;
+        store_worker::deferred_add(&tx, job.id, &deferred).await?;
+        store_worker::deferred_remove(&tx, job.id, &written.retired).await?;
+        let moved = checkpoint.is_some();
+        let progress = Progress {
+            delta: written.counts,
+            expected,
+            checkpoint,
+            status_message: None,
+        };
+        store_worker::progress(&tx, job.id, job.attempt, &progress).await?;
+        store_worker::log(&tx, job, written.events).await?;
+        tx.commit().await.map_err(learnsync_store::Error::from)?;
+        if moved {
+            self.ctx.mark_progress();
+        }
+        self.count_records(&written.counts);
+        Ok(())
+    }
+
+    /// Adds a commit's records to the worker's metrics.
+    fn count_records(&self, counts: &Counts) {
+        let records = &crate::metrics::METRICS.records;
+        for (outcome, count) in [
+            ("written", counts.written),
+            ("unchanged", counts.unchanged),
+            ("failed", counts.failed),
+        ] {
+            if count > 0 {
+                records
+                    .with_label_values(&[self.ctx.job.kind.as_str(), outcome])
+                    .inc_by(count as u64);
+            }
+        }
+    }
+}

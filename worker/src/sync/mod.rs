@@ -1,0 +1,190 @@
+//! The work of one job: walk a Docebo listing page by page, map each item, skip what the ledger
+//! says is unchanged, write the rest to Salesforce, and commit the confirmed writes with the
+//! checkpoint after them. Then retry records whose parent was missing, then (full enrollment
+//! runs) mark unenrolled what the listing no longer holds.
+//!
+//! Memory stays flat: a few chunks of records are held (a page, or the bulk chunk when the job is
+//! large enough for Bulk API 2.0): the one being read and those being written. Records kept for
+//! a retry wait in `job_deferred`, not in memory.
+//!
+//! Layout ([`JobRun`] and its phases here; each file adds the methods of one concern):
+//! - `checkpoint`: [`Checkpoint`], [`Phase`], [`Pos`], [`Deferred`]: where a job is, as stored.
+//! - `listing`: the walk of a kind's Docebo listing (flat or nested), as its `KindSpec` says.
+//! - `pipeline`: the list phase's bookkeeping (what is in flight, what commits when), no IO.
+//! - `list`: the list phase: the reader and the writer loop that drive the pipeline.
+//! - `write`: writing a chunk and classifying Salesforce's answers into a `Written`.
+//! - `commit`: the fenced transaction that records a chunk and the checkpoint after it.
+//! - `deferred`: records whose parent was missing, kept and retried.
+//! - `unenroll`: marking unenrolled (or deleting) what the listing no longer holds.
+
+mod checkpoint;
+mod commit;
+mod deferred;
+mod list;
+mod listing;
+mod pipeline;
+mod unenroll;
+mod write;
+
+pub use checkpoint::{Checkpoint, Deferred, Phase, Pos};
+
+use learnsync_store::realtime::Targets;
+use learnsync_store::worker as store_worker;
+use serde_json::Value;
+
+use crate::context::{JobCtx, SyncError, SyncResult};
+use crate::docebo::Docebo;
+use crate::mapping::{Mapping, ObjectMapping, docebo_time};
+use crate::salesforce::Salesforce;
+
+/// Runs a job to its end (or its interruption).
+pub struct JobRun<'a> {
+    ctx: &'a JobCtx,
+    docebo: Docebo,
+    salesforce: Salesforce,
+    mapping: ObjectMapping,
+    checkpoint: Checkpoint,
+    /// Webhook runs: the records the events named.
+    targets: Option<Targets>,
+    /// The ledger held nothing of this object when the attempt started (a first sync): records
+    /// are not looked up, since only this attempt's own writes could be found (a key listed
+    /// twice is then written twice, which Salesforce's upsert makes harmless).
+    ledger_empty: bool,
+}
+
+impl<'a> JobRun<'a> {
+    /// Prepares a job's run from its checkpoint.
+    pub fn new(
+        ctx: &'a JobCtx,
+        docebo: Docebo,
+        salesforce: Salesforce,
+        mapping: &'a Mapping,
+    ) -> SyncResult<JobRun<'a>> {
+        let mapping = mapping
+            .entity(ctx.job.kind.spec().entity)
+            .map_err(|error| SyncError::Permanent(error.to_string()))?
+            .clone();
+        let checkpoint = match &ctx.job.checkpoint {
+            None | Some(Value::Null) => Checkpoint::default(),
+            Some(value) => serde_json::from_value(value.clone())
+                .map_err(|error| SyncError::Permanent(format!("unreadable checkpoint: {error}")))?,
+        };
+        let targets = match &ctx.job.targets {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(serde_json::from_value(value.clone()).map_err(|error| {
+                SyncError::Permanent(format!("unreadable run targets: {error}"))
+            })?),
+        };
+        Ok(JobRun {
+            ctx,
+            docebo,
+            salesforce,
+            mapping,
+            checkpoint,
+            targets,
+            ledger_empty: false,
+        })
+    }
+
+    /// Runs every phase left, then gives unspent Docebo calls back.
+    pub async fn run(mut self) -> SyncResult<()> {
+        let outcome = self.phases().await;
+        self.docebo.release_budget(self.ctx).await;
+        outcome
+    }
+
+    async fn phases(&mut self) -> SyncResult<()> {
+        // The org is checked against the mapping before anything is written.
+        let describe = self
+            .salesforce
+            .describe(self.ctx, &self.mapping.object)
+            .await?;
+        self.mapping = self
+            .mapping
+            .fit_to_org(&describe)
+            .map_err(SyncError::Permanent)?;
+        self.ledger_empty = {
+            let conn = self.ctx.store.conn().await?;
+            store_worker::ledger_is_empty(&conn, self.ctx.job.connection_id, &self.mapping.object)
+                .await?
+        };
+        self.move_legacy_deferred().await?;
+        if self.checkpoint.phase == Phase::List {
+            self.list().await?;
+        }
+        if self.checkpoint.phase == Phase::Deferred {
+            self.ctx
+                .status("retrying records whose parent was missing")
+                .await?;
+            self.retry_deferred().await?;
+        }
+        if self.checkpoint.phase == Phase::Unenroll {
+            self.ctx
+                .status("marking enrollments gone from docebo")
+                .await?;
+            self.unenroll().await?;
+        }
+        Ok(())
+    }
+
+    /// The `updated_from` filter of the listing's leaves: the later of the timeframe's start and
+    /// the incremental run's watermark.
+    fn leaf_filters(&self) -> Vec<(String, String)> {
+        let job = &self.ctx.job;
+        let from = match (job.timeframe_start, job.updated_from) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        from.map(|time| vec![("updated_from".to_string(), docebo_time(time))])
+            .unwrap_or_default()
+    }
+
+    /// Whether an item falls in the run's timeframe (Docebo filters the start; the end is ours).
+    fn in_timeframe(&self, item: &Value) -> bool {
+        let job = &self.ctx.job;
+        if job.timeframe_start.is_none() && job.timeframe_end.is_none() {
+            return true;
+        }
+        let Some(time) = self.mapping.updated_at_of(item) else {
+            return false;
+        };
+        job.timeframe_start.is_none_or(|start| time >= start)
+            && job.timeframe_end.is_none_or(|end| time < end)
+    }
+
+    /// The phase after the deferred records' retry: unenrollment when the kind tracks it and
+    /// this run compares the full listing (or webhooks announced deletions).
+    fn phase_after_deferred(&self) -> Phase {
+        let job = &self.ctx.job;
+        let wanted = job.kind.spec().unenrolls
+            && self.mapping.unenroll.is_some()
+            && (job.tracks_unenrollments()
+                || (job.may_unenroll() && !self.deleted_keys().is_empty()));
+        if wanted { Phase::Unenroll } else { Phase::Done }
+    }
+
+    /// Webhook runs: the keys of this job's kind that Docebo said were deleted, sorted.
+    fn deleted_keys(&self) -> Vec<String> {
+        let Some(targets) = &self.targets else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = targets
+            .deleted
+            .iter()
+            .filter(|deleted| deleted.kind == self.ctx.job.kind)
+            .map(|deleted| deleted.key.clone())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Incremental runs of session enrollments (scheduled, not webhook-targeted) skip sessions that
+    /// ended more than the grace period before the run reads from.
+    fn ended_before(&self) -> Option<String> {
+        let rosters = self.ctx.job.kind.spec().listing.reads_rosters();
+        let from = self.ctx.job.updated_from?;
+        let grace = chrono::Duration::days(listing::ROSTER_GRACE_DAYS);
+        (rosters && self.targets.is_none()).then(|| docebo_time(from - grace))
+    }
+}

@@ -1,0 +1,236 @@
+//! Unenrollment: the records the ledger holds that a full listing did not contain (or that
+//! webhooks said were deleted) are marked unenrolled in Salesforce, or deleted, as the
+//! connection's policy says; a batch at a time, each committed with the last key handled.
+
+use chrono::{DateTime, Utc};
+use learnsync_store::model::{LogLevel, NewLogEvent, UnenrollmentPolicy};
+use learnsync_store::worker::{self as store_worker, Progress};
+
+use super::JobRun;
+use super::checkpoint::Phase;
+use super::write::Written;
+use crate::context::{Interrupt, SyncError, SyncResult};
+use crate::mapping::Fields;
+use crate::salesforce::{COLLECTION_SIZE, RecordResult};
+
+/// Unseen ledger records handled per unenrollment batch.
+const UNENROLL_BATCH: i64 = COLLECTION_SIZE as i64;
+
+/// Ledger records to unenroll: keys with their Salesforce id, when known.
+type Unseen = Vec<(String, Option<String>)>;
+
+/// What a batch achieved: the keys handled, and the log of the others.
+#[derive(Default)]
+struct Handled {
+    done_keys: Vec<String>,
+    events: Vec<NewLogEvent>,
+}
+
+impl Handled {
+    /// Sorts Salesforce's answers about `keys`: done, or an error event for `action`.
+    fn answers<'k>(
+        &mut self,
+        object: &str,
+        action: &str,
+        keys: impl Iterator<Item = &'k String>,
+        results: Vec<RecordResult>,
+    ) {
+        for (key, result) in keys.zip(results) {
+            if result.success {
+                self.done_keys.push(key.clone());
+            } else {
+                let failure = result.failure();
+                self.events.push(
+                    NewLogEvent::new(LogLevel::Error, failure.message)
+                        .record(key.as_str())
+                        .code(failure.code)
+                        .field("object", object)
+                        .field("action", action),
+                );
+            }
+        }
+    }
+}
+
+impl JobRun<'_> {
+    /// Marks unenrolled (or deletes) the records the ledger holds that this full listing did not
+    /// contain.
+    pub(super) async fn unenroll(&mut self) -> SyncResult<()> {
+        // A webhook run unenrolls the deletions its events announced; a full run, whatever its
+        // listing did not contain.
+        let announced = self.targets.is_some().then(|| self.deleted_keys());
+        loop {
+            let (unseen, last_key) = self.unseen_batch(announced.as_deref()).await?;
+            let Some(last_key) = last_key else {
+                self.checkpoint.phase = Phase::Done;
+                return self
+                    .commit(Some(&self.checkpoint), Written::default())
+                    .await;
+            };
+            self.ctx.check()?;
+            let now = Utc::now();
+            let policy = self.ctx.job.unenrollment_policy;
+            let mut handled = match policy {
+                _ if unseen.is_empty() => Handled::default(),
+                UnenrollmentPolicy::MarkUnenrolled => self.mark_unenrolled(&unseen, now).await?,
+                UnenrollmentPolicy::Delete => self.delete(&unseen).await?,
+            };
+            if !handled.done_keys.is_empty() {
+                handled.events.push(
+                    NewLogEvent::new(
+                        LogLevel::Info,
+                        "enrollments gone from docebo marked in salesforce",
+                    )
+                    .field("object", self.mapping.object.as_str())
+                    .field("records", handled.done_keys.len() as i64)
+                    .field("policy", policy.as_str()),
+                );
+            }
+            self.checkpoint.after_key = last_key;
+            self.commit_unenrolled(handled, now).await?;
+        }
+    }
+
+    /// The next batch of records to unenroll after the checkpoint's key, and the last key it
+    /// covers (`None`: nothing left). `announced`: the keys webhooks said were deleted.
+    async fn unseen_batch(
+        &self,
+        announced: Option<&[String]>,
+    ) -> SyncResult<(Unseen, Option<String>)> {
+        let job = &self.ctx.job;
+        let object = self.mapping.object.as_str();
+        let after_key = self.checkpoint.after_key.as_str();
+        let conn = self.ctx.store.conn().await?;
+        let Some(keys) = announced else {
+            let unseen = store_worker::ledger_unseen(
+                &conn,
+                job.connection_id,
+                object,
+                job.kind.as_str(),
+                job.run_id,
+                after_key,
+                UNENROLL_BATCH,
+            )
+            .await?;
+            let last = unseen.last().map(|(key, _)| key.clone());
+            return Ok((unseen, last));
+        };
+        let batch: Vec<String> = keys
+            .iter()
+            .filter(|key| key.as_str() > after_key)
+            .take(UNENROLL_BATCH as usize)
+            .cloned()
+            .collect();
+        let last = batch.last().cloned();
+        let unseen =
+            store_worker::ledger_unseen_among(&conn, job.connection_id, object, job.run_id, &batch)
+                .await?;
+        Ok((unseen, last))
+    }
+
+    /// Marks records unenrolled in Salesforce.
+    async fn mark_unenrolled(&self, unseen: &Unseen, now: DateTime<Utc>) -> SyncResult<Handled> {
+        let object = self.mapping.object.as_str();
+        let records: Vec<Fields> = unseen
+            .iter()
+            .filter_map(|(key, _)| self.mapping.unenrolled_record(key, now))
+            .collect();
+        let records: Vec<&Fields> = records.iter().collect();
+        let results = self
+            .salesforce
+            .upsert_collection(self.ctx, object, &self.mapping.external_id, &records)
+            .await?;
+        let mut handled = Handled::default();
+        handled.answers(
+            object,
+            "unenroll",
+            unseen.iter().map(|(key, _)| key),
+            results,
+        );
+        Ok(handled)
+    }
+
+    /// Deletes records in Salesforce (a record it does not hold is already gone).
+    async fn delete(&self, unseen: &Unseen) -> SyncResult<Handled> {
+        let object = self.mapping.object.as_str();
+        let mut handled = Handled::default();
+        let mut with_ids: Vec<(String, String)> = unseen
+            .iter()
+            .filter_map(|(key, id)| id.clone().map(|id| (key.clone(), id)))
+            .collect();
+        let without: Vec<String> = unseen
+            .iter()
+            .filter(|(_, id)| id.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !without.is_empty() {
+            // The upsert's answer carried no id: ask Salesforce by external id.
+            let found = self
+                .salesforce
+                .find_ids(self.ctx, object, &self.mapping.external_id, &without)
+                .await?;
+            for key in without {
+                match found.get(&key) {
+                    Some(id) => with_ids.push((key, id.clone())),
+                    None => handled.done_keys.push(key),
+                }
+            }
+        }
+        if !with_ids.is_empty() {
+            let ids: Vec<String> = with_ids.iter().map(|(_, id)| id.clone()).collect();
+            let results = self.salesforce.delete_collection(self.ctx, &ids).await?;
+            handled.answers(
+                object,
+                "delete",
+                with_ids.iter().map(|(key, _)| key),
+                results,
+            );
+        }
+        Ok(handled)
+    }
+
+    /// Records a batch's outcome in the ledger, with the checkpoint after its last key, in one
+    /// transaction fenced by the attempt.
+    async fn commit_unenrolled(&self, handled: Handled, now: DateTime<Utc>) -> SyncResult<()> {
+        let job = &self.ctx.job;
+        let object = self.mapping.object.as_str();
+        let checkpoint = serde_json::to_value(&self.checkpoint)
+            .map_err(|error| SyncError::Permanent(error.to_string()))?;
+        let mut conn = self.ctx.store.conn().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(learnsync_store::Error::from)?;
+        if !store_worker::fence(&tx, job.id, job.attempt).await? {
+            self.ctx.raise(Interrupt::Lost);
+            return Err(SyncError::Interrupted(Interrupt::Lost));
+        }
+        let done_keys = &handled.done_keys;
+        match job.unenrollment_policy {
+            UnenrollmentPolicy::MarkUnenrolled => {
+                store_worker::ledger_mark_unenrolled(
+                    &tx,
+                    job.connection_id,
+                    object,
+                    done_keys,
+                    now,
+                )
+                .await?;
+            }
+            UnenrollmentPolicy::Delete => {
+                let area = self.mapping.area;
+                store_worker::ledger_delete(&tx, job.connection_id, area, object, done_keys)
+                    .await?;
+            }
+        }
+        let progress = Progress {
+            checkpoint: Some(checkpoint),
+            ..Progress::default()
+        };
+        store_worker::progress(&tx, job.id, job.attempt, &progress).await?;
+        store_worker::log(&tx, job, handled.events).await?;
+        tx.commit().await.map_err(learnsync_store::Error::from)?;
+        self.ctx.mark_progress();
+        Ok(())
+    }
+}
