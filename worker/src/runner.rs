@@ -83,9 +83,10 @@ impl Worker {
         self.wait_for_schema(&shutdown).await;
         tracing::info!(worker = %settings.worker_id, concurrency = settings.concurrency, "worker started");
 
-        let room = Arc::new(tokio::sync::Semaphore::new(
-            settings.records_in_flight.max(1),
-        ));
+        let capacity = settings.records_in_flight.max(1);
+        let room = Arc::new(tokio::sync::Semaphore::new(capacity));
+        // The records gauges read this room when scraped (it is dropped with the loop).
+        crate::metrics::watch_room(&room, capacity);
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, Running> = HashMap::new();
         let mut claim_now = true;
