@@ -19,7 +19,7 @@ use learnsync_store::worker::{self as store_worker, LedgerWrite, Progress};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::context::{Interrupt, JobCtx, SyncError, SyncResult};
+use crate::context::{Failure, Interrupt, JobCtx, SyncError, SyncResult};
 use crate::docebo::{Docebo, PageRef};
 use crate::mapping::{
     Entity, Fields, MappedRecord, Mapping, ObjectMapping, RecordError, course_category,
@@ -588,17 +588,24 @@ impl<'a> JobRun<'a> {
     ) -> SyncResult<JobRun<'a>> {
         let mapping = mapping
             .entity(entity_of(ctx.job.kind))
-            .map_err(|error| SyncError::Permanent(error.to_string()))?
+            .map_err(|error| SyncError::Permanent(Failure::Mapping(error.to_string())))?
             .clone();
         let checkpoint = match &ctx.job.checkpoint {
             None | Some(Value::Null) => Checkpoint::default(),
-            Some(value) => serde_json::from_value(value.clone())
-                .map_err(|error| SyncError::Permanent(format!("unreadable checkpoint: {error}")))?,
+            Some(value) => serde_json::from_value(value.clone()).map_err(|error| {
+                SyncError::Permanent(Failure::UnreadableState {
+                    what: "checkpoint",
+                    detail: error.to_string(),
+                })
+            })?,
         };
         let targets = match &ctx.job.targets {
             None | Some(Value::Null) => None,
             Some(value) => Some(serde_json::from_value(value.clone()).map_err(|error| {
-                SyncError::Permanent(format!("unreadable run targets: {error}"))
+                SyncError::Permanent(Failure::UnreadableState {
+                    what: "run targets",
+                    detail: error.to_string(),
+                })
             })?),
         };
         Ok(JobRun {
@@ -628,7 +635,7 @@ impl<'a> JobRun<'a> {
         self.mapping = self
             .mapping
             .fit_to_org(&describe)
-            .map_err(SyncError::Permanent)?;
+            .map_err(|message| SyncError::Permanent(Failure::OrgMismatch(message)))?;
         self.ledger_empty = {
             let conn = self.ctx.store.conn().await?;
             store_worker::ledger_is_empty(&conn, self.ctx.job.connection_id, &self.mapping.object)
@@ -843,9 +850,7 @@ impl<'a> JobRun<'a> {
                     }
                 }
             }
-            Err(failure.unwrap_or_else(|| {
-                SyncError::Transient("the docebo listing ended without its last chunk".into())
-            }))
+            Err(failure.unwrap_or(SyncError::Transient(Failure::ListingCutShort)))
         };
         // The reader never ends on its own: when the writer ends, the reader (perhaps waiting for
         // a page or for room in the channel) is dropped with it.
@@ -1117,10 +1122,10 @@ impl<'a> JobRun<'a> {
                 }
             }
             if !locked.is_empty() && round >= LOCK_ROUNDS {
-                written.interrupted = Some(SyncError::Transient(format!(
-                    "salesforce could not lock {} rows after {round} attempts",
-                    locked.len()
-                )));
+                written.interrupted = Some(SyncError::Transient(Failure::RowsLocked {
+                    rows: locked.len(),
+                    rounds: round,
+                }));
                 return Ok(written);
             }
             if !locked.is_empty() {
@@ -1265,7 +1270,7 @@ impl<'a> JobRun<'a> {
         let checkpoint = checkpoint
             .map(serde_json::to_value)
             .transpose()
-            .map_err(|error| SyncError::Permanent(error.to_string()))?;
+            .map_err(|error| SyncError::Permanent(Failure::Encode(error.to_string())))?;
         let mut conn = self.ctx.store.conn().await?;
         let tx = conn
             .transaction()
@@ -1301,7 +1306,7 @@ impl<'a> JobRun<'a> {
             .map(|deferred| {
                 serde_json::to_value(deferred)
                     .map(|record| (deferred.key.clone(), record))
-                    .map_err(|error| SyncError::Permanent(error.to_string()))
+                    .map_err(|error| SyncError::Permanent(Failure::Encode(error.to_string())))
             })
             .collect::<SyncResult<Vec<_>>>()?;
         store_worker::deferred_add(&tx, job.id, &deferred).await?;
@@ -1353,7 +1358,10 @@ impl<'a> JobRun<'a> {
             let mut records: Vec<Pending> = Vec::with_capacity(batch.len());
             for record in batch {
                 let deferred: Deferred = serde_json::from_value(record).map_err(|error| {
-                    SyncError::Permanent(format!("unreadable deferred record: {error}"))
+                    SyncError::Permanent(Failure::UnreadableState {
+                        what: "deferred record",
+                        detail: error.to_string(),
+                    })
                 })?;
                 retired.push(deferred.key.clone());
                 records.push(Ok(MappedRecord {
@@ -1529,7 +1537,7 @@ impl<'a> JobRun<'a> {
             }
             self.checkpoint.after_key = last_key;
             let checkpoint = serde_json::to_value(&self.checkpoint)
-                .map_err(|error| SyncError::Permanent(error.to_string()))?;
+                .map_err(|error| SyncError::Permanent(Failure::Encode(error.to_string())))?;
             let mut conn = self.ctx.store.conn().await?;
             let tx = conn
                 .transaction()
