@@ -57,30 +57,77 @@ pub struct Settings {
     pub bulk_poll: Duration,
 }
 
+/// Every default of [`Settings`], written once: `Settings::default` and the binary's flags read
+/// them.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Jobs run at once.
+    pub const CONCURRENCY: usize = 4;
+    /// Lease length.
+    pub const LEASE: Duration = Duration::from_secs(10);
+    /// Heartbeat interval.
+    pub const HEARTBEAT: Duration = Duration::from_millis(2500);
+    /// Queue poll interval.
+    pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+    /// Docebo page size.
+    pub const PAGE_SIZE: u32 = 200;
+    /// Records per job from which writes go through Bulk API 2.0.
+    pub const BULK_THRESHOLD: i64 = 2000;
+    /// Records per Bulk API 2.0 job.
+    pub const BULK_CHUNK: i64 = 5_000;
+    /// Chunks of one job written at once.
+    pub const WRITES_IN_FLIGHT: usize = 3;
+    /// Records the worker holds at once.
+    pub const RECORDS_IN_FLIGHT: usize = 25_000;
+    /// First retry delay of a job.
+    pub const RETRY_BASE: Duration = Duration::from_secs(2);
+    /// Longest retry delay of a job.
+    pub const RETRY_MAX: Duration = Duration::from_secs(300);
+    /// Retries of a job whose attempts confirmed writes.
+    pub const MAX_RETRIES_WITH_PROGRESS: i32 = 20;
+    /// Retries of a job whose attempts confirmed nothing.
+    pub const MAX_RETRIES_WITHOUT_PROGRESS: i32 = 5;
+    /// Claims of one job after which it fails.
+    pub const MAX_ATTEMPTS: i32 = 50;
+    /// First pause of a Docebo platform after a 429 or 503.
+    pub const DOCEBO_PAUSE: Duration = Duration::from_secs(5);
+    /// Pause of a connection's Salesforce writes after REQUEST_LIMIT_EXCEEDED.
+    pub const SALESFORCE_LIMIT_PAUSE: Duration = Duration::from_secs(300);
+    /// First delay of an in-call retry.
+    pub const CALL_RETRY_BASE: Duration = Duration::from_millis(500);
+    /// Timeout of one HTTP request.
+    pub const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+    /// How long shutdown waits for jobs to hand back.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+    /// First poll of a bulk ingest job's state.
+    pub const BULK_POLL: Duration = Duration::from_millis(100);
+}
+
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
             worker_id: default_worker_id(),
-            concurrency: 4,
-            lease: Duration::from_secs(10),
-            heartbeat: Duration::from_millis(2500),
-            poll_interval: Duration::from_secs(2),
-            page_size: 200,
-            bulk_threshold: 2000,
-            bulk_chunk: 5_000,
-            writes_in_flight: 3,
-            records_in_flight: 25_000,
-            retry_base: Duration::from_secs(2),
-            retry_max: Duration::from_secs(300),
-            max_retries_with_progress: 20,
-            max_retries_without_progress: 5,
-            max_attempts: 50,
-            docebo_pause: Duration::from_secs(5),
-            salesforce_limit_pause: Duration::from_secs(300),
-            call_retry_base: Duration::from_millis(500),
-            http_timeout: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(20),
-            bulk_poll: Duration::from_millis(100),
+            concurrency: defaults::CONCURRENCY,
+            lease: defaults::LEASE,
+            heartbeat: defaults::HEARTBEAT,
+            poll_interval: defaults::POLL_INTERVAL,
+            page_size: defaults::PAGE_SIZE,
+            bulk_threshold: defaults::BULK_THRESHOLD,
+            bulk_chunk: defaults::BULK_CHUNK,
+            writes_in_flight: defaults::WRITES_IN_FLIGHT,
+            records_in_flight: defaults::RECORDS_IN_FLIGHT,
+            retry_base: defaults::RETRY_BASE,
+            retry_max: defaults::RETRY_MAX,
+            max_retries_with_progress: defaults::MAX_RETRIES_WITH_PROGRESS,
+            max_retries_without_progress: defaults::MAX_RETRIES_WITHOUT_PROGRESS,
+            max_attempts: defaults::MAX_ATTEMPTS,
+            docebo_pause: defaults::DOCEBO_PAUSE,
+            salesforce_limit_pause: defaults::SALESFORCE_LIMIT_PAUSE,
+            call_retry_base: defaults::CALL_RETRY_BASE,
+            http_timeout: defaults::HTTP_TIMEOUT,
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
+            bulk_poll: defaults::BULK_POLL,
         }
     }
 }
@@ -119,6 +166,32 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// A duration flag: parsed by [`parse_duration`], shown in the unit that writes it whole (so a
+/// default shows as `2500ms` or `5m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let millis = self.0.as_millis();
+        if !millis.is_multiple_of(1000) {
+            write!(formatter, "{millis}ms")
+        } else if millis >= 60_000 && millis.is_multiple_of(60_000) {
+            write!(formatter, "{}m", millis / 60_000)
+        } else {
+            write!(formatter, "{}s", millis / 1000)
+        }
+    }
+}
+
+impl std::str::FromStr for Span {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Span, String> {
+        parse_duration(text).map(Span)
+    }
+}
+
 /// The `learnsync-worker` binary's flags.
 #[derive(Clone, Debug, clap::Parser)]
 #[command(
@@ -141,42 +214,42 @@ pub struct Options {
     #[arg(long, env = "LEARNSYNC_WORKER_ID")]
     pub worker_id: Option<String>,
     /// Jobs run at once.
-    #[arg(long, env = "LEARNSYNC_WORKER_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "LEARNSYNC_WORKER_CONCURRENCY", default_value_t = defaults::CONCURRENCY)]
     pub concurrency: usize,
     /// Lease length.
-    #[arg(long, env = "LEARNSYNC_WORKER_LEASE", default_value = "10s", value_parser = parse_duration)]
-    pub lease: Duration,
+    #[arg(long, env = "LEARNSYNC_WORKER_LEASE", default_value_t = Span(defaults::LEASE))]
+    pub lease: Span,
     /// Heartbeat interval.
-    #[arg(long, env = "LEARNSYNC_WORKER_HEARTBEAT", default_value = "2500ms", value_parser = parse_duration)]
-    pub heartbeat: Duration,
+    #[arg(long, env = "LEARNSYNC_WORKER_HEARTBEAT", default_value_t = Span(defaults::HEARTBEAT))]
+    pub heartbeat: Span,
     /// Queue poll interval (NOTIFY wakes the worker sooner).
-    #[arg(long, env = "LEARNSYNC_WORKER_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
-    pub poll_interval: Duration,
+    #[arg(long, env = "LEARNSYNC_WORKER_POLL_INTERVAL", default_value_t = Span(defaults::POLL_INTERVAL))]
+    pub poll_interval: Span,
     /// Records per job from which writes go through Bulk API 2.0.
-    #[arg(long, env = "LEARNSYNC_WORKER_BULK_THRESHOLD", default_value_t = 2000)]
+    #[arg(long, env = "LEARNSYNC_WORKER_BULK_THRESHOLD", default_value_t = defaults::BULK_THRESHOLD)]
     pub bulk_threshold: i64,
     /// Records per Bulk API 2.0 job once a job is large.
-    #[arg(long, env = "LEARNSYNC_WORKER_BULK_CHUNK", default_value_t = 5_000)]
+    #[arg(long, env = "LEARNSYNC_WORKER_BULK_CHUNK", default_value_t = defaults::BULK_CHUNK)]
     pub bulk_chunk: i64,
     /// Chunks of one job written to Salesforce at once while the next is read.
-    #[arg(long, env = "LEARNSYNC_WORKER_WRITES_IN_FLIGHT", default_value_t = 3)]
+    #[arg(long, env = "LEARNSYNC_WORKER_WRITES_IN_FLIGHT", default_value_t = defaults::WRITES_IN_FLIGHT)]
     pub writes_in_flight: usize,
     /// Records the worker holds at once across its jobs (bounds its memory).
     #[arg(
         long,
         env = "LEARNSYNC_WORKER_RECORDS_IN_FLIGHT",
-        default_value_t = 25_000
+        default_value_t = defaults::RECORDS_IN_FLIGHT
     )]
     pub records_in_flight: usize,
     /// Docebo page size.
-    #[arg(long, env = "LEARNSYNC_WORKER_PAGE_SIZE", default_value_t = 200)]
+    #[arg(long, env = "LEARNSYNC_WORKER_PAGE_SIZE", default_value_t = defaults::PAGE_SIZE)]
     pub page_size: u32,
     /// Pause of a connection's writes after Salesforce's REQUEST_LIMIT_EXCEEDED.
-    #[arg(long, env = "LEARNSYNC_WORKER_SALESFORCE_LIMIT_PAUSE", default_value = "5m", value_parser = parse_duration)]
-    pub salesforce_limit_pause: Duration,
+    #[arg(long, env = "LEARNSYNC_WORKER_SALESFORCE_LIMIT_PAUSE", default_value_t = Span(defaults::SALESFORCE_LIMIT_PAUSE))]
+    pub salesforce_limit_pause: Span,
     /// How long shutdown waits for jobs to hand back.
-    #[arg(long, env = "LEARNSYNC_WORKER_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
+    #[arg(long, env = "LEARNSYNC_WORKER_SHUTDOWN_GRACE", default_value_t = Span(defaults::SHUTDOWN_GRACE))]
+    pub shutdown_grace: Span,
     /// Connections in the worker's Postgres pool (default: 2 per job plus 4).
     #[arg(long, env = "LEARNSYNC_WORKER_DB_CONNECTIONS")]
     pub db_connections: Option<usize>,
@@ -194,16 +267,16 @@ impl Options {
         Settings {
             worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
             concurrency: self.concurrency.max(1),
-            lease: self.lease,
-            heartbeat: self.heartbeat,
-            poll_interval: self.poll_interval,
+            lease: self.lease.0,
+            heartbeat: self.heartbeat.0,
+            poll_interval: self.poll_interval.0,
             page_size: self.page_size.clamp(1, 1000),
             bulk_threshold: self.bulk_threshold,
             bulk_chunk: self.bulk_chunk.max(1),
             writes_in_flight: self.writes_in_flight.clamp(1, 16),
             records_in_flight: self.records_in_flight.max(1000),
-            salesforce_limit_pause: self.salesforce_limit_pause,
-            shutdown_grace: self.shutdown_grace,
+            salesforce_limit_pause: self.salesforce_limit_pause.0,
+            shutdown_grace: self.shutdown_grace.0,
             ..Settings::default()
         }
     }
@@ -238,5 +311,28 @@ mod tests {
         let settings = options.settings();
         assert_eq!(settings.lease, Duration::from_secs(4));
         assert_eq!(settings.concurrency, 4);
+    }
+
+    #[test]
+    fn flags_default_to_the_library_defaults() {
+        use clap::Parser as _;
+        let options =
+            Options::try_parse_from(["learnsync-worker", "--database-url", "postgres://x/y"])
+                .unwrap();
+        let (flags, library) = (options.settings(), Settings::default());
+        assert_eq!(flags.concurrency, library.concurrency);
+        assert_eq!(flags.lease, library.lease);
+        assert_eq!(flags.heartbeat, library.heartbeat);
+        assert_eq!(flags.poll_interval, library.poll_interval);
+        assert_eq!(flags.page_size, library.page_size);
+        assert_eq!(flags.bulk_threshold, library.bulk_threshold);
+        assert_eq!(flags.bulk_chunk, library.bulk_chunk);
+        assert_eq!(flags.writes_in_flight, library.writes_in_flight);
+        assert_eq!(flags.records_in_flight, library.records_in_flight);
+        assert_eq!(flags.salesforce_limit_pause, library.salesforce_limit_pause);
+        assert_eq!(flags.shutdown_grace, library.shutdown_grace);
+        assert_eq!(Span(Duration::from_millis(2500)).to_string(), "2500ms");
+        assert_eq!(Span(Duration::from_secs(300)).to_string(), "5m");
+        assert_eq!(Span(Duration::from_secs(20)).to_string(), "20s");
     }
 }

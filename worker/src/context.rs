@@ -1,5 +1,6 @@
 //! What one running job carries: the job it holds, its store, the reasons it may have to stop, and
-//! the error type of a job's work.
+//! the job-level side of a token request (interruptible, backing off under the retry policy). The
+//! error type of a job's work lives in [`crate::error`] and is re-exported here.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,8 @@ use learnsync_store::worker::{self as store_worker, ClaimedJob};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::http::Answer;
+use crate::retry::{Decision, Policy, Tally};
 
 /// Why a job must stop what it is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,34 +26,7 @@ pub enum Interrupt {
     Shutdown,
 }
 
-/// How a job's work failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    /// Something that may pass: retry the job later, from its checkpoint.
-    #[error("{0}")]
-    Transient(String),
-    /// Something a retry will not fix: fail the job with this cause.
-    #[error("{0}")]
-    Permanent(String),
-    /// The job was interrupted.
-    #[error("interrupted: {0:?}")]
-    Interrupted(Interrupt),
-}
-
-impl From<learnsync_store::Error> for SyncError {
-    fn from(error: learnsync_store::Error) -> SyncError {
-        match error {
-            learnsync_store::Error::Secrets(message) => {
-                SyncError::Permanent(format!("credentials cannot be opened: {message}"))
-            }
-            learnsync_store::Error::Corrupt(message) => SyncError::Permanent(message),
-            other => SyncError::Transient(other.to_string()),
-        }
-    }
-}
-
-/// A job's result.
-pub type SyncResult<T> = Result<T, SyncError>;
+pub use crate::error::{Failure, SyncError, SyncResult};
 
 /// The state shared by a job's work, its heartbeat and the worker loop.
 #[derive(Clone)]
@@ -154,6 +130,31 @@ impl JobCtx {
                 Err(SyncError::Interrupted(self.interrupted().unwrap_or(Interrupt::Shutdown)))
             }
             outcome = future => outcome,
+        }
+    }
+
+    /// Runs a token request under `policy` (a [`Policy::for_token`]): interruptibly, backing off
+    /// after transient answers, giving up as the policy says.
+    pub async fn obtain<T, F>(&self, policy: &Policy, exchange: impl Fn() -> F) -> SyncResult<T>
+    where
+        F: Future<Output = Answer<T>>,
+    {
+        let mut tally = Tally::default();
+        loop {
+            let answer = self.interruptible(async { Ok(exchange().await) }).await?;
+            let (signal, failure) = match answer.into_result() {
+                Ok(value) => return Ok(value),
+                Err(refused) => refused,
+            };
+            match policy.decide(signal, &mut tally) {
+                Decision::Backoff(wait) => {
+                    tracing::warn!(%failure, "token request failed, retrying");
+                    self.sleep(wait).await?;
+                }
+                Decision::GiveUp(class) => return Err(class.fail(failure)),
+                // A token request is neither paused for nor renewed: it fails for now.
+                Decision::Renew | Decision::Pause(_) => return Err(SyncError::Transient(failure)),
+            }
         }
     }
 

@@ -11,13 +11,20 @@
 //! Layout:
 //! - [`config`]: [`Settings`] (library) and the binary's `clap` [`config::Options`].
 //! - [`runner`]: [`Worker`]: the claim loop, leases and heartbeats, stop, retries, shutdown.
-//! - [`context`]: what a running job carries; the job error type.
+//! - [`context`]: what a running job carries; token requests under the retry policy.
+//! - [`error`]: the job error type: its class ([`error::SyncError`]) and what failed
+//!   ([`error::Failure`]).
 //! - [`sync`]: one job's work: walk the listing (all of it, the changes since a watermark, or the
 //!   records webhooks named), write, checkpoint, deferred parents, unenrollments.
-//! - [`docebo`]: the Docebo client (OAuth, pages, 429/503 pauses).
+//! - [`http`]: the thin HTTP clients of Docebo and Salesforce: one exchange each, answered as an
+//!   [`http::Answer`] (no job, no store), testable against the simulators alone.
+//! - [`retry`]: the one retry policy both upstreams' calls follow (backoff, throttling waits,
+//!   session renewal, when to give up).
+//! - [`docebo`]: a job's Docebo client (the thin client under the policy, the shared budget,
+//!   429/503 pauses).
 //! - [`budget`]: the shared Docebo call budget, leased a few calls at a time.
-//! - [`salesforce`]: the Salesforce client (OAuth, describe, collections, bulk, query, request
-//!   limits).
+//! - [`salesforce`]: a job's Salesforce client (the thin client under the policy, request-limit
+//!   pauses of the connection, bulk jobs polled to their end).
 //! - [`mapping`]: the data model as data (`mapping.json`): item → record, validation, hashing.
 //!
 //! Invariants: the worker never runs migrations (the server does); only `learnsync-store` speaks
@@ -27,8 +34,11 @@ pub mod budget;
 pub mod config;
 pub mod context;
 pub mod docebo;
+pub mod error;
+pub mod http;
 pub mod mapping;
 pub mod metrics;
+pub mod retry;
 pub mod runner;
 pub mod salesforce;
 pub mod sync;

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::budget::Budget;
 use crate::config::Settings;
-use crate::context::{Interrupt, JobCtx, SyncError};
+use crate::context::{Failure, Interrupt, JobCtx, SyncError};
 use crate::docebo::Docebo;
 use crate::mapping::Mapping;
 use crate::salesforce::Salesforce;
@@ -83,9 +83,10 @@ impl Worker {
         self.wait_for_schema(&shutdown).await;
         tracing::info!(worker = %settings.worker_id, concurrency = settings.concurrency, "worker started");
 
-        let room = Arc::new(tokio::sync::Semaphore::new(
-            settings.records_in_flight.max(1),
-        ));
+        let capacity = settings.records_in_flight.max(1);
+        let room = Arc::new(tokio::sync::Semaphore::new(capacity));
+        // The records gauges read this room when scraped (it is dropped with the loop).
+        crate::metrics::watch_room(&room, capacity);
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, Running> = HashMap::new();
         let mut claim_now = true;
@@ -261,9 +262,8 @@ impl JobRunner {
     async fn run_job(self, ctx: JobCtx) {
         let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(ctx.clone())));
         let outcome = if ctx.job.attempt > self.settings.max_attempts {
-            Err(SyncError::Permanent(format!(
-                "the job was claimed {} times without ending: giving up",
-                ctx.job.attempt
+            Err(SyncError::Permanent(Failure::TooManyClaims(
+                ctx.job.attempt,
             )))
         } else {
             self.work(&ctx).await
@@ -279,8 +279,8 @@ impl JobRunner {
                 return;
             }
             Err(SyncError::Interrupted(Interrupt::Shutdown)) => Ending::HandBack,
-            Err(SyncError::Permanent(cause)) => Ending::Finish(Outcome::Failed(cause)),
-            Err(SyncError::Transient(cause)) => self.retry_or_fail(&ctx, cause),
+            Err(SyncError::Permanent(cause)) => Ending::Finish(Outcome::Failed(cause.to_string())),
+            Err(SyncError::Transient(cause)) => self.retry_or_fail(&ctx, cause.to_string()),
         };
         // Ending the job is retried a few times: a database blip must not leave it to the lease.
         for attempt in 1..=5u32 {
@@ -318,16 +318,13 @@ impl JobRunner {
                 "{cause} (gave up after {spent} retries)"
             )));
         }
-        let exponent = spent.clamp(0, 16) as u32;
-        let delay = self
-            .settings
-            .retry_base
-            .saturating_mul(2u32.saturating_pow(exponent))
-            .min(self.settings.retry_max);
-        let jitter = rand::random::<f64>() * 0.2 + 0.9;
         Ending::Retry {
             progressed,
-            delay: delay.mul_f64(jitter),
+            delay: crate::retry::job_retry_delay(
+                self.settings.retry_base,
+                self.settings.retry_max,
+                spent,
+            ),
             cause,
         }
     }

@@ -7,7 +7,7 @@ use learnsync_store::worker::{self as store_worker, Progress};
 use super::JobRun;
 use super::checkpoint::Checkpoint;
 use super::write::Written;
-use crate::context::{Interrupt, SyncError, SyncResult};
+use crate::context::{Failure, Interrupt, SyncError, SyncResult};
 
 impl JobRun<'_> {
     /// Records in the ledger the writes of a chunk cut short (or written after a failure or a
@@ -45,14 +45,14 @@ impl JobRun<'_> {
         let checkpoint = checkpoint
             .map(serde_json::to_value)
             .transpose()
-            .map_err(|error| SyncError::Permanent(error.to_string()))?;
+            .map_err(|error| SyncError::Permanent(Failure::Encode(error.to_string())))?;
         let deferred = written
             .deferred
             .iter()
             .map(|deferred| {
                 serde_json::to_value(deferred)
                     .map(|record| (deferred.key.clone(), record))
-                    .map_err(|error| SyncError::Permanent(error.to_string()))
+                    .map_err(|error| SyncError::Permanent(Failure::Encode(error.to_string())))
             })
             .collect::<SyncResult<Vec<_>>>()?;
         let mut conn = self.ctx.store.conn().await?;

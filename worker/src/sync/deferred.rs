@@ -9,7 +9,7 @@ use super::JobRun;
 use super::checkpoint::{Checkpoint, Deferred};
 use super::pipeline::Pending;
 use super::write::Written;
-use crate::context::{SyncError, SyncResult};
+use crate::context::{Failure, SyncError, SyncResult};
 use crate::mapping::MappedRecord;
 use crate::salesforce::COLLECTION_SIZE;
 
@@ -67,7 +67,10 @@ impl JobRun<'_> {
             let mut records: Vec<Pending> = Vec::with_capacity(batch.len());
             for record in batch {
                 let deferred: Deferred = serde_json::from_value(record).map_err(|error| {
-                    SyncError::Permanent(format!("unreadable deferred record: {error}"))
+                    SyncError::Permanent(Failure::UnreadableState {
+                        what: "deferred record",
+                        detail: error.to_string(),
+                    })
                 })?;
                 retired.push(deferred.key.clone());
                 records.push(to_record(deferred));

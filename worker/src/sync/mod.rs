@@ -32,7 +32,7 @@ use learnsync_store::realtime::Targets;
 use learnsync_store::worker as store_worker;
 use serde_json::Value;
 
-use crate::context::{JobCtx, SyncError, SyncResult};
+use crate::context::{Failure, JobCtx, SyncError, SyncResult};
 use crate::docebo::Docebo;
 use crate::mapping::{Mapping, ObjectMapping, docebo_time};
 use crate::salesforce::Salesforce;
@@ -62,17 +62,25 @@ impl<'a> JobRun<'a> {
     ) -> SyncResult<JobRun<'a>> {
         let mapping = mapping
             .entity(ctx.job.kind.spec().entity)
-            .map_err(|error| SyncError::Permanent(error.to_string()))?
+            .map_err(|error| SyncError::Permanent(Failure::Mapping(error.to_string())))?
             .clone();
         let checkpoint = match &ctx.job.checkpoint {
             None | Some(Value::Null) => Checkpoint::default(),
             Some(value) => serde_json::from_value(value.clone())
-                .map_err(|error| SyncError::Permanent(format!("unreadable checkpoint: {error}")))?,
+                .map_err(|error| {
+                    SyncError::Permanent(Failure::UnreadableState {
+                        what: "checkpoint",
+                        detail: error.to_string(),
+                    })
+                })?,
         };
         let targets = match &ctx.job.targets {
             None | Some(Value::Null) => None,
             Some(value) => Some(serde_json::from_value(value.clone()).map_err(|error| {
-                SyncError::Permanent(format!("unreadable run targets: {error}"))
+                SyncError::Permanent(Failure::UnreadableState {
+                    what: "run targets",
+                    detail: error.to_string(),
+                })
             })?),
         };
         Ok(JobRun {
@@ -102,7 +110,7 @@ impl<'a> JobRun<'a> {
         self.mapping = self
             .mapping
             .fit_to_org(&describe)
-            .map_err(SyncError::Permanent)?;
+            .map_err(|message| SyncError::Permanent(Failure::OrgMismatch(message)))?;
         self.ledger_empty = {
             let conn = self.ctx.store.conn().await?;
             store_worker::ledger_is_empty(&conn, self.ctx.job.connection_id, &self.mapping.object)

@@ -16,7 +16,7 @@ use learnsync_store::model::{LogLevel, NewLogEvent};
 use super::checkpoint::{Checkpoint, Phase, Pos};
 use super::deferred::admit_deferred;
 use super::write::Written;
-use crate::context::{SyncError, SyncResult};
+use crate::context::{Failure, SyncError, SyncResult};
 use crate::mapping::{MappedRecord, RecordError};
 
 /// A record read, mapped or not.
@@ -246,9 +246,8 @@ impl Pipeline {
 
     /// The error a stopped pipeline ends with.
     pub(super) fn failure(self) -> SyncError {
-        self.failure.unwrap_or_else(|| {
-            SyncError::Transient("the docebo listing ended without its last chunk".into())
-        })
+        self.failure
+            .unwrap_or(SyncError::Transient(Failure::ListingCutShort))
     }
 }
 
@@ -385,7 +384,7 @@ mod tests {
         let c = pipeline.chunk_read(end(4, false));
         pipeline.write_finished(a, Ok(written(&["a"])));
         assert_eq!(moved_page(pipeline.next_commit()), 2);
-        pipeline.write_finished(b, Err(SyncError::Transient("salesforce is down".into())));
+        pipeline.write_finished(b, Err(SyncError::Transient(Failure::Unreadable("salesforce is down".into()))));
         pipeline.write_finished(c, Ok(written(&["c"])));
         assert!(pipeline.commit_finished(Ok(())).is_none());
         // b is dropped; c's confirmed writes are kept, the checkpoint stays after a.
@@ -402,7 +401,7 @@ mod tests {
         assert_eq!(pipeline.checkpoint.levels[0].page, 2);
         let failure = pipeline.failure();
         assert!(
-            matches!(failure, SyncError::Transient(message) if message == "salesforce is down")
+            matches!(failure, SyncError::Transient(Failure::Unreadable(message)) if message == "salesforce is down")
         );
     }
 
@@ -437,7 +436,7 @@ mod tests {
     fn a_reader_failure_stops_new_chunks_once_those_sent_are_done() {
         let mut pipeline = new_pipeline(2);
         let a = pipeline.chunk_read(end(2, false));
-        pipeline.read_failed(SyncError::Transient("docebo is down".into()));
+        pipeline.read_failed(SyncError::Transient(Failure::Unreadable("docebo is down".into())));
         assert!(!pipeline.wants_chunk());
         assert!(!pipeline.should_stop(), "the chunk sent finishes first");
         pipeline.write_finished(a, Ok(written(&["a"])));

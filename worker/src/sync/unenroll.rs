@@ -9,7 +9,7 @@ use learnsync_store::worker::{self as store_worker, Progress};
 use super::JobRun;
 use super::checkpoint::Phase;
 use super::write::Written;
-use crate::context::{Interrupt, SyncError, SyncResult};
+use crate::context::{Failure, Interrupt, SyncError, SyncResult};
 use crate::mapping::Fields;
 use crate::salesforce::{COLLECTION_SIZE, RecordResult};
 
@@ -195,7 +195,7 @@ impl JobRun<'_> {
         let job = &self.ctx.job;
         let object = self.mapping.object.as_str();
         let checkpoint = serde_json::to_value(&self.checkpoint)
-            .map_err(|error| SyncError::Permanent(error.to_string()))?;
+            .map_err(|error| SyncError::Permanent(Failure::Encode(error.to_string())))?;
         let mut conn = self.ctx.store.conn().await?;
         let tx = conn
             .transaction()

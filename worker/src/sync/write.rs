@@ -11,7 +11,7 @@ use learnsync_store::worker::{self as store_worker, LedgerEntry, LedgerWrite};
 use super::JobRun;
 use super::checkpoint::Deferred;
 use super::pipeline::Pending;
-use crate::context::{Interrupt, SyncError, SyncResult};
+use crate::context::{Failure, Interrupt, SyncError, SyncResult};
 use crate::mapping::{Fields, MappedRecord};
 use crate::salesforce::{COLLECTION_SIZE, RecordResult};
 
@@ -271,10 +271,10 @@ impl JobRun<'_> {
                 rounds.defer_missing_parents,
             );
             if !locked.is_empty() && round >= LOCK_ROUNDS {
-                written.interrupted = Some(SyncError::Transient(format!(
-                    "salesforce could not lock {} rows after {round} attempts",
-                    locked.len()
-                )));
+                written.interrupted = Some(SyncError::Transient(Failure::RowsLocked {
+                    rows: locked.len(),
+                    rounds: round,
+                }));
                 return Ok(());
             }
             outstanding = self.before_resending(written, locked, round).await?;

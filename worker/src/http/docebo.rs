@@ -1,0 +1,281 @@
+//! The thin Docebo client: one OAuth2 token request, one list page. Each returns an [`Answer`]:
+//! 429 and 503 are throttling (with Retry-After when sent), 401 an expired token, other 5xx and
+//! network errors transient, other 4xx permanent.
+
+use learnsync_store::secrets::{DoceboCredentials, DoceboGrant};
+use serde_json::Value;
+
+use super::{Answer, retry_after, without_url};
+use crate::error::{Failure, Upstream};
+
+/// One page of a list endpoint.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Page {
+    /// The items, as Docebo sent them.
+    pub items: Vec<Value>,
+    /// Whether another page follows.
+    pub has_more: bool,
+    /// The total Docebo reports, if any.
+    pub total_count: Option<i64>,
+    /// The cursor of the next page (cursor mode), if any.
+    pub cursor: Option<String>,
+}
+
+/// Where a list read starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageRef {
+    /// The page number (from 1), used when there is no cursor.
+    pub page: u32,
+    /// The cursor of this page, in cursor mode.
+    pub cursor: Option<String>,
+    /// Records per page (page numbers mean something only with the size they were counted in).
+    pub page_size: u32,
+}
+
+/// A Docebo platform's API, one exchange at a time.
+pub struct DoceboApi {
+    http: reqwest::Client,
+    credentials: DoceboCredentials,
+    base_url: String,
+}
+
+/// Docebo's message in an error body (or the body's start).
+fn body_message(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let message = parsed.as_ref().and_then(|value| {
+        value
+            .get("message")
+            .or_else(|| value.get("error_description"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    message.unwrap_or_else(|| body.chars().take(200).collect())
+}
+
+impl DoceboApi {
+    /// A client of a connection's platform.
+    pub fn new(http: reqwest::Client, credentials: DoceboCredentials) -> DoceboApi {
+        let base_url = credentials.base_url.trim_end_matches('/').to_string();
+        DoceboApi {
+            http,
+            credentials,
+            base_url,
+        }
+    }
+
+    /// Asks for an access token. Refused credentials are permanent; 429 and 5xx transient.
+    pub async fn token(&self) -> Answer<String> {
+        let mut form = vec![
+            ("client_id", self.credentials.client_id.as_str()),
+            ("client_secret", self.credentials.client_secret.as_str()),
+            ("scope", "api"),
+        ];
+        match &self.credentials.grant {
+            DoceboGrant::ClientCredentials => form.push(("grant_type", "client_credentials")),
+            DoceboGrant::Password { username, password } => {
+                form.push(("grant_type", "password"));
+                form.push(("username", username.as_str()));
+                form.push(("password", password.as_str()));
+            }
+        }
+        let url = format!("{}/oauth2/token", self.base_url);
+        let response = match self.http.post(&url).form(&form).send().await {
+            Ok(response) => response,
+            Err(error) => {
+                return Answer::Transient(Failure::Unreachable {
+                    upstream: Upstream::Docebo,
+                    token: true,
+                    detail: without_url(&error),
+                });
+            }
+        };
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        if (200..300).contains(&status) {
+            let value: Value = match serde_json::from_str(&body) {
+                Ok(value) => value,
+                Err(_) => {
+                    return Answer::Unreadable(Failure::Unreadable(
+                        "docebo token answer is not JSON".into(),
+                    ));
+                }
+            };
+            return match value.get("access_token").and_then(Value::as_str) {
+                Some(token) => Answer::Ok(token.to_string()),
+                None => Answer::Unreadable(Failure::Unreadable(
+                    "docebo token answer has no access_token".into(),
+                )),
+            };
+        }
+        let endpoint = Failure::TokenEndpoint {
+            upstream: Upstream::Docebo,
+            status,
+        };
+        match status {
+            429 => Answer::Throttled {
+                wait: None,
+                failure: endpoint,
+            },
+            500..=599 => Answer::Transient(endpoint),
+            // Refused credentials will not get better by retrying.
+            _ => Answer::Permanent(Failure::AuthRefused {
+                upstream: Upstream::Docebo,
+                status,
+                code: None,
+                message: body_message(&body),
+            }),
+        }
+    }
+
+    /// Reads one page of a list endpoint (`path` under the base URL) with the given filters.
+    /// With `missing_is_empty`, a 404 reads as an empty list (a course or session deleted while
+    /// its parent listing was being walked).
+    pub async fn list(
+        &self,
+        token: &str,
+        path: &str,
+        filters: &[(String, String)],
+        at: &PageRef,
+        missing_is_empty: bool,
+    ) -> Answer<Page> {
+        let query = list_query(path, filters, at);
+        let url = format!("{}{}", self.base_url, path);
+        let sent = self
+            .http
+            .get(&url)
+            .query(&query)
+            .bearer_auth(token)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => {
+                return Answer::Transient(Failure::Unreachable {
+                    upstream: Upstream::Docebo,
+                    token: false,
+                    detail: without_url(&error),
+                });
+            }
+        };
+        let status = response.status().as_u16();
+        crate::metrics::METRICS
+            .api_calls
+            .with_label_values(&["docebo", &status.to_string()])
+            .inc();
+        let wait = retry_after(response.headers());
+        let body = match response.text().await {
+            Ok(body) => body,
+            Err(error) => {
+                return Answer::Unreadable(Failure::Unreadable(format!(
+                    "docebo answer unreadable: {}",
+                    without_url(&error)
+                )));
+            }
+        };
+        let answered = |message: Option<String>| Failure::Answered {
+            upstream: Upstream::Docebo,
+            status,
+            path: Some(path.to_string()),
+            code: None,
+            message,
+        };
+        match status {
+            200..=299 => match parse_page(&body) {
+                Ok(page) => Answer::Ok(page),
+                Err(failure) => Answer::Unreadable(failure),
+            },
+            404 if missing_is_empty => Answer::Ok(Page::default()),
+            401 => Answer::SessionExpired(answered(Some(body_message(&body)))),
+            429 | 503 => {
+                crate::metrics::METRICS
+                    .throttled
+                    .with_label_values(&["docebo"])
+                    .inc();
+                Answer::Throttled {
+                    wait,
+                    failure: Failure::Throttled {
+                        upstream: Upstream::Docebo,
+                        status,
+                        message: body_message(&body),
+                    },
+                }
+            }
+            500..=599 => Answer::Transient(answered(None)),
+            _ => Answer::Permanent(answered(Some(body_message(&body)))),
+        }
+    }
+}
+
+/// The query of a list page: the filters, the page size, and the page or its cursor.
+fn list_query(path: &str, filters: &[(String, String)], at: &PageRef) -> Vec<(String, String)> {
+    let mut query: Vec<(String, String)> = filters.to_vec();
+    query.push(("page_size".into(), at.page_size.max(1).to_string()));
+    // Cursor mode where Docebo documents it (the enrollment lists): pages stay consistent while
+    // data changes, which the unenrollment comparison relies on. Elsewhere, page numbers (a
+    // cursor in the answer is still followed).
+    if path.ends_with("/enrollments") && !path.starts_with("/course/v1/sessions/") {
+        query.push(("get_cursor".into(), "1".into()));
+    }
+    match &at.cursor {
+        Some(cursor) => query.push(("cursor".into(), cursor.clone())),
+        None => query.push(("page".into(), at.page.to_string())),
+    }
+    query
+}
+
+/// Reads Docebo's list envelope.
+pub fn parse_page(body: &str) -> Result<Page, Failure> {
+    let unreadable = |what: &str| Failure::Unreadable(format!("docebo page {what}"));
+    let value: Value = serde_json::from_str(body).map_err(|_| unreadable("is not JSON"))?;
+    let data = value.get("data").ok_or_else(|| unreadable("has no data"))?;
+    let items = match data.get("items") {
+        Some(Value::Array(items)) => items.clone(),
+        Some(Value::Null) | None => Vec::new(),
+        Some(_) => return Err(unreadable("items is not an array")),
+    };
+    let has_more = match data.get("has_more_data") {
+        Some(Value::Bool(flag)) => *flag,
+        Some(Value::String(text)) => text == "true" || text == "1",
+        Some(Value::Number(number)) => number.as_i64() == Some(1),
+        _ => false,
+    };
+    let total_count = data.get("total_count").and_then(|value| match value {
+        Value::Number(number) => number.as_i64(),
+        Value::String(text) => text.parse().ok(),
+        _ => None,
+    });
+    let cursor = data
+        .get("cursor")
+        .and_then(Value::as_str)
+        .filter(|cursor| !cursor.is_empty())
+        .map(str::to_string);
+    Ok(Page {
+        items,
+        has_more,
+        total_count,
+        cursor,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn reads_the_list_envelope() {
+        let page = parse_page(
+            r#"{"data":{"items":[{"user_id":"1"}],"count":1,"has_more_data":true,"total_count":7,"cursor":"abc"},"version":"1.0.0"}"#,
+        )
+        .unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert!(page.has_more);
+        assert_eq!(page.total_count, Some(7));
+        assert_eq!(page.cursor.as_deref(), Some("abc"));
+        let last =
+            parse_page(r#"{"data":{"items":[],"has_more_data":false,"cursor":null}}"#).unwrap();
+        assert!(!last.has_more);
+        assert_eq!(last.cursor, None);
+        assert!(parse_page("<html>").is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! The thin HTTP clients of Docebo and Salesforce: each method does one HTTP exchange and returns
+//! what happened as an [`Answer`], with no job context, no store and no retry. The job-level
+//! clients ([`crate::docebo::Docebo`], [`crate::salesforce::Salesforce`]) wrap them and apply the
+//! one retry policy ([`crate::retry`]). Tested against the simulators with no database.
+
+pub mod docebo;
+pub mod salesforce;
+
+use std::time::Duration;
+
+use crate::error::Failure;
+use crate::retry::Signal;
+
+/// What one HTTP exchange came to. Every answer but `Ok` carries the failure a call that gives up
+/// on it reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer<T> {
+    /// The result.
+    Ok(T),
+    /// The upstream asks to slow down (`wait`: what its Retry-After said, if anything).
+    Throttled {
+        /// The wait the upstream asked for.
+        wait: Option<Duration>,
+        /// What to report if the call gives up.
+        failure: Failure,
+    },
+    /// Something that may pass at once: a 5xx, a network error.
+    Transient(Failure),
+    /// The token or session expired (401): authenticate again.
+    SessionExpired(Failure),
+    /// The answer arrived but cannot be read.
+    Unreadable(Failure),
+    /// Something sending again will not fix (a 4xx, refused credentials).
+    Permanent(Failure),
+}
+
+impl<T> Answer<T> {
+    /// The result, or what the retry policy reads of the answer and the failure it carries.
+    pub fn into_result(self) -> Result<T, (Signal, Failure)> {
+        match self {
+            Answer::Ok(value) => Ok(value),
+            Answer::Throttled { wait, failure } => Err((Signal::Throttled(wait), failure)),
+            Answer::Transient(failure) => Err((Signal::Transient, failure)),
+            Answer::SessionExpired(failure) => Err((Signal::SessionExpired, failure)),
+            Answer::Unreadable(failure) => Err((Signal::Unreadable, failure)),
+            Answer::Permanent(failure) => Err((Signal::Permanent, failure)),
+        }
+    }
+
+    /// Reads a result further: a value that cannot be read makes the answer unreadable.
+    pub fn and_then<U>(self, read: impl FnOnce(T) -> Result<U, Failure>) -> Answer<U> {
+        match self {
+            Answer::Ok(value) => match read(value) {
+                Ok(value) => Answer::Ok(value),
+                Err(failure) => Answer::Unreadable(failure),
+            },
+            Answer::Throttled { wait, failure } => Answer::Throttled { wait, failure },
+            Answer::Transient(failure) => Answer::Transient(failure),
+            Answer::SessionExpired(failure) => Answer::SessionExpired(failure),
+            Answer::Unreadable(failure) => Answer::Unreadable(failure),
+            Answer::Permanent(failure) => Answer::Permanent(failure),
+        }
+    }
+
+    /// Whether this is the result.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Answer::Ok(_))
+    }
+}
+
+/// A reqwest error without its URL (which may carry a cursor or a token-bearing query).
+pub(crate) fn without_url(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "bad body"
+    } else {
+        "request error"
+    };
+    match std::error::Error::source(error) {
+        Some(source) => format!("{kind}: {source}"),
+        None => kind.to_string(),
+    }
+}
+
+/// The wait a `Retry-After` header asks for, in seconds (the date form is not used by Docebo).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}

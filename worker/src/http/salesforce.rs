@@ -1,0 +1,819 @@
+//! The thin Salesforce client: one OAuth2 token request (client credentials or JWT bearer), and
+//! single exchanges of the REST API: describe, a SOQL query page, sObject Collections upsert and
+//! delete, the steps of a Bulk API 2.0 ingest job. Each returns an [`Answer`]: 401 an expired
+//! session, 403 REQUEST_LIMIT_EXCEEDED (or 429) throttling, 5xx and network errors transient,
+//! other 4xx permanent.
+
+use learnsync_store::secrets::{SalesforceCredentials, SalesforceGrant};
+use serde_json::{Value, json};
+
+use super::{Answer, without_url};
+use crate::error::{Failure, Upstream};
+use crate::mapping::{FieldValue, Fields};
+
+/// The REST API version learnsync speaks.
+pub const API_VERSION: &str = "v62.0";
+/// Most records per sObject Collections call.
+pub const COLLECTION_SIZE: usize = 200;
+
+/// One per-record failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordFailure {
+    /// Salesforce's status code (`UNABLE_TO_LOCK_ROW`, `INVALID_FIELD`, ...).
+    pub code: String,
+    /// Salesforce's message.
+    pub message: String,
+}
+
+/// The outcome of one record of a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordResult {
+    /// Whether it was written.
+    pub success: bool,
+    /// Its Salesforce id, when known.
+    pub id: Option<String>,
+    /// Why not, when it was not.
+    pub errors: Vec<RecordFailure>,
+}
+
+impl RecordResult {
+    /// The first failure's code and message (or a generic one).
+    pub fn failure(&self) -> RecordFailure {
+        self.errors.first().cloned().unwrap_or(RecordFailure {
+            code: "UNKNOWN".into(),
+            message: "salesforce reported a failure without a reason".into(),
+        })
+    }
+}
+
+fn error_of(body: &str) -> (String, String) {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let first = parsed.as_ref().and_then(|value| match value {
+        Value::Array(items) => items.first().cloned(),
+        Value::Object(_) => Some(value.clone()),
+        _ => None,
+    });
+    match first {
+        Some(error) => {
+            let code = error
+                .get("errorCode")
+                .or_else(|| error.get("error"))
+                .and_then(Value::as_str)
+                .unwrap_or("UNKNOWN")
+                .to_string();
+            let message = error
+                .get("message")
+                .or_else(|| error.get("error_description"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            (code, message)
+        }
+        None => ("UNKNOWN".to_string(), body.chars().take(200).collect()),
+    }
+}
+/// An authenticated session: the token and the org's instance URL.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// The bearer token.
+    pub access_token: String,
+    /// The org's API base URL.
+    pub instance_url: String,
+}
+
+#[derive(serde::Serialize)]
+struct JwtClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    exp: i64,
+}
+
+/// The body of a request.
+pub enum Body<'a> {
+    /// No body.
+    None,
+    /// A JSON document.
+    Json(&'a str),
+    /// CSV text (Bulk API uploads).
+    Csv(&'a str),
+}
+
+/// One page of a SOQL query of `SELECT Id, field`: `(field value, Id)` pairs and the next page's
+/// path, if any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryPage {
+    /// `(field value, Id)` of each record.
+    pub pairs: Vec<(String, String)>,
+    /// `nextRecordsUrl`, when the query is not done.
+    pub next: Option<String>,
+}
+
+/// Where a Bulk API 2.0 ingest job stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BulkState {
+    /// Still being processed.
+    InProgress,
+    /// Done: its results can be read.
+    Complete,
+    /// Failed or aborted, with Salesforce's reason.
+    Ended(String),
+}
+
+/// A Salesforce org's API, one exchange at a time.
+pub struct SalesforceApi {
+    http: reqwest::Client,
+    credentials: SalesforceCredentials,
+}
+
+fn not_json(what: &str) -> Failure {
+    Failure::Unreadable(format!("{what} is not JSON"))
+}
+
+impl SalesforceApi {
+    /// A client of a connection's org.
+    pub fn new(http: reqwest::Client, credentials: SalesforceCredentials) -> SalesforceApi {
+        SalesforceApi { http, credentials }
+    }
+
+    /// The token request's form (a signed assertion for the JWT bearer flow).
+    fn token_form(&self) -> Result<Vec<(&'static str, String)>, Failure> {
+        Ok(match &self.credentials.grant {
+            SalesforceGrant::ClientCredentials { client_secret } => vec![
+                ("grant_type", "client_credentials".into()),
+                ("client_id", self.credentials.client_id.clone()),
+                ("client_secret", client_secret.clone()),
+            ],
+            SalesforceGrant::JwtBearer {
+                username,
+                private_key_pem,
+                audience,
+            } => {
+                let claims = JwtClaims {
+                    iss: &self.credentials.client_id,
+                    sub: username,
+                    aud: audience,
+                    // Salesforce accepts at most 3 minutes ahead, in epoch seconds.
+                    exp: chrono::Utc::now().timestamp() + 170,
+                };
+                let key = jsonwebtoken::EncodingKey::from_rsa_pem(private_key_pem.as_bytes())
+                    .map_err(|_| {
+                        Failure::Credentials(
+                            "the salesforce jwt private key is not a valid RSA PEM key".into(),
+                        )
+                    })?;
+                let assertion = jsonwebtoken::encode(
+                    &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+                    &claims,
+                    &key,
+                )
+                .map_err(|error| {
+                    Failure::Credentials(format!("cannot sign the salesforce jwt: {error}"))
+                })?;
+                vec![
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:jwt-bearer".into(),
+                    ),
+                    ("assertion", assertion),
+                ]
+            }
+        })
+    }
+
+    /// Asks for a session. Refused credentials (and a key that is not one) are permanent; 429
+    /// and 5xx transient.
+    pub async fn token(&self) -> Answer<Session> {
+        let url = format!(
+            "{}/services/oauth2/token",
+            self.credentials.login_url.trim_end_matches('/')
+        );
+        let form = match self.token_form() {
+            Ok(form) => form,
+            Err(failure) => return Answer::Permanent(failure),
+        };
+        let response = match self.http.post(&url).form(&form).send().await {
+            Ok(response) => response,
+            Err(error) => {
+                return Answer::Transient(Failure::Unreachable {
+                    upstream: Upstream::Salesforce,
+                    token: true,
+                    detail: without_url(&error),
+                });
+            }
+        };
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        if (200..300).contains(&status) {
+            let Ok(value) = serde_json::from_str::<Value>(&body) else {
+                return Answer::Unreadable(not_json("salesforce token answer"));
+            };
+            let access_token = value.get("access_token").and_then(Value::as_str);
+            let instance_url = value.get("instance_url").and_then(Value::as_str);
+            return match (access_token, instance_url) {
+                (Some(access_token), Some(instance_url)) => Answer::Ok(Session {
+                    access_token: access_token.to_string(),
+                    instance_url: instance_url.trim_end_matches('/').to_string(),
+                }),
+                _ => Answer::Unreadable(Failure::Unreadable(
+                    "salesforce token answer lacks a token or instance url".into(),
+                )),
+            };
+        }
+        let endpoint = Failure::TokenEndpoint {
+            upstream: Upstream::Salesforce,
+            status,
+        };
+        match status {
+            429 => Answer::Throttled {
+                wait: None,
+                failure: endpoint,
+            },
+            500..=599 => Answer::Transient(endpoint),
+            _ => {
+                let (code, message) = error_of(&body);
+                Answer::Permanent(Failure::AuthRefused {
+                    upstream: Upstream::Salesforce,
+                    status,
+                    code: Some(code),
+                    message,
+                })
+            }
+        }
+    }
+
+    /// Sends one API call (`path` under the instance URL, or a full URL) and returns the body of
+    /// a 2xx answer.
+    pub async fn send(
+        &self,
+        session: &Session,
+        method: reqwest::Method,
+        path: &str,
+        body: Body<'_>,
+    ) -> Answer<String> {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{}", session.instance_url, path)
+        };
+        let mut request = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&session.access_token);
+        request = match body {
+            Body::None => request,
+            Body::Json(text) => request
+                .header("content-type", "application/json")
+                .body(text.to_string()),
+            Body::Csv(text) => request
+                .header("content-type", "text/csv")
+                .body(text.to_string()),
+        };
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                return Answer::Transient(Failure::Unreachable {
+                    upstream: Upstream::Salesforce,
+                    token: false,
+                    detail: without_url(&error),
+                });
+            }
+        };
+        let status = response.status().as_u16();
+        crate::metrics::METRICS
+            .api_calls
+            .with_label_values(&["salesforce", &status.to_string()])
+            .inc();
+        let text = response.text().await.unwrap_or_default();
+        if (200..300).contains(&status) {
+            return Answer::Ok(text);
+        }
+        let (code, message) = error_of(&text);
+        if (status == 403 && code == "REQUEST_LIMIT_EXCEEDED") || status == 429 {
+            crate::metrics::METRICS
+                .throttled
+                .with_label_values(&["salesforce"])
+                .inc();
+            // Salesforce names no wait: the policy's pause applies.
+            return Answer::Throttled {
+                wait: None,
+                failure: Failure::Throttled {
+                    upstream: Upstream::Salesforce,
+                    status,
+                    message,
+                },
+            };
+        }
+        let failure = Failure::Answered {
+            upstream: Upstream::Salesforce,
+            status,
+            path: None,
+            code: Some(code),
+            message: Some(message),
+        };
+        match status {
+            401 => Answer::SessionExpired(failure),
+            500..=599 => Answer::Transient(failure),
+            _ => Answer::Permanent(failure),
+        }
+    }
+
+    /// Describes an object (its fields, types, lengths, picklist values).
+    pub async fn describe(&self, session: &Session, object: &str) -> Answer<Value> {
+        let path = format!("/services/data/{API_VERSION}/sobjects/{object}/describe");
+        self.send(session, reqwest::Method::GET, &path, Body::None)
+            .await
+            .and_then(|text| {
+                serde_json::from_str(&text).map_err(|_| {
+                    Failure::Unreadable(format!("the describe of {object} is not JSON"))
+                })
+            })
+    }
+
+    /// Reads one page of a `SELECT Id, field` query: `path` is [`query_path`]'s or the previous
+    /// page's `next`.
+    pub async fn query(&self, session: &Session, path: &str, field: &str) -> Answer<QueryPage> {
+        self.send(session, reqwest::Method::GET, path, Body::None)
+            .await
+            .and_then(|text| {
+                let page: Value =
+                    serde_json::from_str(&text).map_err(|_| not_json("salesforce query answer"))?;
+                let pairs = page
+                    .get("records")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|record| {
+                        let id = record.get("Id").and_then(Value::as_str)?;
+                        let value = record.get(field).and_then(Value::as_str)?;
+                        Some((value.to_string(), id.to_string()))
+                    })
+                    .collect();
+                let next = match page.get("nextRecordsUrl").and_then(Value::as_str) {
+                    Some(next) if page.get("done").and_then(Value::as_bool) == Some(false) => {
+                        Some(next.to_string())
+                    }
+                    _ => None,
+                };
+                Ok(QueryPage { pairs, next })
+            })
+    }
+
+    /// Upserts up to 200 records of one object by external id through sObject Collections; one
+    /// result per record, in request order.
+    pub async fn upsert_collection(
+        &self,
+        session: &Session,
+        object: &str,
+        external_id: &str,
+        records: &[&Fields],
+    ) -> Answer<Vec<RecordResult>> {
+        debug_assert!(records.len() <= COLLECTION_SIZE);
+        /// One record of a collection: `attributes` then the fields.
+        #[derive(serde::Serialize)]
+        struct Record<'a> {
+            attributes: Attributes<'a>,
+            #[serde(flatten)]
+            fields: &'a Fields,
+        }
+        #[derive(serde::Serialize)]
+        struct Attributes<'a> {
+            #[serde(rename = "type")]
+            object: &'a str,
+        }
+        #[derive(serde::Serialize)]
+        struct Request<'a> {
+            #[serde(rename = "allOrNone")]
+            all_or_none: bool,
+            records: Vec<Record<'a>>,
+        }
+        let request = Request {
+            all_or_none: false,
+            records: records
+                .iter()
+                .map(|fields| Record {
+                    attributes: Attributes { object },
+                    fields,
+                })
+                .collect(),
+        };
+        let body = match serde_json::to_string(&request) {
+            Ok(body) => body,
+            Err(error) => return Answer::Permanent(Failure::Encode(error.to_string())),
+        };
+        let path =
+            format!("/services/data/{API_VERSION}/composite/sobjects/{object}/{external_id}");
+        self.send(session, reqwest::Method::PATCH, &path, Body::Json(&body))
+            .await
+            .and_then(|text| {
+                let results = parse_collection_results(&text)?;
+                if results.len() != records.len() {
+                    return Err(Failure::Unreadable(format!(
+                        "salesforce answered {} results for {} records",
+                        results.len(),
+                        records.len()
+                    )));
+                }
+                Ok(results)
+            })
+    }
+
+    /// Deletes up to 200 records by id through sObject Collections; one result per id, in order.
+    /// An already deleted record counts as deleted.
+    pub async fn delete_collection(
+        &self,
+        session: &Session,
+        ids: &[String],
+    ) -> Answer<Vec<RecordResult>> {
+        let path = format!(
+            "/services/data/{API_VERSION}/composite/sobjects?ids={}&allOrNone=false",
+            ids.join(",")
+        );
+        self.send(session, reqwest::Method::DELETE, &path, Body::None)
+            .await
+            .and_then(|text| {
+                let mut results = parse_collection_results(&text)?;
+                for result in &mut results {
+                    if !result.success
+                        && result
+                            .errors
+                            .iter()
+                            .any(|error| error.code == "ENTITY_IS_DELETED")
+                    {
+                        result.success = true;
+                        result.errors.clear();
+                    }
+                }
+                if results.len() != ids.len() {
+                    return Err(Failure::Unreadable(format!(
+                        "salesforce answered {} results for {} deletions",
+                        results.len(),
+                        ids.len()
+                    )));
+                }
+                Ok(results)
+            })
+    }
+
+    /// Creates a Bulk API 2.0 upsert job; returns its id.
+    pub async fn create_ingest_job(
+        &self,
+        session: &Session,
+        object: &str,
+        external_id: &str,
+    ) -> Answer<String> {
+        let body =
+            json!({"object": object, "operation": "upsert", "externalIdFieldName": external_id,
+            "contentType": "CSV", "columnDelimiter": "COMMA", "lineEnding": "LF"})
+            .to_string();
+        self.send(
+            session,
+            reqwest::Method::POST,
+            &format!("/services/data/{API_VERSION}/jobs/ingest"),
+            Body::Json(&body),
+        )
+        .await
+        .and_then(|text| {
+            let info: Value =
+                serde_json::from_str(&text).map_err(|_| not_json("bulk job answer"))?;
+            info.get("id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| Failure::Unreadable("bulk job answer has no id".into()))
+        })
+    }
+
+    /// Uploads a job's CSV ([`to_csv`]).
+    pub async fn upload_csv(&self, session: &Session, job_id: &str, csv: &str) -> Answer<()> {
+        self.send(
+            session,
+            reqwest::Method::PUT,
+            &format!("{}/batches", job_path(job_id)),
+            Body::Csv(csv),
+        )
+        .await
+        .and_then(|_| Ok(()))
+    }
+
+    /// Marks a job's upload complete: Salesforce starts processing it.
+    pub async fn close_job(&self, session: &Session, job_id: &str) -> Answer<()> {
+        let body = json!({"state": "UploadComplete"}).to_string();
+        self.send(
+            session,
+            reqwest::Method::PATCH,
+            &job_path(job_id),
+            Body::Json(&body),
+        )
+        .await
+        .and_then(|_| Ok(()))
+    }
+
+    /// Where a job stands.
+    pub async fn job_state(&self, session: &Session, job_id: &str) -> Answer<BulkState> {
+        self.send(session, reqwest::Method::GET, &job_path(job_id), Body::None)
+            .await
+            .and_then(|text| {
+                let state: Value =
+                    serde_json::from_str(&text).map_err(|_| not_json("bulk job state"))?;
+                Ok(
+                    match state.get("state").and_then(Value::as_str).unwrap_or("") {
+                        "JobComplete" => BulkState::Complete,
+                        "Failed" | "Aborted" => BulkState::Ended(
+                            state
+                                .get("errorMessage")
+                                .and_then(Value::as_str)
+                                .unwrap_or("no reason given")
+                                .to_string(),
+                        ),
+                        _ => BulkState::InProgress,
+                    },
+                )
+            })
+    }
+
+    /// Reads a complete job's successful (`sf__Id` per external id) or failed (`sf__Error` per
+    /// external id) results.
+    pub async fn job_results(
+        &self,
+        session: &Session,
+        job_id: &str,
+        successful: bool,
+        external_id: &str,
+    ) -> Answer<Vec<(String, String)>> {
+        let (file, column) = if successful {
+            ("successfulResults", "sf__Id")
+        } else {
+            ("failedResults", "sf__Error")
+        };
+        self.send(
+            session,
+            reqwest::Method::GET,
+            &format!("{}/{file}/", job_path(job_id)),
+            Body::None,
+        )
+        .await
+        .and_then(|text| read_results(&text, external_id, column))
+    }
+}
+
+/// The path of a bulk ingest job.
+fn job_path(job_id: &str) -> String {
+    format!("/services/data/{API_VERSION}/jobs/ingest/{job_id}")
+}
+
+/// The path of `SELECT Id, field FROM object WHERE field IN (values)`.
+pub fn query_path(object: &str, field: &str, values: &[String]) -> String {
+    let quoted: Vec<String> = values
+        .iter()
+        .map(|value| format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'")))
+        .collect();
+    let soql = format!(
+        "SELECT Id, {field} FROM {object} WHERE {field} IN ({})",
+        quoted.join(",")
+    );
+    format!("/services/data/{API_VERSION}/query?q={}", url_encode(&soql))
+}
+
+/// Reads a bulk result's `sf__Error` into the record's outcome.
+pub fn bulk_failure(text: &str) -> RecordResult {
+    RecordResult {
+        success: false,
+        id: None,
+        errors: vec![parse_bulk_error(text)],
+    }
+}
+
+/// Percent-encodes a query parameter value.
+fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char)
+            }
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+fn parse_collection_results(text: &str) -> Result<Vec<RecordResult>, Failure> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|_| Failure::Unreadable("salesforce collection answer is not JSON".into()))?;
+    let Value::Array(items) = value else {
+        return Err(Failure::Unreadable(
+            "salesforce collection answer is not an array".into(),
+        ));
+    };
+    Ok(items
+        .iter()
+        .map(|item| {
+            let success = item
+                .get("success")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let id = item.get("id").and_then(Value::as_str).map(str::to_string);
+            let errors = item
+                .get("errors")
+                .and_then(Value::as_array)
+                .map(|errors| {
+                    errors
+                        .iter()
+                        .map(|error| RecordFailure {
+                            code: error
+                                .get("statusCode")
+                                .and_then(Value::as_str)
+                                .unwrap_or("UNKNOWN")
+                                .to_string(),
+                            message: error
+                                .get("message")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_string(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            RecordResult {
+                success,
+                id,
+                errors,
+            }
+        })
+        .collect())
+}
+
+/// `CODE:message:fields --` as Bulk API 2.0 writes `sf__Error`.
+fn parse_bulk_error(text: &str) -> RecordFailure {
+    let text = text.trim().trim_end_matches("--").trim();
+    match text.split_once(':') {
+        Some((code, rest)) => {
+            let message = match rest.rsplit_once(':') {
+                Some((message, _fields)) => message,
+                None => rest,
+            };
+            RecordFailure {
+                code: code.trim().to_string(),
+                message: message.trim().to_string(),
+            }
+        }
+        None => RecordFailure {
+            code: "UNKNOWN".into(),
+            message: text.to_string(),
+        },
+    }
+}
+
+/// Writes records as Bulk API CSV: relationship columns as `Rel__r.Ext__c`, nulls as `#N/A`.
+pub fn to_csv(records: &[&Fields], external_id: &str) -> Result<String, Failure> {
+    // Columns in first-seen order; a lookup by external id is `Relationship__r.Field__c`.
+    let mut columns: Vec<(String, Option<String>)> = vec![(external_id.to_string(), None)];
+    for record in records {
+        for (field, value) in record.iter() {
+            // A handful of columns: a scan allocates nothing, unlike a set of owned names.
+            let reference = match value {
+                FieldValue::Lookup { external_id, .. } => Some(&**external_id),
+                FieldValue::Plain(_) => None,
+            };
+            let known = columns
+                .iter()
+                .any(|(f, k)| f == field && k.as_deref() == reference);
+            if !known {
+                columns.push((field.to_string(), reference.map(str::to_string)));
+            }
+        }
+    }
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::with_capacity(records.len() * 160));
+    let fail = |error: csv::Error| Failure::Encode(format!("cannot write bulk csv: {error}"));
+    for (field, key) in &columns {
+        match key {
+            Some(key) => writer.write_field(format!("{field}.{key}")),
+            None => writer.write_field(field),
+        }
+        .map_err(fail)?;
+    }
+    writer.write_record(None::<&[u8]>).map_err(fail)?;
+    let mut number = String::new();
+    for record in records {
+        for (field, reference) in &columns {
+            let text = match (record.get(field), reference) {
+                (Some(FieldValue::Lookup { external_id, key }), Some(reference))
+                    if **external_id == **reference =>
+                {
+                    Some(key.as_str())
+                }
+                (Some(FieldValue::Plain(Value::String(text))), None) => Some(text.as_str()),
+                (Some(FieldValue::Plain(Value::Null)) | None, _) => None,
+                (Some(FieldValue::Plain(other)), None) => {
+                    number.clear();
+                    std::fmt::Write::write_fmt(&mut number, format_args!("{other}"))
+                        .map_err(|error| Failure::Encode(error.to_string()))?;
+                    Some(number.as_str())
+                }
+                _ => None,
+            };
+            writer.write_field(text.unwrap_or("#N/A")).map_err(fail)?;
+        }
+        writer.write_record(None::<&[u8]>).map_err(fail)?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|error| Failure::Encode(format!("cannot write bulk csv: {error}")))?;
+    String::from_utf8(bytes)
+        .map_err(|error| Failure::Encode(format!("bulk csv is not utf-8: {error}")))
+}
+
+/// Reads a Bulk API 2.0 result CSV: `(external id value, value of column)` per row. Only the two
+/// columns are kept (the results repeat every field sent).
+fn read_results(
+    text: &str,
+    external_id: &str,
+    column: &str,
+) -> Result<Vec<(String, String)>, Failure> {
+    let unreadable =
+        |error: csv::Error| Failure::Unreadable(format!("bulk results unreadable: {error}"));
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let headers = reader.headers().map_err(unreadable)?;
+    let position = |name: &str| headers.iter().position(|header| header == name);
+    let (Some(key_at), value_at) = (position(external_id), position(column)) else {
+        return Ok(Vec::new());
+    };
+    let mut rows = Vec::new();
+    let mut record = csv::StringRecord::new();
+    while reader.read_record(&mut record).map_err(unreadable)? {
+        let Some(key) = record.get(key_at) else {
+            continue;
+        };
+        let value = value_at.and_then(|at| record.get(at)).unwrap_or_default();
+        rows.push((key.to_string(), value.to_string()));
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use serde_json::Map;
+
+    use super::*;
+
+    #[test]
+    fn reads_collection_results_in_order() {
+        let results = parse_collection_results(
+            r#"[{"id":"a01","success":true,"errors":[],"created":true},
+                {"success":false,"errors":[{"statusCode":"UNABLE_TO_LOCK_ROW","message":"locked","fields":[]}]}]"#,
+        )
+        .unwrap();
+        assert!(results[0].success);
+        assert_eq!(results[0].id.as_deref(), Some("a01"));
+        assert_eq!(results[1].failure().code, "UNABLE_TO_LOCK_ROW");
+    }
+
+    #[test]
+    fn reads_request_level_errors() {
+        assert_eq!(
+            error_of(
+                r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#
+            ),
+            (
+                "INVALID_SESSION_ID".to_string(),
+                "Session expired or invalid".to_string()
+            )
+        );
+        assert_eq!(
+            error_of(r#"{"error":"invalid_grant","error_description":"bad"}"#).0,
+            "invalid_grant"
+        );
+    }
+
+    #[test]
+    fn writes_bulk_csv_and_reads_bulk_errors() {
+        let mut record = Map::new();
+        record.insert("Enrollment_Key__c".into(), json!("1-2"));
+        record.insert("Docebo_User__r".into(), json!({"Docebo_User_Id__c": "1"}));
+        record.insert("Score__c".into(), Value::Null);
+        record.insert("Name".into(), json!("a, \"b\""));
+        let record = Fields::from_map(&record);
+        let text = to_csv(&[&record], "Enrollment_Key__c").unwrap();
+        let column = |name: &str| read_results(&text, "Enrollment_Key__c", name).unwrap();
+        assert_eq!(
+            column("Docebo_User__r.Docebo_User_Id__c"),
+            vec![("1-2".to_string(), "1".to_string())]
+        );
+        assert_eq!(column("Score__c")[0].1, "#N/A");
+        assert_eq!(column("Name")[0].1, "a, \"b\"");
+        let error = parse_bulk_error(
+            "INVALID_FIELD:Foreign key external ID: 9 not found for field X in entity Y:Docebo_User__c --",
+        );
+        assert_eq!(error.code, "INVALID_FIELD");
+        assert!(
+            error.message.starts_with("Foreign key external ID"),
+            "{}",
+            error.message
+        );
+    }
+}
