@@ -1,15 +1,19 @@
 //! The thin Salesforce client: one OAuth2 token request (client credentials or JWT bearer), and
 //! single exchanges of the REST API: describe, a SOQL query page, sObject Collections upsert and
-//! delete, the steps of a Bulk API 2.0 ingest job. Each returns an [`Answer`]: 401 an expired
-//! session, 403 REQUEST_LIMIT_EXCEEDED (or 429) throttling, 5xx and network errors transient,
-//! other 4xx permanent.
+//! delete, and (in `bulk`) the steps of a Bulk API 2.0 ingest job. Each returns an [`Answer`]:
+//! 401 an expired session, 403 REQUEST_LIMIT_EXCEEDED (or 429) throttling, 5xx and network errors
+//! transient, other 4xx permanent.
 
 use learnsync_store::secrets::{SalesforceCredentials, SalesforceGrant};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Answer, without_url};
 use crate::error::{Failure, Upstream};
-use crate::mapping::{FieldValue, Fields};
+use crate::mapping::Fields;
+
+mod bulk;
+
+pub use bulk::{BulkState, bulk_failure, to_csv};
 
 /// The REST API version learnsync speaks.
 pub const API_VERSION: &str = "v62.0";
@@ -107,17 +111,6 @@ pub struct QueryPage {
     pub pairs: Vec<(String, String)>,
     /// `nextRecordsUrl`, when the query is not done.
     pub next: Option<String>,
-}
-
-/// Where a Bulk API 2.0 ingest job stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BulkState {
-    /// Still being processed.
-    InProgress,
-    /// Done: its results can be read.
-    Complete,
-    /// Failed or aborted, with Salesforce's reason.
-    Ended(String),
 }
 
 /// A Salesforce org's API, one exchange at a time.
@@ -454,111 +447,6 @@ impl SalesforceApi {
                 Ok(results)
             })
     }
-
-    /// Creates a Bulk API 2.0 upsert job; returns its id.
-    pub async fn create_ingest_job(
-        &self,
-        session: &Session,
-        object: &str,
-        external_id: &str,
-    ) -> Answer<String> {
-        let body =
-            json!({"object": object, "operation": "upsert", "externalIdFieldName": external_id,
-            "contentType": "CSV", "columnDelimiter": "COMMA", "lineEnding": "LF"})
-            .to_string();
-        self.send(
-            session,
-            reqwest::Method::POST,
-            &format!("/services/data/{API_VERSION}/jobs/ingest"),
-            Body::Json(&body),
-        )
-        .await
-        .and_then(|text| {
-            let info: Value =
-                serde_json::from_str(&text).map_err(|_| not_json("bulk job answer"))?;
-            info.get("id")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| Failure::Unreadable("bulk job answer has no id".into()))
-        })
-    }
-
-    /// Uploads a job's CSV ([`to_csv`]).
-    pub async fn upload_csv(&self, session: &Session, job_id: &str, csv: &str) -> Answer<()> {
-        self.send(
-            session,
-            reqwest::Method::PUT,
-            &format!("{}/batches", job_path(job_id)),
-            Body::Csv(csv),
-        )
-        .await
-        .and_then(|_| Ok(()))
-    }
-
-    /// Marks a job's upload complete: Salesforce starts processing it.
-    pub async fn close_job(&self, session: &Session, job_id: &str) -> Answer<()> {
-        let body = json!({"state": "UploadComplete"}).to_string();
-        self.send(
-            session,
-            reqwest::Method::PATCH,
-            &job_path(job_id),
-            Body::Json(&body),
-        )
-        .await
-        .and_then(|_| Ok(()))
-    }
-
-    /// Where a job stands.
-    pub async fn job_state(&self, session: &Session, job_id: &str) -> Answer<BulkState> {
-        self.send(session, reqwest::Method::GET, &job_path(job_id), Body::None)
-            .await
-            .and_then(|text| {
-                let state: Value =
-                    serde_json::from_str(&text).map_err(|_| not_json("bulk job state"))?;
-                Ok(
-                    match state.get("state").and_then(Value::as_str).unwrap_or("") {
-                        "JobComplete" => BulkState::Complete,
-                        "Failed" | "Aborted" => BulkState::Ended(
-                            state
-                                .get("errorMessage")
-                                .and_then(Value::as_str)
-                                .unwrap_or("no reason given")
-                                .to_string(),
-                        ),
-                        _ => BulkState::InProgress,
-                    },
-                )
-            })
-    }
-
-    /// Reads a complete job's successful (`sf__Id` per external id) or failed (`sf__Error` per
-    /// external id) results.
-    pub async fn job_results(
-        &self,
-        session: &Session,
-        job_id: &str,
-        successful: bool,
-        external_id: &str,
-    ) -> Answer<Vec<(String, String)>> {
-        let (file, column) = if successful {
-            ("successfulResults", "sf__Id")
-        } else {
-            ("failedResults", "sf__Error")
-        };
-        self.send(
-            session,
-            reqwest::Method::GET,
-            &format!("{}/{file}/", job_path(job_id)),
-            Body::None,
-        )
-        .await
-        .and_then(|text| read_results(&text, external_id, column))
-    }
-}
-
-/// The path of a bulk ingest job.
-fn job_path(job_id: &str) -> String {
-    format!("/services/data/{API_VERSION}/jobs/ingest/{job_id}")
 }
 
 /// The path of `SELECT Id, field FROM object WHERE field IN (values)`.
@@ -572,15 +460,6 @@ pub fn query_path(object: &str, field: &str, values: &[String]) -> String {
         quoted.join(",")
     );
     format!("/services/data/{API_VERSION}/query?q={}", url_encode(&soql))
-}
-
-/// Reads a bulk result's `sf__Error` into the record's outcome.
-pub fn bulk_failure(text: &str) -> RecordResult {
-    RecordResult {
-        success: false,
-        id: None,
-        errors: vec![parse_bulk_error(text)],
-    }
 }
 
 /// Percent-encodes a query parameter value.
@@ -643,121 +522,9 @@ fn parse_collection_results(text: &str) -> Result<Vec<RecordResult>, Failure> {
         .collect())
 }
 
-/// `CODE:message:fields --` as Bulk API 2.0 writes `sf__Error`.
-fn parse_bulk_error(text: &str) -> RecordFailure {
-    let text = text.trim().trim_end_matches("--").trim();
-    match text.split_once(':') {
-        Some((code, rest)) => {
-            let message = match rest.rsplit_once(':') {
-                Some((message, _fields)) => message,
-                None => rest,
-            };
-            RecordFailure {
-                code: code.trim().to_string(),
-                message: message.trim().to_string(),
-            }
-        }
-        None => RecordFailure {
-            code: "UNKNOWN".into(),
-            message: text.to_string(),
-        },
-    }
-}
-
-/// Writes records as Bulk API CSV: relationship columns as `Rel__r.Ext__c`, nulls as `#N/A`.
-pub fn to_csv(records: &[&Fields], external_id: &str) -> Result<String, Failure> {
-    // Columns in first-seen order; a lookup by external id is `Relationship__r.Field__c`.
-    let mut columns: Vec<(String, Option<String>)> = vec![(external_id.to_string(), None)];
-    for record in records {
-        for (field, value) in record.iter() {
-            // A handful of columns: a scan allocates nothing, unlike a set of owned names.
-            let reference = match value {
-                FieldValue::Lookup { external_id, .. } => Some(&**external_id),
-                FieldValue::Plain(_) => None,
-            };
-            let known = columns
-                .iter()
-                .any(|(f, k)| f == field && k.as_deref() == reference);
-            if !known {
-                columns.push((field.to_string(), reference.map(str::to_string)));
-            }
-        }
-    }
-    let mut writer = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::with_capacity(records.len() * 160));
-    let fail = |error: csv::Error| Failure::Encode(format!("cannot write bulk csv: {error}"));
-    for (field, key) in &columns {
-        match key {
-            Some(key) => writer.write_field(format!("{field}.{key}")),
-            None => writer.write_field(field),
-        }
-        .map_err(fail)?;
-    }
-    writer.write_record(None::<&[u8]>).map_err(fail)?;
-    let mut number = String::new();
-    for record in records {
-        for (field, reference) in &columns {
-            let text = match (record.get(field), reference) {
-                (Some(FieldValue::Lookup { external_id, key }), Some(reference))
-                    if **external_id == **reference =>
-                {
-                    Some(key.as_str())
-                }
-                (Some(FieldValue::Plain(Value::String(text))), None) => Some(text.as_str()),
-                (Some(FieldValue::Plain(Value::Null)) | None, _) => None,
-                (Some(FieldValue::Plain(other)), None) => {
-                    number.clear();
-                    std::fmt::Write::write_fmt(&mut number, format_args!("{other}"))
-                        .map_err(|error| Failure::Encode(error.to_string()))?;
-                    Some(number.as_str())
-                }
-                _ => None,
-            };
-            writer.write_field(text.unwrap_or("#N/A")).map_err(fail)?;
-        }
-        writer.write_record(None::<&[u8]>).map_err(fail)?;
-    }
-    let bytes = writer
-        .into_inner()
-        .map_err(|error| Failure::Encode(format!("cannot write bulk csv: {error}")))?;
-    String::from_utf8(bytes)
-        .map_err(|error| Failure::Encode(format!("bulk csv is not utf-8: {error}")))
-}
-
-/// Reads a Bulk API 2.0 result CSV: `(external id value, value of column)` per row. Only the two
-/// columns are kept (the results repeat every field sent).
-fn read_results(
-    text: &str,
-    external_id: &str,
-    column: &str,
-) -> Result<Vec<(String, String)>, Failure> {
-    let unreadable =
-        |error: csv::Error| Failure::Unreadable(format!("bulk results unreadable: {error}"));
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(text.as_bytes());
-    let headers = reader.headers().map_err(unreadable)?;
-    let position = |name: &str| headers.iter().position(|header| header == name);
-    let (Some(key_at), value_at) = (position(external_id), position(column)) else {
-        return Ok(Vec::new());
-    };
-    let mut rows = Vec::new();
-    let mut record = csv::StringRecord::new();
-    while reader.read_record(&mut record).map_err(unreadable)? {
-        let Some(key) = record.get(key_at) else {
-            continue;
-        };
-        let value = value_at.and_then(|at| record.get(at)).unwrap_or_default();
-        rows.push((key.to_string(), value.to_string()));
-    }
-    Ok(rows)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use serde_json::Map;
 
     use super::*;
 
@@ -787,33 +554,6 @@ mod tests {
         assert_eq!(
             error_of(r#"{"error":"invalid_grant","error_description":"bad"}"#).0,
             "invalid_grant"
-        );
-    }
-
-    #[test]
-    fn writes_bulk_csv_and_reads_bulk_errors() {
-        let mut record = Map::new();
-        record.insert("Enrollment_Key__c".into(), json!("1-2"));
-        record.insert("Docebo_User__r".into(), json!({"Docebo_User_Id__c": "1"}));
-        record.insert("Score__c".into(), Value::Null);
-        record.insert("Name".into(), json!("a, \"b\""));
-        let record = Fields::from_map(&record);
-        let text = to_csv(&[&record], "Enrollment_Key__c").unwrap();
-        let column = |name: &str| read_results(&text, "Enrollment_Key__c", name).unwrap();
-        assert_eq!(
-            column("Docebo_User__r.Docebo_User_Id__c"),
-            vec![("1-2".to_string(), "1".to_string())]
-        );
-        assert_eq!(column("Score__c")[0].1, "#N/A");
-        assert_eq!(column("Name")[0].1, "a, \"b\"");
-        let error = parse_bulk_error(
-            "INVALID_FIELD:Foreign key external ID: 9 not found for field X in entity Y:Docebo_User__c --",
-        );
-        assert_eq!(error.code, "INVALID_FIELD");
-        assert!(
-            error.message.starts_with("Foreign key external ID"),
-            "{}",
-            error.message
         );
     }
 }
