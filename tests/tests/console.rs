@@ -2,7 +2,8 @@
 //! a real sync on the simulators: sign-in refuses a wrong token and keeps the session in an
 //! HttpOnly cookie that is not the token, progress advances without a reload, the first-error link
 //! opens the log at that event, the level filter and live following work, and a tenant's token
-//! sees only its connections. Set LEARNSYNC_SCREENSHOTS=docs to refresh the README's screenshots.
+//! sees only its connections; and, over plain HTTP, the refusals, cookie attributes and headers.
+//! Set LEARNSYNC_SCREENSHOTS=docs to refresh the README's screenshots.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -481,4 +482,117 @@ async fn the_console_shows_a_live_sync_and_its_first_error_to_the_right_tokens()
 
     browser.close().await.unwrap();
     system.stop().await.unwrap();
+}
+
+/// The same rules over plain HTTP, without a browser: what is refused, and the headers.
+#[tokio::test]
+async fn the_console_refuses_what_it_must_over_http() {
+    let server = learnsync_e2e::TestServer::start().await.unwrap();
+    let mut operator = server.operator().await.unwrap();
+    let mut acme_connection = sample_connection(
+        "acme",
+        "https://acme.docebosaas.com",
+        "https://login.salesforce.com",
+    );
+    acme_connection.tenant = "acme".to_string();
+    let acme = operator
+        .create_connection(pb::CreateConnectionRequest {
+            connection: Some(acme_connection),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let other = learnsync_e2e::create_sample(&mut operator, "default tenant")
+        .await
+        .unwrap();
+    let base = &server.console_base;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    let anonymous = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 303);
+    assert_eq!(anonymous.headers()["location"], "/sign-in");
+    let live = http
+        .get(format!("{base}/connections/{other}/live/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 401);
+
+    let wrong = http
+        .post(format!("{base}/sign-in"))
+        .form(&[("token", "wrong-token-0123456789abcdef")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+
+    let signed_in = http
+        .post(format!("{base}/sign-in"))
+        .form(&[("token", tokens::ACME)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let set_cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    assert!(!set_cookie.contains(tokens::ACME));
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+
+    let page = http
+        .get(format!("{base}/"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    let body = page.text().await.unwrap();
+    assert!(body.contains(&acme.id));
+    assert!(!body.contains(&other));
+    assert!(!body.contains(tokens::ACME));
+
+    for path in [
+        format!("/connections/{other}"),
+        format!("/connections/{other}/live/status"),
+        format!("/connections/{other}/logs"),
+    ] {
+        let refused = http
+            .get(format!("{base}{path}"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 404, "{path}");
+    }
+    for path in [
+        format!("/connections/{}/logs?level=loud", acme.id),
+        "/connections/not-a-uuid".to_string(),
+    ] {
+        let bad = http
+            .get(format!("{base}{path}"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 400, "{path}");
+    }
+
+    // A session claiming another principal, or tampered with, leads back to sign-in.
+    let tampered = format!("{}x", cookie);
+    let refused = http
+        .get(format!("{base}/"))
+        .header("cookie", tampered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 303);
+    server.stop().await.unwrap();
 }
