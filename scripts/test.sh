@@ -3,7 +3,8 @@
 # simulator with the Python simple-salesforce and the npm jsforce libraries, and the Python gRPC
 # client tests (tests/tests/python_clients.rs) use grpcio, grpcio-tools, grpcio-reflection and
 # protobuf: they are installed here, once, into .learnsync/ (git-ignored), and the tests are told
-# where.
+# where. The console's browser test (tests/tests/console.rs) drives Debian's headless Chromium
+# through chromedriver: installed here with apt-get when missing.
 # Postgres: DATABASE_URL if set, otherwise each test binary starts a private cluster from the
 # machine's PostgreSQL binaries.
 set -euo pipefail
@@ -19,6 +20,11 @@ fi
 if [ ! -f .learnsync/node_modules/jsforce/package.json ]; then
   echo "installing jsforce into .learnsync/node_modules"
   (cd .learnsync && npm install --silent --no-audit --no-fund --no-package-lock 'jsforce@^3' >/dev/null)
+fi
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "installing chromium and chromium-driver (the console's browser test)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 fi
 export LEARNSYNC_PYTHON="$PWD/.learnsync/venv/bin/python"
 export LEARNSYNC_NODE_PATH="$PWD/.learnsync/node_modules"

@@ -104,6 +104,14 @@ impl Tokens {
         self.entries.push((digest(token), principal));
     }
 
+    /// The principals with the SHA-256 digest of each of their tokens: the console keys its
+    /// session cookies with a digest, so a session ends when its token is removed.
+    pub(crate) fn digests(&self) -> impl Iterator<Item = (&[u8; 32], &Principal)> {
+        self.entries
+            .iter()
+            .map(|(digest, principal)| (digest, principal))
+    }
+
     /// Whether no token is configured (then every call is refused).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

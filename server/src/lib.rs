@@ -11,9 +11,11 @@
 //! - [`metrics`]: Prometheus metrics (gRPC calls, runs and jobs by state) on `/metrics`.
 //! - [`realtime`]: the scheduler and the webhook dispatcher loops; `webhooks`: the HTTP receiver
 //!   of Docebo webhooks.
+//! - `console`: the read-only web console (HTML over the same handlers), on a port of its own.
 //! - `main.rs`: the `learnsync-server` binary.
 
 pub mod auth;
+mod console;
 mod convert;
 mod error;
 pub mod metrics;
@@ -57,6 +59,8 @@ pub struct Listeners {
     pub webhooks: Option<TcpListener>,
     /// Prometheus `/metrics`, when exported.
     pub metrics: Option<TcpListener>,
+    /// The read-only web console (plain HTTP), when served.
+    pub console: Option<TcpListener>,
 }
 
 impl Options {
@@ -103,6 +107,7 @@ pub async fn serve(
         grpc: listener,
         webhooks: None,
         metrics: None,
+        console: None,
     };
     serve_on(store, options, listeners, shutdown).await
 }
@@ -119,6 +124,7 @@ pub async fn serve_with_webhooks(
         grpc: listener,
         webhooks,
         metrics: None,
+        console: None,
     };
     serve_on(store, options, listeners, shutdown).await
 }
@@ -134,6 +140,7 @@ pub async fn serve_on(
         grpc: listener,
         webhooks,
         metrics: metrics_listener,
+        console: console_listener,
     } = listeners;
     let metrics = metrics::Metrics::new()?;
     let cancel = CancellationToken::new();
@@ -191,6 +198,14 @@ pub async fn serve_on(
         notifications,
         shutdown: cancel.clone(),
     };
+    if let Some(listener) = console_listener {
+        tokio::spawn(console::serve(
+            listener,
+            service.clone(),
+            options.tokens.clone(),
+            cancel.clone(),
+        ));
+    }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<SyncServiceServer<service::Service>>()

@@ -29,6 +29,10 @@ struct Config {
     /// Address to serve Prometheus metrics on (`/metrics`). Off when unset.
     #[arg(long, env = "LEARNSYNC_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Address to serve the read-only web console on (plain HTTP; browsers send its `Secure`
+    /// session cookie only over HTTPS or to localhost, so put TLS in front). Off when unset.
+    #[arg(long, env = "LEARNSYNC_CONSOLE_LISTEN")]
+    console_listen: Option<SocketAddr>,
     /// How often the realtime scheduler looks for due runs, e.g. 5s.
     #[arg(long, env = "LEARNSYNC_SCHEDULE_TICK", default_value = "5s", value_parser = humantime::parse_duration)]
     schedule_tick: Duration,
@@ -110,6 +114,14 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let console = match config.console_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address}"))?,
+        ),
+        None => None,
+    };
     let mut options = learnsync_server::Options::new(tokens, cipher);
     options.min_interval = Duration::from_secs(config.min_interval_seconds);
     options.realtime.schedule_tick = config.schedule_tick;
@@ -118,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
         grpc: listener,
         webhooks,
         metrics,
+        console,
     };
     learnsync_server::serve_on(store, options, listeners, shutdown_signal()).await?;
     Ok(())

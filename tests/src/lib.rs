@@ -46,6 +46,8 @@ pub struct TestServer {
     pub webhook_base: String,
     /// `http://127.0.0.1:<port>` of the metrics endpoint.
     pub metrics_base: String,
+    /// `http://127.0.0.1:<port>` of the read-only web console.
+    pub console_base: String,
     /// The database's URL.
     pub database_url: String,
     /// A store on the same database, for arranging state the API cannot (e.g. finishing jobs).
@@ -103,11 +105,14 @@ impl TestServer {
         let webhook_base = format!("http://{}", webhooks.local_addr()?);
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let metrics_base = format!("http://{}", metrics.local_addr()?);
+        let console = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let console_base = format!("http://{}", console.local_addr()?);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let listeners = learnsync_server::Listeners {
             grpc: listener,
             webhooks: Some(webhooks),
             metrics: Some(metrics),
+            console: Some(console),
         };
         let task = tokio::spawn(learnsync_server::serve_on(
             store.clone(),
@@ -121,6 +126,7 @@ impl TestServer {
             endpoint,
             webhook_base,
             metrics_base,
+            console_base,
             database_url: database_url.to_string(),
             store,
             cipher,

@@ -37,6 +37,13 @@ struct Args {
     /// The gRPC address (a free port is used if it is taken).
     #[arg(long, env = "LEARNSYNC_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// The web console's address (a free port is used if it is taken).
+    #[arg(
+        long,
+        env = "LEARNSYNC_CONSOLE_LISTEN",
+        default_value = "127.0.0.1:8090"
+    )]
+    console_listen: SocketAddr,
     /// Keep everything running after the sync, for exploring with grpcurl and the CLI (Ctrl-C ends).
     #[arg(long)]
     keep_running: bool,
@@ -126,14 +133,26 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     };
     let endpoint = format!("http://{}", listener.local_addr()?);
+    let console = match tokio::net::TcpListener::bind(args.console_listen).await {
+        Ok(listener) => listener,
+        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let console_url = format!("http://{}", console.local_addr()?);
     let server_shutdown = shutdown.clone();
-    let server = tokio::spawn(learnsync_server::serve(
+    let listeners = learnsync_server::Listeners {
+        grpc: listener,
+        webhooks: None,
+        metrics: None,
+        console: Some(console),
+    };
+    let server = tokio::spawn(learnsync_server::serve_on(
         store.clone(),
         learnsync_server::Options::new(tokens, cipher.clone()),
-        listener,
+        listeners,
         async move { server_shutdown.cancelled().await },
     ));
     println!("grpc server   {endpoint}");
+    println!("web console   {console_url}   (sign in with the token {DEMO_TOKEN})");
     let mut workers = Vec::new();
     for index in 0..args.workers {
         let settings = learnsync_worker::Settings {
