@@ -396,9 +396,14 @@ pub async fn stop(client: &impl GenericClient, connection_id: Uuid, area: Area) 
     get(client, connection_id, run.id).await
 }
 
-/// Ends a run whose jobs are all final, deriving its state from theirs, and records the area's
-/// milestones when it completed. Does nothing while a job is still queued or running, or when the
-/// run already ended. Returns the final state when this call ended the run.
+/// Ends a run whose jobs are all final, deriving its state from theirs. When it completed, records
+/// the area's milestones and moves the area's watermark to the run's creation: everything changed
+/// before it was read. Only runs that read every change move the watermark (full or incremental):
+/// a run limited to a timeframe, or to the records webhooks named, leaves it where it was, or the
+/// next incremental run would skip what it did not read. Does nothing while a job is still queued
+/// or running, or when the run already ended. Returns the final state when this call ended the
+/// run. This is the one place a run ends: a worker finishing its last job, the reaper, Stop and
+/// the test helper all call it.
 pub async fn finish_if_done(client: &impl GenericClient, run_id: Uuid) -> Result<Option<RunState>> {
     let row = client
         .query_opt(
@@ -431,6 +436,14 @@ pub async fn finish_if_done(client: &impl GenericClient, run_id: Uuid) -> Result
                 "UPDATE area_configs SET first_success_time = coalesce(first_success_time, now()), \
                      last_success_time = now() WHERE connection_id = $1 AND area = $2",
                 &[&connection_id, &area.as_str()],
+            )
+            .await?;
+        client
+            .execute(
+                "UPDATE area_configs a SET watermark = greatest(a.watermark, r.create_time) \
+                 FROM runs r WHERE r.id = $1 AND a.connection_id = r.connection_id AND a.area = r.area \
+                   AND r.targets IS NULL AND r.timeframe_start IS NULL AND r.timeframe_end IS NULL",
+                &[&run_id],
             )
             .await?;
     }

@@ -367,7 +367,7 @@ pub async fn finish(
         event = event.field("error", error).code("JOB_FAILED");
     }
     logs::append(client, job.connection_id, &[event]).await?;
-    finish_run_if_done(client, job.run_id).await?;
+    runs::finish_if_done(client, job.run_id).await?;
     // Jobs waiting for this one may be claimable now.
     client
         .execute(
@@ -376,26 +376,6 @@ pub async fn finish(
         )
         .await?;
     Ok(true)
-}
-
-/// Ends a run whose jobs are all final; when it completed, moves its area's watermark to the run's
-/// creation: everything changed before it was read. Only runs that read every change do (full or
-/// incremental): a run limited to a timeframe, or to the records webhooks named, leaves the
-/// watermark where it was, or the next incremental run would skip what it did not read.
-async fn finish_run_if_done(client: &impl GenericClient, run_id: Uuid) -> Result<()> {
-    if let Some(state) = runs::finish_if_done(client, run_id).await?
-        && state.is_completed()
-    {
-        client
-            .execute(
-                "UPDATE area_configs a SET watermark = greatest(a.watermark, r.create_time) \
-                 FROM runs r WHERE r.id = $1 AND a.connection_id = r.connection_id AND a.area = r.area \
-                   AND r.targets IS NULL AND r.timeframe_start IS NULL AND r.timeframe_end IS NULL",
-                &[&run_id],
-            )
-            .await?;
-    }
-    Ok(())
 }
 
 /// Puts a job back in the queue after a transient failure, fenced: claimable again after `delay`,
@@ -499,7 +479,7 @@ pub async fn reap_stopped(client: &impl GenericClient) -> Result<u64> {
         }
     }
     for run_id in runs_touched {
-        finish_run_if_done(client, run_id).await?;
+        runs::finish_if_done(client, run_id).await?;
     }
     Ok(rows.len() as u64)
 }
