@@ -4,6 +4,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::codes::ErrorCode;
 use crate::model::{Area, AreaConfig, Mode, area_subject};
 use crate::{Error, Result};
 
@@ -105,7 +106,7 @@ pub async fn require_enrollment_prerequisites(
         return Ok(());
     }
     Err(Error::precondition(
-        "PREREQUISITE_NOT_SYNCHRONIZED",
+        ErrorCode::PrerequisiteNotSynchronized,
         area_subject(connection_id, Area::Enrollments),
         format!(
             "enrollments need users and courses synchronized first; not yet completed a run: {}",

@@ -15,6 +15,7 @@ use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::codes::Resource;
 use crate::model::{Area, JobKind, LogLevel, NewLogEvent, Run, Trigger};
 use crate::runs::{self, RunRequest};
 use crate::{Error, Result, logs};
@@ -169,7 +170,7 @@ pub async fn rotate_webhook(client: &impl GenericClient, connection_id: Uuid) ->
             &[&connection_id],
         )
         .await?
-        .ok_or_else(|| Error::NotFound(format!("connection {connection_id}")))?;
+        .ok_or_else(|| Error::not_found(Resource::Connection, connection_id))?;
     Ok(row.try_get(0)?)
 }
 

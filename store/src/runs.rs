@@ -7,6 +7,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::codes::{ErrorCode, Resource};
 use crate::model::{
     Area, AreaConfig, Counts, Job, JobKind, JobState, LogLevel, NewLogEvent, Run, RunState,
     Trigger, area_subject,
@@ -134,12 +135,12 @@ fn require_enabled(
     let subject = area_subject(connection_id, area);
     match config {
         None => Err(Error::precondition(
-            "AREA_NOT_CONFIGURED",
+            ErrorCode::AreaNotConfigured,
             subject,
             format!("the {area} area has not been configured: call Configure first"),
         )),
         Some(config) if !config.enabled => Err(Error::precondition(
-            "AREA_DISABLED",
+            ErrorCode::AreaDisabled,
             subject,
             format!("the {area} area is disabled: enable it with Configure first"),
         )),
@@ -171,7 +172,7 @@ pub async fn active(
 
 fn run_active_error(connection_id: Uuid, area: Area, run: &Run) -> Error {
     Error::precondition(
-        "RUN_ACTIVE",
+        ErrorCode::RunActive,
         area_subject(connection_id, area),
         format!(
             "the {area} area already has an active run ({}, {})",
@@ -195,7 +196,7 @@ pub async fn start(
     )?;
     if config.first_success_time.is_some() {
         return Err(Error::precondition(
-            "ALREADY_SYNCHRONIZED",
+            ErrorCode::AlreadySynchronized,
             area_subject(connection_id, area),
             format!("the {area} area has completed its first synchronization: use Resynchronize"),
         ));
@@ -238,7 +239,7 @@ pub async fn resynchronize(
         .await?;
     if any_run.is_none() {
         return Err(Error::precondition(
-            "NO_PREVIOUS_RUN",
+            ErrorCode::NoPreviousRun,
             area_subject(connection_id, area),
             format!("the {area} area has never run: use Start for its first synchronization"),
         ));
@@ -286,7 +287,7 @@ pub async fn create(
         Ok(row) => row,
         Err(error) if error.is_unique_violation("runs_one_active_per_area") => {
             return Err(Error::precondition(
-                "RUN_ACTIVE",
+                ErrorCode::RunActive,
                 area_subject(connection_id, area),
                 format!("the {area} area already has an active run"),
             ));
@@ -360,7 +361,7 @@ pub async fn stop(client: &impl GenericClient, connection_id: Uuid, area: Area) 
     areas::lock(client, connection_id, area).await?;
     let Some(run) = active(client, connection_id, area).await? else {
         return Err(Error::precondition(
-            "NO_ACTIVE_RUN",
+            ErrorCode::NoActiveRun,
             area_subject(connection_id, area),
             format!("the {area} area has no active run to stop"),
         ));
@@ -477,7 +478,7 @@ pub async fn get(client: &impl GenericClient, connection_id: Uuid, run_id: Uuid)
     let row = client
         .query_opt(&sql, &[&run_id, &connection_id])
         .await?
-        .ok_or_else(|| Error::NotFound(format!("run {run_id}")))?;
+        .ok_or_else(|| Error::not_found(Resource::Run, run_id))?;
     let mut run = run_from_row(&row)?;
     run.jobs = jobs_of(client, run_id).await?;
     Ok(run)

@@ -13,6 +13,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::codes::ErrorCode;
 use crate::model::{Area, Counts, JobKind, LogLevel, NewLogEvent, RunState, UnenrollmentPolicy};
 use crate::{CHANNEL_JOBS, Result, logs, runs};
 
@@ -364,7 +365,9 @@ pub async fn finish(
         .field("unchanged", row.try_get::<_, i64>(3)?)
         .field("failed", row.try_get::<_, i64>(4)?);
     if let Some(error) = error {
-        event = event.field("error", error).code("JOB_FAILED");
+        event = event
+            .field("error", error)
+            .code(ErrorCode::JobFailed.as_str());
     }
     logs::append(client, job.connection_id, &[event]).await?;
     runs::finish_if_done(client, job.run_id).await?;
