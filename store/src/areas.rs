@@ -1,6 +1,6 @@
 //! Area configurations: enabled or not, manual or realtime, and the synchronization milestones.
 
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -59,9 +59,9 @@ pub async fn get(
 }
 
 /// Reads an area's configuration and locks it until the transaction ends: Start, Stop,
-/// Resynchronize and Configure of one area take turns on this lock.
+/// Resynchronize and Configure of one area take turns on this lock, so it takes a transaction.
 pub async fn lock(
-    client: &impl GenericClient,
+    client: &Transaction<'_>,
     connection_id: Uuid,
     area: Area,
 ) -> Result<Option<AreaConfig>> {

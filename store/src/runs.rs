@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -181,9 +181,9 @@ fn run_active_error(connection_id: Uuid, area: Area, run: &Run) -> Error {
     )
 }
 
-/// Launches an area's first synchronization. Must run in a transaction (it locks the area).
+/// Launches an area's first synchronization, in a transaction (it locks the area).
 pub async fn start(
-    client: &impl GenericClient,
+    client: &Transaction<'_>,
     connection_id: Uuid,
     area: Area,
     timeframe: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
@@ -211,9 +211,9 @@ pub async fn start(
     create(client, connection_id, area, &request).await
 }
 
-/// Runs an area again from scratch. Must run in a transaction (it locks the area).
+/// Runs an area again from scratch, in a transaction (it locks the area).
 pub async fn resynchronize(
-    client: &impl GenericClient,
+    client: &Transaction<'_>,
     connection_id: Uuid,
     area: Area,
     timeframe: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
@@ -356,8 +356,8 @@ pub async fn create(
 }
 
 /// Stops the active run of an area: queued jobs stop at once, running ones when their worker
-/// sees the request (its next heartbeat, or the NOTIFY). Must run in a transaction.
-pub async fn stop(client: &impl GenericClient, connection_id: Uuid, area: Area) -> Result<Run> {
+/// sees the request (its next heartbeat, or the NOTIFY). In a transaction (it locks the area).
+pub async fn stop(client: &Transaction<'_>, connection_id: Uuid, area: Area) -> Result<Run> {
     areas::lock(client, connection_id, area).await?;
     let Some(run) = active(client, connection_id, area).await? else {
         return Err(Error::precondition(

@@ -1266,35 +1266,6 @@ impl<'a> JobRun<'a> {
             .map(serde_json::to_value)
             .transpose()
             .map_err(|error| SyncError::Permanent(error.to_string()))?;
-        let mut conn = self.ctx.store.conn().await?;
-        let tx = conn
-            .transaction()
-            .await
-            .map_err(learnsync_store::Error::from)?;
-        if !store_worker::fence(&tx, job.id, job.attempt).await? {
-            self.ctx.raise(Interrupt::Lost);
-            return Err(SyncError::Interrupted(Interrupt::Lost));
-        }
-        store_worker::ledger_record(
-            &tx,
-            job.connection_id,
-            self.mapping.area,
-            object,
-            &written.ledger,
-            job.run_id,
-            job.kind.as_str(),
-            self.ledger_empty,
-        )
-        .await?;
-        store_worker::ledger_mark_seen(
-            &tx,
-            job.connection_id,
-            object,
-            &written.seen,
-            job.run_id,
-            job.kind.as_str(),
-        )
-        .await?;
         let deferred = written
             .deferred
             .iter()
@@ -1304,8 +1275,6 @@ impl<'a> JobRun<'a> {
                     .map_err(|error| SyncError::Permanent(error.to_string()))
             })
             .collect::<SyncResult<Vec<_>>>()?;
-        store_worker::deferred_add(&tx, job.id, &deferred).await?;
-        store_worker::deferred_remove(&tx, job.id, &written.retired).await?;
         let moved = checkpoint.is_some();
         let progress = Progress {
             delta: written.counts,
@@ -1313,9 +1282,20 @@ impl<'a> JobRun<'a> {
             checkpoint,
             status_message: None,
         };
-        store_worker::progress(&tx, job.id, job.attempt, &progress).await?;
-        store_worker::log(&tx, job, written.events).await?;
-        tx.commit().await.map_err(learnsync_store::Error::from)?;
+        let area = self.mapping.area;
+        let maybe_new = self.ledger_empty;
+        self.ctx
+            .fenced(async |fenced| {
+                store_worker::ledger_record(fenced, area, object, &written.ledger, maybe_new)
+                    .await?;
+                store_worker::ledger_mark_seen(fenced, object, &written.seen).await?;
+                store_worker::deferred_add(fenced, &deferred).await?;
+                store_worker::deferred_remove(fenced, &written.retired).await?;
+                store_worker::progress(fenced, &progress).await?;
+                store_worker::log(fenced, written.events).await?;
+                Ok(())
+            })
+            .await?;
         if moved {
             self.ctx.mark_progress();
         }
@@ -1530,44 +1510,27 @@ impl<'a> JobRun<'a> {
             self.checkpoint.after_key = last_key;
             let checkpoint = serde_json::to_value(&self.checkpoint)
                 .map_err(|error| SyncError::Permanent(error.to_string()))?;
-            let mut conn = self.ctx.store.conn().await?;
-            let tx = conn
-                .transaction()
-                .await
-                .map_err(learnsync_store::Error::from)?;
-            if !store_worker::fence(&tx, job.id, job.attempt).await? {
-                self.ctx.raise(Interrupt::Lost);
-                return Err(SyncError::Interrupted(Interrupt::Lost));
-            }
-            match job.unenrollment_policy {
-                UnenrollmentPolicy::MarkUnenrolled => {
-                    store_worker::ledger_mark_unenrolled(
-                        &tx,
-                        job.connection_id,
-                        &object,
-                        &done_keys,
-                        now,
-                    )
-                    .await?;
-                }
-                UnenrollmentPolicy::Delete => {
-                    store_worker::ledger_delete(
-                        &tx,
-                        job.connection_id,
-                        self.mapping.area,
-                        &object,
-                        &done_keys,
-                    )
-                    .await?;
-                }
-            }
             let progress = Progress {
                 checkpoint: Some(checkpoint),
                 ..Progress::default()
             };
-            store_worker::progress(&tx, job.id, job.attempt, &progress).await?;
-            store_worker::log(&tx, &job, events).await?;
-            tx.commit().await.map_err(learnsync_store::Error::from)?;
+            let area = self.mapping.area;
+            self.ctx
+                .fenced(async |fenced| {
+                    match job.unenrollment_policy {
+                        UnenrollmentPolicy::MarkUnenrolled => {
+                            store_worker::ledger_mark_unenrolled(fenced, &object, &done_keys, now)
+                                .await?;
+                        }
+                        UnenrollmentPolicy::Delete => {
+                            store_worker::ledger_delete(fenced, area, &object, &done_keys).await?;
+                        }
+                    }
+                    store_worker::progress(fenced, &progress).await?;
+                    store_worker::log(fenced, events).await?;
+                    Ok(())
+                })
+                .await?;
             self.ctx.mark_progress();
         }
     }
