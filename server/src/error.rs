@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use learnsync_store::{ErrorCode, Resource};
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
 
@@ -14,9 +16,9 @@ fn with_info(
     code: Code,
     message: impl Into<String>,
     mut details: ErrorDetails,
-    reason: &str,
+    reason: ErrorCode,
 ) -> Status {
-    details.set_error_info(reason, DOMAIN, HashMap::new());
+    details.set_error_info(reason.as_str(), DOMAIN, HashMap::new());
     Status::with_error_details(code, message, details)
 }
 
@@ -30,7 +32,7 @@ pub fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
         Code::InvalidArgument,
         format!("invalid request: {}", fields.join("; ")),
         ErrorDetails::with_bad_request(violations),
-        "INVALID_ARGUMENT",
+        ErrorCode::InvalidArgument,
     )
 }
 
@@ -40,11 +42,11 @@ pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
 }
 
 /// `FAILED_PRECONDITION` with one violation.
-pub fn failed_precondition(kind: &str, subject: &str, description: &str) -> Status {
+pub fn failed_precondition(kind: ErrorCode, subject: &str, description: &str) -> Status {
     with_info(
         Code::FailedPrecondition,
         description.to_string(),
-        ErrorDetails::with_precondition_failure_violation(kind, subject, description),
+        ErrorDetails::with_precondition_failure_violation(kind.as_str(), subject, description),
         kind,
     )
 }
@@ -55,7 +57,7 @@ pub fn unauthenticated(message: &str) -> Status {
         Code::Unauthenticated,
         message,
         ErrorDetails::new(),
-        "UNAUTHENTICATED",
+        ErrorCode::Unauthenticated,
     )
 }
 
@@ -68,7 +70,11 @@ pub fn connection_denied(connection_id: &str) -> Status {
         "",
         "not accessible with this token",
     );
-    details.set_error_info("CONNECTION_NOT_ACCESSIBLE", DOMAIN, HashMap::new());
+    details.set_error_info(
+        ErrorCode::ConnectionNotAccessible.as_str(),
+        DOMAIN,
+        HashMap::new(),
+    );
     Status::with_error_details(
         Code::PermissionDenied,
         format!("connection {connection_id} is not accessible with this token"),
@@ -77,30 +83,33 @@ pub fn connection_denied(connection_id: &str) -> Status {
 }
 
 /// `PERMISSION_DENIED` for an action the principal may not take.
-pub fn permission_denied(reason: &str, message: &str) -> Status {
+pub fn permission_denied(reason: ErrorCode, message: &str) -> Status {
     with_info(Code::PermissionDenied, message, ErrorDetails::new(), reason)
 }
 
 /// `NOT_FOUND` for a resource.
-pub fn not_found(resource_type: &str, name: &str) -> Status {
-    let mut details = ErrorDetails::with_resource_info(resource_type, name, "", "not found");
-    details.set_error_info("NOT_FOUND", DOMAIN, HashMap::new());
+pub fn not_found(resource: Resource, name: &str) -> Status {
+    let mut details =
+        ErrorDetails::with_resource_info(resource_type(resource), name, "", "not found");
+    details.set_error_info(ErrorCode::NotFound.as_str(), DOMAIN, HashMap::new());
     Status::with_error_details(Code::NotFound, format!("{name} not found"), details)
+}
+
+/// The API's type name of a resource, as `ResourceInfo` names it.
+pub fn resource_type(resource: Resource) -> &'static str {
+    match resource {
+        Resource::Connection => "learnsync.v1.Connection",
+        Resource::Run => "learnsync.v1.Run",
+        Resource::Job => "learnsync.v1.Job",
+    }
 }
 
 impl From<StoreError> for Status {
     fn from(StoreError(error): StoreError) -> Status {
         use learnsync_store::Error;
         match error {
-            Error::NotFound(what) => {
-                let resource = if what.starts_with("run") {
-                    "learnsync.v1.Run"
-                } else {
-                    "learnsync.v1.Connection"
-                };
-                not_found(resource, &what)
-            }
-            Error::Precondition(p) if p.kind == "REQUEST_ID_REUSED" => {
+            Error::NotFound { resource, id } => not_found(resource, &format!("{resource} {id}")),
+            Error::Precondition(p) if p.kind == ErrorCode::RequestIdReused => {
                 invalid_field("request_id", p.description)
             }
             Error::Precondition(p) => failed_precondition(p.kind, &p.subject, &p.description),
@@ -108,7 +117,11 @@ impl From<StoreError> for Status {
                 tracing::error!(%error, "database unavailable");
                 let mut details =
                     ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1)));
-                details.set_error_info("DATABASE_UNAVAILABLE", DOMAIN, HashMap::new());
+                details.set_error_info(
+                    ErrorCode::DatabaseUnavailable.as_str(),
+                    DOMAIN,
+                    HashMap::new(),
+                );
                 Status::with_error_details(
                     Code::Unavailable,
                     "the database is unavailable, retry later",
@@ -121,7 +134,7 @@ impl From<StoreError> for Status {
                     Code::Internal,
                     "internal error",
                     ErrorDetails::new(),
-                    "INTERNAL",
+                    ErrorCode::Internal,
                 )
             }
         }

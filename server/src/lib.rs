@@ -112,23 +112,6 @@ pub async fn serve(
     serve_on(store, options, listeners, shutdown).await
 }
 
-/// Like [`serve`], and receives Docebo webhooks over HTTP on `webhooks` when given.
-pub async fn serve_with_webhooks(
-    store: Store,
-    options: Options,
-    listener: TcpListener,
-    webhooks: Option<TcpListener>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    let listeners = Listeners {
-        grpc: listener,
-        webhooks,
-        metrics: None,
-        console: None,
-    };
-    serve_on(store, options, listeners, shutdown).await
-}
-
 /// Serves gRPC, and webhooks and metrics when their listeners are given, until `shutdown`.
 pub async fn serve_on(
     store: Store,

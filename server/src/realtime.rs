@@ -1,10 +1,14 @@
 //! The realtime loops every server runs: the scheduler (incremental runs and full comparisons of
-//! realtime areas) and the webhook dispatcher. The statements they call are safe with any number of
-//! servers (see `learnsync_store::realtime`).
+//! realtime areas) and the webhook dispatcher, and the reading of Docebo webhook bodies into the
+//! typed events the dispatcher hands the store. The statements they call are safe with any number
+//! of servers (see `learnsync_store::realtime`).
 
 use std::time::Duration;
 
-use learnsync_store::{Store, listen::Notification, realtime};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use learnsync_store::model::JobKind;
+use learnsync_store::realtime::{Dispatched, WebhookEvent, WebhookMessage};
+use learnsync_store::{Store, Transaction, listen::Notification, realtime};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -115,7 +119,7 @@ async fn dispatch_once(
     const BATCH: i64 = 500;
     let mut conn = store.conn().await?;
     let tx = conn.transaction().await?;
-    let outcomes = realtime::dispatch_webhooks(&tx, options.overlap, BATCH).await?;
+    let outcomes = dispatch_pending(&tx, options.overlap, BATCH).await?;
     tx.commit().await?;
     let handled: usize = outcomes.iter().map(|o| o.messages).sum();
     for outcome in &outcomes {
@@ -127,4 +131,109 @@ async fn dispatch_once(
         );
     }
     Ok(handled as i64 >= BATCH)
+}
+
+/// Takes up to `limit` pending webhook messages, reads their events and turns them into runs, in
+/// the caller's transaction (see [`realtime::dispatch_webhooks`]).
+pub async fn dispatch_pending(
+    tx: &Transaction<'_>,
+    overlap: Duration,
+    limit: i64,
+) -> Result<Vec<Dispatched>, learnsync_store::Error> {
+    let messages = realtime::pending_webhooks(tx, limit)
+        .await?
+        .into_iter()
+        .map(|pending| WebhookMessage {
+            events: parse_events(&pending.body),
+            connection_id: pending.connection_id,
+            message_id: pending.message_id,
+            receive_time: pending.receive_time,
+        })
+        .collect();
+    realtime::dispatch_webhooks(tx, overlap, messages).await
+}
+
+/// Reads an id Docebo sends as a number or as a string of digits.
+fn id_of(payload: &serde_json::Value, field: &str) -> Option<i64> {
+    match payload.get(field)? {
+        serde_json::Value::Number(number) => number.as_i64(),
+        serde_json::Value::String(text) => text.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads a Docebo time (`2024-03-20 09:01:02`, UTC).
+fn docebo_time(payload: &serde_json::Value, field: &str) -> Option<DateTime<Utc>> {
+    let text = payload.get(field)?.as_str()?;
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|time| time.and_utc())
+}
+
+/// Reads the events of a webhook message body (`payload` or grouped `payloads`). Events learnsync
+/// does not act on (users, courses) yield nothing.
+pub fn parse_events(body: &serde_json::Value) -> Vec<WebhookEvent> {
+    let Some(name) = body.get("event").and_then(|e| e.as_str()) else {
+        return Vec::new();
+    };
+    let payloads: Vec<&serde_json::Value> = match (body.get("payloads"), body.get("payload")) {
+        (Some(serde_json::Value::Array(many)), _) => many.iter().collect(),
+        (_, Some(one)) => vec![one],
+        _ => Vec::new(),
+    };
+    let (kind, parent_field) = match name.rsplit_once('.').map(|(prefix, _)| prefix) {
+        Some("course.enrollment") => (JobKind::CourseEnrollments, "course_id"),
+        Some("learningplan.enrollment") => (JobKind::LearningPlanEnrollments, "learning_plan_id"),
+        Some("ilt.session.enrollment") => (JobKind::IltSessionEnrollments, "session_id"),
+        Some("webinar.session.enrollment") => (JobKind::WebinarSessionEnrollments, "session_id"),
+        _ => return Vec::new(),
+    };
+    let deleted = name.ends_with(".deleted");
+    payloads
+        .into_iter()
+        .filter_map(|payload| {
+            let user_id = id_of(payload, "user_id")?;
+            let parent_id = id_of(payload, parent_field)?;
+            Some(WebhookEvent {
+                kind,
+                key: format!("{user_id}-{parent_id}"),
+                deleted,
+                parent_id,
+                course_id: id_of(payload, "course_id"),
+                fired_at: docebo_time(payload, "fired_at"),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_single_and_grouped_events() {
+        let single = json!({"message_id": "m1", "event": "course.enrollment.deleted",
+            "payload": {"fired_at": "2024-03-20 09:01:02", "user_id": "12301", "course_id": 55}});
+        let events = parse_events(&single);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, JobKind::CourseEnrollments);
+        assert_eq!(events[0].key, "12301-55");
+        assert!(events[0].deleted);
+        assert_eq!(
+            events[0].fired_at.unwrap().to_rfc3339(),
+            "2024-03-20T09:01:02+00:00"
+        );
+
+        let grouped = json!({"message_id": "m2", "event": "ilt.session.enrollment.created",
+            "payloads": [{"user_id": 1, "session_id": 9, "course_id": 3}, {"user_id": 2, "session_id": 9}, {"bad": true}]});
+        let events = parse_events(&grouped);
+        assert_eq!(events.len(), 2, "an event without its ids is skipped");
+        assert_eq!(events[1].key, "2-9");
+        assert!(!events[1].deleted);
+        assert!(
+            parse_events(&json!({"event": "user.deleted", "payload": {"user_id": 1}})).is_empty()
+        );
+    }
 }

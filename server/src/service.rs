@@ -160,7 +160,7 @@ impl Service {
         match connections::get(client, connection_id).await {
             Ok(connection) if principal.may_see(&connection.tenant) => Ok(connection),
             Ok(_) => Err(error::connection_denied(&connection_id.to_string())),
-            Err(learnsync_store::Error::NotFound(_)) if principal.tenant().is_some() => {
+            Err(learnsync_store::Error::NotFound { .. }) if principal.tenant().is_some() => {
                 Err(error::connection_denied(&connection_id.to_string()))
             }
             Err(other) => Err(other).or_status(),
@@ -267,7 +267,7 @@ impl SyncService for Service {
             (Principal::Tenant(own), tenant) if tenant == own => own.clone(),
             (Principal::Tenant(_), _) => {
                 return Err(error::permission_denied(
-                    "TENANT_MISMATCH",
+                    learnsync_store::ErrorCode::TenantMismatch,
                     "a tenant token can create connections only for its own tenant",
                 ));
             }
@@ -753,7 +753,10 @@ impl SyncService for Service {
             .await
             .or_status()?
             .ok_or_else(|| {
-                error::not_found("learnsync.v1.Connection", &format!("connection {id}"))
+                error::not_found(
+                    learnsync_store::Resource::Connection,
+                    &format!("connection {id}"),
+                )
             })?;
         Ok(Response::new(pb::WebhookEndpoint {
             path: crate::webhooks::path(&self.cipher, id, generation),
@@ -838,7 +841,7 @@ impl SyncService for Service {
                 && !run.jobs.iter().any(|job| job.id == job_id)
             {
                 return Err(error::not_found(
-                    "learnsync.v1.Job",
+                    learnsync_store::Resource::Job,
                     &format!("job {job_id} of run {run_id}"),
                 ));
             }
@@ -847,7 +850,7 @@ impl SyncService for Service {
                     Some(sequence) => from = sequence,
                     None => {
                         return Err(error::failed_precondition(
-                            "RUN_HAS_NO_ERROR",
+                            learnsync_store::ErrorCode::RunHasNoError,
                             &format!("connections/{id}/runs/{run_id}"),
                             "the run has no error event to start from",
                         ));

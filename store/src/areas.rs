@@ -1,9 +1,10 @@
 //! Area configurations: enabled or not, manual or realtime, and the synchronization milestones.
 
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::codes::ErrorCode;
 use crate::model::{Area, AreaConfig, Mode, area_subject};
 use crate::{Error, Result};
 
@@ -58,9 +59,9 @@ pub async fn get(
 }
 
 /// Reads an area's configuration and locks it until the transaction ends: Start, Stop,
-/// Resynchronize and Configure of one area take turns on this lock.
+/// Resynchronize and Configure of one area take turns on this lock, so it takes a transaction.
 pub async fn lock(
-    client: &impl GenericClient,
+    client: &Transaction<'_>,
     connection_id: Uuid,
     area: Area,
 ) -> Result<Option<AreaConfig>> {
@@ -105,7 +106,7 @@ pub async fn require_enrollment_prerequisites(
         return Ok(());
     }
     Err(Error::precondition(
-        "PREREQUISITE_NOT_SYNCHRONIZED",
+        ErrorCode::PrerequisiteNotSynchronized,
         area_subject(connection_id, Area::Enrollments),
         format!(
             "enrollments need users and courses synchronized first; not yet completed a run: {}",

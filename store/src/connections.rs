@@ -5,6 +5,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::codes::{ErrorCode, Resource};
 use crate::model::{Connection, RunState, UnenrollmentPolicy};
 use crate::{Error, Result};
 
@@ -104,7 +105,7 @@ pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Connection> {
     let sql = format!("SELECT {COLUMNS} FROM connections WHERE id = $1");
     match client.query_opt(&sql, &[&id]).await? {
         Some(row) => from_row(&row),
-        None => Err(Error::NotFound(format!("connection {id}"))),
+        None => Err(Error::not_found(Resource::Connection, id)),
     }
 }
 
@@ -119,7 +120,7 @@ pub async fn sealed_credentials(
             &[&id],
         )
         .await?
-        .ok_or_else(|| Error::NotFound(format!("connection {id}")))?;
+        .ok_or_else(|| Error::not_found(Resource::Connection, id))?;
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
@@ -184,7 +185,7 @@ pub async fn update(
             ],
         )
         .await?
-        .ok_or_else(|| Error::NotFound(format!("connection {id}")))?;
+        .ok_or_else(|| Error::not_found(Resource::Connection, id))?;
     from_row(&row)
 }
 
@@ -209,11 +210,11 @@ pub async fn delete(client: &impl GenericClient, id: Uuid) -> Result<()> {
     let found: i64 = row.try_get(0)?;
     let active_area: Option<String> = row.try_get(1)?;
     if found == 0 {
-        return Err(Error::NotFound(format!("connection {id}")));
+        return Err(Error::not_found(Resource::Connection, id));
     }
     if let Some(area) = active_area {
         return Err(Error::precondition(
-            "RUN_ACTIVE",
+            ErrorCode::RunActive,
             format!("connections/{id}/areas/{area}"),
             format!("the {area} area has an active run: stop it before deleting the connection"),
         ));

@@ -1,5 +1,8 @@
 //! The store's error type. The server maps each variant to one gRPC code in one place.
 
+use crate::codes::{ErrorCode, Resource};
+use uuid::Uuid;
+
 /// A store result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -7,8 +10,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// `PreconditionFailure` violation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Precondition {
-    /// A stable, upper-case code, e.g. `RUN_ACTIVE`.
-    pub kind: &'static str,
+    /// The stable code, e.g. [`ErrorCode::RunActive`].
+    pub kind: ErrorCode,
     /// What the condition is about, e.g. `connections/<id>/areas/enrollments`.
     pub subject: String,
     /// What is missing, for a person.
@@ -31,8 +34,13 @@ pub enum Error {
     #[error("migration failed: {0}")]
     Migration(String),
     /// The named thing does not exist (or is not visible to the caller).
-    #[error("{0} not found")]
-    NotFound(String),
+    #[error("{resource} {id} not found")]
+    NotFound {
+        /// What kind of thing.
+        resource: Resource,
+        /// Its id.
+        id: Uuid,
+    },
     /// The request needs a state that does not hold.
     #[error("{}: {}", .0.kind, .0.description)]
     Precondition(Precondition),
@@ -50,7 +58,7 @@ pub enum Error {
 impl Error {
     /// Builds a precondition failure.
     pub fn precondition(
-        kind: &'static str,
+        kind: ErrorCode,
         subject: impl Into<String>,
         description: impl Into<String>,
     ) -> Error {
@@ -59,6 +67,11 @@ impl Error {
             subject: subject.into(),
             description: description.into(),
         })
+    }
+
+    /// Builds a not-found error.
+    pub fn not_found(resource: Resource, id: Uuid) -> Error {
+        Error::NotFound { resource, id }
     }
 
     /// Whether Postgres reported a unique violation on the named constraint or index.

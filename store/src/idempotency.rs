@@ -5,6 +5,7 @@
 
 use deadpool_postgres::GenericClient;
 
+use crate::codes::ErrorCode;
 use crate::{Error, Result};
 
 /// How long answers are remembered.
@@ -48,7 +49,7 @@ pub async fn claim(
     let response: Option<Vec<u8>> = row.try_get(1)?;
     if stored_hash != request_hash {
         return Err(Error::precondition(
-            "REQUEST_ID_REUSED",
+            ErrorCode::RequestIdReused,
             format!("request_id/{request_id}"),
             "this request_id was already used for a different request",
         ));

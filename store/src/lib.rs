@@ -4,6 +4,7 @@
 //!
 //! Layout:
 //! - [`Store`]: the connection pool, migrations, transactions.
+//! - [`codes`]: learnsync's error codes ([`ErrorCode`]) and what a not-found is about.
 //! - [`model`]: the domain types (areas, runs, jobs, log events) and their names in SQL.
 //! - [`connections`], [`areas`], [`runs`], [`logs`], [`idempotency`]: the control plane's
 //!   statements.
@@ -16,6 +17,7 @@
 //! - [`testing`]: a database per test, cloned from a migrated template.
 
 pub mod areas;
+pub mod codes;
 pub mod connections;
 pub mod embedded;
 mod error;
@@ -29,6 +31,7 @@ pub mod secrets;
 pub mod testing;
 pub mod worker;
 
+pub use codes::{ErrorCode, Resource};
 pub use deadpool_postgres::{GenericClient, Object as Conn, Transaction};
 pub use error::{Error, Precondition, Result};
 pub use tokio_postgres::Error as TokioPostgresError;

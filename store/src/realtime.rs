@@ -10,11 +10,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
-use deadpool_postgres::GenericClient;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Transaction};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::codes::Resource;
 use crate::model::{Area, JobKind, LogLevel, NewLogEvent, Run, Trigger};
 use crate::runs::{self, RunRequest};
 use crate::{Error, Result, logs};
@@ -51,7 +52,8 @@ pub struct DeletedRecord {
     pub key: String,
 }
 
-/// One event of a webhook message, as learnsync understands it.
+/// One event of a webhook message, as learnsync understands it (the server reads them from the
+/// message bodies: see `learnsync_server::webhook_events`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct WebhookEvent {
     /// The job kind it concerns.
@@ -66,57 +68,6 @@ pub struct WebhookEvent {
     pub course_id: Option<i64>,
     /// When Docebo fired it.
     pub fired_at: Option<DateTime<Utc>>,
-}
-
-fn id_of(payload: &serde_json::Value, field: &str) -> Option<i64> {
-    match payload.get(field)? {
-        serde_json::Value::Number(number) => number.as_i64(),
-        serde_json::Value::String(text) => text.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-fn docebo_time(payload: &serde_json::Value, field: &str) -> Option<DateTime<Utc>> {
-    let text = payload.get(field)?.as_str()?;
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
-        .ok()
-        .map(|time| time.and_utc())
-}
-
-/// Reads the events of a webhook message body (`payload` or grouped `payloads`). Events learnsync
-/// does not act on (users, courses) yield nothing.
-pub fn parse_events(body: &serde_json::Value) -> Vec<WebhookEvent> {
-    let Some(name) = body.get("event").and_then(|e| e.as_str()) else {
-        return Vec::new();
-    };
-    let payloads: Vec<&serde_json::Value> = match (body.get("payloads"), body.get("payload")) {
-        (Some(serde_json::Value::Array(many)), _) => many.iter().collect(),
-        (_, Some(one)) => vec![one],
-        _ => Vec::new(),
-    };
-    let (kind, parent_field) = match name.rsplit_once('.').map(|(prefix, _)| prefix) {
-        Some("course.enrollment") => (JobKind::CourseEnrollments, "course_id"),
-        Some("learningplan.enrollment") => (JobKind::LearningPlanEnrollments, "learning_plan_id"),
-        Some("ilt.session.enrollment") => (JobKind::IltSessionEnrollments, "session_id"),
-        Some("webinar.session.enrollment") => (JobKind::WebinarSessionEnrollments, "session_id"),
-        _ => return Vec::new(),
-    };
-    let deleted = name.ends_with(".deleted");
-    payloads
-        .into_iter()
-        .filter_map(|payload| {
-            let user_id = id_of(payload, "user_id")?;
-            let parent_id = id_of(payload, parent_field)?;
-            Some(WebhookEvent {
-                kind,
-                key: format!("{user_id}-{parent_id}"),
-                deleted,
-                parent_id,
-                course_id: id_of(payload, "course_id"),
-                fired_at: docebo_time(payload, "fired_at"),
-            })
-        })
-        .collect()
 }
 
 /// Records a webhook message. Returns false when its `message_id` was already recorded (Docebo
@@ -169,7 +120,7 @@ pub async fn rotate_webhook(client: &impl GenericClient, connection_id: Uuid) ->
             &[&connection_id],
         )
         .await?
-        .ok_or_else(|| Error::NotFound(format!("connection {connection_id}")))?;
+        .ok_or_else(|| Error::not_found(Resource::Connection, connection_id))?;
     Ok(row.try_get(0)?)
 }
 
@@ -204,9 +155,9 @@ pub struct Scheduled {
 /// Starts the runs that are due: for each realtime area whose next run time has come (once its
 /// first synchronization completed), an incremental run from its watermark minus `overlap`, or a
 /// full comparison when that is due. A tick that finds a run still active is skipped, not queued.
-/// Must run in a transaction.
+/// In a transaction: the due rows stay locked until the runs are created.
 pub async fn schedule_due(
-    client: &impl GenericClient,
+    client: &Transaction<'_>,
     overlap: Duration,
     limit: i64,
 ) -> Result<Vec<Scheduled>> {
@@ -273,6 +224,55 @@ pub async fn schedule_due(
     Ok(outcomes)
 }
 
+/// A webhook message recorded and not yet handled, as it was received.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingWebhook {
+    /// The connection it arrived for.
+    pub connection_id: Uuid,
+    /// Docebo's message id.
+    pub message_id: String,
+    /// The body, as received.
+    pub body: serde_json::Value,
+    /// When it arrived.
+    pub receive_time: DateTime<Utc>,
+}
+
+/// A pending webhook message with the events read from its body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookMessage {
+    /// The connection it arrived for.
+    pub connection_id: Uuid,
+    /// Docebo's message id.
+    pub message_id: String,
+    /// When it arrived (the time of events that carry none).
+    pub receive_time: DateTime<Utc>,
+    /// The events learnsync acts on (none: the message is marked handled and does nothing).
+    pub events: Vec<WebhookEvent>,
+}
+
+/// Takes up to `limit` pending webhook messages, oldest first, locked until the transaction ends
+/// (`SKIP LOCKED`: two dispatchers never take the same message). [`dispatch_webhooks`] handles
+/// them in the same transaction.
+pub async fn pending_webhooks(client: &Transaction<'_>, limit: i64) -> Result<Vec<PendingWebhook>> {
+    let rows = client
+        .query(
+            "SELECT connection_id, message_id, body, receive_time FROM webhook_messages \
+             WHERE handle_time IS NULL ORDER BY receive_time LIMIT $1 FOR UPDATE SKIP LOCKED",
+            &[&limit],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(PendingWebhook {
+                connection_id: row.try_get(0)?,
+                message_id: row.try_get(1)?,
+                body: row.try_get(2)?,
+                receive_time: row.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
 /// What webhook dispatching did for one connection.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dispatched {
@@ -284,39 +284,30 @@ pub struct Dispatched {
     pub run: Option<Run>,
 }
 
-/// Turns pending webhook messages into small enrollment runs: one run per connection, carrying
-/// only the job kinds the events named, limited to their records, reading changes from the
-/// earliest event's time minus `overlap`, and unenrolling the deletions right away. Messages wait
-/// (coalescing with later ones) while a run of the area is active. Webhooks act only on an
-/// enrollments area in realtime mode whose first synchronization completed (before it nothing is
-/// tracked): other messages are marked handled and do nothing.
-/// Must run in a transaction.
+/// Turns pending webhook messages (taken by [`pending_webhooks`] in the same transaction, their
+/// events read) into small enrollment runs: one run per connection, carrying only the job kinds
+/// the events named, limited to their records, reading changes from the earliest event's time
+/// minus `overlap`, and unenrolling the deletions right away. Messages wait (coalescing with later
+/// ones) while a run of the area is active. Webhooks act only on an enrollments area in realtime
+/// mode whose first synchronization completed (before it nothing is tracked): other messages are
+/// marked handled and do nothing.
 pub async fn dispatch_webhooks(
-    client: &impl GenericClient,
+    client: &Transaction<'_>,
     overlap: Duration,
-    limit: i64,
+    messages: Vec<WebhookMessage>,
 ) -> Result<Vec<Dispatched>> {
-    let rows = client
-        .query(
-            "SELECT connection_id, message_id, body, receive_time FROM webhook_messages \
-             WHERE handle_time IS NULL ORDER BY receive_time LIMIT $1 FOR UPDATE SKIP LOCKED",
-            &[&limit],
-        )
-        .await?;
-    let mut by_connection: BTreeMap<Uuid, Vec<(String, serde_json::Value, DateTime<Utc>)>> =
-        BTreeMap::new();
-    for row in &rows {
-        by_connection.entry(row.try_get(0)?).or_default().push((
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-        ));
+    let mut by_connection: BTreeMap<Uuid, Vec<WebhookMessage>> = BTreeMap::new();
+    for message in messages {
+        by_connection
+            .entry(message.connection_id)
+            .or_default()
+            .push(message);
     }
     let overlap =
         chrono::Duration::from_std(overlap).unwrap_or_else(|_| chrono::Duration::seconds(300));
     let mut outcomes = Vec::new();
     for (connection_id, messages) in by_connection {
-        let message_ids: Vec<&str> = messages.iter().map(|(id, _, _)| id.as_str()).collect();
+        let message_ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
         let config = crate::areas::lock(client, connection_id, Area::Enrollments).await?;
         let tracked = config.as_ref().is_some_and(|c| {
             c.enabled && c.mode == crate::model::Mode::Realtime && c.first_success_time.is_some()
@@ -347,9 +338,9 @@ pub async fn dispatch_webhooks(
         let mut targets = Targets::default();
         let mut kinds: BTreeSet<JobKind> = BTreeSet::new();
         let mut earliest: Option<DateTime<Utc>> = None;
-        for (_, body, receive_time) in &messages {
-            for event in parse_events(body) {
-                let time = event.fired_at.unwrap_or(*receive_time);
+        for message in &messages {
+            for event in &message.events {
+                let time = event.fired_at.unwrap_or(message.receive_time);
                 earliest = Some(earliest.map_or(time, |e| e.min(time)));
                 if event.deleted {
                     targets.deleted.push(DeletedRecord {
@@ -446,36 +437,4 @@ async fn mark_handled(
         )
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn reads_single_and_grouped_events() {
-        let single = json!({"message_id": "m1", "event": "course.enrollment.deleted",
-            "payload": {"fired_at": "2024-03-20 09:01:02", "user_id": "12301", "course_id": 55}});
-        let events = parse_events(&single);
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].kind, JobKind::CourseEnrollments);
-        assert_eq!(events[0].key, "12301-55");
-        assert!(events[0].deleted);
-        assert_eq!(
-            events[0].fired_at.unwrap().to_rfc3339(),
-            "2024-03-20T09:01:02+00:00"
-        );
-
-        let grouped = json!({"message_id": "m2", "event": "ilt.session.enrollment.created",
-            "payloads": [{"user_id": 1, "session_id": 9, "course_id": 3}, {"user_id": 2, "session_id": 9}, {"bad": true}]});
-        let events = parse_events(&grouped);
-        assert_eq!(events.len(), 2, "an event without its ids is skipped");
-        assert_eq!(events[1].key, "2-9");
-        assert!(!events[1].deleted);
-        assert!(
-            parse_events(&json!({"event": "user.deleted", "payload": {"user_id": 1}})).is_empty()
-        );
-    }
 }

@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::codes::{ErrorCode, Resource};
 use crate::model::{
     Area, AreaConfig, Counts, Job, JobKind, JobState, LogLevel, NewLogEvent, Run, RunState,
     Trigger, area_subject,
@@ -134,12 +135,12 @@ fn require_enabled(
     let subject = area_subject(connection_id, area);
     match config {
         None => Err(Error::precondition(
-            "AREA_NOT_CONFIGURED",
+            ErrorCode::AreaNotConfigured,
             subject,
             format!("the {area} area has not been configured: call Configure first"),
         )),
         Some(config) if !config.enabled => Err(Error::precondition(
-            "AREA_DISABLED",
+            ErrorCode::AreaDisabled,
             subject,
             format!("the {area} area is disabled: enable it with Configure first"),
         )),
@@ -171,7 +172,7 @@ pub async fn active(
 
 fn run_active_error(connection_id: Uuid, area: Area, run: &Run) -> Error {
     Error::precondition(
-        "RUN_ACTIVE",
+        ErrorCode::RunActive,
         area_subject(connection_id, area),
         format!(
             "the {area} area already has an active run ({}, {})",
@@ -180,9 +181,9 @@ fn run_active_error(connection_id: Uuid, area: Area, run: &Run) -> Error {
     )
 }
 
-/// Launches an area's first synchronization. Must run in a transaction (it locks the area).
+/// Launches an area's first synchronization, in a transaction (it locks the area).
 pub async fn start(
-    client: &impl GenericClient,
+    client: &Transaction<'_>,
     connection_id: Uuid,
     area: Area,
     timeframe: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
@@ -195,7 +196,7 @@ pub async fn start(
     )?;
     if config.first_success_time.is_some() {
         return Err(Error::precondition(
-            "ALREADY_SYNCHRONIZED",
+            ErrorCode::AlreadySynchronized,
             area_subject(connection_id, area),
             format!("the {area} area has completed its first synchronization: use Resynchronize"),
         ));
@@ -210,9 +211,9 @@ pub async fn start(
     create(client, connection_id, area, &request).await
 }
 
-/// Runs an area again from scratch. Must run in a transaction (it locks the area).
+/// Runs an area again from scratch, in a transaction (it locks the area).
 pub async fn resynchronize(
-    client: &impl GenericClient,
+    client: &Transaction<'_>,
     connection_id: Uuid,
     area: Area,
     timeframe: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
@@ -238,7 +239,7 @@ pub async fn resynchronize(
         .await?;
     if any_run.is_none() {
         return Err(Error::precondition(
-            "NO_PREVIOUS_RUN",
+            ErrorCode::NoPreviousRun,
             area_subject(connection_id, area),
             format!("the {area} area has never run: use Start for its first synchronization"),
         ));
@@ -286,7 +287,7 @@ pub async fn create(
         Ok(row) => row,
         Err(error) if error.is_unique_violation("runs_one_active_per_area") => {
             return Err(Error::precondition(
-                "RUN_ACTIVE",
+                ErrorCode::RunActive,
                 area_subject(connection_id, area),
                 format!("the {area} area already has an active run"),
             ));
@@ -355,12 +356,12 @@ pub async fn create(
 }
 
 /// Stops the active run of an area: queued jobs stop at once, running ones when their worker
-/// sees the request (its next heartbeat, or the NOTIFY). Must run in a transaction.
-pub async fn stop(client: &impl GenericClient, connection_id: Uuid, area: Area) -> Result<Run> {
+/// sees the request (its next heartbeat, or the NOTIFY). In a transaction (it locks the area).
+pub async fn stop(client: &Transaction<'_>, connection_id: Uuid, area: Area) -> Result<Run> {
     areas::lock(client, connection_id, area).await?;
     let Some(run) = active(client, connection_id, area).await? else {
         return Err(Error::precondition(
-            "NO_ACTIVE_RUN",
+            ErrorCode::NoActiveRun,
             area_subject(connection_id, area),
             format!("the {area} area has no active run to stop"),
         ));
@@ -396,9 +397,14 @@ pub async fn stop(client: &impl GenericClient, connection_id: Uuid, area: Area) 
     get(client, connection_id, run.id).await
 }
 
-/// Ends a run whose jobs are all final, deriving its state from theirs, and records the area's
-/// milestones when it completed. Does nothing while a job is still queued or running, or when the
-/// run already ended. Returns the final state when this call ended the run.
+/// Ends a run whose jobs are all final, deriving its state from theirs. When it completed, records
+/// the area's milestones and moves the area's watermark to the run's creation: everything changed
+/// before it was read. Only runs that read every change move the watermark (full or incremental):
+/// a run limited to a timeframe, or to the records webhooks named, leaves it where it was, or the
+/// next incremental run would skip what it did not read. Does nothing while a job is still queued
+/// or running, or when the run already ended. Returns the final state when this call ended the
+/// run. This is the one place a run ends: a worker finishing its last job, the reaper, Stop and
+/// the test helper all call it.
 pub async fn finish_if_done(client: &impl GenericClient, run_id: Uuid) -> Result<Option<RunState>> {
     let row = client
         .query_opt(
@@ -433,6 +439,14 @@ pub async fn finish_if_done(client: &impl GenericClient, run_id: Uuid) -> Result
                 &[&connection_id, &area.as_str()],
             )
             .await?;
+        client
+            .execute(
+                "UPDATE area_configs a SET watermark = greatest(a.watermark, r.create_time) \
+                 FROM runs r WHERE r.id = $1 AND a.connection_id = r.connection_id AND a.area = r.area \
+                   AND r.targets IS NULL AND r.timeframe_start IS NULL AND r.timeframe_end IS NULL",
+                &[&run_id],
+            )
+            .await?;
     }
     let level = match state {
         RunState::Failed => LogLevel::Error,
@@ -464,7 +478,7 @@ pub async fn get(client: &impl GenericClient, connection_id: Uuid, run_id: Uuid)
     let row = client
         .query_opt(&sql, &[&run_id, &connection_id])
         .await?
-        .ok_or_else(|| Error::NotFound(format!("run {run_id}")))?;
+        .ok_or_else(|| Error::not_found(Resource::Run, run_id))?;
     let mut run = run_from_row(&row)?;
     run.jobs = jobs_of(client, run_id).await?;
     Ok(run)

@@ -155,7 +155,8 @@ pub async fn fresh_database() -> Result<String> {
 }
 
 /// Test support for control-plane tests that run without workers: ends every unfinished job of a
-/// run in `state`, as a worker finishing them would, then ends the run. Returns the run's state.
+/// run in `state`, as a worker finishing them would, then ends the run as production does
+/// ([`crate::runs::finish_if_done`]: milestones and watermark included). Returns the run's state.
 pub async fn finish_jobs_as_worker(
     client: &impl crate::GenericClient,
     run_id: uuid::Uuid,

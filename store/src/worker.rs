@@ -4,15 +4,19 @@
 //! Every write a worker makes about a job names the attempt it holds: the job row is locked with
 //! `WHERE id = $1 AND attempt = $2 AND state = 'running'` ([`fence`]) at the start of the
 //! transaction that carries the write, so a worker whose lease was taken over changes nothing.
+//! The rule is a type: the job writes ([`log`], [`progress`], the ledger's and `job_deferred`'s
+//! writes) take a [`Fenced`], which only [`fence`] makes, and what must run in a transaction takes
+//! a [`Transaction`].
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::codes::ErrorCode;
 use crate::model::{Area, Counts, JobKind, LogLevel, NewLogEvent, RunState, UnenrollmentPolicy};
 use crate::{CHANNEL_JOBS, Result, logs, runs};
 
@@ -169,7 +173,7 @@ fn secs(duration: Duration) -> f64 {
 /// Claims up to `limit` jobs for `owner` under a lease of `lease`, and logs each start. Must run
 /// in a transaction (the claim and its log commit together).
 pub async fn claim(
-    client: &impl GenericClient,
+    client: &Transaction<'_>,
     owner: &str,
     lease: Duration,
     limit: i64,
@@ -225,16 +229,36 @@ pub async fn heartbeat(
     }
 }
 
+/// Proof that a transaction holds a job's row for the attempt a worker claimed: the job writes
+/// take one, and only [`fence`] makes one, so a write about a job cannot forget the fence.
+pub struct Fenced<'a> {
+    tx: &'a Transaction<'a>,
+    job: &'a ClaimedJob,
+}
+
+impl<'a> Fenced<'a> {
+    /// The fenced transaction (for reads in it; writes about the job go through this module).
+    pub fn transaction(&self) -> &'a Transaction<'a> {
+        self.tx
+    }
+
+    /// The job whose row the transaction holds.
+    pub fn job(&self) -> &'a ClaimedJob {
+        self.job
+    }
+}
+
 /// Locks the job row for the rest of the transaction if this attempt still holds it. Every
-/// transaction that writes about a job starts here; `false` means roll back and stop.
-pub async fn fence(client: &impl GenericClient, job_id: Uuid, attempt: i32) -> Result<bool> {
-    let row = client
+/// transaction that writes about a job starts here; `None` means the attempt lost the job: roll
+/// back and stop.
+pub async fn fence<'a>(tx: &'a Transaction<'a>, job: &'a ClaimedJob) -> Result<Option<Fenced<'a>>> {
+    let row = tx
         .query_opt(
             "SELECT 1 FROM jobs WHERE id = $1 AND attempt = $2 AND state = 'running' FOR UPDATE",
-            &[&job_id, &attempt],
+            &[&job.id, &job.attempt],
         )
         .await?;
-    Ok(row.is_some())
+    Ok(row.map(|_| Fenced { tx, job }))
 }
 
 /// Progress confirmed by one batch.
@@ -250,15 +274,11 @@ pub struct Progress {
     pub status_message: Option<String>,
 }
 
-/// Records a batch's progress (counts, checkpoint, status), fenced by the attempt. Returns whether
-/// the attempt still holds the job.
-pub async fn progress(
-    client: &impl GenericClient,
-    job_id: Uuid,
-    attempt: i32,
-    progress: &Progress,
-) -> Result<bool> {
-    let updated = client
+/// Records a batch's progress (counts, checkpoint, status) in a fenced transaction.
+pub async fn progress(fenced: &Fenced<'_>, progress: &Progress) -> Result<()> {
+    let job = fenced.job;
+    fenced
+        .tx
         .execute(
             "UPDATE jobs SET read_count = read_count + $3, written_count = written_count + $4, \
                  unchanged_count = unchanged_count + $5, failed_count = failed_count + $6, \
@@ -266,8 +286,8 @@ pub async fn progress(
                  status_message = coalesce($9, status_message) \
              WHERE id = $1 AND attempt = $2 AND state = 'running'",
             &[
-                &job_id,
-                &attempt,
+                &job.id,
+                &job.attempt,
                 &progress.delta.read,
                 &progress.delta.written,
                 &progress.delta.unchanged,
@@ -278,7 +298,7 @@ pub async fn progress(
             ],
         )
         .await?;
-    Ok(updated == 1)
+    Ok(())
 }
 
 /// Sets what the job is waiting for (e.g. "waiting for docebo call budget"), fenced.
@@ -320,13 +340,8 @@ pub enum Outcome {
 }
 
 /// Ends a job, fenced by the attempt, logs it, and ends the run when this was its last job
-/// (recording the area's milestones and, when the run completed, its watermark). Must run in a
-/// transaction. Returns whether the attempt still held the job.
-pub async fn finish(
-    client: &impl GenericClient,
-    job: &ClaimedJob,
-    outcome: &Outcome,
-) -> Result<bool> {
+/// ([`runs::finish_if_done`]). Returns whether the attempt still held the job.
+pub async fn finish(client: &Transaction<'_>, job: &ClaimedJob, outcome: &Outcome) -> Result<bool> {
     let (state_sql, error): (&str, Option<&str>) = match outcome {
         Outcome::Done => (
             "CASE WHEN failed_count > 0 THEN 'succeeded_with_errors' ELSE 'succeeded' END",
@@ -364,10 +379,12 @@ pub async fn finish(
         .field("unchanged", row.try_get::<_, i64>(3)?)
         .field("failed", row.try_get::<_, i64>(4)?);
     if let Some(error) = error {
-        event = event.field("error", error).code("JOB_FAILED");
+        event = event
+            .field("error", error)
+            .code(ErrorCode::JobFailed.as_str());
     }
     logs::append(client, job.connection_id, &[event]).await?;
-    finish_run_if_done(client, job.run_id).await?;
+    runs::finish_if_done(client, job.run_id).await?;
     // Jobs waiting for this one may be claimable now.
     client
         .execute(
@@ -376,26 +393,6 @@ pub async fn finish(
         )
         .await?;
     Ok(true)
-}
-
-/// Ends a run whose jobs are all final; when it completed, moves its area's watermark to the run's
-/// creation: everything changed before it was read. Only runs that read every change do (full or
-/// incremental): a run limited to a timeframe, or to the records webhooks named, leaves the
-/// watermark where it was, or the next incremental run would skip what it did not read.
-async fn finish_run_if_done(client: &impl GenericClient, run_id: Uuid) -> Result<()> {
-    if let Some(state) = runs::finish_if_done(client, run_id).await?
-        && state.is_completed()
-    {
-        client
-            .execute(
-                "UPDATE area_configs a SET watermark = greatest(a.watermark, r.create_time) \
-                 FROM runs r WHERE r.id = $1 AND a.connection_id = r.connection_id AND a.area = r.area \
-                   AND r.targets IS NULL AND r.timeframe_start IS NULL AND r.timeframe_end IS NULL",
-                &[&run_id],
-            )
-            .await?;
-    }
-    Ok(())
 }
 
 /// Puts a job back in the queue after a transient failure, fenced: claimable again after `delay`,
@@ -470,8 +467,8 @@ pub async fn hand_back(client: &impl GenericClient, job: &ClaimedJob) -> Result<
 
 /// Ends the jobs of stopping runs that no worker will stop: running ones whose lease expired (their
 /// worker died) and queued ones (handed back or waiting to retry). Ends their runs when done.
-/// Returns how many jobs it stopped. Must run in a transaction.
-pub async fn reap_stopped(client: &impl GenericClient) -> Result<u64> {
+/// Returns how many jobs it stopped.
+pub async fn reap_stopped(client: &Transaction<'_>) -> Result<u64> {
     let rows = client
         .query(
             "UPDATE jobs j SET state = 'stopped', lease_owner = NULL, lease_expires_at = NULL, end_time = now(), \
@@ -499,23 +496,19 @@ pub async fn reap_stopped(client: &impl GenericClient) -> Result<u64> {
         }
     }
     for run_id in runs_touched {
-        finish_run_if_done(client, run_id).await?;
+        runs::finish_if_done(client, run_id).await?;
     }
     Ok(rows.len() as u64)
 }
 
-/// Appends log events about a job, fenced by the attempt (inside the caller's transaction, which
-/// must have called [`fence`]).
-pub async fn log(
-    client: &impl GenericClient,
-    job: &ClaimedJob,
-    events: Vec<NewLogEvent>,
-) -> Result<()> {
+/// Appends log events about a job in a fenced transaction.
+pub async fn log(fenced: &Fenced<'_>, events: Vec<NewLogEvent>) -> Result<()> {
+    let job = fenced.job;
     let events: Vec<NewLogEvent> = events
         .into_iter()
         .map(|event| event.job(job.run_id, job.id))
         .collect();
-    logs::append(client, job.connection_id, &events).await?;
+    logs::append(fenced.tx, job.connection_id, &events).await?;
     Ok(())
 }
 
@@ -722,13 +715,13 @@ pub async fn ledger_is_empty(
     Ok(row.try_get(0)?)
 }
 
-/// Keeps records of a job for a retry at the end of its listing (`(record key, record)`), in the
-/// caller's fenced transaction; a key kept twice keeps its latest record.
+/// Keeps records of the fenced job for a retry at the end of its listing (`(record key,
+/// record)`); a key kept twice keeps its latest record.
 pub async fn deferred_add(
-    client: &impl GenericClient,
-    job_id: Uuid,
+    fenced: &Fenced<'_>,
     records: &[(String, serde_json::Value)],
 ) -> Result<()> {
+    let (client, job_id) = (fenced.tx, fenced.job.id);
     if records.is_empty() {
         return Ok(());
     }
@@ -762,12 +755,9 @@ pub async fn deferred_next(
         .collect()
 }
 
-/// Forgets records a job retried, in the caller's fenced transaction.
-pub async fn deferred_remove(
-    client: &impl GenericClient,
-    job_id: Uuid,
-    keys: &[String],
-) -> Result<()> {
+/// Forgets records the fenced job retried.
+pub async fn deferred_remove(fenced: &Fenced<'_>, keys: &[String]) -> Result<()> {
+    let (client, job_id) = (fenced.tx, fenced.job.id);
     if keys.is_empty() {
         return Ok(());
     }
@@ -793,23 +783,26 @@ pub struct LedgerWrite {
     pub docebo_updated_at: Option<DateTime<Utc>>,
 }
 
-/// Records writes Salesforce confirmed, and keeps `ledger_counts` in step in the same statement.
-/// `seen_run_id` marks the records as present in this run's listing. `maybe_new` says the ledger
+/// Records writes Salesforce confirmed for the fenced job, and keeps `ledger_counts` in step in the
+/// same statement. The records are marked present in the job's run's listing, listed by its kind
+/// (`scope`). `maybe_new` says the ledger
 /// held none of the object's records when the job started (a first sync): the rows are then
 /// inserted plainly (at a million records, a fifth of the database's time goes to these rows, and
 /// an upsert costs half as much again), with the upsert only when a key is there after all (a
-/// record listed twice). Must run in a transaction (the insert uses a savepoint).
-#[allow(clippy::too_many_arguments)]
+/// record listed twice); the insert's savepoint is why it needs the fenced transaction.
 pub async fn ledger_record(
-    client: &impl GenericClient,
-    connection_id: Uuid,
+    fenced: &Fenced<'_>,
     area: Area,
     object: &str,
     writes: &[LedgerWrite],
-    seen_run_id: Uuid,
-    scope: &str,
     maybe_new: bool,
 ) -> Result<()> {
+    let client = fenced.tx;
+    let (connection_id, seen_run_id, scope) = (
+        fenced.job.connection_id,
+        fenced.job.run_id,
+        fenced.job.kind.as_str(),
+    );
     const INSERT: &str = "WITH ins AS ( \
              INSERT INTO ledger (connection_id, object, record_key, salesforce_id, value_hash, \
                  docebo_updated_at, seen_run_id, unenrolled_at, write_time, scope) \
@@ -914,17 +907,16 @@ impl LedgerBatch<'_> {
     }
 }
 
-/// Marks records as present in a run's listing without writing them (unchanged or failed ones),
-/// so that the unenrollment comparison does not take them for gone. `scope` names the job that
-/// lists them.
-pub async fn ledger_mark_seen(
-    client: &impl GenericClient,
-    connection_id: Uuid,
-    object: &str,
-    keys: &[String],
-    run_id: Uuid,
-    scope: &str,
-) -> Result<()> {
+/// Marks records as present in the fenced job's run's listing without writing them (unchanged or
+/// failed ones), so that the unenrollment comparison does not take them for gone. The job's kind
+/// is the scope that lists them.
+pub async fn ledger_mark_seen(fenced: &Fenced<'_>, object: &str, keys: &[String]) -> Result<()> {
+    let client = fenced.tx;
+    let (connection_id, run_id, scope) = (
+        fenced.job.connection_id,
+        fenced.job.run_id,
+        fenced.job.kind.as_str(),
+    );
     if keys.is_empty() {
         return Ok(());
     }
@@ -990,14 +982,15 @@ pub async fn ledger_unseen_among(
 }
 
 /// Marks records unenrolled in the ledger (Salesforce confirmed `Status__c = Unenrolled`). Their
-/// hash is cleared, so a re-enrollment with the same values is written again.
+/// hash is cleared, so a re-enrollment with the same values is written again. In the fenced job's
+/// transaction, for its connection.
 pub async fn ledger_mark_unenrolled(
-    client: &impl GenericClient,
-    connection_id: Uuid,
+    fenced: &Fenced<'_>,
     object: &str,
     keys: &[String],
     at: DateTime<Utc>,
 ) -> Result<()> {
+    let (client, connection_id) = (fenced.tx, fenced.job.connection_id);
     client
         .execute(
             "UPDATE ledger SET unenrolled_at = $4, value_hash = '\\x'::bytea, write_time = now() \
@@ -1008,14 +1001,15 @@ pub async fn ledger_mark_unenrolled(
     Ok(())
 }
 
-/// Removes records Salesforce confirmed deleted, and keeps `ledger_counts` in step.
+/// Removes records Salesforce confirmed deleted, and keeps `ledger_counts` in step. In the fenced
+/// job's transaction, for its connection.
 pub async fn ledger_delete(
-    client: &impl GenericClient,
-    connection_id: Uuid,
+    fenced: &Fenced<'_>,
     area: Area,
     object: &str,
     keys: &[String],
 ) -> Result<()> {
+    let (client, connection_id) = (fenced.tx, fenced.job.connection_id);
     client
         .execute(
             "WITH del AS (DELETE FROM ledger WHERE connection_id = $1 AND object = $3 AND record_key = ANY($4) \

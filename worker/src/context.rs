@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use learnsync_store::Store;
 use learnsync_store::model::NewLogEvent;
-use learnsync_store::worker::{self as store_worker, ClaimedJob};
+use learnsync_store::worker::{self as store_worker, ClaimedJob, Fenced};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -170,17 +170,28 @@ impl JobCtx {
 
     /// Writes log events about the job, fenced by the attempt.
     pub async fn log(&self, events: Vec<NewLogEvent>) -> SyncResult<()> {
+        self.fenced(async |fenced| Ok(store_worker::log(fenced, events).await?))
+            .await
+    }
+
+    /// Runs `write` in a transaction fenced by the attempt, and commits it. The one place a lost
+    /// lease is found out on a write: when another attempt holds the job, it raises
+    /// [`Interrupt::Lost`] and writes nothing.
+    pub async fn fenced<T>(
+        &self,
+        write: impl AsyncFnOnce(&Fenced<'_>) -> SyncResult<T>,
+    ) -> SyncResult<T> {
         let mut conn = self.store.conn().await?;
         let tx = conn
             .transaction()
             .await
             .map_err(learnsync_store::Error::from)?;
-        if !store_worker::fence(&tx, self.job.id, self.job.attempt).await? {
+        let Some(fenced) = store_worker::fence(&tx, &self.job).await? else {
             self.raise(Interrupt::Lost);
             return Err(SyncError::Interrupted(Interrupt::Lost));
-        }
-        store_worker::log(&tx, &self.job, events).await?;
+        };
+        let value = write(&fenced).await?;
         tx.commit().await.map_err(learnsync_store::Error::from)?;
-        Ok(())
+        Ok(value)
     }
 }

@@ -86,9 +86,10 @@ async fn a_webhook_run_writes_the_change_and_the_deletion() {
     assert!(before.is_some());
     let mut conn = env.store.conn().await.unwrap();
     let tx = conn.transaction().await.unwrap();
-    let dispatched = realtime::dispatch_webhooks(&tx, Duration::from_secs(60), 100)
-        .await
-        .unwrap();
+    let dispatched =
+        learnsync_server::realtime::dispatch_pending(&tx, Duration::from_secs(60), 100)
+            .await
+            .unwrap();
     tx.commit().await.unwrap();
     let run_id = dispatched[0].run.as_ref().unwrap().id;
     let run = env.wait_final(run_id, Duration::from_secs(30)).await;
@@ -168,9 +169,10 @@ async fn a_webhook_run_writes_the_change_and_the_deletion() {
             .unwrap();
     }
     let tx = conn.transaction().await.unwrap();
-    let dispatched = realtime::dispatch_webhooks(&tx, Duration::from_secs(60), 100)
-        .await
-        .unwrap();
+    let dispatched =
+        learnsync_server::realtime::dispatch_pending(&tx, Duration::from_secs(60), 100)
+            .await
+            .unwrap();
     tx.commit().await.unwrap();
     let run = env
         .wait_final(

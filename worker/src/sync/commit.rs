@@ -7,7 +7,7 @@ use learnsync_store::worker::{self as store_worker, Progress};
 use super::JobRun;
 use super::checkpoint::Checkpoint;
 use super::write::Written;
-use crate::context::{Failure, Interrupt, SyncError, SyncResult};
+use crate::context::{Failure, SyncError, SyncResult};
 
 impl JobRun<'_> {
     /// Records in the ledger the writes of a chunk cut short (or written after a failure or a
@@ -37,7 +37,6 @@ impl JobRun<'_> {
         checkpoint: Option<&Checkpoint>,
         written: Written,
     ) -> SyncResult<()> {
-        let job = &self.ctx.job;
         let object = self.mapping.object.as_str();
         let expected = checkpoint
             .map(|checkpoint| checkpoint.expected)
@@ -55,37 +54,6 @@ impl JobRun<'_> {
                     .map_err(|error| SyncError::Permanent(Failure::Encode(error.to_string())))
             })
             .collect::<SyncResult<Vec<_>>>()?;
-        let mut conn = self.ctx.store.conn().await?;
-        let tx = conn
-            .transaction()
-            .await
-            .map_err(learnsync_store::Error::from)?;
-        if !store_worker::fence(&tx, job.id, job.attempt).await? {
-            self.ctx.raise(Interrupt::Lost);
-            return Err(SyncError::Interrupted(Interrupt::Lost));
-        }
-        store_worker::ledger_record(
-            &tx,
-            job.connection_id,
-            self.mapping.area,
-            object,
-            &written.ledger,
-            job.run_id,
-            job.kind.as_str(),
-            self.ledger_empty,
-        )
-        .await?;
-        store_worker::ledger_mark_seen(
-            &tx,
-            job.connection_id,
-            object,
-            &written.seen,
-            job.run_id,
-            job.kind.as_str(),
-        )
-        .await?;
-        store_worker::deferred_add(&tx, job.id, &deferred).await?;
-        store_worker::deferred_remove(&tx, job.id, &written.retired).await?;
         let moved = checkpoint.is_some();
         let progress = Progress {
             delta: written.counts,
@@ -93,9 +61,20 @@ impl JobRun<'_> {
             checkpoint,
             status_message: None,
         };
-        store_worker::progress(&tx, job.id, job.attempt, &progress).await?;
-        store_worker::log(&tx, job, written.events).await?;
-        tx.commit().await.map_err(learnsync_store::Error::from)?;
+        let area = self.mapping.area;
+        let maybe_new = self.ledger_empty;
+        self.ctx
+            .fenced(async |fenced| {
+                store_worker::ledger_record(fenced, area, object, &written.ledger, maybe_new)
+                    .await?;
+                store_worker::ledger_mark_seen(fenced, object, &written.seen).await?;
+                store_worker::deferred_add(fenced, &deferred).await?;
+                store_worker::deferred_remove(fenced, &written.retired).await?;
+                store_worker::progress(fenced, &progress).await?;
+                store_worker::log(fenced, written.events).await?;
+                Ok(())
+            })
+            .await?;
         if moved {
             self.ctx.mark_progress();
         }

@@ -66,13 +66,12 @@ impl<'a> JobRun<'a> {
             .clone();
         let checkpoint = match &ctx.job.checkpoint {
             None | Some(Value::Null) => Checkpoint::default(),
-            Some(value) => serde_json::from_value(value.clone())
-                .map_err(|error| {
-                    SyncError::Permanent(Failure::UnreadableState {
-                        what: "checkpoint",
-                        detail: error.to_string(),
-                    })
-                })?,
+            Some(value) => serde_json::from_value(value.clone()).map_err(|error| {
+                SyncError::Permanent(Failure::UnreadableState {
+                    what: "checkpoint",
+                    detail: error.to_string(),
+                })
+            })?,
         };
         let targets = match &ctx.job.targets {
             None | Some(Value::Null) => None,

@@ -384,7 +384,12 @@ mod tests {
         let c = pipeline.chunk_read(end(4, false));
         pipeline.write_finished(a, Ok(written(&["a"])));
         assert_eq!(moved_page(pipeline.next_commit()), 2);
-        pipeline.write_finished(b, Err(SyncError::Transient(Failure::Unreadable("salesforce is down".into()))));
+        pipeline.write_finished(
+            b,
+            Err(SyncError::Transient(Failure::Unreadable(
+                "salesforce is down".into(),
+            ))),
+        );
         pipeline.write_finished(c, Ok(written(&["c"])));
         assert!(pipeline.commit_finished(Ok(())).is_none());
         // b is dropped; c's confirmed writes are kept, the checkpoint stays after a.
@@ -436,7 +441,9 @@ mod tests {
     fn a_reader_failure_stops_new_chunks_once_those_sent_are_done() {
         let mut pipeline = new_pipeline(2);
         let a = pipeline.chunk_read(end(2, false));
-        pipeline.read_failed(SyncError::Transient(Failure::Unreadable("docebo is down".into())));
+        pipeline.read_failed(SyncError::Transient(Failure::Unreadable(
+            "docebo is down".into(),
+        )));
         assert!(!pipeline.wants_chunk());
         assert!(!pipeline.should_stop(), "the chunk sent finishes first");
         pipeline.write_finished(a, Ok(written(&["a"])));

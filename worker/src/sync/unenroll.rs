@@ -9,7 +9,7 @@ use learnsync_store::worker::{self as store_worker, Progress};
 use super::JobRun;
 use super::checkpoint::Phase;
 use super::write::Written;
-use crate::context::{Failure, Interrupt, SyncError, SyncResult};
+use crate::context::{Failure, SyncError, SyncResult};
 use crate::mapping::Fields;
 use crate::salesforce::{COLLECTION_SIZE, RecordResult};
 
@@ -196,40 +196,29 @@ impl JobRun<'_> {
         let object = self.mapping.object.as_str();
         let checkpoint = serde_json::to_value(&self.checkpoint)
             .map_err(|error| SyncError::Permanent(Failure::Encode(error.to_string())))?;
-        let mut conn = self.ctx.store.conn().await?;
-        let tx = conn
-            .transaction()
-            .await
-            .map_err(learnsync_store::Error::from)?;
-        if !store_worker::fence(&tx, job.id, job.attempt).await? {
-            self.ctx.raise(Interrupt::Lost);
-            return Err(SyncError::Interrupted(Interrupt::Lost));
-        }
-        let done_keys = &handled.done_keys;
-        match job.unenrollment_policy {
-            UnenrollmentPolicy::MarkUnenrolled => {
-                store_worker::ledger_mark_unenrolled(
-                    &tx,
-                    job.connection_id,
-                    object,
-                    done_keys,
-                    now,
-                )
-                .await?;
-            }
-            UnenrollmentPolicy::Delete => {
-                let area = self.mapping.area;
-                store_worker::ledger_delete(&tx, job.connection_id, area, object, done_keys)
-                    .await?;
-            }
-        }
         let progress = Progress {
             checkpoint: Some(checkpoint),
             ..Progress::default()
         };
-        store_worker::progress(&tx, job.id, job.attempt, &progress).await?;
-        store_worker::log(&tx, job, handled.events).await?;
-        tx.commit().await.map_err(learnsync_store::Error::from)?;
+        let policy = job.unenrollment_policy;
+        let area = self.mapping.area;
+        let Handled { done_keys, events } = handled;
+        self.ctx
+            .fenced(async |fenced| {
+                match policy {
+                    UnenrollmentPolicy::MarkUnenrolled => {
+                        store_worker::ledger_mark_unenrolled(fenced, object, &done_keys, now)
+                            .await?;
+                    }
+                    UnenrollmentPolicy::Delete => {
+                        store_worker::ledger_delete(fenced, area, object, &done_keys).await?;
+                    }
+                }
+                store_worker::progress(fenced, &progress).await?;
+                store_worker::log(fenced, events).await?;
+                Ok(())
+            })
+            .await?;
         self.ctx.mark_progress();
         Ok(())
     }

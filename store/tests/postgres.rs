@@ -1,0 +1,459 @@
+//! The store's own statements against a real Postgres (a fresh database per test, from
+//! `store::testing`): the claim, the fence, the ledger, the Docebo call budget and the end of a run.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use learnsync_store::connections::{self, NewConnection, SealedCredentials};
+use learnsync_store::model::{Area, JobKind, JobState, Mode, Run, RunState, UnenrollmentPolicy};
+use learnsync_store::worker::{
+    self as store_worker, ClaimedJob, Heartbeat, LedgerWrite, Outcome, Progress,
+};
+use learnsync_store::{Options, Store, areas, runs, testing};
+use uuid::Uuid;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn store() -> Store {
+    let url = testing::fresh_database().await.unwrap();
+    Store::connect(&Options {
+        database_url: url,
+        max_connections: 8,
+    })
+    .unwrap()
+}
+
+/// A connection with its users and courses areas enabled (the credentials are never opened here).
+async fn connection(store: &Store) -> Uuid {
+    let id = Uuid::new_v4();
+    let conn = store.conn().await.unwrap();
+    connections::insert(
+        &conn,
+        &NewConnection {
+            id,
+            tenant: "acme".into(),
+            display_name: "acme".into(),
+            credentials: SealedCredentials {
+                sealed: vec![0; 16],
+                key_id: "test".into(),
+                docebo_grant: "password".into(),
+                salesforce_grant: "client_credentials".into(),
+                docebo_platform: format!("{id}.docebosaas.com"),
+            },
+            docebo_calls_per_hour: 1000,
+            unenrollment_policy: UnenrollmentPolicy::MarkUnenrolled,
+        },
+    )
+    .await
+    .unwrap();
+    for area in [Area::Users, Area::Courses] {
+        areas::configure(
+            &conn,
+            id,
+            area,
+            &areas::AreaSettings {
+                enabled: true,
+                mode: Mode::Manual,
+                interval_seconds: 900,
+                course_category_ids: Vec::new(),
+                full_interval_seconds: 86_400,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    id
+}
+
+async fn start(store: &Store, connection_id: Uuid, area: Area) -> Run {
+    let mut conn = store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let run = runs::start(&tx, connection_id, area, (None, None), None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    run
+}
+
+async fn resynchronize(
+    store: &Store,
+    connection_id: Uuid,
+    timeframe: (
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    ),
+) -> Run {
+    let mut conn = store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let run = runs::resynchronize(&tx, connection_id, Area::Users, timeframe, false, None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    run
+}
+
+async fn claim(store: &Store, owner: &str, lease: Duration, limit: i64) -> Vec<ClaimedJob> {
+    let mut conn = store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let jobs = store_worker::claim(&tx, owner, lease, limit).await.unwrap();
+    tx.commit().await.unwrap();
+    jobs
+}
+
+async fn finish(store: &Store, job: &ClaimedJob, outcome: Outcome) -> bool {
+    let mut conn = store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let held = store_worker::finish(&tx, job, &outcome).await.unwrap();
+    tx.commit().await.unwrap();
+    held
+}
+
+async fn run_of(store: &Store, connection_id: Uuid, run_id: Uuid) -> Run {
+    let conn = store.conn().await.unwrap();
+    runs::get(&conn, connection_id, run_id).await.unwrap()
+}
+
+async fn watermark(store: &Store, connection_id: Uuid) -> Option<chrono::DateTime<chrono::Utc>> {
+    let conn = store.conn().await.unwrap();
+    areas::get(&conn, connection_id, Area::Users)
+        .await
+        .unwrap()
+        .unwrap()
+        .watermark
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claim_takes_due_jobs_in_order_skips_locked_ones_and_waits_for_predecessors() {
+    let store = store().await;
+    let connection_id = connection(&store).await;
+    let users = start(&store, connection_id, Area::Users).await;
+    let courses = start(&store, connection_id, Area::Courses).await;
+    let other_connection = connection(&store).await;
+    let other = start(&store, other_connection, Area::Users).await;
+
+    // The oldest run's job first, then the next run's jobs in their order.
+    let first = claim(&store, "w1", LEASE, 1).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].run_id, users.id);
+    assert_eq!(first[0].kind, JobKind::Users);
+    assert_eq!(first[0].attempt, 1);
+    let courses_job = claim(&store, "w1", LEASE, 1).await.remove(0);
+    assert_eq!(courses_job.run_id, courses.id);
+    assert_eq!(courses_job.kind, JobKind::Courses);
+
+    // Two claimers at once: the first holds its row until it commits, the second skips it and
+    // takes the next one.
+    let mut conn_a = store.conn().await.unwrap();
+    let tx_a = conn_a.transaction().await.unwrap();
+    let a = store_worker::claim(&tx_a, "wa", LEASE, 1).await.unwrap();
+    let mut conn_b = store.conn().await.unwrap();
+    let tx_b = conn_b.transaction().await.unwrap();
+    let b = store_worker::claim(&tx_b, "wb", LEASE, 10).await.unwrap();
+    tx_a.commit().await.unwrap();
+    tx_b.commit().await.unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].kind, JobKind::LearningPlans);
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(b[0].run_id, other.id);
+
+    // Sessions wait for the courses job: nothing is claimable until it is final.
+    assert!(claim(&store, "w2", LEASE, 10).await.is_empty());
+    assert!(finish(&store, &courses_job, Outcome::Done).await);
+    let sessions = claim(&store, "w2", LEASE, 10).await;
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].kind, JobKind::Sessions);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_taken_over_and_the_stale_attempt_is_fenced_out() {
+    let store = store().await;
+    let connection_id = connection(&store).await;
+    start(&store, connection_id, Area::Users).await;
+    let stale = claim(&store, "dead", Duration::ZERO, 1).await.remove(0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let current = claim(&store, "alive", LEASE, 1).await.remove(0);
+    assert_eq!(current.id, stale.id, "the expired lease is taken over");
+    assert_eq!(current.attempt, stale.attempt + 1);
+
+    let conn = store.conn().await.unwrap();
+    assert_eq!(
+        store_worker::heartbeat(&conn, stale.id, stale.attempt, LEASE)
+            .await
+            .unwrap(),
+        Heartbeat::Lost
+    );
+    assert_eq!(
+        store_worker::heartbeat(&conn, current.id, current.attempt, LEASE)
+            .await
+            .unwrap(),
+        Heartbeat::Held(RunState::Running)
+    );
+
+    // The stale attempt gets no fence, so it has nothing to write with.
+    let mut conn = store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    assert!(store_worker::fence(&tx, &stale).await.unwrap().is_none());
+    tx.rollback().await.unwrap();
+    // The current one writes through its fence.
+    let tx = conn.transaction().await.unwrap();
+    let fenced = store_worker::fence(&tx, &current).await.unwrap().unwrap();
+    let mut progress = Progress::default();
+    progress.delta.read = 7;
+    progress.checkpoint = Some(serde_json::json!({"page": 2}));
+    store_worker::progress(&fenced, &progress).await.unwrap();
+    tx.commit().await.unwrap();
+    // Neither the stale attempt's finish changes the job...
+    assert!(!finish(&store, &stale, Outcome::Failed("late".into())).await);
+    let job = &run_of(&store, connection_id, current.run_id).await.jobs[0];
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.counts.read, 7);
+    assert_eq!(job.attempt, current.attempt);
+    // ...and a takeover resumes from the current attempt's checkpoint.
+    let conn = store.conn().await.unwrap();
+    let row = conn
+        .query_one("SELECT checkpoint FROM jobs WHERE id = $1", &[&current.id])
+        .await
+        .unwrap();
+    let checkpoint: Option<serde_json::Value> = row.get(0);
+    assert_eq!(checkpoint, Some(serde_json::json!({"page": 2})));
+}
+
+fn write(key: &str, hash: u8) -> LedgerWrite {
+    LedgerWrite {
+        record_key: key.to_string(),
+        salesforce_id: Some(format!("a0{key}")),
+        value_hash: vec![hash; 32],
+        docebo_updated_at: None,
+    }
+}
+
+fn keys(list: &[&str]) -> Vec<String> {
+    list.iter().map(|key| key.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_records_looks_up_marks_seen_unenrolls_and_deletes() {
+    let store = store().await;
+    let connection_id = connection(&store).await;
+    let object = "Contact";
+    start(&store, connection_id, Area::Users).await;
+    let job = claim(&store, "w", LEASE, 1).await.remove(0);
+
+    let mut conn = store.conn().await.unwrap();
+    assert!(
+        store_worker::ledger_is_empty(&conn, connection_id, object)
+            .await
+            .unwrap()
+    );
+    // A first sync: plain inserts; "1-2" listed again makes the second batch's insert fail
+    // whole, and it is upserted instead, inside the same transaction.
+    let tx = conn.transaction().await.unwrap();
+    let fenced = store_worker::fence(&tx, &job).await.unwrap().unwrap();
+    for batch in [
+        [write("1-1", 1), write("1-2", 1)],
+        [write("1-2", 2), write("1-3", 2)],
+    ] {
+        store_worker::ledger_record(&fenced, Area::Users, object, &batch, true)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let all = keys(&["1-1", "1-2", "1-3"]);
+    let found = store_worker::ledger_lookup(&conn, connection_id, object, &all)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 3);
+    assert_eq!(found["1-1"].value_hash, vec![1; 32]);
+    assert_eq!(found["1-2"].value_hash, vec![2; 32]);
+    assert_eq!(found["1-2"].salesforce_id.as_deref(), Some("a01-2"));
+    assert!(!found["1-3"].unenrolled);
+    let imported = runs::records_imported(&conn, connection_id).await.unwrap();
+    assert_eq!(imported[&Area::Users], 3);
+
+    // Everything was seen by the run that wrote it; another run has seen nothing yet.
+    let scope = JobKind::Users.as_str();
+    let unseen = |run_id: Uuid| {
+        let store = store.clone();
+        async move {
+            let conn = store.conn().await.unwrap();
+            store_worker::ledger_unseen(&conn, connection_id, object, scope, run_id, "", 10)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(unseen(job.run_id).await.is_empty());
+    assert!(finish(&store, &job, Outcome::Done).await);
+    let next = resynchronize(&store, connection_id, (None, None)).await;
+    let next_job = claim(&store, "w", LEASE, 1).await.remove(0);
+    assert_eq!(next_job.run_id, next.id);
+    assert_eq!(unseen(next.id).await.len(), 3);
+    let tx = conn.transaction().await.unwrap();
+    let fenced = store_worker::fence(&tx, &next_job).await.unwrap().unwrap();
+    store_worker::ledger_mark_seen(&fenced, object, &keys(&["1-1"]))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let left: Vec<String> = unseen(next.id).await.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(left, keys(&["1-2", "1-3"]));
+    let among = store_worker::ledger_unseen_among(&conn, connection_id, object, next.id, &all)
+        .await
+        .unwrap();
+    assert_eq!(among.len(), 2);
+    assert_eq!(among[0], ("1-2".to_string(), Some("a01-2".to_string())));
+
+    // Unenrolled: no longer live (not unseen), its hash cleared; deleted: gone, and counted out.
+    let tx = conn.transaction().await.unwrap();
+    let fenced = store_worker::fence(&tx, &next_job).await.unwrap().unwrap();
+    store_worker::ledger_mark_unenrolled(&fenced, object, &keys(&["1-2"]), chrono::Utc::now())
+        .await
+        .unwrap();
+    store_worker::ledger_delete(&fenced, Area::Users, object, &keys(&["1-3"]))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(unseen(next.id).await.is_empty());
+    let found = store_worker::ledger_lookup(&conn, connection_id, object, &all)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+    assert!(found["1-2"].unenrolled);
+    assert!(found["1-2"].value_hash.is_empty());
+    assert!(!found.contains_key("1-3"));
+    let imported = runs::records_imported(&conn, connection_id).await.unwrap();
+    assert_eq!(imported[&Area::Users], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_budget_refills_at_its_rate_leases_what_is_asked_and_pauses() {
+    let store = store().await;
+    let conn = store.conn().await.unwrap();
+    let platform = "budget.docebosaas.com";
+    // 36 calls an hour: the bucket starts full, and a grant is at most what was asked.
+    let grant = store_worker::take_budget(&conn, platform, 36, 5)
+        .await
+        .unwrap();
+    assert_eq!((grant.granted, grant.paused), (5, false));
+    let grant = store_worker::take_budget(&conn, platform, 36, 100)
+        .await
+        .unwrap();
+    assert_eq!(grant.granted, 31, "the rest of the hour's 36");
+    let empty = store_worker::take_budget(&conn, platform, 36, 1)
+        .await
+        .unwrap();
+    assert_eq!(empty.granted, 0);
+    assert!(
+        empty.wait > Duration::from_secs(50) && empty.wait <= Duration::from_secs(100),
+        "one call every 100 s: {empty:?}"
+    );
+    // Calls leased and not spent come back, never above an hour's worth.
+    store_worker::return_budget(&conn, platform, 4)
+        .await
+        .unwrap();
+    let back = store_worker::take_budget(&conn, platform, 36, 10)
+        .await
+        .unwrap();
+    assert_eq!(back.granted, 4);
+    store_worker::return_budget(&conn, platform, 1000)
+        .await
+        .unwrap();
+    let capped = store_worker::take_budget(&conn, platform, 36, 1000)
+        .await
+        .unwrap();
+    assert_eq!(capped.granted, 36);
+    // 200 s later at 36 an hour: two calls more.
+    conn.execute(
+        "UPDATE docebo_budgets SET refill_time = refill_time - interval '200 seconds' \
+         WHERE platform = $1",
+        &[&platform],
+    )
+    .await
+    .unwrap();
+    let refilled = store_worker::take_budget(&conn, platform, 36, 10)
+        .await
+        .unwrap();
+    assert_eq!(refilled.granted, 2);
+    // A pause holds every caller back, whatever the bucket holds; a shorter one keeps the longer.
+    let other = "paused.docebosaas.com";
+    assert_eq!(
+        store_worker::take_budget(&conn, other, 1000, 1)
+            .await
+            .unwrap()
+            .granted,
+        1
+    );
+    store_worker::pause_docebo(&conn, other, Duration::from_secs(30))
+        .await
+        .unwrap();
+    store_worker::pause_docebo(&conn, other, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let paused = store_worker::take_budget(&conn, other, 1000, 5)
+        .await
+        .unwrap();
+    assert_eq!(paused.granted, 0);
+    assert!(paused.paused);
+    assert!(paused.wait > Duration::from_secs(20), "{paused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_moves_the_watermark_only_when_it_completed_over_all_time() {
+    let store = store().await;
+    let connection_id = connection(&store).await;
+    assert_eq!(watermark(&store, connection_id).await, None);
+
+    // A worker finishing the run's last job ends it, and the watermark moves to its creation.
+    let first = start(&store, connection_id, Area::Users).await;
+    let job = claim(&store, "w", LEASE, 1).await.remove(0);
+    assert!(finish(&store, &job, Outcome::Done).await);
+    let first = run_of(&store, connection_id, first.id).await;
+    assert_eq!(first.state, RunState::Succeeded);
+    assert_eq!(
+        watermark(&store, connection_id).await,
+        Some(first.create_time)
+    );
+
+    // A run limited to a timeframe completes, and leaves the watermark where it was.
+    let since = chrono::Utc::now() - chrono::Duration::days(1);
+    let limited = resynchronize(&store, connection_id, (Some(since), None)).await;
+    let conn = store.conn().await.unwrap();
+    let state = testing::finish_jobs_as_worker(&conn, limited.id, JobState::Succeeded)
+        .await
+        .unwrap();
+    assert_eq!(state, Some(RunState::Succeeded));
+    assert_eq!(
+        watermark(&store, connection_id).await,
+        Some(first.create_time)
+    );
+
+    // A stopped run and a failed run leave it too.
+    let stopped = resynchronize(&store, connection_id, (None, None)).await;
+    let mut conn = store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let run = runs::stop(&tx, connection_id, Area::Users).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(run.id, stopped.id);
+    assert_eq!(run.state, RunState::Stopped, "no job had started");
+    let failed = resynchronize(&store, connection_id, (None, None)).await;
+    let job = claim(&store, "w", LEASE, 1).await.remove(0);
+    assert!(finish(&store, &job, Outcome::Failed("broken".into())).await);
+    assert_eq!(
+        run_of(&store, connection_id, failed.id).await.state,
+        RunState::Failed
+    );
+    assert_eq!(
+        watermark(&store, connection_id).await,
+        Some(first.create_time)
+    );
+
+    // The test helper ends a full run as production does: the watermark moves.
+    let full = resynchronize(&store, connection_id, (None, None)).await;
+    let conn = store.conn().await.unwrap();
+    let state = testing::finish_jobs_as_worker(&conn, full.id, JobState::SucceededWithErrors)
+        .await
+        .unwrap();
+    assert_eq!(state, Some(RunState::SucceededWithErrors));
+    assert_eq!(
+        watermark(&store, connection_id).await,
+        Some(full.create_time)
+    );
+}
