@@ -181,12 +181,15 @@ pub fn parse_events(body: &serde_json::Value) -> Vec<WebhookEvent> {
         (_, Some(one)) => vec![one],
         _ => Vec::new(),
     };
-    let (kind, parent_field) = match name.rsplit_once('.').map(|(prefix, _)| prefix) {
-        Some("course.enrollment") => (JobKind::CourseEnrollments, "course_id"),
-        Some("learningplan.enrollment") => (JobKind::LearningPlanEnrollments, "learning_plan_id"),
-        Some("ilt.session.enrollment") => (JobKind::IltSessionEnrollments, "session_id"),
-        Some("webinar.session.enrollment") => (JobKind::WebinarSessionEnrollments, "session_id"),
-        _ => return Vec::new(),
+    // The event's kind is the one whose webhook description names its prefix.
+    let Some(prefix) = name.rsplit_once('.').map(|(prefix, _)| prefix) else {
+        return Vec::new();
+    };
+    let Some((kind, parent_field)) = JobKind::ALL.iter().find_map(|kind| {
+        let webhook = kind.spec().webhook?;
+        (webhook.event_prefix == prefix).then_some((*kind, webhook.parent_field))
+    }) else {
+        return Vec::new();
     };
     let deleted = name.ends_with(".deleted");
     payloads

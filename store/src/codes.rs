@@ -42,6 +42,10 @@ pub enum ErrorCode {
     Internal,
     /// A log event: a job failed.
     JobFailed,
+    /// A log event: Docebo answered 429, calls to the platform pause.
+    DoceboRateLimited,
+    /// A log event: Docebo answered 503, calls to the platform pause.
+    DoceboOverloaded,
 }
 
 impl ErrorCode {
@@ -65,11 +69,13 @@ impl ErrorCode {
             ErrorCode::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::JobFailed => "JOB_FAILED",
+            ErrorCode::DoceboRateLimited => "DOCEBO_RATE_LIMITED",
+            ErrorCode::DoceboOverloaded => "DOCEBO_OVERLOADED",
         }
     }
 
     /// Every code, for tests that check the wire strings stay put.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthenticated,
         ErrorCode::ConnectionNotAccessible,
@@ -87,7 +93,15 @@ impl ErrorCode {
         ErrorCode::DatabaseUnavailable,
         ErrorCode::Internal,
         ErrorCode::JobFailed,
+        ErrorCode::DoceboRateLimited,
+        ErrorCode::DoceboOverloaded,
     ];
+}
+
+impl From<ErrorCode> for String {
+    fn from(code: ErrorCode) -> String {
+        code.as_str().to_string()
+    }
 }
 
 impl fmt::Display for ErrorCode {

@@ -123,7 +123,7 @@ impl ClaimedJob {
     /// Whether unenrollments may be written at all: an enrollment run after the first completed
     /// enrollment sync (before it nothing is tracked).
     pub fn may_unenroll(&self) -> bool {
-        self.area == Area::Enrollments
+        self.kind.spec().unenrolls
             && self
                 .enrollments_first_success
                 .is_some_and(|first| first < self.run_create_time)

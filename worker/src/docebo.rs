@@ -3,6 +3,7 @@
 //! and 503 pausing the platform for every job on every worker (and said once in the job's log), a
 //! token kept across calls and renewed once on 401, every wait interruptible.
 
+use learnsync_store::ErrorCode;
 use learnsync_store::model::{LogLevel, NewLogEvent};
 use learnsync_store::secrets::DoceboCredentials;
 use tokio::sync::Mutex;
@@ -107,9 +108,9 @@ impl Docebo {
                                 format!("docebo answered {status}: pausing calls to the platform"),
                             )
                             .code(if status == 429 {
-                                "DOCEBO_RATE_LIMITED"
+                                ErrorCode::DoceboRateLimited
                             } else {
-                                "DOCEBO_OVERLOADED"
+                                ErrorCode::DoceboOverloaded
                             })
                             .field("pause_ms", pause.as_millis() as i64),
                         ])

@@ -25,6 +25,7 @@ fn first_page(size: u32) -> PageRef {
         page: 1,
         cursor: None,
         page_size: size,
+        cursor_mode: false,
     }
 }
 
@@ -216,6 +217,7 @@ async fn unreachable_upstreams_are_transient_and_name_no_url() {
         page: 1,
         cursor: Some("secret-cursor".into()),
         page_size: 10,
+        cursor_mode: false,
     };
     let (got, failure) = signal(
         api.list("token", "/manage/v1/user", &[], &cursor, false)

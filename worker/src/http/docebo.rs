@@ -30,6 +30,9 @@ pub struct PageRef {
     pub cursor: Option<String>,
     /// Records per page (page numbers mean something only with the size they were counted in).
     pub page_size: u32,
+    /// Whether to ask for cursor mode (`get_cursor=1`), where the kind's listing documents it
+    /// ([`learnsync_store::model::Listing::Flat`]'s `uses_cursor`).
+    pub cursor_mode: bool,
 }
 
 /// A Docebo platform's API, one exchange at a time.
@@ -138,7 +141,7 @@ impl DoceboApi {
         at: &PageRef,
         missing_is_empty: bool,
     ) -> Answer<Page> {
-        let query = list_query(path, filters, at);
+        let query = list_query(filters, at);
         let url = format!("{}{}", self.base_url, path);
         let sent = self
             .http
@@ -207,13 +210,13 @@ impl DoceboApi {
 }
 
 /// The query of a list page: the filters, the page size, and the page or its cursor.
-fn list_query(path: &str, filters: &[(String, String)], at: &PageRef) -> Vec<(String, String)> {
+fn list_query(filters: &[(String, String)], at: &PageRef) -> Vec<(String, String)> {
     let mut query: Vec<(String, String)> = filters.to_vec();
     query.push(("page_size".into(), at.page_size.max(1).to_string()));
-    // Cursor mode where Docebo documents it (the enrollment lists): pages stay consistent while
-    // data changes, which the unenrollment comparison relies on. Elsewhere, page numbers (a
+    // Cursor mode where Docebo documents it (the kind's description says): pages stay consistent
+    // while data changes, which the unenrollment comparison relies on. Elsewhere, page numbers (a
     // cursor in the answer is still followed).
-    if path.ends_with("/enrollments") && !path.starts_with("/course/v1/sessions/") {
+    if at.cursor_mode {
         query.push(("get_cursor".into(), "1".into()));
     }
     match &at.cursor {

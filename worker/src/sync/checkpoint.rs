@@ -75,11 +75,12 @@ impl Pos {
     }
 
     /// The page request that reads this position.
-    pub(super) fn page_ref(&self, page_size: u32) -> PageRef {
+    pub(super) fn page_ref(&self, page_size: u32, cursor_mode: bool) -> PageRef {
         PageRef {
             page: self.page.max(1),
             cursor: self.cursor.clone(),
             page_size,
+            cursor_mode,
         }
     }
 

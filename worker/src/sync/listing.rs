@@ -22,6 +22,8 @@ struct Level {
     filters: Vec<(String, String)>,
     /// Fields added to each item (`_course_type`, `_session_id`, ...).
     context: Map<String, Value>,
+    /// Whether the level is read in cursor mode (the kind's description says where).
+    cursor_mode: bool,
 }
 
 /// One leaf page.
@@ -124,11 +126,13 @@ impl<'a> Walker<'a> {
 
     /// The outermost level: the flat listing, or every course.
     fn root_level(spec: &KindSpec, scope: &Scope) -> Level {
-        let (path, leaf) = match spec.listing {
-            Listing::Flat { path, .. } => (path, true),
+        let (path, leaf, cursor_mode) = match spec.listing {
+            Listing::Flat {
+                path, uses_cursor, ..
+            } => (path, true, uses_cursor),
             // Nested listings start from every course, whatever its change time: a session may
             // change without its course.
-            Listing::Nested { .. } => (COURSES_PATH, false),
+            Listing::Nested { .. } => (COURSES_PATH, false, false),
         };
         // Oldest change first, as Docebo documents for courses (the other lists sort that way by
         // default): records changed while the listing runs move to its end, where it reads them.
@@ -150,6 +154,7 @@ impl<'a> Walker<'a> {
             path: path.to_string(),
             filters,
             context: Map::new(),
+            cursor_mode,
         }
     }
 
@@ -211,6 +216,7 @@ impl<'a> Walker<'a> {
                 self.scope.leaf_filters.clone()
             },
             context,
+            cursor_mode: false,
         })
     }
 
@@ -231,6 +237,7 @@ impl<'a> Walker<'a> {
             path: format!("/course/v1/sessions/{session_id}/enrollments"),
             filters: self.scope.leaf_filters.clone(),
             context,
+            cursor_mode: false,
         })
     }
 
@@ -272,7 +279,7 @@ impl<'a> Walker<'a> {
                     ctx,
                     &self.levels[d].path,
                     &self.levels[d].filters,
-                    &self.pos[d].page_ref(self.page_size),
+                    &self.pos[d].page_ref(self.page_size, self.levels[d].cursor_mode),
                     d > 0,
                 )
                 .await?;
@@ -307,7 +314,7 @@ impl<'a> Walker<'a> {
     async fn read_leaf(&mut self, ctx: &JobCtx) -> SyncResult<LeafPage> {
         let d = self.depth_now;
         let level = &self.levels[d];
-        let at = self.pos[d].page_ref(self.page_size);
+        let at = self.pos[d].page_ref(self.page_size, level.cursor_mode);
         let first = at.page == 1 && at.cursor.is_none();
         let page = self
             .docebo
