@@ -70,7 +70,14 @@ fn read_secret(env: &str, file: Option<&PathBuf>, what: &str) -> anyhow::Result<
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    init_tracing(config.log_json);
+    learnsync_telemetry::init(
+        if config.log_json {
+            learnsync_telemetry::Output::Json
+        } else {
+            learnsync_telemetry::Output::Text
+        },
+        "info",
+    );
     // Secrets are read from the environment or a file, never from argv, and clap never sees them.
     let tokens_text = read_secret(
         "LEARNSYNC_TOKENS",
@@ -134,17 +141,6 @@ async fn main() -> anyhow::Result<()> {
     };
     learnsync_server::serve_on(store, options, listeners, shutdown_signal()).await?;
     Ok(())
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -30,12 +30,7 @@ pub mod tokens {
 
 /// Sets up tracing once, at the level of `RUST_LOG` (warnings by default), into the test output.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    learnsync_telemetry::init(learnsync_telemetry::Output::Test, "warn");
 }
 
 /// A server running in-process on its own database.

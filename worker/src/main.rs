@@ -14,17 +14,6 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// Reads the credentials key from the file named by the flag, or from LEARNSYNC_SECRET_KEY.
 fn cipher(options: &Options) -> Result<Cipher, String> {
     let text = match &options.secret_key_file {
@@ -70,7 +59,14 @@ async fn shutdown_signal(token: CancellationToken) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let options = Options::parse();
-    init_tracing(options.log_json);
+    learnsync_telemetry::init(
+        if options.log_json {
+            learnsync_telemetry::Output::Json
+        } else {
+            learnsync_telemetry::Output::Text
+        },
+        "info",
+    );
     let cipher = match cipher(&options) {
         Ok(cipher) => cipher,
         Err(message) => {

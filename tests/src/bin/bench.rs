@@ -660,9 +660,7 @@ async fn bench_control(clients: usize, seconds: u64, samples: usize) -> anyhow::
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    learnsync_telemetry::init(learnsync_telemetry::Output::Text, "error");
     // Ctrl-C, SIGTERM and SIGHUP stop the bench: its worker processes, the server, the simulators
     // and the private cluster, instead of leaving the processes behind.
     let mut signals = ShutdownSignals::install()?;

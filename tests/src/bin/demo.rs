@@ -57,9 +57,7 @@ const DEMO_TOKEN: &str = "demo-operator-token-0000000000000000";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    learnsync_telemetry::init(learnsync_telemetry::Output::Text, "warn");
     let started = Instant::now();
 
     // Ctrl-C, SIGTERM (`kill`, a CI timeout) and SIGHUP (a closed terminal) stop everything the

@@ -31,12 +31,7 @@ enum Then {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    learnsync_telemetry::init(learnsync_telemetry::Output::Stderr, "info");
     let postgres = PrivatePostgres::start()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

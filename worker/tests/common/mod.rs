@@ -20,12 +20,7 @@ use uuid::Uuid;
 
 /// Sets up tracing once (`RUST_LOG`, warnings by default) into the test output.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    learnsync_telemetry::init(learnsync_telemetry::Output::Test, "warn");
 }
 
 /// One test's world.
