@@ -6,6 +6,8 @@
 //!   its shutdown channel (never by sleeping).
 //! - [`tokens`]: the bearer tokens the harness configures.
 //! - [`sample_connection`]: a valid connection request.
+//! - [`env`]: the store-level world the worker's tests use (simulators, a connection, in-process
+//!   workers, runs started through the store).
 //! - [`signals`]: the signals that end the demo and the benchmark cleanly.
 
 use std::time::Duration;
@@ -16,6 +18,7 @@ use learnsync_store::{Store, secrets::Cipher};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod env;
 pub mod signals;
 
 /// The bearer tokens the harness configures.

@@ -1,7 +1,7 @@
 //! Proves the `learnsync-worker` binary runs jobs from its environment alone and, on SIGTERM, finishes its current write, hands its job back (queued, lease cleared, attempt kept) and exits cleanly.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use learnsync_e2e::env as common;
 
 use std::time::Duration;
 

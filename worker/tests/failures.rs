@@ -1,7 +1,7 @@
 //! Proves how jobs fail and wait: a job that cannot succeed fails with its cause in the log and in the run, transient failures spend a bounded retry budget, a job waiting for the Docebo call budget says so and still stops promptly, a stopping run's dead jobs end stopped without re-running, malformed items and records the org cannot hold are logged, a worker waits for the schema it needs, and the Bulk API and JWT/password grants work end to end.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use learnsync_e2e::env as common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Proves the run lifecycle as users see it: a timeframe limits what is written, Stop ends every job within seconds, Resynchronize starts from scratch, the courses area's category filter limits courses and their sessions, and unenrollments are tracked only from the first completed enrollment sync on (marked, or deleted by policy).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use learnsync_e2e::env as common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

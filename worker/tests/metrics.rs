@@ -3,7 +3,7 @@
 //! values, not 0.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use learnsync_e2e::env as common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Proves workers react to NOTIFY rather than to their polling: a new run is claimed, and a Stop reaches a running job, in well under the poll and heartbeat intervals.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use learnsync_e2e::env as common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Proves jobs survive what production throws at them: a worker killed mid-run is replaced with no record lost or duplicated, a slow worker keeps its lease, SIGTERM hands jobs back, two workers never hold one job at once, and injected faults (429/503 bursts, expired sessions, row locks, a request-limit window) still end in a complete sync.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use learnsync_e2e::env as common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Proves a full sync of users, courses and enrollments leaves Salesforce holding exactly what Docebo holds (counts matching, every record that cannot fit logged with its reason), users are linked to the Contact with their email, a second run with nothing changed writes nothing, and a first sync's plain ledger insert falls back to an upsert for a key listed twice.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use learnsync_e2e::env as common;
 
 use std::time::Duration;
 

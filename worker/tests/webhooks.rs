@@ -1,7 +1,7 @@
 //! Proves realtime runs stay small: a webhook run reads only the named courses' or sessions' enrollments changed since the events, writes the change and unenrolls the announced deletion without moving the watermark; an incremental run reads only what changed since the watermark and moves it.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use learnsync_e2e::env as common;
 
 use std::time::Duration;
 

@@ -1,6 +1,10 @@
-//! The harness shared by the worker's end-to-end tests: a fresh database, both simulators on
-//! loopback ports, a connection between them, and real workers running in-process.
-#![allow(dead_code, clippy::unwrap_used)]
+//! The store-level harness of the worker's tests: a fresh database, both simulators on loopback
+//! ports, a connection between them inserted through the store, and real workers running
+//! in-process; runs are started and read through the store, not gRPC (the tests of the worker
+//! prove the worker, not the server). [`crate::TestSystem`] is the same world behind the gRPC
+//! server.
+// Test infrastructure: a failed setup step panics with its cause, as a test would.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -17,11 +21,6 @@ use learnsync_worker::{Settings, Worker};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-/// Sets up tracing once (`RUST_LOG`, warnings by default) into the test output.
-pub fn init_tracing() {
-    learnsync_telemetry::init(learnsync_telemetry::Output::Test, "warn");
-}
 
 /// One test's world.
 pub struct Env {
@@ -116,7 +115,7 @@ impl Env {
             salesforce_secret,
             cipher_key,
         } = options;
-        init_tracing();
+        crate::init_tracing();
         let database_url = learnsync_store::testing::fresh_database().await.unwrap();
         let store = Store::connect(&learnsync_store::Options {
             database_url,
