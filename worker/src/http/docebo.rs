@@ -110,24 +110,7 @@ impl DoceboApi {
                 )),
             };
         }
-        let endpoint = Failure::TokenEndpoint {
-            upstream: Upstream::Docebo,
-            status,
-        };
-        match status {
-            429 => Answer::Throttled {
-                wait: None,
-                failure: endpoint,
-            },
-            500..=599 => Answer::Transient(endpoint),
-            // Refused credentials will not get better by retrying.
-            _ => Answer::Permanent(Failure::AuthRefused {
-                upstream: Upstream::Docebo,
-                status,
-                code: None,
-                message: body_message(&body),
-            }),
-        }
+        super::token_refused(Upstream::Docebo, status, None, body_message(&body))
     }
 
     /// Reads one page of a list endpoint (`path` under the base URL) with the given filters.

@@ -8,7 +8,7 @@ pub mod salesforce;
 
 use std::time::Duration;
 
-use crate::error::Failure;
+use crate::error::{Failure, Upstream};
 use crate::retry::Signal;
 
 /// What one HTTP exchange came to. Every answer but `Ok` carries the failure a call that gives up
@@ -92,4 +92,28 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
+}
+
+/// Reads a token endpoint's answer that is not a 2xx: 429 asks to slow down, a 5xx may pass, and
+/// anything else refuses the credentials (that will not get better by retrying).
+pub(crate) fn token_refused<T>(
+    upstream: Upstream,
+    status: u16,
+    code: Option<String>,
+    message: String,
+) -> Answer<T> {
+    let endpoint = Failure::TokenEndpoint { upstream, status };
+    match status {
+        429 => Answer::Throttled {
+            wait: None,
+            failure: endpoint,
+        },
+        500..=599 => Answer::Transient(endpoint),
+        _ => Answer::Permanent(Failure::AuthRefused {
+            upstream,
+            status,
+            code,
+            message,
+        }),
+    }
 }

@@ -213,26 +213,8 @@ impl SalesforceApi {
                 )),
             };
         }
-        let endpoint = Failure::TokenEndpoint {
-            upstream: Upstream::Salesforce,
-            status,
-        };
-        match status {
-            429 => Answer::Throttled {
-                wait: None,
-                failure: endpoint,
-            },
-            500..=599 => Answer::Transient(endpoint),
-            _ => {
-                let (code, message) = error_of(&body);
-                Answer::Permanent(Failure::AuthRefused {
-                    upstream: Upstream::Salesforce,
-                    status,
-                    code: Some(code),
-                    message,
-                })
-            }
-        }
+        let (code, message) = error_of(&body);
+        super::token_refused(Upstream::Salesforce, status, Some(code), message)
     }
 
     /// Sends one API call (`path` under the instance URL, or a full URL) and returns the body of
