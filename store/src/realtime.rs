@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::codes::Resource;
-use crate::model::{Area, JobKind, LogLevel, NewLogEvent, Run, Trigger};
+use crate::model::{Area, JobKind, LogLevel, NewLogEvent, Run, Trigger, WebhookParents};
 use crate::runs::{self, RunRequest};
 use crate::{Error, Result, logs};
 
@@ -307,119 +307,122 @@ pub async fn dispatch_webhooks(
         chrono::Duration::from_std(overlap).unwrap_or_else(|_| chrono::Duration::seconds(300));
     let mut outcomes = Vec::new();
     for (connection_id, messages) in by_connection {
-        let message_ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
-        let config = crate::areas::lock(client, connection_id, Area::Enrollments).await?;
-        let tracked = config.as_ref().is_some_and(|c| {
-            c.enabled && c.mode == crate::model::Mode::Realtime && c.first_success_time.is_some()
-        });
-        if !tracked {
-            mark_handled(
-                client,
-                connection_id,
-                &message_ids,
-                None,
-                "ignored: enrollments are not in realtime mode or not yet synchronized once",
-            )
-            .await?;
-            outcomes.push(Dispatched {
-                connection_id,
-                messages: message_ids.len(),
-                run: None,
-            });
-            continue;
-        }
-        if runs::active(client, connection_id, Area::Enrollments)
-            .await?
-            .is_some()
+        if let Some(dispatched) =
+            dispatch_connection(client, overlap, connection_id, &messages).await?
         {
-            // Coalesce: these wait for the active run to end (its end wakes the dispatcher).
-            continue;
+            outcomes.push(dispatched);
         }
-        let mut targets = Targets::default();
-        let mut kinds: BTreeSet<JobKind> = BTreeSet::new();
-        let mut earliest: Option<DateTime<Utc>> = None;
-        for message in &messages {
-            for event in &message.events {
-                let time = event.fired_at.unwrap_or(message.receive_time);
-                earliest = Some(earliest.map_or(time, |e| e.min(time)));
-                if event.deleted {
-                    targets.deleted.push(DeletedRecord {
-                        kind: event.kind,
-                        key: event.key.clone(),
-                    });
-                    continue;
+    }
+    Ok(outcomes)
+}
+
+/// Dispatches one connection's pending messages: a run, nothing (ignored, marked handled), or
+/// `None` when they wait for the area's active run to end (its end wakes the dispatcher).
+async fn dispatch_connection(
+    client: &Transaction<'_>,
+    overlap: chrono::Duration,
+    connection_id: Uuid,
+    messages: &[WebhookMessage],
+) -> Result<Option<Dispatched>> {
+    let message_ids: Vec<&str> = messages.iter().map(|m| m.message_id.as_str()).collect();
+    let config = crate::areas::lock(client, connection_id, Area::Enrollments).await?;
+    let tracked = config.as_ref().is_some_and(|c| {
+        c.enabled && c.mode == crate::model::Mode::Realtime && c.first_success_time.is_some()
+    });
+    let dispatched = |run| Dispatched {
+        connection_id,
+        messages: message_ids.len(),
+        run,
+    };
+    if !tracked {
+        let reason = "ignored: enrollments are not in realtime mode or not yet synchronized once";
+        mark_handled(client, connection_id, &message_ids, None, reason).await?;
+        return Ok(Some(dispatched(None)));
+    }
+    if runs::active(client, connection_id, Area::Enrollments)
+        .await?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let (targets, kinds, earliest) = targets_of(messages);
+    if kinds.is_empty() {
+        let reason = "ignored: no enrollment event";
+        mark_handled(client, connection_id, &message_ids, None, reason).await?;
+        return Ok(Some(dispatched(None)));
+    }
+    let request = RunRequest {
+        full_sync: false,
+        updated_from: earliest.map(|time| time - overlap),
+        jobs: Some(kinds.into_iter().collect()),
+        targets: Some(
+            serde_json::to_value(&targets).map_err(|error| Error::Corrupt(error.to_string()))?,
+        ),
+        ..RunRequest::full(Trigger::Webhook, (None, None), false)
+    };
+    let run = runs::create(client, connection_id, Area::Enrollments, &request).await?;
+    logs::append(
+        client,
+        connection_id,
+        &[
+            NewLogEvent::new(LogLevel::Info, "webhook messages handled by a run")
+                .run(run.id)
+                .field("messages", message_ids.len() as i64)
+                .field("deletions", targets.deleted.len() as i64),
+        ],
+    )
+    .await?;
+    mark_handled(client, connection_id, &message_ids, Some(run.id), "run").await?;
+    Ok(Some(dispatched(Some(run))))
+}
+
+/// What a connection's messages ask for: the targets (parents to read, deletions to unenroll),
+/// the job kinds to run, and the earliest event's time. Each event's parent goes where its kind's
+/// description says.
+fn targets_of(messages: &[WebhookMessage]) -> (Targets, BTreeSet<JobKind>, Option<DateTime<Utc>>) {
+    let mut targets = Targets::default();
+    let mut kinds: BTreeSet<JobKind> = BTreeSet::new();
+    let mut earliest: Option<DateTime<Utc>> = None;
+    for message in messages {
+        for event in &message.events {
+            let time = event.fired_at.unwrap_or(message.receive_time);
+            earliest = Some(earliest.map_or(time, |e| e.min(time)));
+            if event.deleted {
+                targets.deleted.push(DeletedRecord {
+                    kind: event.kind,
+                    key: event.key.clone(),
+                });
+                continue;
+            }
+            kinds.insert(event.kind);
+            let Some(webhook) = event.kind.spec().webhook else {
+                continue;
+            };
+            match webhook.parents {
+                WebhookParents::Courses => {
+                    targets.course_ids.insert(event.parent_id);
                 }
-                kinds.insert(event.kind);
-                match event.kind {
-                    JobKind::CourseEnrollments => {
-                        targets.course_ids.insert(event.parent_id);
-                    }
-                    JobKind::LearningPlanEnrollments => {
-                        targets.learning_plan_ids.insert(event.parent_id);
-                    }
-                    _ => {
-                        // Docebo names session events "ilt" whatever the course type: look in both.
-                        kinds.insert(JobKind::IltSessionEnrollments);
-                        kinds.insert(JobKind::WebinarSessionEnrollments);
-                        targets.session_ids.insert(event.parent_id);
-                        if let Some(course_id) = event.course_id {
-                            targets.session_course_ids.insert(course_id);
-                        }
+                WebhookParents::LearningPlans => {
+                    targets.learning_plan_ids.insert(event.parent_id);
+                }
+                WebhookParents::Sessions => {
+                    // Docebo names session events "ilt" whatever the course type: look in both.
+                    kinds.insert(JobKind::IltSessionEnrollments);
+                    kinds.insert(JobKind::WebinarSessionEnrollments);
+                    targets.session_ids.insert(event.parent_id);
+                    if let Some(course_id) = event.course_id {
+                        targets.session_course_ids.insert(course_id);
                     }
                 }
             }
         }
-        targets.deleted.sort();
-        targets.deleted.dedup();
-        for deleted in &targets.deleted {
-            kinds.insert(deleted.kind);
-        }
-        if kinds.is_empty() {
-            mark_handled(
-                client,
-                connection_id,
-                &message_ids,
-                None,
-                "ignored: no enrollment event",
-            )
-            .await?;
-            outcomes.push(Dispatched {
-                connection_id,
-                messages: message_ids.len(),
-                run: None,
-            });
-            continue;
-        }
-        let request = RunRequest {
-            full_sync: false,
-            updated_from: earliest.map(|time| time - overlap),
-            jobs: Some(kinds.into_iter().collect()),
-            targets: Some(
-                serde_json::to_value(&targets)
-                    .map_err(|error| Error::Corrupt(error.to_string()))?,
-            ),
-            ..RunRequest::full(Trigger::Webhook, (None, None), false)
-        };
-        let run = runs::create(client, connection_id, Area::Enrollments, &request).await?;
-        logs::append(
-            client,
-            connection_id,
-            &[
-                NewLogEvent::new(LogLevel::Info, "webhook messages handled by a run")
-                    .run(run.id)
-                    .field("messages", message_ids.len() as i64)
-                    .field("deletions", targets.deleted.len() as i64),
-            ],
-        )
-        .await?;
-        mark_handled(client, connection_id, &message_ids, Some(run.id), "run").await?;
-        outcomes.push(Dispatched {
-            connection_id,
-            messages: message_ids.len(),
-            run: Some(run),
-        });
     }
-    Ok(outcomes)
+    targets.deleted.sort();
+    targets.deleted.dedup();
+    for deleted in &targets.deleted {
+        kinds.insert(deleted.kind);
+    }
+    (targets, kinds, earliest)
 }
 
 async fn mark_handled(

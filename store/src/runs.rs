@@ -295,45 +295,12 @@ pub async fn create(
         Err(error) => return Err(error),
     };
     let mut run = run_from_row(&row)?;
-    // A subset keeps a job's wait for another only when that other job is in the subset too.
-    let all = area.jobs();
-    let wanted = |kind: &JobKind| request.jobs.as_ref().is_none_or(|jobs| jobs.contains(kind));
-    let kept: Vec<usize> = (0..all.len())
-        .filter(|&index| wanted(&all[index].0))
-        .collect();
-    let specs: Vec<(JobKind, Option<usize>)> = kept
-        .iter()
-        .map(|&index| {
-            let (kind, after) = all[index];
-            (kind, after.and_then(|a| kept.iter().position(|&k| k == a)))
-        })
-        .collect();
+    let specs = job_specs(area, request.jobs.as_deref());
     if specs.is_empty() {
         return Err(Error::Corrupt(format!("a {area} run with no job")));
     }
-    let ids: Vec<Uuid> = specs.iter().map(|_| Uuid::new_v4()).collect();
+    run.jobs = insert_jobs(client, run_id, connection_id, &specs).await?;
     let kinds: Vec<&str> = specs.iter().map(|(kind, _)| kind.as_str()).collect();
-    let after: Vec<Option<Uuid>> = specs
-        .iter()
-        .map(|(_, after)| after.map(|index| ids[index]))
-        .collect();
-    let positions: Vec<i16> = (0..specs.len() as i16).collect();
-    // Inserted in spec order, so that a job always follows the one it waits for.
-    let sql = format!(
-        "INSERT INTO jobs (id, run_id, connection_id, kind, after_job_id, state, position) \
-         SELECT j.id, $1, $2, j.kind, j.after, 'queued', j.position \
-         FROM unnest($3::uuid[], $4::text[], $5::uuid[], $6::smallint[]) AS j(id, kind, after, position) \
-         ORDER BY j.position RETURNING {JOB_COLUMNS}"
-    );
-    let rows = client
-        .query(
-            &sql,
-            &[&run_id, &connection_id, &ids, &kinds, &after, &positions],
-        )
-        .await?;
-    run.jobs = rows.iter().map(job_from_row).collect::<Result<_>>()?;
-    run.jobs
-        .sort_by_key(|job| ids.iter().position(|id| *id == job.id));
     logs::append(
         client,
         connection_id,
@@ -353,6 +320,54 @@ pub async fn create(
         )
         .await?;
     Ok(run)
+}
+
+/// The jobs a run of `area` consists of (all, or those of `wanted`), each with the index of the
+/// job it waits for. A subset keeps a job's wait for another only when that other job is in the
+/// subset too.
+fn job_specs(area: Area, wanted: Option<&[JobKind]>) -> Vec<(JobKind, Option<usize>)> {
+    let all = area.jobs();
+    let kept: Vec<usize> = (0..all.len())
+        .filter(|&index| wanted.is_none_or(|jobs| jobs.contains(&all[index].0)))
+        .collect();
+    kept.iter()
+        .map(|&index| {
+            let (kind, after) = all[index];
+            (kind, after.and_then(|a| kept.iter().position(|&k| k == a)))
+        })
+        .collect()
+}
+
+/// Inserts a run's jobs, in spec order so that a job always follows the one it waits for, and
+/// returns them in that order.
+async fn insert_jobs(
+    client: &impl GenericClient,
+    run_id: Uuid,
+    connection_id: Uuid,
+    specs: &[(JobKind, Option<usize>)],
+) -> Result<Vec<Job>> {
+    let ids: Vec<Uuid> = specs.iter().map(|_| Uuid::new_v4()).collect();
+    let kinds: Vec<&str> = specs.iter().map(|(kind, _)| kind.as_str()).collect();
+    let after: Vec<Option<Uuid>> = specs
+        .iter()
+        .map(|(_, after)| after.map(|index| ids[index]))
+        .collect();
+    let positions: Vec<i16> = (0..specs.len() as i16).collect();
+    let sql = format!(
+        "INSERT INTO jobs (id, run_id, connection_id, kind, after_job_id, state, position) \
+         SELECT j.id, $1, $2, j.kind, j.after, 'queued', j.position \
+         FROM unnest($3::uuid[], $4::text[], $5::uuid[], $6::smallint[]) AS j(id, kind, after, position) \
+         ORDER BY j.position RETURNING {JOB_COLUMNS}"
+    );
+    let rows = client
+        .query(
+            &sql,
+            &[&run_id, &connection_id, &ids, &kinds, &after, &positions],
+        )
+        .await?;
+    let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+    jobs.sort_by_key(|job| ids.iter().position(|id| *id == job.id));
+    Ok(jobs)
 }
 
 /// Stops the active run of an area: queued jobs stop at once, running ones when their worker

@@ -106,25 +106,14 @@ impl Worker {
                                 &shutdown,
                                 room.clone(),
                             );
-                            let run_id = ctx.job.run_id;
-                            let worker = self.job_runner();
-                            // One span per job: every event of the job's work (Docebo pages,
-                            // Salesforce writes, retries) carries its run's trace id, run, job,
-                            // kind and attempt, as the server's lines about the run carry the
-                            // trace id: one search finds a run across processes.
-                            let span = tracing::info_span!(
-                                "job",
-                                trace_id = %ctx.job.trace_id,
-                                run = %ctx.job.run_id,
-                                job = %ctx.job.id,
-                                kind = %ctx.job.kind,
-                                attempt = ctx.job.attempt,
+                            let task = self.spawn_job(&mut tasks, ctx.clone());
+                            running.insert(
+                                task,
+                                Running {
+                                    run_id: ctx.job.run_id,
+                                    ctx,
+                                },
                             );
-                            let task = tasks.spawn(tracing::Instrument::instrument(
-                                worker.run_job(ctx.clone()),
-                                span,
-                            ));
-                            running.insert(task.id(), Running { run_id, ctx });
                         }
                     }
                     Err(error) => tracing::warn!(%error, "claiming jobs failed"),
@@ -133,23 +122,12 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(done) = tasks.join_next_with_id() => {
-                    let task = match done {
-                        Ok((task, ())) => task,
-                        Err(error) => {
-                            tracing::error!(%error, "a job task failed");
-                            error.id()
-                        }
-                    };
-                    running.remove(&task);
+                    running.remove(&ended_task(done));
                     claim_now = true;
                 }
                 received = wakeups.recv() => match received {
                     Ok(notification) if notification.channel == CHANNEL_CANCEL => {
-                        for job in running.values() {
-                            if job.run_id.to_string() == notification.payload {
-                                job.ctx.raise(Interrupt::Stop);
-                            }
-                        }
+                        stop_run(&running, &notification.payload);
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => claim_now = true,
                     Err(broadcast::error::RecvError::Closed) => {
@@ -160,17 +138,27 @@ impl Worker {
             }
         }
         tracing::info!(worker = %settings.worker_id, jobs = running.len(), "worker shutting down, handing jobs back");
-        // The jobs saw the shutdown (their tokens are children of it): each finishes its current
-        // write and hands its job back.
-        let drained = tokio::time::timeout(settings.shutdown_grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!("jobs did not hand back within the shutdown grace: aborting them");
-            tasks.shutdown().await;
-        }
+        drain(tasks, settings.shutdown_grace).await;
         Ok(())
+    }
+
+    /// Runs a claimed job on its own task, inside a `job` span: every event of the job's work
+    /// (Docebo pages, Salesforce writes, retries) carries its run's trace id, run, job, kind and
+    /// attempt, as the server's lines about the run carry the trace id, so one search finds a run
+    /// across processes.
+    fn spawn_job(&self, tasks: &mut JoinSet<()>, ctx: JobCtx) -> tokio::task::Id {
+        let span = tracing::info_span!(
+            "job",
+            trace_id = %ctx.job.trace_id,
+            run = %ctx.job.run_id,
+            job = %ctx.job.id,
+            kind = %ctx.job.kind,
+            attempt = ctx.job.attempt,
+        );
+        let worker = self.job_runner();
+        tasks
+            .spawn(tracing::Instrument::instrument(worker.run_job(ctx), span))
+            .id()
     }
 
     async fn wait_for_schema(&self, shutdown: &CancellationToken) {
@@ -415,5 +403,37 @@ async fn heartbeat(ctx: JobCtx) {
             ctx.raise(Interrupt::Lost);
             return;
         }
+    }
+}
+
+/// The id of a job task that ended (a task that panicked is logged).
+fn ended_task(done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
+    match done {
+        Ok((task, ())) => task,
+        Err(error) => {
+            tracing::error!(%error, "a job task failed");
+            error.id()
+        }
+    }
+}
+
+/// Asks this worker's jobs of the run `run_id` (a NOTIFY payload) to stop.
+fn stop_run(running: &HashMap<tokio::task::Id, Running>, run_id: &str) {
+    for job in running.values() {
+        if job.run_id.to_string() == run_id {
+            job.ctx.raise(Interrupt::Stop);
+        }
+    }
+}
+
+/// Waits for the jobs to hand back after a shutdown, for at most `grace`, then aborts the rest.
+/// The jobs saw the shutdown (their tokens are children of it): each finishes its current write
+/// and hands its job back.
+async fn drain(mut tasks: JoinSet<()>, grace: std::time::Duration) {
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!("jobs did not hand back within the shutdown grace: aborting them");
+        tasks.shutdown().await;
     }
 }
