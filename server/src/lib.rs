@@ -136,6 +136,7 @@ pub async fn serve_on(
         ],
         cancel.child_token(),
     );
+    // The realtime loops and housekeeping run on every server: each step is safe to repeat.
     tokio::spawn(realtime::schedule(
         store.clone(),
         options.realtime.clone(),
@@ -147,32 +148,19 @@ pub async fn serve_on(
         notifications.subscribe(),
         cancel.child_token(),
     ));
-    let webhook_task = match webhooks {
-        Some(listener) => {
-            tracing::info!(address = ?listener.local_addr().ok(), "webhook receiver listening");
-            let router = webhooks::router(store.clone(), options.cipher.clone());
-            let stop = cancel.clone();
-            Some(tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            }))
-        }
-        None => None,
-    };
-    if let Some(listener) = metrics_listener {
-        tracing::info!(address = ?listener.local_addr().ok(), "metrics listening");
-        let router = metrics.router(store.clone());
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(error) = served {
-                tracing::warn!(%error, "metrics endpoint stopped");
-            }
-        });
-    }
+    tokio::spawn(maintenance(store.clone(), cancel.child_token()));
+    let webhook_task = webhooks.map(|listener| {
+        let router = webhooks::router(store.clone(), options.cipher.clone());
+        spawn_http("webhook receiver", listener, router, cancel.clone())
+    });
+    let metrics_task = metrics_listener.map(|listener| {
+        spawn_http(
+            "metrics",
+            listener,
+            metrics.router(store.clone()),
+            cancel.clone(),
+        )
+    });
     let service = service::Service {
         store: store.clone(),
         cipher: options.cipher.clone(),
@@ -201,8 +189,6 @@ pub async fn serve_on(
         .register_encoded_file_descriptor_set(learnsync_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    tokio::spawn(maintenance(store.clone(), cancel.child_token()));
-
     let sync = tonic::service::interceptor::InterceptedService::new(
         SyncServiceServer::new(service),
         options.tokens.clone().interceptor(),
@@ -237,6 +223,11 @@ pub async fn serve_on(
         } => tracing::warn!(grace_seconds = grace.as_secs(), "in-flight calls did not finish in time"),
     }
     cancel.cancel();
+    if let Some(task) = metrics_task
+        && let Ok(Err(error)) = task.await
+    {
+        tracing::warn!(%error, "metrics endpoint stopped");
+    }
     if let Some(task) = webhook_task
         && let Ok(outcome) = task.await
     {
@@ -244,6 +235,21 @@ pub async fn serve_on(
     }
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Serves an HTTP router (the webhook receiver, the metrics) on `listener` until `stop`.
+fn spawn_http(
+    name: &'static str,
+    listener: TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tracing::info!(address = ?listener.local_addr().ok(), endpoint = name, "http endpoint listening");
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    })
 }
 
 /// Housekeeping any server may do, since every step is idempotent: forget old idempotency keys.
