@@ -1,10 +1,12 @@
 //! Prometheus metrics of the server: gRPC calls by method and code with their latency (a tower
-//! layer around every service), runs and jobs by state and pending webhook messages (read from
-//! Postgres at scrape time, so every server reports the same truth), served on `/metrics` of a
-//! port of its own.
+//! layer around every service; only the methods the server serves get a label of their own, every
+//! other path counts as `unknown`), and runs and jobs by state (read from Postgres at scrape time,
+//! so every server reports the same truth), served on `/metrics` of a port of its own.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -19,6 +21,9 @@ use prometheus::{
 /// The server's metrics.
 #[derive(Clone)]
 pub struct Metrics {
+    /// The paths of the methods this server serves: only these become `method` labels, so that
+    /// requests naming anything else (before authentication) cannot grow the registry.
+    known_methods: Arc<HashSet<String>>,
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
@@ -55,11 +60,13 @@ impl Metrics {
             Opts::new("learnsync_jobs", "jobs by state, all connections"),
             &["state"],
         )?;
+        let known_methods = Arc::new(known_methods());
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(runs.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
         Ok(Metrics {
+            known_methods,
             registry,
             requests,
             latency,
@@ -147,8 +154,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().to_string();
         let metrics = self.metrics.clone();
+        let method = metrics.method_label(request.uri().path()).to_string();
         let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
@@ -169,5 +176,82 @@ where
                 .observe(started.elapsed().as_secs_f64());
             Ok(response)
         })
+    }
+}
+
+/// The label of every method this server does not serve.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+impl Metrics {
+    /// The `method` label of a request path: the path of a method the server serves, or
+    /// [`UNKNOWN_METHOD`].
+    pub fn method_label<'p>(&self, path: &'p str) -> &'p str {
+        if self.known_methods.contains(path) {
+            path
+        } else {
+            UNKNOWN_METHOD
+        }
+    }
+}
+
+/// The paths (`/package.Service/Method`) of the services the server registers: learnsync's and
+/// health's, read from their descriptors, and both reflection versions.
+fn known_methods() -> HashSet<String> {
+    let mut known: HashSet<String> = [
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    for encoded in [
+        learnsync_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ] {
+        let set = match <prost_types::FileDescriptorSet as prost::Message>::decode(encoded) {
+            Ok(set) => set,
+            Err(error) => {
+                tracing::error!(%error, "an embedded descriptor set does not decode");
+                continue;
+            }
+        };
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let service_name = service.name.unwrap_or_default();
+                for method in service.method {
+                    let method_name = method.name.unwrap_or_default();
+                    known.insert(format!("/{package}.{service_name}/{method_name}"));
+                }
+            }
+        }
+    }
+    known
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn only_served_methods_get_a_label_of_their_own() {
+        let metrics = Metrics::new().unwrap();
+        for served in [
+            "/learnsync.v1.SyncService/GetStatus",
+            "/learnsync.v1.SyncService/StreamLogs",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(metrics.method_label(served), served);
+        }
+        for other in [
+            "/learnsync.v1.SyncService/NoSuchMethod",
+            "/x.Y/GetStatus",
+            "/",
+            "/learnsync.v1.SyncService/GetStatus/extra",
+        ] {
+            assert_eq!(metrics.method_label(other), UNKNOWN_METHOD);
+        }
     }
 }
