@@ -11,24 +11,53 @@ use uuid::Uuid;
 
 use crate::error::invalid_argument;
 
+/// Most violations one answer lists: a request with more says how many it left out, so that a
+/// small request cannot make a large answer.
+pub const MAX_VIOLATIONS: usize = 20;
+
 /// Collects field violations and turns them into one `INVALID_ARGUMENT`.
 #[derive(Default)]
-pub struct Violations(Vec<FieldViolation>);
+pub struct Violations {
+    listed: Vec<FieldViolation>,
+    /// Violations past [`MAX_VIOLATIONS`], counted but not kept.
+    more: usize,
+}
 
 impl Violations {
     /// Records a violation.
     pub fn add(&mut self, field: &str, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
+        if self.listed.len() < MAX_VIOLATIONS {
+            self.listed.push(FieldViolation::new(field, description));
+        } else {
+            self.more += 1;
+        }
     }
 
     /// `Ok` when nothing was recorded.
-    pub fn check(self) -> Result<(), Status> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(invalid_argument(self.0))
+    pub fn check(mut self) -> Result<(), Status> {
+        if self.listed.is_empty() {
+            return Ok(());
         }
+        if self.more > 0 {
+            self.listed.push(FieldViolation::new(
+                "request",
+                format!("and {} more violations not listed", self.more),
+            ));
+        }
+        Err(invalid_argument(self.listed))
     }
+}
+
+/// Refuses a repeated field with more than `max` values, before anything else reads it (a request
+/// of a few bytes per value must not make work per value).
+pub fn at_most<T>(field: &str, values: &[T], max: usize) -> Result<(), Status> {
+    if values.len() > max {
+        return Err(crate::error::invalid_field(
+            field,
+            format!("at most {max} values"),
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a UUID field, recording a violation when it is not one.
@@ -622,5 +651,29 @@ pub fn log_event_to_proto(event: &model::LogEvent) -> pb::LogEvent {
                 (key.clone(), text)
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn an_answer_lists_at_most_max_violations_and_counts_the_rest() {
+        let mut violations = Violations::default();
+        for index in 0..1000 {
+            violations.add(&format!("field[{index}]"), "wrong");
+        }
+        let status = violations.check().unwrap_err();
+        let bad = tonic_types::StatusExt::get_details_bad_request(&status).unwrap();
+        assert_eq!(bad.field_violations.len(), MAX_VIOLATIONS + 1);
+        let last = bad.field_violations.last().unwrap();
+        assert_eq!(last.field, "request");
+        assert!(
+            last.description.contains("980 more"),
+            "{}",
+            last.description
+        );
     }
 }

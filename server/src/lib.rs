@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{Principal, Tokens};
+pub use convert::MAX_VIOLATIONS;
 pub use realtime::RealtimeOptions;
 
 /// How a server behaves.
@@ -190,7 +191,7 @@ pub async fn serve_on(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let sync = tonic::service::interceptor::InterceptedService::new(
-        SyncServiceServer::new(service),
+        SyncServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
         options.tokens.clone().interceptor(),
     );
     let addr = listener.local_addr().ok();
@@ -236,6 +237,10 @@ pub async fn serve_on(
     tracing::info!("server stopped");
     Ok(())
 }
+
+/// The largest request message the server decodes: a connection with a JWT private key is a few
+/// kilobytes, and nothing legitimate comes near this.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// Serves an HTTP router (the webhook receiver, the metrics) on `listener` until `stop`.
 fn spawn_http(

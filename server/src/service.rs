@@ -353,6 +353,8 @@ impl SyncService for Service {
             .as_ref()
             .map(|mask| mask.paths.clone())
             .unwrap_or_default();
+        // Every field of a connection fits in far fewer paths.
+        convert::at_most("update_mask.paths", &paths, 32)?;
         if paths.is_empty() {
             violations.add("update_mask", "required: the fields to change");
         }
@@ -512,6 +514,11 @@ impl SyncService for Service {
             (min, 86_400, 30 * 86_400),
             budget,
         );
+        convert::at_most(
+            "config.course_category_ids",
+            &config.course_category_ids,
+            MAX_COURSE_CATEGORIES,
+        )?;
         if area != Area::Courses && !config.course_category_ids.is_empty() {
             violations.add(
                 "config.course_category_ids",
@@ -629,6 +636,8 @@ impl SyncService for Service {
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let principal = principal(&request)?;
         let request = request.into_inner();
+        // Three areas exist: a few repeats are harmless, millions are an attack.
+        convert::at_most("areas", &request.areas, 16)?;
         let mut violations = Violations::default();
         let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
         let mut wanted: Vec<Area> = request
@@ -894,6 +903,9 @@ struct LogFollower {
     notifications: broadcast::Receiver<learnsync_store::listen::Notification>,
     shutdown: CancellationToken,
 }
+
+/// Most course categories an area's filter may name.
+const MAX_COURSE_CATEGORIES: usize = 1000;
 
 const LOG_PAGE: i64 = 500;
 
