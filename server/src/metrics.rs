@@ -15,7 +15,8 @@ use axum::extract::State;
 use axum::routing::get;
 use learnsync_store::Store;
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Encoder as _, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// The server's metrics.
@@ -29,6 +30,12 @@ pub struct Metrics {
     latency: HistogramVec,
     runs: IntGaugeVec,
     jobs: IntGaugeVec,
+    /// Running jobs waiting for a platform's Docebo call budget.
+    jobs_waiting_on_budget: IntGauge,
+    /// Webhook messages recorded and not yet handled.
+    webhooks_pending: IntGauge,
+    /// How long the oldest pending webhook message has waited.
+    webhooks_oldest_pending: Gauge,
 }
 
 impl Metrics {
@@ -63,10 +70,28 @@ impl Metrics {
         let known_methods = Arc::new(known_methods());
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        let jobs_waiting_on_budget = IntGauge::new(
+            "learnsync_jobs_waiting_on_budget",
+            "running jobs waiting for their platform's docebo call budget (spent or paused), all connections",
+        )?;
+        let webhooks_pending = IntGauge::new(
+            "learnsync_webhooks_pending",
+            "webhook messages recorded and not yet handled, all connections",
+        )?;
+        let webhooks_oldest_pending = Gauge::new(
+            "learnsync_webhooks_oldest_pending_seconds",
+            "age of the oldest webhook message not yet handled (0 when none)",
+        )?;
+        registry.register(Box::new(jobs_waiting_on_budget.clone()))?;
+        registry.register(Box::new(webhooks_pending.clone()))?;
+        registry.register(Box::new(webhooks_oldest_pending.clone()))?;
         registry.register(Box::new(runs.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
         Ok(Metrics {
             known_methods,
+            jobs_waiting_on_budget,
+            webhooks_pending,
+            webhooks_oldest_pending,
             registry,
             requests,
             latency,
@@ -88,11 +113,17 @@ async fn scrape(
 ) -> (axum::http::StatusCode, String) {
     let counted = async {
         let conn = store.conn().await?;
-        learnsync_store::runs::count_by_state(&conn).await
+        let by_state = learnsync_store::runs::count_by_state(&conn).await?;
+        let waiting = learnsync_store::worker::jobs_waiting_on_budget(&conn).await?;
+        let webhooks = learnsync_store::realtime::pending_webhook_stats(&conn).await?;
+        Ok::<_, learnsync_store::Error>((by_state, waiting, webhooks))
     }
     .await;
     match counted {
-        Ok((runs, jobs)) => {
+        Ok(((runs, jobs), waiting, (pending, oldest))) => {
+            metrics.jobs_waiting_on_budget.set(waiting);
+            metrics.webhooks_pending.set(pending);
+            metrics.webhooks_oldest_pending.set(oldest);
             metrics.runs.reset();
             metrics.jobs.reset();
             for (state, count) in runs {

@@ -139,6 +139,19 @@ pub async fn message_counts(
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
+/// Webhook messages not yet handled, all connections, and the age in seconds of the oldest (0
+/// when none): the metrics read it at scrape time.
+pub async fn pending_webhook_stats(client: &impl GenericClient) -> Result<(i64, f64)> {
+    let row = client
+        .query_one(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(receive_time))::float8, 0) \
+             FROM webhook_messages WHERE handle_time IS NULL",
+            &[],
+        )
+        .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
 /// What one scheduler tick did for one area.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scheduled {

@@ -261,6 +261,23 @@ pub async fn fence<'a>(tx: &'a Transaction<'a>, job: &'a ClaimedJob) -> Result<O
     Ok(row.map(|_| Fenced { tx, job }))
 }
 
+/// The status a job shows while it waits for its platform's Docebo call budget.
+pub const WAITING_FOR_BUDGET: &str = "waiting for docebo call budget";
+/// The status a job shows while Docebo asked every caller of its platform to slow down.
+pub const WAITING_FOR_DOCEBO: &str = "waiting: docebo asked to slow down (429/503)";
+
+/// Running jobs waiting for a platform's Docebo call budget (spent, or paused by Docebo), all
+/// connections: the metrics read it at scrape time.
+pub async fn jobs_waiting_on_budget(client: &impl GenericClient) -> Result<i64> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM jobs WHERE state = 'running' AND status_message IN ($1, $2)",
+            &[&WAITING_FOR_BUDGET, &WAITING_FOR_DOCEBO],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
 /// Progress confirmed by one batch.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Progress {

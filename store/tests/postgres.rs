@@ -457,3 +457,63 @@ async fn a_run_moves_the_watermark_only_when_it_completed_over_all_time() {
         Some(full.create_time)
     );
 }
+
+#[tokio::test]
+async fn the_metrics_counts_see_jobs_waiting_on_the_budget_and_pending_webhooks() {
+    let store = store().await;
+    let connection_id = connection(&store).await;
+    let conn = store.conn().await.unwrap();
+    assert_eq!(
+        store_worker::jobs_waiting_on_budget(&conn).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        learnsync_store::realtime::pending_webhook_stats(&conn)
+            .await
+            .unwrap(),
+        (0, 0.0)
+    );
+
+    start(&store, connection_id, Area::Users).await;
+    let job = claim(&store, "w1", LEASE, 1).await.remove(0);
+    let waiting = [
+        store_worker::WAITING_FOR_BUDGET,
+        store_worker::WAITING_FOR_DOCEBO,
+    ];
+    for (message, expected) in [
+        ("running", 0),
+        (waiting[0], 1),
+        (waiting[1], 1),
+        ("running", 0),
+    ] {
+        assert!(
+            store_worker::set_status(&conn, job.id, job.attempt, message)
+                .await
+                .unwrap()
+                || message == "running"
+        );
+        assert_eq!(
+            store_worker::jobs_waiting_on_budget(&conn).await.unwrap(),
+            expected,
+            "{message}"
+        );
+    }
+
+    let body = serde_json::json!({ "event": "course.enrollment.created" });
+    for id in ["m1", "m2"] {
+        learnsync_store::realtime::record_webhook(
+            &conn,
+            connection_id,
+            id,
+            "course.enrollment.created",
+            &body,
+        )
+        .await
+        .unwrap();
+    }
+    let (pending, oldest) = learnsync_store::realtime::pending_webhook_stats(&conn)
+        .await
+        .unwrap();
+    assert_eq!(pending, 2);
+    assert!((0.0..60.0).contains(&oldest), "{oldest}");
+}

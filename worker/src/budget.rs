@@ -10,7 +10,8 @@ use tokio::sync::Mutex;
 use crate::context::{JobCtx, SyncResult};
 
 /// The status a job shows while it waits for the budget.
-pub const WAITING_FOR_BUDGET: &str = "waiting for docebo call budget";
+pub use learnsync_store::worker::WAITING_FOR_BUDGET;
+use learnsync_store::worker::WAITING_FOR_DOCEBO;
 
 /// Calls leased from the shared bucket that this job has not spent yet.
 pub struct Budget {
@@ -65,7 +66,7 @@ impl Budget {
             if !waiting {
                 waiting = true;
                 let message = if grant.paused {
-                    "waiting: docebo asked to slow down (429/503)"
+                    WAITING_FOR_DOCEBO
                 } else {
                     WAITING_FOR_BUDGET
                 };
