@@ -257,7 +257,8 @@ fn spawn_http(
     })
 }
 
-/// Housekeeping any server may do, since every step is idempotent: forget old idempotency keys.
+/// Housekeeping any server may do, since every step is idempotent: forget old idempotency keys
+/// and webhook messages handled longer ago than their retention.
 async fn maintenance(store: Store, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -265,15 +266,23 @@ async fn maintenance(store: Store, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match store.conn().await {
-            Ok(conn) => match learnsync_store::idempotency::purge_expired(&conn).await {
-                Ok(purged) if purged > 0 => {
-                    tracing::info!(purged, "expired idempotency keys purged")
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "idempotency key purge failed"),
-            },
+        let conn = match store.conn().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::warn!(%error, "housekeeping skipped: no database connection");
+                continue;
+            }
+        };
+        match learnsync_store::idempotency::purge_expired(&conn).await {
+            Ok(purged) if purged > 0 => tracing::info!(purged, "expired idempotency keys purged"),
+            Ok(_) => {}
             Err(error) => tracing::warn!(%error, "idempotency key purge failed"),
+        }
+        let retention = learnsync_store::realtime::WEBHOOK_RETENTION;
+        match learnsync_store::realtime::purge_handled_webhooks(&conn, retention).await {
+            Ok(purged) if purged > 0 => tracing::info!(purged, "handled webhook messages purged"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "webhook message purge failed"),
         }
     }
 }

@@ -139,6 +139,26 @@ pub async fn message_counts(
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
+/// How long a handled webhook message is kept (for `message_counts` and for finding a replay by its
+/// `message_id`; Docebo retries a message within hours, not days).
+pub const WEBHOOK_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Deletes the webhook messages handled more than `retention` ago (bodies of up to 1 MiB each must
+/// not pile up for ever); pending ones are never deleted. Returns how many went.
+pub async fn purge_handled_webhooks(
+    client: &impl GenericClient,
+    retention: Duration,
+) -> Result<u64> {
+    let seconds = retention.as_secs_f64();
+    Ok(client
+        .execute(
+            "DELETE FROM webhook_messages WHERE handle_time IS NOT NULL \
+               AND handle_time < now() - make_interval(secs => $1)",
+            &[&seconds],
+        )
+        .await?)
+}
+
 /// Webhook messages not yet handled, all connections, and the age in seconds of the oldest (0
 /// when none): the metrics read it at scrape time.
 pub async fn pending_webhook_stats(client: &impl GenericClient) -> Result<(i64, f64)> {

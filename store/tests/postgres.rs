@@ -517,3 +517,63 @@ async fn the_metrics_counts_see_jobs_waiting_on_the_budget_and_pending_webhooks(
     assert_eq!(pending, 2);
     assert!((0.0..60.0).contains(&oldest), "{oldest}");
 }
+
+#[tokio::test]
+async fn handled_webhook_messages_are_purged_after_their_retention_and_pending_ones_never() {
+    let store = store().await;
+    let connection_id = connection(&store).await;
+    let conn = store.conn().await.unwrap();
+    let body = serde_json::json!({ "event": "course.enrollment.created" });
+    for id in ["old", "recent", "pending"] {
+        learnsync_store::realtime::record_webhook(
+            &conn,
+            connection_id,
+            id,
+            "course.enrollment.created",
+            &body,
+        )
+        .await
+        .unwrap();
+    }
+    // Arranged in SQL: "old" was handled ten days ago, "recent" an hour ago.
+    conn.execute(
+        "UPDATE webhook_messages SET handle_time = now() - interval '10 days' WHERE message_id = 'old'",
+        &[],
+    )
+    .await
+    .unwrap();
+    conn.execute(
+        "UPDATE webhook_messages SET handle_time = now() - interval '1 hour' WHERE message_id = 'recent'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let retention = learnsync_store::realtime::WEBHOOK_RETENTION;
+    let purged = learnsync_store::realtime::purge_handled_webhooks(&conn, retention)
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    let left: Vec<String> = conn
+        .query(
+            "SELECT message_id FROM webhook_messages ORDER BY message_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(left, vec!["pending".to_string(), "recent".to_string()]);
+    // A zero retention takes every handled message, still never a pending one.
+    let purged = learnsync_store::realtime::purge_handled_webhooks(&conn, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert_eq!(
+        learnsync_store::realtime::pending_webhook_stats(&conn)
+            .await
+            .unwrap()
+            .0,
+        1
+    );
+}
