@@ -131,12 +131,6 @@ impl PrivatePostgres {
     pub fn postmaster_pid(&self) -> Option<u32> {
         cleanup::postmaster_of(&self.dir)
     }
-
-    /// Kept for callers written before every cluster had a watchdog: [`PrivatePostgres::start`]
-    /// now starts one, so this does nothing.
-    pub fn stop_when_process_exits(&self) -> Result<()> {
-        Ok(())
-    }
 }
 
 impl Drop for PrivatePostgres {

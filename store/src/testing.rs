@@ -66,7 +66,6 @@ async fn cluster() -> Result<&'static Cluster> {
                     let private = tokio::task::spawn_blocking(PrivatePostgres::start)
                         .await
                         .map_err(|error| Error::Embedded(error.to_string()))??;
-                    private.stop_when_process_exits()?;
                     Ok(Cluster {
                         admin_url: private.url(),
                         base: url_parts::Base::parse(&private.url()),

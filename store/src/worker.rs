@@ -236,18 +236,6 @@ pub struct Fenced<'a> {
     job: &'a ClaimedJob,
 }
 
-impl<'a> Fenced<'a> {
-    /// The fenced transaction (for reads in it; writes about the job go through this module).
-    pub fn transaction(&self) -> &'a Transaction<'a> {
-        self.tx
-    }
-
-    /// The job whose row the transaction holds.
-    pub fn job(&self) -> &'a ClaimedJob {
-        self.job
-    }
-}
-
 /// Locks the job row for the rest of the transaction if this attempt still holds it. Every
 /// transaction that writes about a job starts here; `None` means the attempt lost the job: roll
 /// back and stop.
