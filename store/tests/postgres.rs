@@ -458,6 +458,22 @@ async fn a_run_moves_the_watermark_only_when_it_completed_over_all_time() {
     );
 }
 
+/// Records a course-enrollment webhook message under each of `ids`, all pending.
+async fn record_webhooks(conn: &learnsync_store::Conn, connection_id: Uuid, ids: &[&str]) {
+    let body = serde_json::json!({ "event": "course.enrollment.created" });
+    for id in ids {
+        learnsync_store::realtime::record_webhook(
+            conn,
+            connection_id,
+            id,
+            "course.enrollment.created",
+            &body,
+        )
+        .await
+        .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn the_metrics_counts_see_jobs_waiting_on_the_budget_and_pending_webhooks() {
     let store = store().await;
@@ -499,18 +515,7 @@ async fn the_metrics_counts_see_jobs_waiting_on_the_budget_and_pending_webhooks(
         );
     }
 
-    let body = serde_json::json!({ "event": "course.enrollment.created" });
-    for id in ["m1", "m2"] {
-        learnsync_store::realtime::record_webhook(
-            &conn,
-            connection_id,
-            id,
-            "course.enrollment.created",
-            &body,
-        )
-        .await
-        .unwrap();
-    }
+    record_webhooks(&conn, connection_id, &["m1", "m2"]).await;
     let (pending, oldest) = learnsync_store::realtime::pending_webhook_stats(&conn)
         .await
         .unwrap();
@@ -523,18 +528,7 @@ async fn handled_webhook_messages_are_purged_after_their_retention_and_pending_o
     let store = store().await;
     let connection_id = connection(&store).await;
     let conn = store.conn().await.unwrap();
-    let body = serde_json::json!({ "event": "course.enrollment.created" });
-    for id in ["old", "recent", "pending"] {
-        learnsync_store::realtime::record_webhook(
-            &conn,
-            connection_id,
-            id,
-            "course.enrollment.created",
-            &body,
-        )
-        .await
-        .unwrap();
-    }
+    record_webhooks(&conn, connection_id, &["old", "recent", "pending"]).await;
     // Arranged in SQL: "old" was handled ten days ago, "recent" an hour ago.
     conn.execute(
         "UPDATE webhook_messages SET handle_time = now() - interval '10 days' WHERE message_id = 'old'",
