@@ -162,8 +162,7 @@ impl JobCtx {
     pub async fn status(&self, message: &str) -> SyncResult<()> {
         let conn = self.store.conn().await?;
         if !store_worker::set_status(&conn, self.job.id, self.job.attempt, message).await? {
-            self.raise(Interrupt::Lost);
-            return Err(SyncError::Interrupted(Interrupt::Lost));
+            return Err(self.lost());
         }
         Ok(())
     }
@@ -172,6 +171,13 @@ impl JobCtx {
     pub async fn log(&self, events: Vec<NewLogEvent>) -> SyncResult<()> {
         self.fenced(async |fenced| Ok(store_worker::log(fenced, events).await?))
             .await
+    }
+
+    /// Notes that another attempt holds the job (nothing may be written any more) and returns the
+    /// error the job's work ends with.
+    fn lost(&self) -> SyncError {
+        self.raise(Interrupt::Lost);
+        SyncError::Interrupted(Interrupt::Lost)
     }
 
     /// Runs `write` in a transaction fenced by the attempt, and commits it. The one place a lost
@@ -187,8 +193,7 @@ impl JobCtx {
             .await
             .map_err(learnsync_store::Error::from)?;
         let Some(fenced) = store_worker::fence(&tx, &self.job).await? else {
-            self.raise(Interrupt::Lost);
-            return Err(SyncError::Interrupted(Interrupt::Lost));
+            return Err(self.lost());
         };
         let value = write(&fenced).await?;
         tx.commit().await.map_err(learnsync_store::Error::from)?;
