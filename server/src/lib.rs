@@ -182,14 +182,7 @@ pub async fn serve_on(
     health_reporter
         .set_serving::<SyncServiceServer<service::Service>>()
         .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(learnsync_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(learnsync_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
     let sync = tonic::service::interceptor::InterceptedService::new(
         SyncServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
         options.tokens.clone().interceptor(),
@@ -236,6 +229,27 @@ pub async fn serve_on(
     }
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Server reflection over learnsync's and health's descriptors, in both versions: grpcurl and
+/// the Python reflection client speak v1alpha, newer tools v1 only.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    Error,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(learnsync_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
 /// The largest request message the server decodes: a connection with a JWT private key is a few
