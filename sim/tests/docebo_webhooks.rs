@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use learnsync_sim::{DoceboConfig, DoceboSim, EntityKind};
+use learnsync_sim::{DoceboConfig, DoceboSim, EntityKind, WebhookStats};
 use serde_json::{Value, json};
 
 /// A webhook target that records bodies; it fails the first `fail_first` calls with 500 and sleeps
@@ -77,6 +77,19 @@ async fn wait_for(receiver: &Receiver, count: usize) -> Vec<Value> {
         "webhooks did not arrive: {:?}",
         receiver.bodies.lock().unwrap()
     );
+}
+
+/// The statistics of the first target once it counts `delivered` deliveries: the receiver records
+/// a body before it answers, so the sender learns of the delivery a moment after the body arrives.
+async fn stats_once_delivered(sim: &DoceboSim, delivered: u64) -> WebhookStats {
+    for _ in 0..1000 {
+        let stats = sim.webhook_stats();
+        if stats[0].delivered >= delivered {
+            return stats[0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("deliveries were not counted: {:?}", sim.webhook_stats());
 }
 
 #[tokio::test]
@@ -195,7 +208,7 @@ async fn enrollment_lifecycle_fires_events() {
     );
     assert_eq!(bodies[5]["payload"]["course_id"], 77);
     assert_eq!(bodies[5]["payload"]["session_id"], 9000);
-    assert_eq!(sim.webhook_stats()[0].delivered, 8);
+    assert_eq!(stats_once_delivered(&sim, 8).await.delivered, 8);
 }
 
 #[tokio::test]
@@ -246,9 +259,9 @@ async fn failing_target_is_retried_with_backoff() {
     assert_eq!(receiver.calls.load(Ordering::SeqCst), 3);
     // Backoff 20 ms then 40 ms.
     assert!(started.elapsed() >= Duration::from_millis(60));
-    let stats = sim.webhook_stats();
-    assert_eq!(stats[0].attempts, 3);
-    assert_eq!(stats[0].delivered, 1);
+    let stats = stats_once_delivered(&sim, 1).await;
+    assert_eq!(stats.attempts, 3);
+    assert_eq!(stats.delivered, 1);
 }
 
 #[tokio::test]
@@ -270,9 +283,9 @@ async fn slow_target_counts_as_failure() {
     let bodies = wait_for(&receiver, 1).await;
     assert_eq!(bodies.len(), 1);
     assert_eq!(receiver.calls.load(Ordering::SeqCst), 2);
-    let stats = sim.webhook_stats();
-    assert_eq!(stats[0].attempts, 2);
-    assert_eq!(stats[0].delivered, 1);
+    let stats = stats_once_delivered(&sim, 1).await;
+    assert_eq!(stats.attempts, 2);
+    assert_eq!(stats.delivered, 1);
 }
 
 #[tokio::test]
