@@ -245,12 +245,31 @@ impl Client {
         timeframe: Option<pb::Timeframe>,
         rewrite_unchanged: bool,
     ) -> Result<pb::Run, Status> {
+        let options = Resync {
+            rewrite_unchanged,
+            ..Resync::default()
+        };
+        self.resynchronize_with(connection_id, area, timeframe, options)
+            .await
+    }
+
+    /// Runs an area again from scratch, with options: a check that writes nothing, unenrollments
+    /// confirmed above the connection's guard.
+    pub async fn resynchronize_with(
+        &mut self,
+        connection_id: &str,
+        area: pb::Area,
+        timeframe: Option<pb::Timeframe>,
+        options: Resync,
+    ) -> Result<pb::Run, Status> {
         let request = with_id(
             pb::ResynchronizeRequest {
                 connection_id: connection_id.to_string(),
                 area: area as i32,
                 timeframe,
-                rewrite_unchanged,
+                rewrite_unchanged: options.rewrite_unchanged,
+                check_only: options.check_only,
+                confirm_unenrollments: options.confirm_unenrollments,
                 request_id: String::new(),
             },
             |r| &mut r.request_id,
@@ -359,4 +378,15 @@ pub fn describe(status: &Status) -> String {
         }
     }
     text
+}
+
+/// What a Resynchronize asks for beyond its timeframe (see `ResynchronizeRequest`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resync {
+    /// Write every record, even those Salesforce holds unchanged.
+    pub rewrite_unchanged: bool,
+    /// Only report what a synchronization would do.
+    pub check_only: bool,
+    /// Unenroll even above the connection's guard.
+    pub confirm_unenrollments: bool,
 }

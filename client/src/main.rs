@@ -240,6 +240,12 @@ struct ResyncArgs {
     /// Write every record, even those Salesforce already holds unchanged.
     #[arg(long)]
     rewrite_unchanged: bool,
+    /// Write nothing: report what a synchronization would create, update, repair and unenroll.
+    #[arg(long)]
+    check: bool,
+    /// Unenroll even above the connection's guard (after a run held them: UNENROLLMENTS_HELD).
+    #[arg(long)]
+    confirm_unenrollments: bool,
 }
 
 #[derive(Debug, Args)]
@@ -390,11 +396,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resync(args) => {
             let timeframe = timeframe(&args.run);
             let run = client
-                .resynchronize(
+                .resynchronize_with(
                     &args.run.connection,
                     args.run.area.proto(),
                     timeframe,
-                    args.rewrite_unchanged,
+                    learnsync_client::Resync {
+                        rewrite_unchanged: args.rewrite_unchanged,
+                        check_only: args.check,
+                        confirm_unenrollments: args.confirm_unenrollments,
+                    },
                 )
                 .await?;
             after_launch(&mut client, json, &args.run, run).await?;

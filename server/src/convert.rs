@@ -333,6 +333,33 @@ pub fn unenrollment_policy(
     }
 }
 
+/// Reads an unenrollment guard (the defaults when absent).
+pub fn unenrollment_guard(
+    violations: &mut Violations,
+    field: &str,
+    value: Option<&pb::UnenrollmentGuard>,
+) -> model::UnenrollmentGuard {
+    let Some(guard) = value else {
+        return model::UnenrollmentGuard::default();
+    };
+    if !(0..=100).contains(&guard.max_percent) {
+        violations.add(
+            &format!("{field}.max_percent"),
+            format!("{} is not a percentage from 0 to 100", guard.max_percent),
+        );
+    }
+    if guard.min_records < 0 {
+        violations.add(
+            &format!("{field}.min_records"),
+            format!("{} is negative", guard.min_records),
+        );
+    }
+    model::UnenrollmentGuard {
+        max_percent: guard.max_percent,
+        min_records: guard.min_records,
+    }
+}
+
 /// Reads an optional duration in whole seconds between `min` and `max` (`default` when absent).
 pub fn seconds(
     violations: &mut Violations,
@@ -450,6 +477,10 @@ pub fn connection_to_proto(connection: &model::Connection) -> pb::Connection {
             model::UnenrollmentPolicy::Delete => pb::UnenrollmentPolicy::Delete,
         } as i32,
         docebo_calls_per_hour: connection.docebo_calls_per_hour,
+        unenrollment_guard: Some(pb::UnenrollmentGuard {
+            max_percent: connection.unenrollment_guard.max_percent,
+            min_records: connection.unenrollment_guard.min_records,
+        }),
         create_time: Some(to_timestamp(connection.create_time)),
         update_time: Some(to_timestamp(connection.update_time)),
     }
@@ -504,6 +535,9 @@ fn counts_to_proto(counts: model::Counts) -> pb::Counts {
         unchanged: counts.unchanged,
         failed: counts.failed,
         expected: counts.expected,
+        created: counts.created,
+        repaired: counts.repaired,
+        unenrolled: counts.unenrolled,
     }
 }
 
@@ -573,6 +607,8 @@ pub fn run_to_proto(run: &model::Run) -> pb::Run {
         counts: Some(counts_to_proto(run.counts())),
         full: run.full_sync,
         rewrite_unchanged: run.rewrite_unchanged,
+        check_only: run.check_only,
+        confirm_unenrollments: run.confirm_unenrollments,
         first_error_sequence: run.first_error_sequence.unwrap_or(0),
         error_message: run.error_message.clone().unwrap_or_default(),
         create_time: Some(to_timestamp(run.create_time)),

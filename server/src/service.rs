@@ -260,6 +260,11 @@ impl SyncService for Service {
             "connection.unenrollment_policy",
             input.unenrollment_policy,
         );
+        let guard = convert::unenrollment_guard(
+            &mut violations,
+            "connection.unenrollment_guard",
+            input.unenrollment_guard.as_ref(),
+        );
         let tenant = match (&principal, input.tenant.trim()) {
             (Principal::Operator, "") => "default".to_string(),
             (Principal::Operator, tenant) => tenant.to_string(),
@@ -289,6 +294,7 @@ impl SyncService for Service {
             credentials: self.seal(id, &credentials)?,
             docebo_calls_per_hour: calls,
             unenrollment_policy: policy,
+            unenrollment_guard: guard,
         };
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
@@ -402,6 +408,19 @@ impl SyncService for Service {
                         input.unenrollment_policy,
                     ))
                 }
+                "unenrollment_guard" => match &input.unenrollment_guard {
+                    Some(guard) => {
+                        update.unenrollment_guard = Some(convert::unenrollment_guard(
+                            &mut violations,
+                            "connection.unenrollment_guard",
+                            Some(guard),
+                        ))
+                    }
+                    None => violations.add(
+                        "connection.unenrollment_guard",
+                        "required when update_mask names it",
+                    ),
+                },
                 "docebo_calls_per_hour" => {
                     update.docebo_calls_per_hour = Some(convert::calls_per_hour(
                         &mut violations,
@@ -414,7 +433,7 @@ impl SyncService for Service {
                     "update_mask",
                     format!(
                         "unknown or read-only field {other:?}: display_name, docebo, salesforce, \
-                         unenrollment_policy, docebo_calls_per_hour"
+                         unenrollment_policy, docebo_calls_per_hour, unenrollment_guard"
                     ),
                 ),
             }
@@ -619,11 +638,15 @@ impl SyncService for Service {
         let timeframe =
             convert::timeframe(&mut violations, "timeframe", request.timeframe.as_ref());
         violations.check()?;
-        let rewrite = request.rewrite_unchanged;
+        let options = runs::ResyncOptions {
+            rewrite_unchanged: request.rewrite_unchanged,
+            check_only: request.check_only,
+            confirm_unenrollments: request.confirm_unenrollments,
+        };
         let key = Idempotency::new(&principal, "Resynchronize", &request);
         let run = self
             .run_action(&principal, id, key, async |tx| {
-                runs::resynchronize(tx, id, area, timeframe, rewrite, trace_id.clone()).await
+                runs::resynchronize(tx, id, area, timeframe, options, trace_id.clone()).await
             })
             .await?;
         tracing::info!(connection_id = %id, %area, run_id = %run.id, trace_id = %run.trace_id, "resynchronization started");

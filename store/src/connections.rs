@@ -6,11 +6,12 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::codes::{ErrorCode, Resource};
-use crate::model::{Connection, RunState, UnenrollmentPolicy};
+use crate::model::{Connection, RunState, UnenrollmentGuard, UnenrollmentPolicy};
 use crate::{Error, Result};
 
 const COLUMNS: &str = "id, tenant, display_name, docebo_grant, salesforce_grant, credentials_time, \
-    docebo_platform, docebo_calls_per_hour, unenrollment_policy, create_time, update_time";
+    docebo_platform, docebo_calls_per_hour, unenrollment_policy, unenroll_max_percent, \
+    unenroll_min_records, create_time, update_time";
 
 /// Sealed credentials with what may be said about them.
 #[derive(Clone, Debug)]
@@ -42,6 +43,8 @@ pub struct NewConnection {
     pub docebo_calls_per_hour: i32,
     /// The unenrollment policy.
     pub unenrollment_policy: UnenrollmentPolicy,
+    /// The unenrollment guard.
+    pub unenrollment_guard: UnenrollmentGuard,
 }
 
 /// The fields of a connection to change; `None` leaves a field as it is.
@@ -55,6 +58,8 @@ pub struct ConnectionUpdate {
     pub docebo_calls_per_hour: Option<i32>,
     /// A new unenrollment policy.
     pub unenrollment_policy: Option<UnenrollmentPolicy>,
+    /// A new unenrollment guard.
+    pub unenrollment_guard: Option<UnenrollmentGuard>,
 }
 
 fn from_row(row: &Row) -> Result<Connection> {
@@ -68,6 +73,10 @@ fn from_row(row: &Row) -> Result<Connection> {
         docebo_platform: row.try_get("docebo_platform")?,
         docebo_calls_per_hour: row.try_get("docebo_calls_per_hour")?,
         unenrollment_policy: UnenrollmentPolicy::parse(row.try_get("unenrollment_policy")?)?,
+        unenrollment_guard: UnenrollmentGuard {
+            max_percent: row.try_get("unenroll_max_percent")?,
+            min_records: row.try_get("unenroll_min_records")?,
+        },
         create_time: row.try_get("create_time")?,
         update_time: row.try_get("update_time")?,
     })
@@ -77,8 +86,9 @@ fn from_row(row: &Row) -> Result<Connection> {
 pub async fn insert(client: &impl GenericClient, new: &NewConnection) -> Result<Connection> {
     let sql = format!(
         "INSERT INTO connections (id, tenant, display_name, credentials, credentials_key_id, docebo_grant, \
-         salesforce_grant, docebo_platform, docebo_calls_per_hour, unenrollment_policy) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
+         salesforce_grant, docebo_platform, docebo_calls_per_hour, unenrollment_policy, \
+         unenroll_max_percent, unenroll_min_records) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
     );
     let row = client
         .query_one(
@@ -94,6 +104,8 @@ pub async fn insert(client: &impl GenericClient, new: &NewConnection) -> Result<
                 &new.credentials.docebo_platform,
                 &new.docebo_calls_per_hour,
                 &new.unenrollment_policy.as_str(),
+                &new.unenrollment_guard.max_percent,
+                &new.unenrollment_guard.min_records,
             ],
         )
         .await?;
@@ -166,6 +178,8 @@ pub async fn update(
            credentials_time = CASE WHEN $3::bytea IS NULL THEN credentials_time ELSE now() END, \
            docebo_calls_per_hour = coalesce($8, docebo_calls_per_hour), \
            unenrollment_policy = coalesce($9, unenrollment_policy), \
+           unenroll_max_percent = coalesce($10, unenroll_max_percent), \
+           unenroll_min_records = coalesce($11, unenroll_min_records), \
            update_time = now() \
          WHERE id = $1 RETURNING {COLUMNS}"
     );
@@ -182,6 +196,8 @@ pub async fn update(
                 &credentials.map(|c| c.docebo_platform.clone()),
                 &update.docebo_calls_per_hour,
                 &update.unenrollment_policy.map(|p| p.as_str()),
+                &update.unenrollment_guard.map(|g| g.max_percent),
+                &update.unenrollment_guard.map(|g| g.min_records),
             ],
         )
         .await?

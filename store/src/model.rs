@@ -247,6 +247,8 @@ pub struct Connection {
     pub docebo_calls_per_hour: i32,
     /// What happens to enrollments that disappear from Docebo.
     pub unenrollment_policy: UnenrollmentPolicy,
+    /// How many unenrollments one run may make before holding them for a confirmation.
+    pub unenrollment_guard: UnenrollmentGuard,
     /// Creation time.
     pub create_time: DateTime<Utc>,
     /// Last change.
@@ -284,6 +286,36 @@ pub struct AreaConfig {
     pub next_full_time: Option<DateTime<Utc>>,
 }
 
+/// A run that would unenroll more than `max(min_records, max_percent % of the object's live
+/// records)` unenrolls nothing and waits for a confirmed Resynchronize.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnenrollmentGuard {
+    /// 0 to 100.
+    pub max_percent: i32,
+    /// 0 or more.
+    pub min_records: i32,
+}
+
+impl Default for UnenrollmentGuard {
+    /// 10 percent, 100 records: a day's real unenrollments stay far below a tenth of a platform's
+    /// enrollments, while a listing that lost a course or a page loses far more; small platforms
+    /// keep their ordinary churn under the floor.
+    fn default() -> UnenrollmentGuard {
+        UnenrollmentGuard {
+            max_percent: 10,
+            min_records: 100,
+        }
+    }
+}
+
+impl UnenrollmentGuard {
+    /// Whether `count` unenrollments out of `live` records exceed the guard.
+    pub fn holds(&self, count: i64, live: i64) -> bool {
+        let share = live * i64::from(self.max_percent) / 100;
+        count > share.max(i64::from(self.min_records))
+    }
+}
+
 /// The progress of a job or run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -297,6 +329,13 @@ pub struct Counts {
     pub failed: i64,
     /// Expected in total (0: unknown).
     pub expected: i64,
+    /// Of the written, those Salesforce did not hold before (created).
+    pub created: i64,
+    /// Found missing or changed in Salesforce by someone else, and put back (a check run: would
+    /// be).
+    pub repaired: i64,
+    /// Marked unenrolled (or deleted) because Docebo no longer holds them; not records read.
+    pub unenrolled: i64,
 }
 
 impl std::ops::AddAssign for Counts {
@@ -306,6 +345,9 @@ impl std::ops::AddAssign for Counts {
         self.unchanged += other.unchanged;
         self.failed += other.failed;
         self.expected += other.expected;
+        self.created += other.created;
+        self.repaired += other.repaired;
+        self.unenrolled += other.unenrolled;
     }
 }
 
@@ -357,6 +399,10 @@ pub struct Run {
     pub updated_from: Option<DateTime<Utc>>,
     /// Write even unchanged records.
     pub rewrite_unchanged: bool,
+    /// A check: reads both sides, reports what a synchronization would do, writes nothing.
+    pub check_only: bool,
+    /// Unenrollments above the connection's threshold were confirmed.
+    pub confirm_unenrollments: bool,
     /// Lifecycle state.
     pub state: RunState,
     /// When Stop was asked.

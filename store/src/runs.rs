@@ -15,11 +15,12 @@ use crate::model::{
 use crate::{CHANNEL_CANCEL, CHANNEL_JOBS, CHANNEL_RUNS, Error, Result, areas, logs};
 
 const RUN_COLUMNS: &str = "id, connection_id, area, trigger, timeframe_start, timeframe_end, full_sync, updated_from, \
-    rewrite_unchanged, state, stop_time, first_error_sequence, error_message, create_time, start_time, end_time, \
+    rewrite_unchanged, check_only, confirm_unenrollments, state, stop_time, first_error_sequence, error_message, create_time, start_time, end_time, \
     trace_id";
 
 const JOB_COLUMNS: &str = "id, run_id, connection_id, kind, state, attempt, read_count, written_count, \
-    unchanged_count, failed_count, expected_count, status_message, error_message, start_time, end_time";
+    unchanged_count, failed_count, expected_count, created_count, repaired_count, unenrolled_count, \
+    status_message, error_message, start_time, end_time";
 
 fn run_from_row(row: &Row) -> Result<Run> {
     Ok(Run {
@@ -32,6 +33,8 @@ fn run_from_row(row: &Row) -> Result<Run> {
         full_sync: row.try_get("full_sync")?,
         updated_from: row.try_get("updated_from")?,
         rewrite_unchanged: row.try_get("rewrite_unchanged")?,
+        check_only: row.try_get("check_only")?,
+        confirm_unenrollments: row.try_get("confirm_unenrollments")?,
         state: RunState::parse(row.try_get("state")?)?,
         stop_time: row.try_get("stop_time")?,
         first_error_sequence: row.try_get("first_error_sequence")?,
@@ -44,6 +47,20 @@ fn run_from_row(row: &Row) -> Result<Run> {
     })
 }
 
+/// A job's counts, from a row with its count columns.
+pub fn counts_from_row(row: &Row) -> Result<Counts> {
+    Ok(Counts {
+        read: row.try_get("read_count")?,
+        written: row.try_get("written_count")?,
+        unchanged: row.try_get("unchanged_count")?,
+        failed: row.try_get("failed_count")?,
+        expected: row.try_get("expected_count")?,
+        created: row.try_get("created_count")?,
+        repaired: row.try_get("repaired_count")?,
+        unenrolled: row.try_get("unenrolled_count")?,
+    })
+}
+
 /// Reads a job row selected with the job columns.
 pub fn job_from_row(row: &Row) -> Result<Job> {
     Ok(Job {
@@ -53,18 +70,23 @@ pub fn job_from_row(row: &Row) -> Result<Job> {
         kind: JobKind::parse(row.try_get("kind")?)?,
         state: JobState::parse(row.try_get("state")?)?,
         attempt: row.try_get("attempt")?,
-        counts: Counts {
-            read: row.try_get("read_count")?,
-            written: row.try_get("written_count")?,
-            unchanged: row.try_get("unchanged_count")?,
-            failed: row.try_get("failed_count")?,
-            expected: row.try_get("expected_count")?,
-        },
+        counts: counts_from_row(row)?,
         status_message: row.try_get("status_message")?,
         error_message: row.try_get("error_message")?,
         start_time: row.try_get("start_time")?,
         end_time: row.try_get("end_time")?,
     })
+}
+
+/// What a Resynchronize asks for beyond its timeframe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResyncOptions {
+    /// Write every record read, even those Salesforce holds with the same values.
+    pub rewrite_unchanged: bool,
+    /// Only report what a synchronization would do; write nothing.
+    pub check_only: bool,
+    /// Unenroll even when the count is above the connection's threshold.
+    pub confirm_unenrollments: bool,
 }
 
 /// What a new run covers.
@@ -82,6 +104,10 @@ pub struct RunRequest {
     pub updated_from: Option<DateTime<Utc>>,
     /// Write even unchanged records.
     pub rewrite_unchanged: bool,
+    /// A check run: report, write nothing.
+    pub check_only: bool,
+    /// Unenroll even above the connection's threshold.
+    pub confirm_unenrollments: bool,
     /// Only these jobs of the area (all when `None`): a webhook run carries only the kinds its
     /// events named.
     pub jobs: Option<Vec<JobKind>>,
@@ -106,10 +132,20 @@ impl RunRequest {
             full_sync: true,
             updated_from: None,
             rewrite_unchanged,
+            check_only: false,
+            confirm_unenrollments: false,
             jobs: None,
             targets: None,
             trace_id: None,
         }
+    }
+
+    /// The same request with a Resynchronize's options.
+    pub fn with(mut self, options: ResyncOptions) -> RunRequest {
+        self.rewrite_unchanged = options.rewrite_unchanged;
+        self.check_only = options.check_only;
+        self.confirm_unenrollments = options.confirm_unenrollments;
+        self
     }
 
     /// The same request, continuing the caller's trace.
@@ -217,7 +253,7 @@ pub async fn resynchronize(
     connection_id: Uuid,
     area: Area,
     timeframe: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
-    rewrite_unchanged: bool,
+    options: ResyncOptions,
     trace_id: Option<String>,
 ) -> Result<Run> {
     require_enabled(
@@ -244,8 +280,9 @@ pub async fn resynchronize(
             format!("the {area} area has never run: use Start for its first synchronization"),
         ));
     }
-    let request =
-        RunRequest::full(Trigger::Resynchronize, timeframe, rewrite_unchanged).traced(trace_id);
+    let request = RunRequest::full(Trigger::Resynchronize, timeframe, false)
+        .with(options)
+        .traced(trace_id);
     create(client, connection_id, area, &request).await
 }
 
@@ -260,9 +297,9 @@ pub async fn create(
     let run_id = Uuid::new_v4();
     let sql = format!(
         "INSERT INTO runs (id, connection_id, area, trigger, timeframe_start, timeframe_end, full_sync, updated_from, \
-             rewrite_unchanged, targets, state, trace_id) \
+             rewrite_unchanged, targets, state, trace_id, check_only, confirm_unenrollments) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', \
-                 coalesce($11, replace(gen_random_uuid()::text, '-', ''))) RETURNING {RUN_COLUMNS}"
+                 coalesce($11, replace(gen_random_uuid()::text, '-', '')), $12, $13) RETURNING {RUN_COLUMNS}"
     );
     let inserted = client
         .query_one(
@@ -279,6 +316,8 @@ pub async fn create(
                 &request.rewrite_unchanged,
                 &request.targets,
                 &request.trace_id,
+                &request.check_only,
+                &request.confirm_unenrollments,
             ],
         )
         .await
@@ -438,7 +477,7 @@ pub async fn finish_if_done(client: &impl GenericClient, run_id: Uuid) -> Result
                  error_message = CASE WHEN s.failed > 0 AND r.state <> 'stopping' THEN s.errors END, \
                  end_time = now() \
              FROM s WHERE r.id = $1 AND r.state IN ('queued', 'running', 'stopping') AND s.active = 0 \
-             RETURNING r.state, r.connection_id, r.area",
+             RETURNING r.state, r.connection_id, r.area, r.check_only",
             &[&run_id],
         )
         .await?;
@@ -446,7 +485,9 @@ pub async fn finish_if_done(client: &impl GenericClient, run_id: Uuid) -> Result
     let state = RunState::parse(row.try_get(0)?)?;
     let connection_id: Uuid = row.try_get(1)?;
     let area = Area::parse(row.try_get(2)?)?;
-    if state.is_completed() {
+    // A check run wrote nothing: the area's last synchronization and watermark stay.
+    let check_only: bool = row.try_get(3)?;
+    if state.is_completed() && !check_only {
         client
             .execute(
                 "UPDATE area_configs SET first_success_time = coalesce(first_success_time, now()), \

@@ -17,7 +17,9 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::codes::ErrorCode;
-use crate::model::{Area, Counts, JobKind, LogLevel, NewLogEvent, RunState, UnenrollmentPolicy};
+use crate::model::{
+    Area, Counts, JobKind, LogLevel, NewLogEvent, RunState, UnenrollmentGuard, UnenrollmentPolicy,
+};
 use crate::{CHANNEL_JOBS, Result, logs, runs};
 
 /// Claims up to `$3` jobs: queued ones that are due and whose predecessor is final, and running
@@ -42,14 +44,15 @@ claimed AS ( \
         start_time = coalesce(j.start_time, now()), status_message = 'running' \
     FROM candidates c WHERE j.id = c.id \
     RETURNING j.id, j.run_id, j.connection_id, j.kind, j.attempt, j.checkpoint, j.read_count, \
-        j.written_count, j.unchanged_count, j.failed_count, j.expected_count, \
-        j.retries_with_progress, j.retries_without_progress), \
+        j.written_count, j.unchanged_count, j.failed_count, j.expected_count, j.created_count, \
+        j.repaired_count, j.unenrolled_count, j.retries_with_progress, j.retries_without_progress), \
 started AS ( \
     UPDATE runs r SET state = 'running', start_time = coalesce(r.start_time, now()) \
     WHERE r.id IN (SELECT run_id FROM claimed) AND r.state = 'queued') \
 SELECT c.*, r.area, r.timeframe_start, r.timeframe_end, r.full_sync, r.updated_from, \
-    r.rewrite_unchanged, r.create_time AS run_create_time, r.targets, r.trace_id, \
-    n.docebo_platform, n.docebo_calls_per_hour, n.unenrollment_policy, \
+    r.rewrite_unchanged, r.check_only, r.confirm_unenrollments, r.create_time AS run_create_time, \
+    r.targets, r.trace_id, n.docebo_platform, n.docebo_calls_per_hour, n.unenrollment_policy, \
+    n.unenroll_max_percent, n.unenroll_min_records, \
     (SELECT a.first_success_time FROM area_configs a \
       WHERE a.connection_id = c.connection_id AND a.area = 'enrollments') AS enrollments_first_success, \
     (SELECT a.course_category_ids FROM area_configs a \
@@ -89,6 +92,12 @@ pub struct ClaimedJob {
     pub updated_from: Option<DateTime<Utc>>,
     /// Write even unchanged records.
     pub rewrite_unchanged: bool,
+    /// A check run: read both sides, report, write nothing to Salesforce or the ledger.
+    pub check_only: bool,
+    /// Unenroll even above the threshold (a confirmed Resynchronize).
+    pub confirm_unenrollments: bool,
+    /// The connection's unenrollment guard.
+    pub unenrollment_guard: UnenrollmentGuard,
     /// When the run was created.
     pub run_create_time: DateTime<Utc>,
     /// The Docebo platform whose call budget the job spends.
@@ -108,16 +117,21 @@ pub struct ClaimedJob {
 }
 
 impl ClaimedJob {
-    /// Whether this run compares the full listing with the ledger to find unenrollments: a full run
-    /// over all time (a timeframe must not unenroll what lies outside it), after the first
-    /// completed enrollment sync (before it nothing is tracked).
-    pub fn tracks_unenrollments(&self) -> bool {
-        self.may_unenroll()
-            && self.full_sync
+    /// Whether this run reads the whole of its kind's listing (a full run over all time, not a
+    /// webhook run): only such a run may compare what Salesforce holds with the ledger.
+    pub fn compares_everything(&self) -> bool {
+        self.full_sync
             && self.timeframe_start.is_none()
             && self.timeframe_end.is_none()
             && self.updated_from.is_none()
             && self.targets.is_none()
+    }
+
+    /// Whether this run compares the full listing with the ledger to find unenrollments: a full run
+    /// over all time (a timeframe must not unenroll what lies outside it), after the first
+    /// completed enrollment sync (before it nothing is tracked).
+    pub fn tracks_unenrollments(&self) -> bool {
+        self.may_unenroll() && self.compares_everything()
     }
 
     /// Whether unenrollments may be written at all: an enrollment run after the first completed
@@ -138,13 +152,7 @@ fn claimed_from_row(row: &Row) -> Result<ClaimedJob> {
         kind: JobKind::parse(row.try_get("kind")?)?,
         attempt: row.try_get("attempt")?,
         checkpoint: row.try_get("checkpoint")?,
-        counts: Counts {
-            read: row.try_get("read_count")?,
-            written: row.try_get("written_count")?,
-            unchanged: row.try_get("unchanged_count")?,
-            failed: row.try_get("failed_count")?,
-            expected: row.try_get("expected_count")?,
-        },
+        counts: crate::runs::counts_from_row(row)?,
         retries_with_progress: row.try_get("retries_with_progress")?,
         retries_without_progress: row.try_get("retries_without_progress")?,
         area: Area::parse(row.try_get("area")?)?,
@@ -153,6 +161,12 @@ fn claimed_from_row(row: &Row) -> Result<ClaimedJob> {
         full_sync: row.try_get("full_sync")?,
         updated_from: row.try_get("updated_from")?,
         rewrite_unchanged: row.try_get("rewrite_unchanged")?,
+        check_only: row.try_get("check_only")?,
+        confirm_unenrollments: row.try_get("confirm_unenrollments")?,
+        unenrollment_guard: UnenrollmentGuard {
+            max_percent: row.try_get("unenroll_max_percent")?,
+            min_records: row.try_get("unenroll_min_records")?,
+        },
         run_create_time: row.try_get("run_create_time")?,
         docebo_platform: row.try_get("docebo_platform")?,
         docebo_calls_per_hour: row.try_get("docebo_calls_per_hour")?,
@@ -288,7 +302,8 @@ pub async fn progress(fenced: &Fenced<'_>, progress: &Progress) -> Result<()> {
             "UPDATE jobs SET read_count = read_count + $3, written_count = written_count + $4, \
                  unchanged_count = unchanged_count + $5, failed_count = failed_count + $6, \
                  expected_count = coalesce($7, expected_count), checkpoint = coalesce($8, checkpoint), \
-                 status_message = coalesce($9, status_message) \
+                 status_message = coalesce($9, status_message), created_count = created_count + $10, \
+                 repaired_count = repaired_count + $11, unenrolled_count = unenrolled_count + $12 \
              WHERE id = $1 AND attempt = $2 AND state = 'running'",
             &[
                 &job.id,
@@ -300,6 +315,9 @@ pub async fn progress(fenced: &Fenced<'_>, progress: &Progress) -> Result<()> {
                 &progress.expected,
                 &progress.checkpoint,
                 &progress.status_message,
+                &progress.delta.created,
+                &progress.delta.repaired,
+                &progress.delta.unenrolled,
             ],
         )
         .await?;
@@ -359,7 +377,8 @@ pub async fn finish(client: &Transaction<'_>, job: &ClaimedJob, outcome: &Outcom
         "UPDATE jobs SET state = {state_sql}, lease_owner = NULL, lease_expires_at = NULL, end_time = now(), \
              error_message = $3, status_message = CASE WHEN $3::text IS NULL THEN '' ELSE $3 END \
          WHERE id = $1 AND attempt = $2 AND state = 'running' \
-         RETURNING state, read_count, written_count, unchanged_count, failed_count"
+         RETURNING state, read_count, written_count, unchanged_count, failed_count, repaired_count, \
+             unenrolled_count"
     );
     let Some(row) = client
         .query_opt(&sql, &[&job.id, &job.attempt, &error])
@@ -368,6 +387,13 @@ pub async fn finish(client: &Transaction<'_>, job: &ClaimedJob, outcome: &Outcom
         return Ok(false);
     };
     let state: String = row.try_get(0)?;
+    // A check run's snapshot served its listing; a stopped or failed job's is of no use.
+    client
+        .execute(
+            "DELETE FROM salesforce_snapshot WHERE job_id = $1",
+            &[&job.id],
+        )
+        .await?;
     let (level, message) = match outcome {
         Outcome::Failed(_) => (LogLevel::Error, format!("{} job failed", job.kind)),
         Outcome::Stopped => (LogLevel::Info, format!("{} job stopped", job.kind)),
@@ -382,7 +408,9 @@ pub async fn finish(client: &Transaction<'_>, job: &ClaimedJob, outcome: &Outcom
         .field("read", row.try_get::<_, i64>(1)?)
         .field("written", row.try_get::<_, i64>(2)?)
         .field("unchanged", row.try_get::<_, i64>(3)?)
-        .field("failed", row.try_get::<_, i64>(4)?);
+        .field("failed", row.try_get::<_, i64>(4)?)
+        .field("repaired", row.try_get::<_, i64>(5)?)
+        .field("unenrolled", row.try_get::<_, i64>(6)?);
     if let Some(error) = error {
         event = event
             .field("error", error)
@@ -1040,4 +1068,194 @@ pub async fn schema_ready(client: &impl GenericClient) -> Result<bool> {
         )
         .await?;
     Ok(row.try_get::<_, i64>(0)? == 4)
+}
+
+// ---------------------------------------------------------------------------------------------
+// What Salesforce holds (the snapshot a full comparison reads in bulk)
+
+/// One record as Salesforce holds it: its key, the hash of its values in the form learnsync
+/// writes them, and (check runs) the values themselves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeenRecord {
+    /// The external id value.
+    pub record_key: String,
+    /// The hash of its values, comparable with the ledger's.
+    pub value_hash: Vec<u8>,
+    /// The values, kept by check runs to name the fields that differ.
+    pub fields: Option<serde_json::Value>,
+}
+
+/// Forgets the fenced job's snapshot (an earlier attempt's, or one compared).
+pub async fn snapshot_clear(fenced: &Fenced<'_>) -> Result<()> {
+    fenced
+        .tx
+        .execute(
+            "DELETE FROM salesforce_snapshot WHERE job_id = $1",
+            &[&fenced.job.id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Adds records Salesforce was seen to hold to the fenced job's snapshot.
+pub async fn snapshot_add(fenced: &Fenced<'_>, records: &[SeenRecord]) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = records.iter().map(|r| r.record_key.as_str()).collect();
+    let hashes: Vec<&[u8]> = records.iter().map(|r| r.value_hash.as_slice()).collect();
+    let fields: Vec<Option<&serde_json::Value>> =
+        records.iter().map(|r| r.fields.as_ref()).collect();
+    fenced
+        .tx
+        .execute(
+            "INSERT INTO salesforce_snapshot (job_id, record_key, value_hash, fields) \
+             SELECT $1, k, h, f FROM unnest($2::text[], $3::bytea[], $4::jsonb[]) AS t(k, h, f) \
+             ON CONFLICT (job_id, record_key) DO UPDATE SET value_hash = excluded.value_hash, \
+                 fields = excluded.fields",
+            &[&fenced.job.id, &keys, &hashes, &fields],
+        )
+        .await?;
+    Ok(())
+}
+
+/// How the ledger's live records of a job's scope differ from what Salesforce was seen to hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// Records learnsync wrote that Salesforce no longer holds.
+    pub missing: i64,
+    /// Records whose values in Salesforce differ from what learnsync last wrote.
+    pub changed: i64,
+    /// The first keys of each (at most 20, in key order), for the log.
+    pub first_missing: Vec<String>,
+    /// See `first_missing`.
+    pub first_changed: Vec<String>,
+}
+
+/// The ledger rows of a job's object and scope, live, that its snapshot contradicts (`gone`:
+/// Salesforce does not hold the record at all), with the parameter numbers of the connection,
+/// the object, the job and the scope.
+fn drifted(connection: u8, object: u8, job: u8, scope: u8) -> String {
+    format!(
+        "SELECT l.record_key, s.record_key IS NULL AS gone FROM ledger l \
+         LEFT JOIN salesforce_snapshot s ON s.job_id = ${job} AND s.record_key = l.record_key \
+         WHERE l.connection_id = ${connection} AND l.object = ${object} AND l.unenrolled_at IS NULL \
+           AND (l.scope = ${scope} OR l.scope IS NULL) AND l.value_hash <> '\\x'::bytea \
+           AND (s.record_key IS NULL OR s.value_hash <> l.value_hash)"
+    )
+}
+
+/// Compares the fenced job's snapshot with the ledger and repairs the ledger to match it:
+/// records Salesforce no longer holds leave the ledger (and `ledger_counts`), so the listing
+/// writes them again; records whose values differ lose their hash, so the listing rewrites them.
+/// Changes only the rows that differ.
+pub async fn snapshot_repair(fenced: &Fenced<'_>, area: Area, object: &str) -> Result<Drift> {
+    let job = fenced.job;
+    let sql = format!(
+        "WITH drifted AS MATERIALIZED ({}), \
+         gone AS (DELETE FROM ledger l USING drifted d \
+                  WHERE l.connection_id = $1 AND l.object = $3 AND l.record_key = d.record_key AND d.gone \
+                  RETURNING l.record_key), \
+         changed AS (UPDATE ledger l SET value_hash = '\\x'::bytea FROM drifted d \
+                  WHERE l.connection_id = $1 AND l.object = $3 AND l.record_key = d.record_key AND NOT d.gone \
+                  RETURNING l.record_key), \
+         counted AS (UPDATE ledger_counts SET records = records - (SELECT count(*) FROM gone) \
+                  WHERE connection_id = $1 AND area = $2 AND object = $3) \
+         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM changed), \
+             ARRAY(SELECT record_key FROM gone ORDER BY 1 LIMIT 20), \
+             ARRAY(SELECT record_key FROM changed ORDER BY 1 LIMIT 20)",
+        drifted(1, 3, 4, 5)
+    );
+    let row = fenced
+        .tx
+        .query_one(
+            &sql,
+            &[
+                &job.connection_id,
+                &area.as_str(),
+                &object,
+                &job.id,
+                &job.kind.as_str(),
+            ],
+        )
+        .await?;
+    drift_from_row(&row)
+}
+
+/// The same comparison as [`snapshot_repair`], changing nothing (check runs).
+pub async fn snapshot_drift(fenced: &Fenced<'_>, object: &str) -> Result<Drift> {
+    let job = fenced.job;
+    let sql = format!(
+        "WITH drifted AS MATERIALIZED ({}) \
+         SELECT count(*) FILTER (WHERE gone), count(*) FILTER (WHERE NOT gone), \
+             ARRAY(SELECT record_key FROM drifted WHERE gone ORDER BY 1 LIMIT 20), \
+             ARRAY(SELECT record_key FROM drifted WHERE NOT gone ORDER BY 1 LIMIT 20) \
+         FROM drifted",
+        drifted(1, 2, 3, 4)
+    );
+    let row = fenced
+        .tx
+        .query_one(
+            &sql,
+            &[&job.connection_id, &object, &job.id, &job.kind.as_str()],
+        )
+        .await?;
+    drift_from_row(&row)
+}
+
+fn drift_from_row(row: &Row) -> Result<Drift> {
+    Ok(Drift {
+        missing: row.try_get(0)?,
+        changed: row.try_get(1)?,
+        first_missing: row.try_get(2)?,
+        first_changed: row.try_get(3)?,
+    })
+}
+
+/// What a job's snapshot holds of some keys: `(hash, fields)` by key (check runs).
+pub async fn snapshot_lookup(
+    client: &impl GenericClient,
+    job_id: Uuid,
+    keys: &[String],
+) -> Result<HashMap<String, (Vec<u8>, Option<serde_json::Value>)>> {
+    let rows = client
+        .query(
+            "SELECT record_key, value_hash, fields FROM salesforce_snapshot \
+             WHERE job_id = $1 AND record_key = ANY($2)",
+            &[&job_id, &keys],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?))))
+        .collect()
+}
+
+/// How many records a job's snapshot holds (a check run's list phase makes sure its snapshot
+/// survived: an unlogged table is emptied by a crash).
+pub async fn snapshot_size(client: &impl GenericClient, job_id: Uuid) -> Result<i64> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM salesforce_snapshot WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// The live records of an object listed by a job's kind that this run's listing did not contain,
+/// and all its live records: the unenrollment threshold's two numbers.
+pub async fn ledger_unseen_count(
+    client: &impl GenericClient,
+    job: &ClaimedJob,
+    object: &str,
+) -> Result<(i64, i64)> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE seen_run_id IS DISTINCT FROM $3), count(*) FROM ledger \
+             WHERE connection_id = $1 AND object = $2 AND unenrolled_at IS NULL \
+               AND (scope = $4 OR scope IS NULL)",
+            &[&job.connection_id, &object, &job.run_id, &job.kind.as_str()],
+        )
+        .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }

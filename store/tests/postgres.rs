@@ -42,6 +42,7 @@ async fn connection(store: &Store) -> Uuid {
             },
             docebo_calls_per_hour: 1000,
             unenrollment_policy: UnenrollmentPolicy::MarkUnenrolled,
+            unenrollment_guard: Default::default(),
         },
     )
     .await
@@ -85,9 +86,16 @@ async fn resynchronize(
 ) -> Run {
     let mut conn = store.conn().await.unwrap();
     let tx = conn.transaction().await.unwrap();
-    let run = runs::resynchronize(&tx, connection_id, Area::Users, timeframe, false, None)
-        .await
-        .unwrap();
+    let run = runs::resynchronize(
+        &tx,
+        connection_id,
+        Area::Users,
+        timeframe,
+        runs::ResyncOptions::default(),
+        None,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     run
 }

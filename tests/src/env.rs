@@ -174,6 +174,7 @@ impl Env {
                 // What the Docebo simulator allows per client (its default rate limit).
                 docebo_calls_per_hour: 1000,
                 unenrollment_policy: policy,
+                unenrollment_guard: Default::default(),
             },
         )
         .await
@@ -218,18 +219,20 @@ impl Env {
 
     /// Resynchronize, as the server does it.
     pub async fn resynchronize(&self, area: Area, rewrite_unchanged: bool) -> Run {
+        let options = runs::ResyncOptions {
+            rewrite_unchanged,
+            ..runs::ResyncOptions::default()
+        };
+        self.resynchronize_with(area, options).await
+    }
+
+    /// Resynchronize with options (a check, confirmed unenrollments), as the server does it.
+    pub async fn resynchronize_with(&self, area: Area, options: runs::ResyncOptions) -> Run {
         let mut conn = self.store.conn().await.unwrap();
         let tx = conn.transaction().await.unwrap();
-        let run = runs::resynchronize(
-            &tx,
-            self.connection_id,
-            area,
-            (None, None),
-            rewrite_unchanged,
-            None,
-        )
-        .await
-        .unwrap();
+        let run = runs::resynchronize(&tx, self.connection_id, area, (None, None), options, None)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         run
     }

@@ -15,6 +15,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::Digest as _;
 
+mod readback;
+
+pub use readback::ReadBack;
+
 /// The default mapping (data-model.md), as JSON.
 const DEFAULT_MAPPING: &str = include_str!("mapping.json");
 

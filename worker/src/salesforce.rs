@@ -18,7 +18,7 @@ use crate::context::{Interrupt, JobCtx, SyncError, SyncResult};
 use crate::error::Failure;
 use crate::http::Answer;
 pub use crate::http::salesforce::{API_VERSION, COLLECTION_SIZE, RecordFailure, RecordResult};
-use crate::http::salesforce::{BulkState, SalesforceApi, Session};
+use crate::http::salesforce::{BulkState, ResultSet, SalesforceApi, Session};
 use crate::mapping::{FieldValue, Fields};
 use crate::retry::{Decision, Policy, Tally};
 
@@ -276,7 +276,7 @@ impl Salesforce {
             self.api.close_job(&session, job).await
         })
         .await?;
-        self.wait_for_bulk_job(ctx, job).await?;
+        self.wait_for_bulk_job(ctx, job, BulkJob::Ingest).await?;
         let mut by_key: HashMap<String, RecordResult> = HashMap::with_capacity(records.len());
         for successful in [true, false] {
             let rows = self
@@ -318,18 +318,62 @@ impl Salesforce {
             .collect())
     }
 
-    /// Polls an uploaded bulk job until it completes (a stop waits for it: the upload is done).
-    async fn wait_for_bulk_job(&self, ctx: &JobCtx, job: &str) -> SyncResult<()> {
+    /// Starts a Bulk API 2.0 query job and waits until its results can be read; returns its id.
+    /// A stop interrupts the wait (a query changes nothing).
+    pub async fn start_query(&self, ctx: &JobCtx, soql: &str) -> SyncResult<String> {
+        let job_id = self
+            .call(ctx, |session: Session| async move {
+                self.api.create_query_job(&session, soql).await
+            })
+            .await?;
+        self.wait_for_bulk_job(ctx, &job_id, BulkJob::Query).await?;
+        Ok(job_id)
+    }
+
+    /// One set of a complete query job's results (`locator`: `None` for the first).
+    pub async fn query_results(
+        &self,
+        ctx: &JobCtx,
+        job: &str,
+        locator: Option<&str>,
+        max_records: usize,
+    ) -> SyncResult<ResultSet> {
+        self.call(ctx, |session: Session| async move {
+            self.api
+                .query_results(&session, job, locator, max_records)
+                .await
+        })
+        .await
+    }
+
+    /// Deletes a query job whose results were read (best effort: Salesforce drops them after
+    /// seven days anyway).
+    pub async fn delete_query(&self, ctx: &JobCtx, job: &str) {
+        let deleted = self
+            .call(ctx, |session: Session| async move {
+                self.api.delete_query_job(&session, job).await
+            })
+            .await;
+        if let Err(error) = deleted {
+            tracing::debug!(%error, job, "bulk query job not deleted");
+        }
+    }
+
+    /// Polls a bulk job until it completes. For an ingest job a stop waits (the upload is done:
+    /// its outcome is recorded first); a query job's wait is interrupted by it.
+    async fn wait_for_bulk_job(&self, ctx: &JobCtx, job: &str, kind: BulkJob) -> SyncResult<()> {
         let mut delay = ctx.settings.bulk_poll;
         loop {
             ctx.sleep(delay).await.or_else(|error| match error {
-                // The upload is done: let Salesforce finish and read the results, a stop waits.
-                SyncError::Interrupted(Interrupt::Stop) => Ok(()),
+                SyncError::Interrupted(Interrupt::Stop) if kind == BulkJob::Ingest => Ok(()),
                 other => Err(other),
             })?;
             let state = self
                 .call(ctx, |session: Session| async move {
-                    self.api.job_state(&session, job).await
+                    match kind {
+                        BulkJob::Ingest => self.api.job_state(&session, job).await,
+                        BulkJob::Query => self.api.query_job_state(&session, job).await,
+                    }
                 })
                 .await?;
             match state {
@@ -348,4 +392,13 @@ impl Salesforce {
             }
         }
     }
+}
+
+/// Which kind of Bulk API 2.0 job is polled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BulkJob {
+    /// An upsert: a stop waits for its end.
+    Ingest,
+    /// A query: a stop ends the wait.
+    Query,
 }

@@ -225,7 +225,7 @@ async fn unenrollments_are_tracked_from_the_first_completed_sync_on() {
             Some(Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap()),
             None,
         ),
-        false,
+        learnsync_store::runs::ResyncOptions::default(),
         None,
     )
     .await

@@ -13,7 +13,7 @@ use crate::mapping::Fields;
 
 mod bulk;
 
-pub use bulk::{BulkState, bulk_failure, to_csv};
+pub use bulk::{BulkState, ResultSet, bulk_failure, to_csv};
 
 /// The REST API version learnsync speaks.
 pub const API_VERSION: &str = "v62.0";
@@ -226,6 +226,19 @@ impl SalesforceApi {
         path: &str,
         body: Body<'_>,
     ) -> Answer<String> {
+        self.exchange(session, method, path, body)
+            .await
+            .and_then(|(text, _)| Ok(text))
+    }
+
+    /// [`SalesforceApi::send`], answering the 2xx body with the answer's headers.
+    pub async fn exchange(
+        &self,
+        session: &Session,
+        method: reqwest::Method,
+        path: &str,
+        body: Body<'_>,
+    ) -> Answer<(String, reqwest::header::HeaderMap)> {
         let url = if path.starts_with("http") {
             path.to_string()
         } else {
@@ -259,9 +272,10 @@ impl SalesforceApi {
             .api_calls
             .with_label_values(&["salesforce", &status.to_string()])
             .inc();
+        let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
         if (200..300).contains(&status) {
-            return Answer::Ok(text);
+            return Answer::Ok((text, headers));
         }
         let (code, message) = error_of(&text);
         if (status == 403 && code == "REQUEST_LIMIT_EXCEEDED") || status == 429 {

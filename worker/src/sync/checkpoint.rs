@@ -33,12 +33,22 @@ pub struct Checkpoint {
     /// keeps it.
     #[serde(default)]
     pub page_size: Option<u32>,
+    /// Records the Salesforce snapshot held when the verify phase ended (a check run's listing
+    /// compares with it, and reads it again if a crash emptied it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub snapshot_records: i64,
+}
+
+fn is_zero(count: &i64) -> bool {
+    *count == 0
 }
 
 /// A job's phase.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Reading what Salesforce holds of the object (runs over all time), before the listing.
+    Verify,
     /// Reading Docebo and writing Salesforce.
     #[default]
     List,
@@ -128,6 +138,7 @@ mod tests {
             after_key: String::new(),
             expected: 12,
             page_size: Some(10),
+            snapshot_records: 0,
         };
         let value = serde_json::to_value(&checkpoint).unwrap();
         assert_eq!(value["phase"], "deferred");

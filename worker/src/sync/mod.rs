@@ -15,7 +15,13 @@
 //! - `write`: writing a chunk and classifying Salesforce's answers into a `Written`.
 //! - `commit`: the fenced transaction that records a chunk and the checkpoint after it.
 //! - `deferred`: records whose parent was missing, kept and retried.
-//! - `unenroll`: marking unenrolled (or deleting) what the listing no longer holds.
+//! - `unenroll`: marking unenrolled (or deleting) what the listing no longer holds, unless the
+//!   count is above the connection's guard.
+//! - `verify`: runs over all time first read what Salesforce holds (Bulk API 2.0 query) and
+//!   compare it with the ledger, so that the listing puts back what someone else changed.
+//!
+//! A check run (`check_only`) goes through the same phases and writes nothing to Salesforce or
+//! the ledger's values: it counts and logs what each phase would do.
 
 mod checkpoint;
 mod commit;
@@ -24,6 +30,7 @@ mod list;
 mod listing;
 mod pipeline;
 mod unenroll;
+mod verify;
 mod write;
 
 pub use checkpoint::{Checkpoint, Deferred, Phase, Pos};
@@ -50,6 +57,8 @@ pub struct JobRun<'a> {
     /// are not looked up, since only this attempt's own writes could be found (a key listed
     /// twice is then written twice, which Salesforce's upsert makes harmless).
     ledger_empty: bool,
+    /// Check runs: records named in the log so far.
+    check_logged: std::sync::atomic::AtomicUsize,
 }
 
 impl<'a> JobRun<'a> {
@@ -65,6 +74,16 @@ impl<'a> JobRun<'a> {
             .map_err(|error| SyncError::Permanent(Failure::Mapping(error.to_string())))?
             .clone();
         let checkpoint = match &ctx.job.checkpoint {
+            // A run over all time first reads what Salesforce holds (rewriting everything
+            // anyway, `rewrite_unchanged` needs no comparison).
+            None | Some(Value::Null)
+                if ctx.job.compares_everything() && !ctx.job.rewrite_unchanged =>
+            {
+                Checkpoint {
+                    phase: Phase::Verify,
+                    ..Checkpoint::default()
+                }
+            }
             None | Some(Value::Null) => Checkpoint::default(),
             Some(value) => serde_json::from_value(value.clone()).map_err(|error| {
                 SyncError::Permanent(Failure::UnreadableState {
@@ -90,6 +109,7 @@ impl<'a> JobRun<'a> {
             checkpoint,
             targets,
             ledger_empty: false,
+            check_logged: Default::default(),
         })
     }
 
@@ -110,6 +130,12 @@ impl<'a> JobRun<'a> {
             .mapping
             .fit_to_org(&describe)
             .map_err(|message| SyncError::Permanent(Failure::OrgMismatch(message)))?;
+        if self.checkpoint.phase == Phase::List && self.snapshot_lost().await? {
+            self.checkpoint.phase = Phase::Verify;
+        }
+        if self.checkpoint.phase == Phase::Verify {
+            self.verify().await?;
+        }
         self.ledger_empty = {
             let conn = self.ctx.store.conn().await?;
             store_worker::ledger_is_empty(&conn, self.ctx.job.connection_id, &self.mapping.object)
@@ -132,6 +158,16 @@ impl<'a> JobRun<'a> {
             self.unenroll().await?;
         }
         Ok(())
+    }
+
+    /// Whether a check run's listing lost the snapshot it compares with (an unlogged table is
+    /// emptied by a crash of Postgres): the verify phase then reads Salesforce again.
+    async fn snapshot_lost(&self) -> SyncResult<bool> {
+        if !self.ctx.job.check_only || self.checkpoint.snapshot_records == 0 {
+            return Ok(false);
+        }
+        let conn = self.ctx.store.conn().await?;
+        Ok(store_worker::snapshot_size(&conn, self.ctx.job.id).await? == 0)
     }
 
     /// The `updated_from` filter of the listing's leaves: the later of the timeframe's start and

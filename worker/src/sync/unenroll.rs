@@ -3,7 +3,7 @@
 //! connection's policy says; a batch at a time, each committed with the last key handled.
 
 use chrono::{DateTime, Utc};
-use learnsync_store::model::{LogLevel, NewLogEvent, UnenrollmentPolicy};
+use learnsync_store::model::{Counts, LogLevel, NewLogEvent, UnenrollmentPolicy};
 use learnsync_store::worker::{self as store_worker, Progress};
 
 use super::JobRun;
@@ -59,6 +59,14 @@ impl JobRun<'_> {
         // A webhook run unenrolls the deletions its events announced; a full run, whatever its
         // listing did not contain.
         let announced = self.targets.is_some().then(|| self.deleted_keys());
+        // A full run checks its count against the guard once, before the first batch; a check
+        // run only reports.
+        if announced.is_none() && self.checkpoint.after_key.is_empty() && self.held().await? {
+            self.checkpoint.phase = Phase::Done;
+            return self
+                .commit(Some(&self.checkpoint), Written::default())
+                .await;
+        }
         loop {
             let (unseen, last_key) = self.unseen_batch(announced.as_deref()).await?;
             let Some(last_key) = last_key else {
@@ -89,6 +97,83 @@ impl JobRun<'_> {
             self.checkpoint.after_key = last_key;
             self.commit_unenrolled(handled, now).await?;
         }
+    }
+
+    /// Whether this full run's unenrollments stop here: a check run reports them (count and
+    /// first keys) and unenrolls nothing; a run whose count is above the connection's guard, and
+    /// was not confirmed, holds them with a warning naming the count.
+    async fn held(&self) -> SyncResult<bool> {
+        let job = &self.ctx.job;
+        let object = self.mapping.object.as_str();
+        let (unseen, live) = {
+            let conn = self.ctx.store.conn().await?;
+            store_worker::ledger_unseen_count(&conn, job, object).await?
+        };
+        let over = job.unenrollment_guard.holds(unseen, live);
+        if !job.check_only && (!over || job.confirm_unenrollments) {
+            return Ok(false);
+        }
+        let first: Vec<String> = {
+            let conn = self.ctx.store.conn().await?;
+            store_worker::ledger_unseen(
+                &conn,
+                job.connection_id,
+                object,
+                job.kind.as_str(),
+                job.run_id,
+                "",
+                20,
+            )
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
+        };
+        let guard = job.unenrollment_guard;
+        let mut events = Vec::new();
+        if over && unseen > 0 {
+            events.push(
+                NewLogEvent::new(
+                    LogLevel::Warn,
+                    format!(
+                        "{unseen} of {live} {object} records are gone from docebo's listing, more than                          the connection allows one run to unenroll (max({}, {}%)): {} until a                          resynchronize confirms them (confirm_unenrollments)",
+                        guard.min_records,
+                        guard.max_percent,
+                        if job.check_only { "a synchronization would hold them" } else { "held" },
+                    ),
+                )
+                .code("UNENROLLMENTS_HELD")
+                .field("object", object)
+                .field("unenrollments", unseen)
+                .field("live", live)
+                .field("first", first.join(", ")),
+            );
+        }
+        let mut counts = Counts::default();
+        if job.check_only && unseen > 0 {
+            counts.unenrolled = unseen;
+            events.push(
+                NewLogEvent::new(
+                    LogLevel::Info,
+                    "check: a synchronization would unenroll these records",
+                )
+                .field("object", object)
+                .field("unenrollments", unseen)
+                .field("first", first.join(", ")),
+            );
+        }
+        let progress = Progress {
+            delta: counts,
+            ..Progress::default()
+        };
+        self.ctx
+            .fenced(async |fenced| {
+                store_worker::progress(fenced, &progress).await?;
+                store_worker::log(fenced, events).await?;
+                Ok(())
+            })
+            .await?;
+        Ok(true)
     }
 
     /// The next batch of records to unenroll after the checkpoint's key, and the last key it
@@ -197,6 +282,10 @@ impl JobRun<'_> {
         let checkpoint = serde_json::to_value(&self.checkpoint)
             .map_err(|error| SyncError::Permanent(Failure::Encode(error.to_string())))?;
         let progress = Progress {
+            delta: Counts {
+                unenrolled: handled.done_keys.len() as i64,
+                ..Counts::default()
+            },
             checkpoint: Some(checkpoint),
             ..Progress::default()
         };

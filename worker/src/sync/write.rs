@@ -15,6 +15,37 @@ use crate::context::{Failure, Interrupt, SyncError, SyncResult};
 use crate::mapping::{Fields, MappedRecord};
 use crate::salesforce::{COLLECTION_SIZE, RecordResult};
 
+/// Records a check run names in its log (per job), with the fields that differ.
+const CHECK_LOGGED: usize = 20;
+
+/// The log event of a record a check found a synchronization would write: the fields whose
+/// values differ from what Salesforce holds (`held`: none when it does not hold the record).
+fn would_write(
+    object: &str,
+    record: &MappedRecord,
+    held: Option<&serde_json::Value>,
+) -> NewLogEvent {
+    let event = NewLogEvent::new(
+        LogLevel::Info,
+        "check: a synchronization would write this record",
+    )
+    .record(record.key.as_str())
+    .field("object", object);
+    let Some(serde_json::Value::Object(held)) = held else {
+        return event.field("action", "create");
+    };
+    let held = Fields::from_map(held);
+    let differing: Vec<&str> = record
+        .fields
+        .iter()
+        .filter(|(name, value)| held.get(name) != Some(*value))
+        .map(|(name, _)| name)
+        .collect();
+    event
+        .field("action", "update")
+        .field("fields", differing.join(", "))
+}
+
 /// Rounds of re-sending rows Salesforce could not lock; rows still locked after them make the job
 /// retry later (from its checkpoint, the confirmed rows kept): contention never fails a record.
 const LOCK_ROUNDS: u32 = 10;
@@ -123,6 +154,9 @@ fn classify(
     for (record, result) in sent.into_iter().zip(results) {
         if result.success {
             written.counts.written += 1;
+            if !ledger.contains_key(&record.key) {
+                written.counts.created += 1;
+            }
             written.confirm(record, result);
             continue;
         }
@@ -160,11 +194,14 @@ impl JobRun<'_> {
         let object = self.mapping.object.as_str();
         let (mut written, mut unique, unfit) = sort_out(object, records);
         self.resolve_matches(&mut unique).await?;
-        let ledger = self.ledger_of(&unique, &unfit).await?;
+        let mut ledger = self.ledger_of(&unique, &unfit).await?;
         // Records that do not fit stay enrolled if they were written before.
         written
             .seen
             .extend(unfit.into_iter().filter(|key| ledger.contains_key(key)));
+        if self.ctx.job.check_only {
+            return self.check_chunk(written, unique, &mut ledger).await;
+        }
         let to_write = self.skip_unchanged(&mut written, unique, &ledger);
         if to_write.is_empty() {
             return Ok(written);
@@ -209,6 +246,62 @@ impl JobRun<'_> {
         let conn = self.ctx.store.conn().await?;
         let object = self.mapping.object.as_str();
         Ok(store_worker::ledger_lookup(&conn, self.ctx.job.connection_id, object, &keys).await?)
+    }
+
+    /// A check run's chunk: what a synchronization would write, counted and (the first ones)
+    /// logged with the fields that differ from what Salesforce holds; nothing is sent. The
+    /// ledger is first seen as the verify phase would have repaired it from the snapshot.
+    async fn check_chunk(
+        &self,
+        mut written: Written,
+        records: Vec<MappedRecord>,
+        ledger: &mut HashMap<String, LedgerEntry>,
+    ) -> SyncResult<Written> {
+        let keys: Vec<String> = records.iter().map(|record| record.key.clone()).collect();
+        let compared = self.ctx.job.compares_everything();
+        let snapshot = if compared {
+            let conn = self.ctx.store.conn().await?;
+            store_worker::snapshot_lookup(&conn, self.ctx.job.id, &keys).await?
+        } else {
+            HashMap::new()
+        };
+        // Listed records the ledger holds are seen, whatever a synchronization would do.
+        written
+            .seen
+            .extend(keys.iter().filter(|key| ledger.contains_key(*key)).cloned());
+        if compared {
+            ledger.retain(|key, _| snapshot.contains_key(key));
+            for (key, entry) in ledger.iter_mut() {
+                if snapshot
+                    .get(key)
+                    .is_some_and(|(hash, _)| *hash != entry.value_hash)
+                {
+                    entry.value_hash = Vec::new();
+                }
+            }
+        }
+        let seen_before = written.seen.len();
+        let to_write = self.skip_unchanged(&mut written, records, ledger);
+        written.seen.truncate(seen_before);
+        for record in &to_write {
+            written.counts.written += 1;
+            if !ledger.contains_key(&record.key) {
+                written.counts.created += 1;
+            }
+            if self
+                .check_logged
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                < CHECK_LOGGED
+            {
+                let held = snapshot
+                    .get(&record.key)
+                    .and_then(|(_, fields)| fields.as_ref());
+                written
+                    .events
+                    .push(would_write(&self.mapping.object, record, held));
+            }
+        }
+        Ok(written)
     }
 
     /// Counts unchanged (and marks seen) the records the ledger holds with the same values;

@@ -38,14 +38,7 @@ impl SalesforceApi {
             Body::Json(&body),
         )
         .await
-        .and_then(|text| {
-            let info: Value =
-                serde_json::from_str(&text).map_err(|_| not_json("bulk job answer"))?;
-            info.get("id")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| Failure::Unreadable("bulk job answer has no id".into()))
-        })
+        .and_then(|text| job_id_of(&text, "bulk job answer"))
     }
 
     /// Uploads a job's CSV ([`to_csv`]).
@@ -77,23 +70,7 @@ impl SalesforceApi {
     pub async fn job_state(&self, session: &Session, job_id: &str) -> Answer<BulkState> {
         self.send(session, reqwest::Method::GET, &job_path(job_id), Body::None)
             .await
-            .and_then(|text| {
-                let state: Value =
-                    serde_json::from_str(&text).map_err(|_| not_json("bulk job state"))?;
-                Ok(
-                    match state.get("state").and_then(Value::as_str).unwrap_or("") {
-                        "JobComplete" => BulkState::Complete,
-                        "Failed" | "Aborted" => BulkState::Ended(
-                            state
-                                .get("errorMessage")
-                                .and_then(Value::as_str)
-                                .unwrap_or("no reason given")
-                                .to_string(),
-                        ),
-                        _ => BulkState::InProgress,
-                    },
-                )
-            })
+            .and_then(|text| state_of(&text))
     }
 
     /// Reads a complete job's successful (`sf__Id` per external id) or failed (`sf__Error` per
@@ -119,6 +96,126 @@ impl SalesforceApi {
         .await
         .and_then(|text| read_results(&text, external_id, column))
     }
+}
+
+/// One set of a query job's results: the CSV text and the locator of the next set, if any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResultSet {
+    /// CSV with a header row named as in the SELECT.
+    pub csv: String,
+    /// `Sforce-Locator` of the next set (`None` on the last).
+    pub next: Option<String>,
+}
+
+impl SalesforceApi {
+    /// Creates a Bulk API 2.0 query job for `soql`; returns its id.
+    pub async fn create_query_job(&self, session: &Session, soql: &str) -> Answer<String> {
+        let body = json!({"operation": "query", "query": soql, "contentType": "CSV",
+            "columnDelimiter": "COMMA", "lineEnding": "LF"})
+        .to_string();
+        self.send(
+            session,
+            reqwest::Method::POST,
+            &format!("/services/data/{API_VERSION}/jobs/query"),
+            Body::Json(&body),
+        )
+        .await
+        .and_then(|text| job_id_of(&text, "bulk query job answer"))
+    }
+
+    /// Where a query job stands.
+    pub async fn query_job_state(&self, session: &Session, job_id: &str) -> Answer<BulkState> {
+        self.send(
+            session,
+            reqwest::Method::GET,
+            &query_path(job_id),
+            Body::None,
+        )
+        .await
+        .and_then(|text| state_of(&text))
+    }
+
+    /// Reads one set of a complete query job's results (`locator`: the set, `None` the first).
+    pub async fn query_results(
+        &self,
+        session: &Session,
+        job_id: &str,
+        locator: Option<&str>,
+        max_records: usize,
+    ) -> Answer<ResultSet> {
+        let mut path = format!("{}/results?maxRecords={max_records}", query_path(job_id));
+        if let Some(locator) = locator {
+            path.push_str("&locator=");
+            path.push_str(&urlencoding_lite(locator));
+        }
+        self.exchange(session, reqwest::Method::GET, &path, Body::None)
+            .await
+            .and_then(|(csv, headers)| {
+                let next = headers
+                    .get("sforce-locator")
+                    .and_then(|value| value.to_str().ok())
+                    .filter(|value| !value.is_empty() && *value != "null")
+                    .map(str::to_string);
+                Ok(ResultSet { csv, next })
+            })
+    }
+
+    /// Deletes a query job (its results are no longer needed).
+    pub async fn delete_query_job(&self, session: &Session, job_id: &str) -> Answer<()> {
+        self.send(
+            session,
+            reqwest::Method::DELETE,
+            &query_path(job_id),
+            Body::None,
+        )
+        .await
+        .and_then(|_| Ok(()))
+    }
+}
+
+/// A locator as a query parameter: Salesforce's are alphanumeric; anything else is escaped.
+fn urlencoding_lite(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The id in a bulk job's answer.
+fn job_id_of(text: &str, what: &str) -> Result<String, Failure> {
+    let info: Value = serde_json::from_str(text).map_err(|_| not_json(what))?;
+    info.get("id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| Failure::Unreadable(format!("{what} has no id")))
+}
+
+/// A bulk job's state, from its description.
+fn state_of(text: &str) -> Result<BulkState, Failure> {
+    let state: Value = serde_json::from_str(text).map_err(|_| not_json("bulk job state"))?;
+    Ok(
+        match state.get("state").and_then(Value::as_str).unwrap_or("") {
+            "JobComplete" => BulkState::Complete,
+            "Failed" | "Aborted" => BulkState::Ended(
+                state
+                    .get("errorMessage")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given")
+                    .to_string(),
+            ),
+            _ => BulkState::InProgress,
+        },
+    )
+}
+
+/// The path of a bulk query job.
+fn query_path(job_id: &str) -> String {
+    format!("/services/data/{API_VERSION}/jobs/query/{job_id}")
 }
 
 /// The path of a bulk ingest job.
