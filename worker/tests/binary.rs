@@ -146,12 +146,17 @@ impl WorkerProcess {
     }
 }
 
-/// Write calls the Salesforce simulator received (every call but GETs and Bulk query jobs).
+/// Write calls the Salesforce simulator received (every data call but GETs and Bulk query jobs;
+/// token requests are no writes).
 fn salesforce_writes(env: &Env) -> u64 {
     env.salesforce
         .counters()
         .iter()
-        .filter(|(call, _)| !call.starts_with("GET ") && !call.contains("/jobs/query"))
+        .filter(|(call, _)| {
+            call.contains("/services/data/")
+                && !call.starts_with("GET ")
+                && !call.contains("/jobs/query")
+        })
         .map(|(_, count)| count)
         .sum()
 }
