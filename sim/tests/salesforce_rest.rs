@@ -1,4 +1,4 @@
-// Proves Salesforce REST: sObject Collections upsert/delete with every validation error code, allOrNone, single-record upsert, SOQL with paging, describe, ids, and reading the org back.
+// Proves Salesforce REST: sObject Collections upsert/delete with every validation error code, allOrNone, single-record upsert, SOQL with paging, describe, ids, reading the org back, and writes held in flight until released.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -810,4 +810,86 @@ async fn describe_and_schema_control() {
     assert_eq!(response.status(), 400);
     sim.reset();
     assert_eq!(sim.schema().objects.len(), 8);
+}
+
+#[tokio::test]
+async fn a_held_write_is_counted_and_applied_only_once_released() {
+    let (sim, http, token) = setup().await;
+    let control = format!("{}/__sim", sim.base_url());
+    let held: Value = http
+        .post(format!("{control}/hold_writes"))
+        .json(&json!({"count": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(held, json!({"holding": 1}));
+    let write = {
+        let (sim_url, http, token) = (sim.base_url().to_string(), http.clone(), token.clone());
+        tokio::spawn(async move {
+            http.patch(format!(
+                "{sim_url}{DATA}/composite/sobjects/Docebo_User__c/Docebo_User_Id__c"
+            ))
+            .bearer_auth(token)
+            .json(&json!({"allOrNone": false, "records": [user(1)]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+        })
+    };
+    // Counted, waiting, not applied; reads go on meanwhile.
+    for _ in 0..500 {
+        if sim.held_writes() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(sim.held_writes(), 1);
+    let waiting: Value = http
+        .get(format!("{control}/hold_writes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(waiting, json!({"holding": 0, "waiting": 1}));
+    assert_eq!(sim.record_count("Docebo_User__c"), 0);
+    let (status, _, _) = sf_call(
+        &http,
+        &sim,
+        &token,
+        Method::GET,
+        &format!("{DATA}/query?q=SELECT+Id+FROM+Docebo_User__c"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Released: applied, and the next write is not held.
+    let released: Value = http
+        .post(format!("{control}/release_writes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(released, json!({"released": 1}));
+    assert_eq!(write.await.unwrap().as_u16(), 200);
+    assert_eq!(sim.record_count("Docebo_User__c"), 1);
+    assert_eq!(sim.held_writes(), 0);
+    let (status, _) = upsert(
+        &sim,
+        &http,
+        &token,
+        "Docebo_User__c",
+        "Docebo_User_Id__c",
+        false,
+        vec![user(2)],
+    )
+    .await;
+    assert_eq!(status, 200);
 }

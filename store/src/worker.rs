@@ -7,6 +7,11 @@
 //! The rule is a type: the job writes ([`log`], [`progress`], the ledger's and `job_deferred`'s
 //! writes) take a [`Fenced`], which only [`fence`] makes, and what must run in a transaction takes
 //! a [`Transaction`].
+//!
+//! Salesforce cannot be fenced that way, so time fences it: a job whose lease ran out is taken
+//! over only once its holder's write grace has passed too ([`Lease::write_grace`], recorded in the
+//! row), and the holder starts no Salesforce write after its own write deadline, measured from
+//! the last heartbeat it sent (the worker's `JobCtx::may_write`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,15 +27,28 @@ use crate::model::{
 };
 use crate::{CHANNEL_JOBS, Result, logs, runs};
 
+/// A running job another worker may take over (claim, or reap when its run is stopping): its lease
+/// ran out and so did its holder's write grace ([`Lease::write_grace`]). The index `jobs_takeover`
+/// is on this expression. A job handed back or retried is queued, not running: claimable at once
+/// (or when due).
+macro_rules! taken_over {
+    () => {
+        "(j.state = 'running' AND greatest(j.lease_expires_at, j.takeover_after) < now())"
+    };
+}
+
 /// Claims up to `$3` jobs: queued ones that are due and whose predecessor is final, and running
-/// ones whose lease expired (a dead worker's). `SKIP LOCKED` lets several workers claim at once
-/// without waiting for, or taking, each other's rows. Jobs of a stopping run are not claimed: the
-/// reaper ends them.
-const CLAIM: &str = "\
+/// ones another worker may take over (`taken_over!`: a dead or frozen worker's, once its writes in
+/// flight have ended). `SKIP LOCKED` lets several workers claim at once without waiting for, or
+/// taking, each other's rows. Jobs of a stopping run are not claimed: the reaper ends them.
+const CLAIM: &str = concat!(
+    "\
 WITH candidates AS ( \
     SELECT j.id FROM jobs j JOIN runs r ON r.id = j.run_id \
     WHERE ((j.state = 'queued' AND j.not_before <= now()) \
-           OR (j.state = 'running' AND j.lease_expires_at < now())) \
+           OR ",
+    taken_over!(),
+    ") \
       AND r.state IN ('queued', 'running') \
       AND (j.after_job_id IS NULL OR EXISTS ( \
            SELECT 1 FROM jobs a WHERE a.id = j.after_job_id \
@@ -40,7 +58,8 @@ WITH candidates AS ( \
     FOR UPDATE OF j SKIP LOCKED), \
 claimed AS ( \
     UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, lease_owner = $1, \
-        lease_expires_at = now() + make_interval(secs => $2), heartbeat_time = now(), \
+        lease_expires_at = now() + make_interval(secs => $2), \
+        takeover_after = now() + make_interval(secs => $2 + $4::float8), heartbeat_time = now(), \
         start_time = coalesce(j.start_time, now()), status_message = 'running' \
     FROM candidates c WHERE j.id = c.id \
     RETURNING j.id, j.run_id, j.connection_id, j.kind, j.attempt, j.checkpoint, j.read_count, \
@@ -57,7 +76,8 @@ SELECT c.*, r.area, r.timeframe_start, r.timeframe_end, r.full_sync, r.updated_f
       WHERE a.connection_id = c.connection_id AND a.area = 'enrollments') AS enrollments_first_success, \
     (SELECT a.course_category_ids FROM area_configs a \
       WHERE a.connection_id = c.connection_id AND a.area = 'courses') AS course_category_ids \
-FROM claimed c JOIN runs r ON r.id = c.run_id JOIN connections n ON n.id = c.connection_id";
+FROM claimed c JOIN runs r ON r.id = c.run_id JOIN connections n ON n.id = c.connection_id"
+);
 
 /// A job a worker holds, with what it needs to know about its run and connection.
 #[derive(Clone, Debug, PartialEq)]
@@ -184,15 +204,39 @@ fn secs(duration: Duration) -> f64 {
     duration.as_secs_f64()
 }
 
-/// Claims up to `limit` jobs for `owner` under a lease of `lease`, and logs each start. Must run
-/// in a transaction (the claim and its log commit together).
+/// The terms a worker holds its jobs on, given with every claim and heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// How long a lease lasts from the claim or the last heartbeat.
+    pub length: Duration,
+    /// How long after the lease runs out the job still waits before another worker may take it
+    /// over: the longest Salesforce write the holder may have in flight (its request timeout), so
+    /// a write it started before its lease ran out has ended or timed out before a new attempt
+    /// writes the same records. The row records it (`takeover_after`): whoever takes the job over
+    /// need not know the holder's settings.
+    pub write_grace: Duration,
+}
+
+/// Claims up to `limit` jobs for `owner` under `lease`, and logs each start. Must run in a
+/// transaction (the claim and its log commit together). The lease runs from the transaction's
+/// start (Postgres's `now()`).
 pub async fn claim(
     client: &Transaction<'_>,
     owner: &str,
-    lease: Duration,
+    lease: Lease,
     limit: i64,
 ) -> Result<Vec<ClaimedJob>> {
-    let rows = client.query(CLAIM, &[&owner, &secs(lease), &limit]).await?;
+    let rows = client
+        .query(
+            CLAIM,
+            &[
+                &owner,
+                &secs(lease.length),
+                &limit,
+                &secs(lease.write_grace),
+            ],
+        )
+        .await?;
     let jobs: Vec<ClaimedJob> = rows.iter().map(claimed_from_row).collect::<Result<_>>()?;
     for job in &jobs {
         let message = if job.attempt > 1 {
@@ -222,19 +266,25 @@ pub enum Heartbeat {
     Lost,
 }
 
-/// Extends a job's lease, if this attempt still holds it.
+/// Extends a job's lease (from the statement's start), if this attempt still holds it.
 pub async fn heartbeat(
     client: &impl GenericClient,
     job_id: Uuid,
     attempt: i32,
-    lease: Duration,
+    lease: Lease,
 ) -> Result<Heartbeat> {
     let row = client
         .query_opt(
-            "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $3), heartbeat_time = now() \
+            "UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $3), \
+                 takeover_after = now() + make_interval(secs => $3 + $4::float8), heartbeat_time = now() \
              FROM runs r WHERE j.id = $1 AND j.attempt = $2 AND j.state = 'running' AND r.id = j.run_id \
              RETURNING r.state",
-            &[&job_id, &attempt, &secs(lease)],
+            &[
+                &job_id,
+                &attempt,
+                &secs(lease.length),
+                &secs(lease.write_grace),
+            ],
         )
         .await?;
     match row {
@@ -374,7 +424,7 @@ pub async fn finish(client: &Transaction<'_>, job: &ClaimedJob, outcome: &Outcom
         Outcome::Failed(message) => ("'failed'", Some(message.as_str())),
     };
     let sql = format!(
-        "UPDATE jobs SET state = {state_sql}, lease_owner = NULL, lease_expires_at = NULL, end_time = now(), \
+        "UPDATE jobs SET state = {state_sql}, lease_owner = NULL, lease_expires_at = NULL, takeover_after = NULL, end_time = now(), \
              error_message = $3, status_message = CASE WHEN $3::text IS NULL THEN '' ELSE $3 END \
          WHERE id = $1 AND attempt = $2 AND state = 'running' \
          RETURNING state, read_count, written_count, unchanged_count, failed_count, repaired_count, \
@@ -439,7 +489,7 @@ pub async fn retry_later(
 ) -> Result<bool> {
     let updated = client
         .execute(
-            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
+            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, takeover_after = NULL, \
                  not_before = now() + make_interval(secs => $3), \
                  retries_with_progress = retries_with_progress + CASE WHEN $4 THEN 1 ELSE 0 END, \
                  retries_without_progress = retries_without_progress + CASE WHEN $4 THEN 0 ELSE 1 END, \
@@ -471,7 +521,7 @@ pub async fn retry_later(
 pub async fn hand_back(client: &impl GenericClient, job: &ClaimedJob) -> Result<bool> {
     let updated = client
         .execute(
-            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, not_before = now(), \
+            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, takeover_after = NULL, not_before = now(), \
                  status_message = 'handed back by a worker shutting down' \
              WHERE id = $1 AND attempt = $2 AND state = 'running'",
             &[&job.id, &job.attempt],
@@ -498,17 +548,20 @@ pub async fn hand_back(client: &impl GenericClient, job: &ClaimedJob) -> Result<
     Ok(true)
 }
 
-/// Ends the jobs of stopping runs that no worker will stop: running ones whose lease expired (their
-/// worker died) and queued ones (handed back or waiting to retry). Ends their runs when done.
-/// Returns how many jobs it stopped.
+/// Ends the jobs of stopping runs that no worker will stop: running ones another worker may take
+/// over (`taken_over!`: their worker died, and its writes in flight have ended) and queued ones
+/// (handed back or waiting to retry). Ends their runs when done. Returns how many jobs it stopped.
 pub async fn reap_stopped(client: &Transaction<'_>) -> Result<u64> {
     let rows = client
         .query(
-            "UPDATE jobs j SET state = 'stopped', lease_owner = NULL, lease_expires_at = NULL, end_time = now(), \
-                 status_message = 'stopped' \
-             FROM runs r WHERE r.id = j.run_id AND r.state = 'stopping' \
-               AND (j.state = 'queued' OR (j.state = 'running' AND j.lease_expires_at < now())) \
-             RETURNING j.id, j.run_id, j.connection_id, j.kind",
+            concat!(
+                "UPDATE jobs j SET state = 'stopped', lease_owner = NULL, lease_expires_at = NULL, \
+                     takeover_after = NULL, end_time = now(), status_message = 'stopped' \
+                 FROM runs r WHERE r.id = j.run_id AND r.state = 'stopping' \
+                   AND (j.state = 'queued' OR ",
+                taken_over!(),
+                ") RETURNING j.id, j.run_id, j.connection_id, j.kind"
+            ),
             &[],
         )
         .await?;

@@ -7,12 +7,20 @@ use std::time::Duration;
 use learnsync_store::connections::{self, NewConnection, SealedCredentials};
 use learnsync_store::model::{Area, JobKind, JobState, Mode, Run, RunState, UnenrollmentPolicy};
 use learnsync_store::worker::{
-    self as store_worker, ClaimedJob, Heartbeat, LedgerWrite, Outcome, Progress,
+    self as store_worker, ClaimedJob, Heartbeat, Lease, LedgerWrite, Outcome, Progress,
 };
 use learnsync_store::{Options, Store, areas, runs, testing};
 use uuid::Uuid;
 
-const LEASE: Duration = Duration::from_secs(30);
+const LEASE: Lease = lease(Duration::from_secs(30), Duration::ZERO);
+
+/// A lease of `length`, taken over `write_grace` after it runs out.
+const fn lease(length: Duration, write_grace: Duration) -> Lease {
+    Lease {
+        length,
+        write_grace,
+    }
+}
 
 async fn store() -> Store {
     let url = testing::fresh_database().await.unwrap();
@@ -100,7 +108,7 @@ async fn resynchronize(
     run
 }
 
-async fn claim(store: &Store, owner: &str, lease: Duration, limit: i64) -> Vec<ClaimedJob> {
+async fn claim(store: &Store, owner: &str, lease: Lease, limit: i64) -> Vec<ClaimedJob> {
     let mut conn = store.conn().await.unwrap();
     let tx = conn.transaction().await.unwrap();
     let jobs = store_worker::claim(&tx, owner, lease, limit).await.unwrap();
@@ -177,7 +185,9 @@ async fn an_expired_lease_is_taken_over_and_the_stale_attempt_is_fenced_out() {
     let store = store().await;
     let connection_id = connection(&store).await;
     start(&store, connection_id, Area::Users).await;
-    let stale = claim(&store, "dead", Duration::ZERO, 1).await.remove(0);
+    let stale = claim(&store, "dead", lease(Duration::ZERO, Duration::ZERO), 1)
+        .await
+        .remove(0);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let current = claim(&store, "alive", LEASE, 1).await.remove(0);
     assert_eq!(current.id, stale.id, "the expired lease is taken over");
@@ -224,6 +234,72 @@ async fn an_expired_lease_is_taken_over_and_the_stale_attempt_is_fenced_out() {
         .unwrap();
     let checkpoint: Option<serde_json::Value> = row.get(0);
     assert_eq!(checkpoint, Some(serde_json::json!({"page": 2})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_waits_for_its_holders_write_grace_and_a_job_handed_back_does_not() {
+    let store = store().await;
+    let connection_id = connection(&store).await;
+    let run = start(&store, connection_id, Area::Users).await;
+    // The lease runs out at once, but its holder may have a write in flight for 30 s more: neither
+    // a claim nor the reaper takes the job yet.
+    let frozen = claim(
+        &store,
+        "frozen",
+        lease(Duration::ZERO, Duration::from_secs(30)),
+        1,
+    )
+    .await
+    .remove(0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(claim(&store, "other", LEASE, 1).await.is_empty());
+    // A heartbeat renews both: the lease and the grace after it.
+    let conn = store.conn().await.unwrap();
+    assert_eq!(
+        store_worker::heartbeat(
+            &conn,
+            frozen.id,
+            frozen.attempt,
+            lease(Duration::ZERO, Duration::from_millis(50))
+        )
+        .await
+        .unwrap(),
+        Heartbeat::Held(RunState::Running)
+    );
+    // Once the grace has passed too, the job is taken over.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let current = claim(&store, "other", LEASE, 1).await.remove(0);
+    assert_eq!(
+        (current.id, current.attempt),
+        (frozen.id, frozen.attempt + 1)
+    );
+
+    // A job handed back is queued: claimable at once, whatever grace its holder had.
+    let mut conn = store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    assert!(store_worker::hand_back(&tx, &current).await.unwrap());
+    tx.commit().await.unwrap();
+    let again = claim(
+        &store,
+        "third",
+        lease(Duration::ZERO, Duration::from_secs(30)),
+        1,
+    )
+    .await
+    .remove(0);
+    assert_eq!(again.attempt, current.attempt + 1);
+
+    // The reaper waits for the grace as a claim does: a stopping run's job whose holder may still
+    // be writing stays running.
+    let tx = conn.transaction().await.unwrap();
+    runs::stop(&tx, connection_id, Area::Users).await.unwrap();
+    tx.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let tx = conn.transaction().await.unwrap();
+    assert_eq!(store_worker::reap_stopped(&tx).await.unwrap(), 0);
+    tx.commit().await.unwrap();
+    let job = &run_of(&store, connection_id, run.id).await.jobs[0];
+    assert_eq!(job.state, JobState::Running);
 }
 
 fn write(key: &str, hash: u8) -> LedgerWrite {

@@ -94,6 +94,8 @@ pub fn test_settings(worker_id: &str) -> Settings {
         call_retry_base: Duration::from_millis(20),
         shutdown_grace: Duration::from_secs(5),
         bulk_poll: Duration::from_millis(20),
+        // Also the write grace a takeover waits after a lease runs out.
+        http_timeout: Duration::from_secs(5),
         ..Settings::default()
     }
 }

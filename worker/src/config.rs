@@ -12,9 +12,11 @@ pub struct Settings {
     pub worker_id: String,
     /// Jobs run at once.
     pub concurrency: usize,
-    /// How long a lease lasts without a heartbeat: a dead worker's jobs are taken over after it.
+    /// How long a lease lasts without a heartbeat: a dead worker's jobs are taken over after it
+    /// and the write grace ([`Settings::lease_terms`]). A job starts no Salesforce write once
+    /// [`Settings::write_window`] has passed since the last heartbeat it sent.
     pub lease: Duration,
-    /// How often a held lease is extended (well under `lease`).
+    /// How often a held lease is extended (well under the write window, nine tenths of `lease`).
     pub heartbeat: Duration,
     /// How often the queue is polled when no NOTIFY arrives.
     pub poll_interval: Duration,
@@ -49,7 +51,10 @@ pub struct Settings {
     pub salesforce_limit_pause: Duration,
     /// First delay of an in-call retry (Salesforce 5xx, row locks, network errors).
     pub call_retry_base: Duration,
-    /// Timeout of one HTTP request.
+    /// Timeout of one HTTP request to Docebo or Salesforce, from its start to the end of its
+    /// answer's body. It bounds how long a Salesforce write stays in flight, so it is also the
+    /// write grace: how long after this worker's lease runs out its job waits before another
+    /// worker may take it over ([`Settings::lease_terms`]).
     pub http_timeout: Duration,
     /// How long a shutting-down worker waits for its jobs to hand back before it aborts them.
     pub shutdown_grace: Duration,
@@ -96,8 +101,12 @@ pub mod defaults {
     pub const SALESFORCE_LIMIT_PAUSE: Duration = Duration::from_secs(300);
     /// First delay of an in-call retry.
     pub const CALL_RETRY_BASE: Duration = Duration::from_millis(500);
-    /// Timeout of one HTTP request.
-    pub const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Timeout of one HTTP request, and so the write grace a takeover waits after a lease runs out:
+    /// a crashed worker's job resumes after `LEASE` plus this. 30 s is far above a healthy write
+    /// (a 200-record collection or a Bulk upload takes seconds) and above Salesforce's 20 s
+    /// threshold of a long-running request (which already means trouble); a request that slow is
+    /// retried (writes are upserts by external id, so a retry is safe).
+    pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
     /// How long shutdown waits for jobs to hand back.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
     /// First poll of a bulk ingest job's state.
@@ -129,6 +138,31 @@ impl Default for Settings {
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             bulk_poll: defaults::BULK_POLL,
         }
+    }
+}
+
+impl Settings {
+    /// The terms this worker holds its jobs on: its lease, and the write grace a takeover waits
+    /// after the lease runs out (the request timeout, the longest a write may stay in flight; for
+    /// a Bulk API job the write is its create, upload or close request, not Salesforce's
+    /// processing, which the new attempt's results never depend on).
+    pub fn lease_terms(&self) -> learnsync_store::worker::Lease {
+        learnsync_store::worker::Lease {
+            length: self.lease,
+            write_grace: self.http_timeout,
+        }
+    }
+
+    /// How long after the last heartbeat a job sent (or its claim) it may still start a Salesforce
+    /// write: the lease less a tenth of it (at most 1 s is taken off a 10 s lease). Postgres starts
+    /// the lease when the statement arrives, after the worker sent it, so the lease never runs out
+    /// before `sent + lease`; the margin covers what lies between the check and the start of the
+    /// request's timeout (building the body, the task being scheduled late) and the drift between
+    /// the worker's and Postgres's clocks over one lease. A write started within the window ends
+    /// (or times out) before `lease expiry + write grace`, the first moment another worker may
+    /// take the job over.
+    pub fn write_window(&self) -> Duration {
+        self.lease - self.lease / 10
     }
 }
 
@@ -250,6 +284,10 @@ pub struct Options {
     /// How long shutdown waits for jobs to hand back.
     #[arg(long, env = "LEARNSYNC_WORKER_SHUTDOWN_GRACE", default_value_t = Span(defaults::SHUTDOWN_GRACE))]
     pub shutdown_grace: Span,
+    /// Timeout of one Docebo or Salesforce request; also how long after this worker's lease runs
+    /// out its job waits before another worker takes it over (a write may be in flight that long).
+    #[arg(long, env = "LEARNSYNC_WORKER_HTTP_TIMEOUT", default_value_t = Span(defaults::HTTP_TIMEOUT))]
+    pub http_timeout: Span,
     /// Connections in the worker's Postgres pool (default: 2 per job plus 4).
     #[arg(long, env = "LEARNSYNC_WORKER_DB_CONNECTIONS")]
     pub db_connections: Option<usize>,
@@ -277,6 +315,7 @@ impl Options {
             records_in_flight: self.records_in_flight.max(1000),
             salesforce_limit_pause: self.salesforce_limit_pause.0,
             shutdown_grace: self.shutdown_grace.0,
+            http_timeout: self.http_timeout.0,
             ..Settings::default()
         }
     }
@@ -331,6 +370,9 @@ mod tests {
         assert_eq!(flags.records_in_flight, library.records_in_flight);
         assert_eq!(flags.salesforce_limit_pause, library.salesforce_limit_pause);
         assert_eq!(flags.shutdown_grace, library.shutdown_grace);
+        assert_eq!(flags.http_timeout, library.http_timeout);
+        assert_eq!(flags.lease_terms().write_grace, flags.http_timeout);
+        assert_eq!(flags.write_window(), Duration::from_secs(9));
         assert_eq!(Span(Duration::from_millis(2500)).to_string(), "2500ms");
         assert_eq!(Span(Duration::from_secs(300)).to_string(), "5m");
         assert_eq!(Span(Duration::from_secs(20)).to_string(), "20s");

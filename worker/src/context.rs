@@ -1,10 +1,11 @@
-//! What one running job carries: the job it holds, its store, the reasons it may have to stop, and
-//! the job-level side of a token request (interruptible, backing off under the retry policy). The
-//! error type of a job's work lives in [`crate::error`] and is re-exported here.
+//! What one running job carries: the job it holds, its store, the reasons it may have to stop, its
+//! Salesforce write deadline, and the job-level side of a token request (interruptible, backing off
+//! under the retry policy). The error type of a job's work lives in [`crate::error`] and is
+//! re-exported here.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use learnsync_store::Store;
 use learnsync_store::model::NewLogEvent;
@@ -42,15 +43,20 @@ pub struct JobCtx {
     pub interrupt: CancellationToken,
     reason: Arc<Mutex<Option<Interrupt>>>,
     progressed: Arc<AtomicBool>,
+    /// When the last lease extension that succeeded was sent (the claim, then heartbeats): the
+    /// write deadline runs from it ([`JobCtx::may_write`]).
+    lease_sent: Arc<Mutex<Instant>>,
     /// The worker's room for records in flight (`Settings::records_in_flight` permits), shared by
     /// all its jobs.
     pub room: Arc<tokio::sync::Semaphore>,
 }
 
 impl JobCtx {
-    /// A context for a job just claimed.
+    /// A context for a job just claimed by a claim sent at `claim_sent` (before its transaction
+    /// began: Postgres starts the lease later).
     pub fn new(
         job: ClaimedJob,
+        claim_sent: Instant,
         store: Store,
         settings: Arc<Settings>,
         shutdown: &CancellationToken,
@@ -63,8 +69,54 @@ impl JobCtx {
             interrupt: shutdown.child_token(),
             reason: Arc::new(Mutex::new(None)),
             progressed: Arc::new(AtomicBool::new(false)),
+            lease_sent: Arc::new(Mutex::new(claim_sent)),
             room,
         }
+    }
+
+    /// Notes that a heartbeat sent at `sent` extended the lease (answers may arrive out of order:
+    /// the latest sending wins).
+    pub fn renewed(&self, sent: Instant) {
+        let mut last = self
+            .lease_sent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *last = (*last).max(sent);
+    }
+
+    /// Until when this attempt may start a Salesforce write: the write window
+    /// ([`Settings::write_window`]) from when the last successful lease extension was sent.
+    pub fn write_deadline(&self) -> Instant {
+        let sent = *self
+            .lease_sent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        sent + self.settings.write_window()
+    }
+
+    /// Fails unless this attempt may start a Salesforce write now: the one rule that keeps a worker
+    /// whose lease may have run out from writing Salesforce (which no transaction fences). Called
+    /// right before every write request (collections upsert and delete, Bulk ingest job create,
+    /// upload and close) and after every heartbeat. Past the write deadline the lease may have run
+    /// out, and another worker may take the job over once its write grace has passed: the job is
+    /// interrupted as a lost lease ([`Interrupt::Lost`]) and writes nothing more. A write started
+    /// before the deadline ends, or times out, before that takeover.
+    pub fn may_write(&self) -> SyncResult<()> {
+        if self.interrupted() == Some(Interrupt::Lost) {
+            return Err(SyncError::Interrupted(Interrupt::Lost));
+        }
+        let now = Instant::now();
+        let deadline = self.write_deadline();
+        if now >= deadline {
+            tracing::warn!(
+                job = %self.job.id,
+                attempt = self.job.attempt,
+                late_ms = now.duration_since(deadline).as_millis() as u64,
+                "past the write deadline: the lease may have run out, writing nothing more"
+            );
+            return Err(self.lost());
+        }
+        Ok(())
     }
 
     /// Notes that this attempt moved the checkpoint (its retry spends the with-progress budget).

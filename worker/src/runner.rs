@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use learnsync_store::model::RunState;
 use learnsync_store::secrets::Cipher;
@@ -32,6 +32,9 @@ pub enum Error {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(String),
+    /// The settings contradict each other.
+    #[error("settings: {0}")]
+    Settings(String),
 }
 
 /// A sync worker. Build it with [`Worker::new`], then [`Worker::run`] it until shutdown.
@@ -52,6 +55,13 @@ struct Running {
 impl Worker {
     /// A worker over a store, opening credentials with `cipher`.
     pub fn new(settings: Settings, store: Store, cipher: Cipher) -> Result<Worker, Error> {
+        if settings.heartbeat >= settings.write_window() {
+            // Every job would pass its write deadline between two heartbeats.
+            return Err(Error::Settings(format!(
+                "the heartbeat ({:?}) must be shorter than nine tenths of the lease ({:?})",
+                settings.heartbeat, settings.lease
+            )));
+        }
         let http = reqwest::Client::builder()
             .timeout(settings.http_timeout)
             .connect_timeout(Duration::from_secs(10))
@@ -95,12 +105,13 @@ impl Worker {
                 claim_now = false;
                 let free = settings.concurrency.saturating_sub(running.len());
                 match self.claim(free).await {
-                    Ok(jobs) => {
+                    Ok((sent, jobs)) => {
                         // A full claim may have left more: look again at once.
                         claim_now = free > 0 && jobs.len() == free;
                         for job in jobs {
                             let ctx = JobCtx::new(
                                 job,
+                                sent,
                                 self.store.clone(),
                                 settings.clone(),
                                 &shutdown,
@@ -189,17 +200,19 @@ impl Worker {
         }
     }
 
-    /// Reaps the jobs of stopping runs nobody will stop, then claims up to `free` jobs.
-    async fn claim(&self, free: usize) -> learnsync_store::Result<Vec<ClaimedJob>> {
+    /// Reaps the jobs of stopping runs nobody will stop, then claims up to `free` jobs. Returns
+    /// when the claim was sent (its leases run from a later moment, the transaction's start).
+    async fn claim(&self, free: usize) -> learnsync_store::Result<(Instant, Vec<ClaimedJob>)> {
         let _timer = crate::metrics::METRICS.claim_seconds.start_timer();
         let mut conn = self.store.conn().await?;
+        let sent = Instant::now();
         let tx = conn.transaction().await?;
         store_worker::reap_stopped(&tx).await?;
         let jobs = if free > 0 {
             store_worker::claim(
                 &tx,
                 &self.settings.worker_id,
-                self.settings.lease,
+                self.settings.lease_terms(),
                 free as i64,
             )
             .await?
@@ -214,7 +227,7 @@ impl Worker {
                 .inc();
             tracing::info!(job = %job.id, run = %job.run_id, trace_id = %job.trace_id, kind = %job.kind, attempt = job.attempt, "job claimed");
         }
-        Ok(jobs)
+        Ok((sent, jobs))
     }
 
     fn job_runner(&self) -> JobRunner {
@@ -374,33 +387,37 @@ enum Ending {
 }
 
 /// Keeps a job's lease alive on its own task, so slow I/O never looks like death; learns of Stop
-/// (the run is stopping) and of a lost lease.
+/// (the run is stopping) and of a lost lease. Each beat that extends the lease moves the job's
+/// write deadline from when it was sent; once the deadline passes without one, the job is lost
+/// ([`JobCtx::may_write`], the same rule its Salesforce writes follow).
 async fn heartbeat(ctx: JobCtx) {
     let settings = ctx.settings.clone();
-    let mut last_held = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(settings.heartbeat).await;
         let beat = async {
             let conn = ctx.store.conn().await?;
-            store_worker::heartbeat(&conn, ctx.job.id, ctx.job.attempt, settings.lease).await
+            let sent = Instant::now();
+            let beat =
+                store_worker::heartbeat(&conn, ctx.job.id, ctx.job.attempt, settings.lease_terms())
+                    .await?;
+            Ok::<_, learnsync_store::Error>((sent, beat))
         };
         match tokio::time::timeout(settings.lease, beat).await {
-            Ok(Ok(Heartbeat::Held(state))) => {
-                last_held = tokio::time::Instant::now();
+            Ok(Ok((sent, Heartbeat::Held(state)))) => {
+                ctx.renewed(sent);
                 if state == RunState::Stopping {
                     ctx.raise(Interrupt::Stop);
                 }
             }
-            Ok(Ok(Heartbeat::Lost)) => {
+            Ok(Ok((_, Heartbeat::Lost))) => {
                 ctx.raise(Interrupt::Lost);
                 return;
             }
             Ok(Err(error)) => tracing::warn!(job = %ctx.job.id, %error, "heartbeat failed"),
             Err(_) => tracing::warn!(job = %ctx.job.id, "heartbeat timed out"),
         }
-        if last_held.elapsed() > settings.lease {
-            // The lease has run out: another worker may hold the job now.
-            ctx.raise(Interrupt::Lost);
+        if ctx.may_write().is_err() {
+            // The lease may have run out: another worker may take the job over.
             return;
         }
     }

@@ -3,7 +3,8 @@
 //! INVALID_SESSION_ID; REQUEST_LIMIT_EXCEEDED pausing the connection's writes in Postgres (for
 //! every worker) and said in the job's log; 5xx answers logged and retried with backoff; Bulk API
 //! 2.0 jobs polled to their end. A write in flight is never abandoned on a stop: its answer is
-//! recorded first.
+//! recorded first. No write request (collections upsert and delete, Bulk ingest job create, upload
+//! and close) starts once the job's lease may have run out ([`JobCtx::may_write`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,6 +22,14 @@ pub use crate::http::salesforce::{API_VERSION, COLLECTION_SIZE, RecordFailure, R
 use crate::http::salesforce::{BulkState, ResultSet, SalesforceApi, Session};
 use crate::mapping::{FieldValue, Fields};
 use crate::retry::{Decision, Policy, Tally};
+
+/// Whether an exchange writes Salesforce: a write request starts only while the job may write
+/// ([`JobCtx::may_write`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exchange {
+    Read,
+    Write,
+}
 
 /// A Salesforce client for one job.
 pub struct Salesforce {
@@ -78,8 +87,14 @@ impl Salesforce {
     }
 
     /// Runs one API exchange under the retry policy: waits out the connection's pause first,
-    /// renews the session once, pauses the connection on request limits, backs off on 5xx.
-    async fn call<T, F>(&self, ctx: &JobCtx, exchange: impl Fn(Session) -> F) -> SyncResult<T>
+    /// renews the session once, pauses the connection on request limits, backs off on 5xx. A write
+    /// (and each of its retries) is sent only if the job may still write, checked last.
+    async fn call<T, F>(
+        &self,
+        ctx: &JobCtx,
+        kind: Exchange,
+        exchange: impl Fn(Session) -> F,
+    ) -> SyncResult<T>
     where
         F: Future<Output = Answer<T>>,
     {
@@ -88,6 +103,9 @@ impl Salesforce {
         loop {
             self.wait_for_limit(ctx).await?;
             let session = self.session(ctx, false).await?;
+            if kind == Exchange::Write {
+                ctx.may_write()?;
+            }
             // A write in flight is not abandoned when a stop arrives: its answer is recorded first.
             let (signal, failure) = match exchange(session).await.into_result() {
                 Ok(value) => return Ok(value),
@@ -140,7 +158,7 @@ impl Salesforce {
     /// Describes an object (its fields, types, lengths, picklist values), to check the org
     /// against the mapping before writing.
     pub async fn describe(&self, ctx: &JobCtx, object: &str) -> SyncResult<Value> {
-        self.call(ctx, |session: Session| async move {
+        self.call(ctx, Exchange::Read, |session: Session| async move {
             self.api.describe(&session, object).await
         })
         .await
@@ -186,7 +204,7 @@ impl Salesforce {
         loop {
             let current = path.as_str();
             let page = self
-                .call(ctx, |session: Session| async move {
+                .call(ctx, Exchange::Read, |session: Session| async move {
                     self.api.query(&session, current, field).await
                 })
                 .await?;
@@ -226,7 +244,7 @@ impl Salesforce {
         external_id: &str,
         records: &[&Fields],
     ) -> SyncResult<Vec<RecordResult>> {
-        self.call(ctx, |session: Session| async move {
+        self.call(ctx, Exchange::Write, |session: Session| async move {
             self.api
                 .upsert_collection(&session, object, external_id, records)
                 .await
@@ -241,7 +259,7 @@ impl Salesforce {
         ctx: &JobCtx,
         ids: &[String],
     ) -> SyncResult<Vec<RecordResult>> {
-        self.call(ctx, |session: Session| async move {
+        self.call(ctx, Exchange::Write, |session: Session| async move {
             self.api.delete_collection(&session, ids).await
         })
         .await
@@ -260,19 +278,19 @@ impl Salesforce {
         let csv_text =
             crate::http::salesforce::to_csv(records, external_id).map_err(SyncError::Permanent)?;
         let job_id = self
-            .call(ctx, |session: Session| async move {
+            .call(ctx, Exchange::Write, |session: Session| async move {
                 self.api
                     .create_ingest_job(&session, object, external_id)
                     .await
             })
             .await?;
         let (job, csv) = (job_id.as_str(), csv_text.as_str());
-        self.call(ctx, |session: Session| async move {
+        self.call(ctx, Exchange::Write, |session: Session| async move {
             self.api.upload_csv(&session, job, csv).await
         })
         .await?;
         drop(csv_text);
-        self.call(ctx, |session: Session| async move {
+        self.call(ctx, Exchange::Write, |session: Session| async move {
             self.api.close_job(&session, job).await
         })
         .await?;
@@ -280,7 +298,7 @@ impl Salesforce {
         let mut by_key: HashMap<String, RecordResult> = HashMap::with_capacity(records.len());
         for successful in [true, false] {
             let rows = self
-                .call(ctx, |session: Session| async move {
+                .call(ctx, Exchange::Read, |session: Session| async move {
                     self.api
                         .job_results(&session, job, successful, external_id)
                         .await
@@ -322,7 +340,7 @@ impl Salesforce {
     /// A stop interrupts the wait (a query changes nothing).
     pub async fn start_query(&self, ctx: &JobCtx, soql: &str) -> SyncResult<String> {
         let job_id = self
-            .call(ctx, |session: Session| async move {
+            .call(ctx, Exchange::Read, |session: Session| async move {
                 self.api.create_query_job(&session, soql).await
             })
             .await?;
@@ -338,7 +356,7 @@ impl Salesforce {
         locator: Option<&str>,
         max_records: usize,
     ) -> SyncResult<ResultSet> {
-        self.call(ctx, |session: Session| async move {
+        self.call(ctx, Exchange::Read, |session: Session| async move {
             self.api
                 .query_results(&session, job, locator, max_records)
                 .await
@@ -350,7 +368,7 @@ impl Salesforce {
     /// seven days anyway).
     pub async fn delete_query(&self, ctx: &JobCtx, job: &str) {
         let deleted = self
-            .call(ctx, |session: Session| async move {
+            .call(ctx, Exchange::Read, |session: Session| async move {
                 self.api.delete_query_job(&session, job).await
             })
             .await;
@@ -369,7 +387,7 @@ impl Salesforce {
                 other => Err(other),
             })?;
             let state = self
-                .call(ctx, |session: Session| async move {
+                .call(ctx, Exchange::Read, |session: Session| async move {
                     match kind {
                         BulkJob::Ingest => self.api.job_state(&session, job).await,
                         BulkJob::Query => self.api.query_job_state(&session, job).await,

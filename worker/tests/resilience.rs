@@ -217,7 +217,10 @@ async fn concurrent_claims_never_return_the_same_job() {
             let jobs = learnsync_store::worker::claim(
                 &tx,
                 &format!("claimer-{index}"),
-                Duration::from_secs(30),
+                learnsync_store::worker::Lease {
+                    length: Duration::from_secs(30),
+                    write_grace: Duration::from_secs(60),
+                },
                 1,
             )
             .await

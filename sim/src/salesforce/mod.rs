@@ -15,6 +15,10 @@
 //!   `/__sim/counters` and once per object here).
 //! - `GET|PUT /__sim/schema`, `GET /__sim/summary`, `POST /__sim/clock`, `POST /__sim/sessions/revoke`,
 //!   `POST /__sim/limits` (`{"used": N, "max": M}`), `POST /__sim/token`.
+//! - `POST /__sim/hold_writes` (`{"count": N}`): the next N write calls (any `/services/data` call
+//!   but a GET or a Bulk query job's) are counted, then held before anything else happens to them
+//!   until `POST /__sim/release_writes`, which lets every held write go on and holds no more: a
+//!   write in flight for as long as a test needs. `GET /__sim/hold_writes` says how many wait.
 
 // Handlers return a ready-made error response as their `Err`: it is built once per refused request,
 // so its size costs nothing worth boxing for.
@@ -148,6 +152,18 @@ struct SfState {
     query_jobs: Mutex<QueryJobs>,
     cursors: Mutex<HashMap<String, QueryCursor>>,
     jwt_key: Option<jsonwebtoken::DecodingKey>,
+    holds: Mutex<Holds>,
+    /// Bumped by a release: held writes wait for it to change.
+    released: tokio::sync::watch::Sender<u64>,
+}
+
+/// Writes held back by `/__sim/hold_writes` until `/__sim/release_writes`.
+#[derive(Default)]
+struct Holds {
+    /// Write calls still to hold.
+    to_hold: u32,
+    /// Write calls held now.
+    waiting: usize,
 }
 
 fn read(org: &RwLock<Org>) -> RwLockReadGuard<'_, Org> {
@@ -193,6 +209,8 @@ impl SalesforceSim {
             query_jobs: Mutex::new(QueryJobs::default()),
             cursors: Mutex::new(HashMap::new()),
             jwt_key,
+            holds: Mutex::new(Holds::default()),
+            released: tokio::sync::watch::Sender::new(0),
         });
         let server = RunningServer::start(state.config.bind, router(state.clone())).await?;
         let base_url = format!("http://{}", server.addr);
@@ -293,6 +311,22 @@ impl SalesforceSim {
         self.set_faults(Faults::default());
     }
 
+    /// Holds the next `count` write calls, counted but not yet handled, until
+    /// [`SalesforceSim::release_writes`].
+    pub fn hold_writes(&self, count: u32) {
+        lock(&self.state.holds).to_hold = count;
+    }
+
+    /// Returns how many write calls are held now.
+    pub fn held_writes(&self) -> usize {
+        lock(&self.state.holds).waiting
+    }
+
+    /// Lets every held write call go on and holds no more; returns how many were held.
+    pub fn release_writes(&self) -> usize {
+        self.state.release_writes()
+    }
+
     /// Returns calls per endpoint, keyed `"PATCH /services/data/v62.0/composite/sobjects/{sobject}/{field}"`, ...
     pub fn counters(&self) -> BTreeMap<String, u64> {
         self.state.counters.snapshot()
@@ -370,6 +404,7 @@ impl SfState {
         lock(&self.jobs).clear();
         *lock(&self.query_jobs) = QueryJobs::default();
         lock(&self.cursors).clear();
+        self.release_writes();
         self.clock.set_offset(0);
     }
 
@@ -548,6 +583,11 @@ fn router(state: Arc<SfState>) -> Router {
         .route("/__sim/clock", post(control_clock))
         .route("/__sim/sessions/revoke", post(control_revoke))
         .route("/__sim/limits", post(control_limits))
+        .route(
+            "/__sim/hold_writes",
+            post(control_hold_writes).get(control_held_writes),
+        )
+        .route("/__sim/release_writes", post(control_release_writes))
         .route("/__sim/token", post(control_token));
     Router::new()
         .route("/services/oauth2/token", post(token))
@@ -587,6 +627,9 @@ async fn data_guard(
     state
         .counters
         .bump(&format!("{} {}", request.method(), route));
+    if request.method() != axum::http::Method::GET && !route.contains("/jobs/query") {
+        state.hold_write().await;
+    }
     let mut response = guarded(&state, request, next).await;
     let (used, max) = {
         let usage = lock(&state.usage);
@@ -2413,6 +2456,60 @@ async fn control_limits(State(state): State<Arc<SfState>>, body: Bytes) -> Respo
         usage.max = max;
     }
     axum::Json(json!({"used": usage.used, "max": usage.max})).into_response()
+}
+
+impl SfState {
+    /// Holds a write call back, when `/__sim/hold_writes` asked for it, until a release.
+    async fn hold_write(&self) {
+        let mut released = {
+            let mut holds = lock(&self.holds);
+            if holds.to_hold == 0 {
+                return;
+            }
+            holds.to_hold -= 1;
+            holds.waiting += 1;
+            self.released.subscribe()
+        };
+        // Counted down however the call ends (its client may go away).
+        struct Waiting<'a>(&'a Mutex<Holds>);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                lock(self.0).waiting -= 1;
+            }
+        }
+        let _waiting = Waiting(&self.holds);
+        let _ = released.changed().await;
+    }
+
+    fn release_writes(&self) -> usize {
+        let mut holds = lock(&self.holds);
+        holds.to_hold = 0;
+        self.released.send_modify(|generation| *generation += 1);
+        holds.waiting
+    }
+}
+
+#[derive(Deserialize)]
+struct HoldBody {
+    count: u32,
+}
+
+async fn control_hold_writes(State(state): State<Arc<SfState>>, body: Bytes) -> Response {
+    let hold: HoldBody = match parse_json(&body) {
+        Ok(hold) => hold,
+        Err(response) => return response,
+    };
+    lock(&state.holds).to_hold = hold.count;
+    axum::Json(json!({"holding": hold.count})).into_response()
+}
+
+async fn control_held_writes(State(state): State<Arc<SfState>>) -> Response {
+    let holds = lock(&state.holds);
+    axum::Json(json!({"holding": holds.to_hold, "waiting": holds.waiting})).into_response()
+}
+
+async fn control_release_writes(State(state): State<Arc<SfState>>) -> Response {
+    axum::Json(json!({"released": state.release_writes()})).into_response()
 }
 
 async fn control_token(State(state): State<Arc<SfState>>) -> Response {
