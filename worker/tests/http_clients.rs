@@ -18,7 +18,7 @@ use learnsync_worker::http::docebo::{DoceboApi, PageRef};
 use learnsync_worker::http::salesforce::{BulkState, SalesforceApi, Session};
 use learnsync_worker::mapping::Fields;
 use learnsync_worker::retry::Signal;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 
 fn first_page(size: u32) -> PageRef {
     PageRef {
