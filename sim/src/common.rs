@@ -109,6 +109,7 @@ pub struct ListFault {
 pub(crate) enum ListFaultKind {
     NotFound,
     OmitHasMoreData,
+    InflateTotalCount,
 }
 
 /// Faults both simulators understand; each is optional and they combine.
@@ -136,6 +137,9 @@ pub struct Faults {
     pub not_found_lists: Vec<ListFault>,
     /// Docebo only: list pages served without `has_more_data` (the other paging fields stay).
     pub omit_has_more_data: Vec<ListFault>,
+    /// Docebo only: list pages served with a `total_count` one above what the listing holds (a
+    /// count that does not match, as a listing that lost an item would show).
+    pub inflate_total_count: Vec<ListFault>,
     /// Salesforce only: share of written rows (collections and bulk) failing with `UNABLE_TO_LOCK_ROW`.
     pub lock_row_share: f64,
     /// Salesforce only: the next N `/services/data` calls answer 403 `REQUEST_LIMIT_EXCEEDED`.
@@ -217,6 +221,7 @@ impl FaultState {
         let faults = match kind {
             ListFaultKind::NotFound => &mut self.faults.not_found_lists,
             ListFaultKind::OmitHasMoreData => &mut self.faults.omit_has_more_data,
+            ListFaultKind::InflateTotalCount => &mut self.faults.inflate_total_count,
         };
         let Some(at) = faults
             .iter()

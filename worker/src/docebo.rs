@@ -53,15 +53,14 @@ impl Docebo {
 
     /// Reads one page of a list endpoint (`path` under the base URL) with the given filters. Waits
     /// for the platform's call budget first; pauses the platform on 429/503 and waits it out;
-    /// re-authenticates once on 401. With `missing_is_empty`, a 404 reads as an empty list (a
-    /// course or session deleted while its parent listing was being walked).
+    /// re-authenticates once on 401. A 404 is a permanent error here; the walk decides whether
+    /// it means gone ([`crate::sync`]'s listing re-checks the parent).
     pub async fn list(
         &self,
         ctx: &JobCtx,
         path: &str,
         filters: &[(String, String)],
         at: &PageRef,
-        missing_is_empty: bool,
     ) -> SyncResult<Page> {
         let policy = Policy::docebo(&ctx.settings);
         let mut tally = Tally::default();
@@ -69,12 +68,7 @@ impl Docebo {
             self.budget.take(ctx).await?;
             let token = self.token(ctx, false).await?;
             let answer = ctx
-                .interruptible(async {
-                    Ok(self
-                        .api
-                        .list(&token, path, filters, at, missing_is_empty)
-                        .await)
-                })
+                .interruptible(async { Ok(self.api.list(&token, path, filters, at).await) })
                 .await?;
             let (signal, failure) = match answer.into_result() {
                 Ok(page) => return Ok(page),

@@ -18,7 +18,7 @@ use learnsync_worker::http::docebo::{DoceboApi, PageRef};
 use learnsync_worker::http::salesforce::{BulkState, SalesforceApi, Session};
 use learnsync_worker::mapping::Fields;
 use learnsync_worker::retry::Signal;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 
 fn first_page(size: u32) -> PageRef {
     PageRef {
@@ -83,7 +83,7 @@ async fn docebo_tokens_pages_expiry_and_refusals() {
     let token = ok(api.token().await);
 
     let page = ok(api
-        .list(&token, "/manage/v1/user", &[], &first_page(10), false)
+        .list(&token, "/manage/v1/user", &[], &first_page(10))
         .await);
     assert_eq!(page.items.len(), 10);
     assert!(page.has_more);
@@ -92,7 +92,7 @@ async fn docebo_tokens_pages_expiry_and_refusals() {
     // An expired token is a session to renew, and a fresh token reads again.
     sim.expire_tokens();
     let (expired, failure) = signal(
-        api.list(&token, "/manage/v1/user", &[], &first_page(10), false)
+        api.list(&token, "/manage/v1/user", &[], &first_page(10))
             .await,
     );
     assert_eq!(expired, Signal::SessionExpired);
@@ -109,7 +109,7 @@ async fn docebo_tokens_pages_expiry_and_refusals() {
     );
     let token = ok(api.token().await);
     assert!(
-        api.list(&token, "/manage/v1/user", &[], &first_page(10), false)
+        api.list(&token, "/manage/v1/user", &[], &first_page(10))
             .await
             .is_ok()
     );
@@ -125,7 +125,7 @@ async fn docebo_tokens_pages_expiry_and_refusals() {
             ..Faults::default()
         });
         let (got, failure) = signal(
-            api.list(&token, "/manage/v1/user", &[], &first_page(10), false)
+            api.list(&token, "/manage/v1/user", &[], &first_page(10))
                 .await,
         );
         assert_eq!(got, expected, "{status}");
@@ -134,13 +134,10 @@ async fn docebo_tokens_pages_expiry_and_refusals() {
     }
     sim.clear_faults();
 
-    // A missing listing reads as empty when nested (its parent vanished), else is permanent.
+    // A missing listing is permanent, never an empty list: whether it means gone is for the
+    // walk to prove (it re-checks the parent).
     let missing = "/manage/v1/no_such_list";
-    assert_eq!(
-        ok(api.list(&token, missing, &[], &first_page(10), true).await).items,
-        Vec::<Value>::new()
-    );
-    let (refused, failure) = signal(api.list(&token, missing, &[], &first_page(10), false).await);
+    let (refused, failure) = signal(api.list(&token, missing, &[], &first_page(10)).await);
     assert_eq!(refused, Signal::Permanent);
     assert!(failure.to_string().starts_with("docebo answered 404 for "));
 
@@ -187,7 +184,7 @@ async fn docebo_throttling_reports_the_wait_asked() {
             },
         );
         let (got, failure) = signal(
-            api.list("token", "/manage/v1/user", &[], &first_page(10), false)
+            api.list("token", "/manage/v1/user", &[], &first_page(10))
                 .await,
         );
         assert_eq!(got, Signal::Throttled(Some(Duration::from_secs(7))));
@@ -219,10 +216,7 @@ async fn unreachable_upstreams_are_transient_and_name_no_url() {
         page_size: 10,
         cursor_mode: false,
     };
-    let (got, failure) = signal(
-        api.list("token", "/manage/v1/user", &[], &cursor, false)
-            .await,
-    );
+    let (got, failure) = signal(api.list("token", "/manage/v1/user", &[], &cursor).await);
     assert_eq!(got, Signal::Transient);
     let message = failure.to_string();
     assert!(message.starts_with("docebo request failed"), "{message}");

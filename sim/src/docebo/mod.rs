@@ -1098,7 +1098,7 @@ fn malformed_item(kind: EntityKind) -> &'static str {
     }
 }
 
-/// Serves a listing: the injected 404 and missing-`has_more_data` faults, the page, then the page
+/// Serves a listing: the injected 404, missing-`has_more_data` and wrong-total faults, the page, then the page
 /// hooks waiting for it (so a client sees the mutation from its next call on).
 fn list(
     state: &DoceboState,
@@ -1108,15 +1108,18 @@ fn list(
     path_group: Option<i64>,
 ) -> Response {
     let path = uri.path();
-    let omit_has_more = {
+    let paging = {
         let mut faults = lock(&state.faults);
         if faults.take_list_fault(ListFaultKind::NotFound, path) {
             drop(faults);
             return docebo_error(404, "Not found");
         }
-        faults.take_list_fault(ListFaultKind::OmitHasMoreData, path)
+        PagingFaults {
+            omit_has_more: faults.take_list_fault(ListFaultKind::OmitHasMoreData, path),
+            inflate_total: faults.take_list_fault(ListFaultKind::InflateTotalCount, path),
+        }
     };
-    match render_list_with(state, kind, raw_query.as_deref(), path_group, omit_has_more) {
+    match render_list_with(state, kind, raw_query.as_deref(), path_group, paging) {
         Ok((body, page)) => {
             if let Some(page) = page {
                 state.fire_page_hooks(path, page);
@@ -1141,17 +1144,27 @@ fn render_list(
     raw_query: Option<&str>,
     path_group: Option<i64>,
 ) -> Result<String, Response> {
-    render_list_with(state, kind, raw_query, path_group, false).map(|(body, _)| body)
+    render_list_with(state, kind, raw_query, path_group, PagingFaults::default())
+        .map(|(body, _)| body)
 }
 
-/// Renders a list response body, without `has_more_data` when `omit_has_more` (a fault); also returns
-/// the page number when the call was in page-number mode.
+/// Paging faults of one list page.
+#[derive(Clone, Copy, Debug, Default)]
+struct PagingFaults {
+    /// Serve it without `has_more_data`.
+    omit_has_more: bool,
+    /// Serve it with a `total_count` one above the truth.
+    inflate_total: bool,
+}
+
+/// Renders a list response body, with the paging faults asked for; also returns the page number
+/// when the call was in page-number mode.
 fn render_list_with(
     state: &DoceboState,
     kind: EntityKind,
     raw_query: Option<&str>,
     path_group: Option<i64>,
-    omit_has_more: bool,
+    faults: PagingFaults,
 ) -> Result<(String, Option<usize>), Response> {
     let query = parse_list_query(state, kind, raw_query, path_group)?;
     let malformed = lock(&state.faults).take_malformed();
@@ -1181,13 +1194,14 @@ fn render_list_with(
     }
     let total_pages = page.total_count.div_ceil(query.page_size.max(1));
     let _ = write!(body, r#"],"count":{count}"#);
-    if !omit_has_more {
+    if !faults.omit_has_more {
         let _ = write!(body, r#","has_more_data":{}"#, page.has_more);
     }
+    let total_count = page.total_count + usize::from(faults.inflate_total);
     let _ = write!(
         body,
         r#","current_page":{},"current_page_size":{},"total_page_count":{},"total_count":{}"#,
-        query.page, query.page_size, total_pages, page.total_count
+        query.page, query.page_size, total_pages, total_count
     );
     if query.want_cursor || query.cursor.is_some() {
         if let Some(cursor) = page.next_cursor {

@@ -70,8 +70,11 @@ pub enum Listing {
     Flat {
         /// The endpoint, under the platform's base URL.
         path: &'static str,
-        /// Whether Docebo documents cursor mode for it (pages stay consistent while data changes,
-        /// which the unenrollment comparison relies on).
+        /// Whether to ask for cursor mode (`get_cursor=1`): pages stay consistent while data
+        /// changes, which proves the listing complete for the unenrollment comparison. Docebo
+        /// documents it for course enrollments; learning-plan enrollments ask too, and a listing
+        /// whose answers carry no cursor is read by page number and not proven complete (so it
+        /// unenrolls nothing), never trusted.
         uses_cursor: bool,
         /// Whether the courses area's category filter applies to its items.
         by_category: bool,

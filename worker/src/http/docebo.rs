@@ -113,16 +113,14 @@ impl DoceboApi {
         super::token_refused(Upstream::Docebo, status, None, body_message(&body))
     }
 
-    /// Reads one page of a list endpoint (`path` under the base URL) with the given filters.
-    /// With `missing_is_empty`, a 404 reads as an empty list (a course or session deleted while
-    /// its parent listing was being walked).
+    /// Reads one page of a list endpoint (`path` under the base URL) with the given filters. A
+    /// 404 is permanent here: whether it means "gone" is for the walk to prove (its parent).
     pub async fn list(
         &self,
         token: &str,
         path: &str,
         filters: &[(String, String)],
         at: &PageRef,
-        missing_is_empty: bool,
     ) -> Answer<Page> {
         let query = list_query(filters, at);
         let url = format!("{}{}", self.base_url, path);
@@ -170,7 +168,6 @@ impl DoceboApi {
                 Ok(page) => Answer::Ok(page),
                 Err(failure) => Answer::Unreadable(failure),
             },
-            404 if missing_is_empty => Answer::Ok(Page::default()),
             401 => Answer::SessionExpired(answered(Some(body_message(&body)))),
             429 | 503 => {
                 crate::metrics::METRICS
@@ -219,11 +216,15 @@ pub fn parse_page(body: &str) -> Result<Page, Failure> {
         Some(Value::Null) | None => Vec::new(),
         Some(_) => return Err(unreadable("items is not an array")),
     };
+    // A page that does not say whether more follow is an error, never the end of the listing.
     let has_more = match data.get("has_more_data") {
         Some(Value::Bool(flag)) => *flag,
-        Some(Value::String(text)) => text == "true" || text == "1",
-        Some(Value::Number(number)) => number.as_i64() == Some(1),
-        _ => false,
+        Some(Value::String(text)) if matches!(text.as_str(), "true" | "1") => true,
+        Some(Value::String(text)) if matches!(text.as_str(), "false" | "0") => false,
+        Some(Value::Number(number)) if matches!(number.as_i64(), Some(0 | 1)) => {
+            number.as_i64() == Some(1)
+        }
+        _ => return Err(unreadable("has no has_more_data")),
     };
     let total_count = data.get("total_count").and_then(|value| match value {
         Value::Number(number) => number.as_i64(),
@@ -263,5 +264,14 @@ mod tests {
         assert!(!last.has_more);
         assert_eq!(last.cursor, None);
         assert!(parse_page("<html>").is_err());
+        // Paging that does not say whether more follow is an error, not the end.
+        assert!(parse_page(r#"{"data":{"items":[],"total_count":3}}"#).is_err());
+        assert!(parse_page(r#"{"data":{"items":[],"has_more_data":null}}"#).is_err());
+        assert!(parse_page(r#"{"data":{"items":[],"has_more_data":"maybe"}}"#).is_err());
+        assert!(
+            !parse_page(r#"{"data":{"has_more_data":"0"}}"#)
+                .unwrap()
+                .has_more
+        );
     }
 }

@@ -33,14 +33,19 @@ pub struct Checkpoint {
     /// keeps it.
     #[serde(default)]
     pub page_size: Option<u32>,
+    /// Why the listing is not known to be complete, the first reason found (a level that
+    /// changed while it was read, a count that does not match Docebo's `total_count`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
+    /// Whether the listing ran to its end and every level of it was proven complete (see
+    /// [`Proof`]); only then does the full comparison unenroll. Checkpoints stored before this
+    /// field read as not proven.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub listing_complete: bool,
     /// Records the Salesforce snapshot held when the verify phase ended (a check run's listing
     /// compares with it, and reads it again if a crash emptied it).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub snapshot_records: i64,
-}
-
-fn is_zero(count: &i64) -> bool {
-    *count == 0
 }
 
 /// A job's phase.
@@ -72,6 +77,59 @@ pub struct Pos {
     /// Items of this page done (outer levels).
     #[serde(default)]
     pub index: usize,
+    /// What this level's reading proves so far.
+    #[serde(default, skip_serializing_if = "Proof::is_empty")]
+    pub proof: Proof,
+}
+
+/// What the reading of one level of a listing (the courses, one course's sessions, one roster)
+/// proves so far about its completeness.
+///
+/// One answer is a consistent view, and so is a walk by Docebo's cursor. A walk by page number
+/// over several pages is not: an item edited or deleted on a page already read shifts every later
+/// item back by one, and the first item of the next page is never served. Outer levels read by
+/// page number are therefore read again (verification passes: only items no pass had are
+/// descended into) until a pass sees nothing move: the same `total_count` on every page, as
+/// many items as that total, no item twice and no item new. Such a pass is complete, since any
+/// shift during it would have shown as an item read twice (an edit moves the item to the end)
+/// or a changed total (a deletion; a creation that hid one in the total shows as a new item).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// The pass over the level: 0 the first reading, then the verification passes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pass: u32,
+    /// Items read in this pass.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub read: i64,
+    /// Docebo's `total_count` on this pass's first page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
+    /// Docebo's `total_count` on this pass's last page read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_total: Option<i64>,
+    /// A page after the first was read by page number (not by a cursor Docebo gave).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_number: bool,
+    /// Something moved during this pass: the total changed, a page lacked it, an item came twice
+    /// or an item no earlier pass had came.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub moved: bool,
+    /// Outer levels read by page number: the ids earlier passes read, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen: Vec<i64>,
+    /// Outer levels read by page number: the ids this pass read, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub this_pass: Vec<i64>,
+}
+
+fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+impl Proof {
+    fn is_empty(&self) -> bool {
+        *self == Proof::default()
+    }
 }
 
 impl Pos {
@@ -81,6 +139,7 @@ impl Pos {
             page: 1,
             cursor: None,
             index: 0,
+            proof: Proof::default(),
         }
     }
 
@@ -94,13 +153,11 @@ impl Pos {
         }
     }
 
-    /// The start of the next page (read by `cursor`, in cursor mode).
-    pub(super) fn next(&self, cursor: Option<String>) -> Pos {
-        Pos {
-            page: self.page + 1,
-            cursor,
-            index: 0,
-        }
+    /// The start of the next page (read by `cursor`, in cursor mode); the level's proof goes on.
+    pub(super) fn next(&mut self, cursor: Option<String>) {
+        self.page += 1;
+        self.cursor = cursor;
+        self.index = 0;
     }
 }
 
@@ -132,6 +189,13 @@ mod tests {
                 page: 3,
                 cursor: Some("abc".into()),
                 index: 2,
+                proof: Proof {
+                    pass: 1,
+                    read: 4,
+                    total: Some(9),
+                    seen: vec![3, 7],
+                    ..Proof::default()
+                },
             }],
             deferred: Vec::new(),
             deferred_count: 3,
@@ -139,6 +203,8 @@ mod tests {
             expected: 12,
             page_size: Some(10),
             snapshot_records: 0,
+            incomplete: Some("the courses kept changing".into()),
+            listing_complete: false,
         };
         let value = serde_json::to_value(&checkpoint).unwrap();
         assert_eq!(value["phase"], "deferred");
@@ -164,5 +230,12 @@ mod tests {
         let oldest: Checkpoint =
             serde_json::from_value(serde_json::json!({"phase": "list", "levels": []})).unwrap();
         assert_eq!(oldest, Checkpoint::default());
+        // Stored before completeness was recorded: not proven, so the comparison unenrolls
+        // nothing.
+        assert!(!checkpoint.listing_complete);
+        let proven =
+            serde_json::json!({"phase": "unenroll", "levels": [], "listing_complete": true});
+        let proven: Checkpoint = serde_json::from_value(proven).unwrap();
+        assert!(proven.listing_complete);
     }
 }

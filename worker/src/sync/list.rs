@@ -37,6 +37,7 @@ impl JobRun<'_> {
             targets: self.targets.clone(),
             categories: self.ctx.job.course_category_ids.clone(),
             ended_before: self.ended_before(),
+            verify: self.targets.is_none(),
         };
         let spec = self.ctx.job.kind.spec();
         let levels = self.checkpoint.levels.clone();
@@ -185,6 +186,7 @@ impl JobRun<'_> {
                 } else {
                     walker.position()
                 };
+                gathered.end.incomplete = walker.incomplete().cloned();
                 if !hand_over(&mut gathered, sender).await || finished {
                     return Ok(());
                 }
@@ -207,6 +209,7 @@ impl JobRun<'_> {
             Err(_) => {
                 if !gathered.records.is_empty() {
                     gathered.end.levels = walker.position();
+                    gathered.end.incomplete = walker.incomplete().cloned();
                     if !hand_over(gathered, sender).await {
                         return Ok(false);
                     }

@@ -1,19 +1,31 @@
 //! The Docebo listing walk: a job kind's listing (flat, or courses → sessions → roster as its
 //! [`KindSpec`] says) read page by page, yielding leaf pages and knowing its position at all
 //! times, so that a checkpoint can resume it.
+//!
+//! The walk also proves (or not) that it read everything, level by level ([`Proof`]): the full
+//! comparison unenrolls only after a listing proven complete. One answer is consistent, and so is
+//! a walk by Docebo's cursor; outer levels read by page number over several pages are read again
+//! until a pass sees nothing move; every level's count must reach Docebo's `total_count`; a 404
+//! on a nested listing means "gone" only when its parent is confirmed gone.
 
-use learnsync_store::model::{COURSES_PATH, KindSpec, Listing, WebhookParents};
+use learnsync_store::model::{
+    COURSES_PATH, KindSpec, Listing, LogLevel, NewLogEvent, WebhookParents,
+};
 use learnsync_store::realtime::Targets;
 use serde_json::{Map, Value};
 
-use super::checkpoint::Pos;
-use crate::context::{JobCtx, SyncResult};
-use crate::docebo::{Docebo, Page};
+use super::checkpoint::{Pos, Proof};
+use crate::context::{Failure, JobCtx, SyncError, SyncResult};
+use crate::docebo::{Docebo, Page, PageRef};
 use crate::mapping::{course_category, id_of};
 
 /// How long after it ended a session's roster is still read by incremental runs (attendance and
 /// evaluations are recorded after the session).
 pub(super) const ROSTER_GRACE_DAYS: i64 = 14;
+
+/// Verification passes over an outer level read by page number before the walk gives up proving
+/// it (the listing is then not complete, and the comparison unenrolls nothing).
+const MAX_VERIFY_PASSES: u32 = 3;
 
 /// One level of a listing.
 #[derive(Clone, Debug)]
@@ -24,6 +36,10 @@ struct Level {
     context: Map<String, Value>,
     /// Whether the level is read in cursor mode (the kind's description says where).
     cursor_mode: bool,
+    /// The id field of its items (outer levels: what the levels below are read for).
+    id_field: &'static str,
+    /// What it lists, for the log (`courses`, `sessions of course 12`, ...).
+    what: String,
 }
 
 /// One leaf page.
@@ -48,6 +64,9 @@ pub(super) struct Scope {
     /// whatever changed, and ended sessions' rosters almost never change; webhooks and the full
     /// comparison still cover them.
     pub(super) ended_before: Option<String>,
+    /// Whether outer levels read by page number are verified by passes that read them again
+    /// (full and incremental runs; webhook runs read what the events named).
+    pub(super) verify: bool,
 }
 
 /// Walks a (possibly nested) listing, yielding leaf pages, and knows its position at all times.
@@ -59,6 +78,14 @@ pub(super) struct Walker<'a> {
     levels: Vec<Level>,
     pages: Vec<Option<Page>>,
     depth_now: usize,
+    /// Per outer level: for each item of the page held, whether it is not walked into (an earlier
+    /// pass, or this one, already did).
+    walked: Vec<Vec<bool>>,
+    /// Per outer level: the proof before the page held was noted (what a checkpoint stores, since
+    /// a resumed walk reads that page again).
+    before: Vec<Proof>,
+    /// Why the listing is not known to be complete (the first reason found).
+    incomplete: Option<String>,
     done: bool,
     /// The page size the positions count in.
     pub(super) page_size: u32,
@@ -111,6 +138,7 @@ impl<'a> Walker<'a> {
             (Some(targets), Some(webhook)) => named_parents(targets, webhook.parents).is_empty(),
             _ => false,
         };
+        let before = pos.iter().map(|at| at.proof.clone()).collect();
         Walker {
             spec,
             docebo,
@@ -119,6 +147,9 @@ impl<'a> Walker<'a> {
             levels: vec![root],
             pages: vec![None],
             depth_now: 0,
+            walked: vec![Vec::new(); depth],
+            before,
+            incomplete: None,
             done,
             page_size,
         }
@@ -131,7 +162,7 @@ impl<'a> Walker<'a> {
                 path, uses_cursor, ..
             } => (path, true, uses_cursor),
             // Nested listings start from every course, whatever its change time: a session may
-            // change without its course.
+            // change without its course. Docebo documents no cursor for courses.
             Listing::Nested { .. } => (COURSES_PATH, false, false),
         };
         // Oldest change first, as Docebo documents for courses (the other lists sort that way by
@@ -151,10 +182,12 @@ impl<'a> Walker<'a> {
             filters.extend(ids.iter().map(|id| (field.to_string(), id.to_string())));
         }
         Level {
+            what: path.rsplit('/').next().unwrap_or(path).to_string(),
             path: path.to_string(),
             filters,
             context: Map::new(),
             cursor_mode,
+            id_field: "id_course",
         }
     }
 
@@ -217,6 +250,8 @@ impl<'a> Walker<'a> {
             },
             context,
             cursor_mode: false,
+            id_field: "id",
+            what: format!("sessions of course {course_id}"),
         })
     }
 
@@ -238,6 +273,8 @@ impl<'a> Walker<'a> {
             filters: self.scope.leaf_filters.clone(),
             context,
             cursor_mode: false,
+            id_field: "user_id",
+            what: format!("roster of session {session_id}"),
         })
     }
 
@@ -249,9 +286,29 @@ impl<'a> Walker<'a> {
             .is_some_and(|cutoff| date_before(item, "end_date", cutoff))
     }
 
-    /// The position to store after what was yielded so far.
+    /// The position to store after what was yielded so far: an outer level's proof as it was
+    /// before the page it holds, which a resumed walk reads (and notes) again.
     pub(super) fn position(&self) -> Vec<Pos> {
-        self.pos.clone()
+        let mut pos = self.pos.clone();
+        for (d, at) in pos.iter_mut().enumerate() {
+            if self.pages.get(d).is_some_and(Option::is_some)
+                && let Some(before) = self.before.get(d)
+            {
+                at.proof = before.clone();
+            }
+        }
+        pos
+    }
+
+    /// Why the listing is not known to be complete, if the walk found a reason so far.
+    pub(super) fn incomplete(&self) -> Option<&String> {
+        self.incomplete.as_ref()
+    }
+
+    /// Notes the first reason the listing is not known to be complete.
+    fn not_complete(&mut self, reason: String) {
+        tracing::debug!(%reason, "listing not proven complete");
+        self.incomplete.get_or_insert(reason);
     }
 
     /// Reads the next leaf page, descending and climbing the levels as needed; `None` at the end.
@@ -273,23 +330,24 @@ impl<'a> Walker<'a> {
     async fn step_outer(&mut self, ctx: &JobCtx) -> SyncResult<()> {
         let d = self.depth_now;
         if self.pages[d].is_none() {
-            let page = self
-                .docebo
-                .list(
-                    ctx,
-                    &self.levels[d].path,
-                    &self.levels[d].filters,
-                    &self.pos[d].page_ref(self.page_size, self.levels[d].cursor_mode),
-                    d > 0,
-                )
-                .await?;
+            let at = self.pos[d].page_ref(self.page_size, self.levels[d].cursor_mode);
+            let page = self.read_page(ctx, d, &at).await?;
+            self.before[d] = self.pos[d].proof.clone();
+            self.walked[d] = self.note_page(d, &page);
             self.pages[d] = Some(page);
         }
         let Some(page) = self.pages[d].as_ref() else {
             return Ok(());
         };
-        if let Some(item) = page.items.get(self.pos[d].index) {
-            match self.child(d, item, &self.levels[d]) {
+        let index = self.pos[d].index;
+        if let Some(item) = page.items.get(index) {
+            let walked = self.walked[d].get(index).copied().unwrap_or(false);
+            let child = if walked {
+                None
+            } else {
+                self.child(d, item, &self.levels[d])
+            };
+            match child {
                 Some(level) => {
                     self.levels.truncate(d + 1);
                     self.levels.push(level);
@@ -302,25 +360,224 @@ impl<'a> Walker<'a> {
             return Ok(());
         }
         if page.has_more && !page.items.is_empty() {
-            self.pos[d] = self.pos[d].next(page.cursor.clone());
+            let cursor = page.cursor.clone();
+            self.turn_page(d, cursor);
             self.pages[d] = None;
             return Ok(());
         }
-        self.climb();
+        let malformed = page.has_more;
+        self.end_level(d, malformed);
         Ok(())
+    }
+
+    /// Reads one page of level `d`; a 404 on a nested listing reads as empty only when its
+    /// parent is confirmed gone, and is a transient error otherwise.
+    async fn read_page(&self, ctx: &JobCtx, d: usize, at: &PageRef) -> SyncResult<Page> {
+        let level = &self.levels[d];
+        match self.docebo.list(ctx, &level.path, &level.filters, at).await {
+            Err(SyncError::Permanent(failure)) if d > 0 && is_not_found(&failure) => {
+                if self.parent_listed(ctx, d).await? {
+                    tracing::warn!(path = %level.path, "docebo answered 404 for the listing of a live parent");
+                    return Err(SyncError::Transient(failure));
+                }
+                ctx.log(vec![
+                    NewLogEvent::new(
+                        LogLevel::Info,
+                        format!(
+                            "{} answered 404 and its parent is gone: read as empty",
+                            level.what
+                        ),
+                    )
+                    .field("path", level.path.as_str()),
+                ])
+                .await?;
+                Ok(Page {
+                    total_count: Some(0),
+                    ..Page::default()
+                })
+            }
+            answer => answer,
+        }
+    }
+
+    /// Moves level `d` to its next page (by `cursor` when Docebo gave one, else by number).
+    fn turn_page(&mut self, d: usize, cursor: Option<String>) {
+        let at = &mut self.pos[d];
+        if cursor.is_none() {
+            at.proof.by_number = true;
+        }
+        at.next(cursor);
+    }
+
+    /// Notes a page of level `d` in its proof; for an outer level read by page number, says for
+    /// each item whether it is not to be walked into again (an earlier pass or page had it).
+    fn note_page(&mut self, d: usize, page: &Page) -> Vec<bool> {
+        let outer = d + 1 < self.pos.len();
+        let id_field = self.levels[d].id_field;
+        let proof = &mut self.pos[d].proof;
+        let first = proof.read == 0 && proof.total.is_none() && proof.last_total.is_none();
+        match (first, page.total_count) {
+            (_, None) => proof.moved = true,
+            (true, total) => proof.total = total,
+            (false, total) if total != proof.total => proof.moved = true,
+            _ => {}
+        }
+        proof.last_total = page.total_count.or(proof.last_total);
+        proof.read += page.items.len() as i64;
+        if !outer {
+            return Vec::new();
+        }
+        let mut ids = Vec::new();
+        let walked = page
+            .items
+            .iter()
+            .map(|item| {
+                let Some(id) = id_of(item, id_field) else {
+                    // Nothing is read below an item without an id.
+                    return true;
+                };
+                let again = proof.this_pass.binary_search(&id).is_ok() || ids.contains(&id);
+                let earlier = proof.seen.binary_search(&id).is_ok();
+                if again || (proof.pass > 0 && !earlier) {
+                    // Read twice in one pass (edited behind the reader: a shift), or new to a
+                    // verification pass (a creation may hide a deletion in the total).
+                    proof.moved = true;
+                }
+                ids.push(id);
+                again || earlier
+            })
+            .collect();
+        proof.this_pass.extend(ids);
+        proof.this_pass.sort_unstable();
+        proof.this_pass.dedup();
+        walked
+    }
+
+    /// Ends a pass over level `d` (`malformed`: Docebo said more pages follow but sent none):
+    /// proves the level, starts a verification pass over it, or climbs.
+    fn end_level(&mut self, d: usize, malformed: bool) {
+        let outer = d + 1 < self.pos.len();
+        let proof = &self.pos[d].proof;
+        let what = &self.levels[d].what;
+        let short = proof.last_total.filter(|total| proof.read < *total);
+        let reason = if malformed {
+            Some(format!(
+                "docebo said more {what} follow but sent an empty page"
+            ))
+        } else if !proof.by_number {
+            // One answer, or a walk by Docebo's cursor: consistent; the count must reach the total.
+            short.map(|total| {
+                format!(
+                    "docebo announced {total} {what}, the listing gave {}",
+                    proof.read
+                )
+            })
+        } else if outer && self.scope.verify {
+            let quiet = proof.pass > 0 && !proof.moved && proof.total == Some(proof.read);
+            if !quiet && proof.pass < MAX_VERIFY_PASSES {
+                self.verify_again(d);
+                return;
+            }
+            (!quiet).then(|| format!("the {what} kept changing while they were read"))
+        } else {
+            Some(format!(
+                "the {what} were read by page number over several pages (a shift may skip an item)"
+            ))
+        };
+        if let Some(reason) = reason {
+            self.not_complete(reason);
+        }
+        self.climb();
+    }
+
+    /// Starts another pass over level `d`: from its first page, walking only into items no pass
+    /// had.
+    fn verify_again(&mut self, d: usize) {
+        let proof = &mut self.pos[d].proof;
+        let mut seen = std::mem::take(&mut proof.seen);
+        seen.append(&mut proof.this_pass);
+        seen.sort_unstable();
+        seen.dedup();
+        let pass = proof.pass + 1;
+        tracing::debug!(what = %self.levels[d].what, pass, "verifying a listing read by page number");
+        self.pos[d] = Pos::first();
+        self.pos[d].proof = Proof {
+            pass,
+            seen,
+            ..Proof::default()
+        };
+        self.pages[d] = None;
+    }
+
+    /// Whether the item walked into at level `d - 1` (or, when its own listing is gone too, the
+    /// one above it) is still listed by Docebo: a 404 below it is then not "gone". Listed unless
+    /// a consistent re-reading of its listing proves it is not.
+    async fn parent_listed(&self, ctx: &JobCtx, d: usize) -> SyncResult<bool> {
+        let mut depth = d - 1;
+        loop {
+            let level = &self.levels[depth];
+            let id = self.pages[depth]
+                .as_ref()
+                .and_then(|page| page.items.get(self.pos[depth].index))
+                .and_then(|item| id_of(item, level.id_field));
+            let Some(id) = id else {
+                return Ok(true);
+            };
+            match self.listed(ctx, level, id).await {
+                Ok(listed) => return Ok(listed),
+                Err(SyncError::Permanent(failure)) if depth > 0 && is_not_found(&failure) => {
+                    depth -= 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Whether `level`'s listing holds the item `id`: true when found, or when the re-reading
+    /// was not consistent (read by page number while its total moved): only a consistent reading
+    /// that lacks it says it is gone.
+    async fn listed(&self, ctx: &JobCtx, level: &Level, id: i64) -> SyncResult<bool> {
+        let mut at = Pos::first();
+        let mut total = None;
+        loop {
+            let page = self
+                .docebo
+                .list(
+                    ctx,
+                    &level.path,
+                    &level.filters,
+                    &at.page_ref(self.page_size, level.cursor_mode),
+                )
+                .await?;
+            if page
+                .items
+                .iter()
+                .any(|item| id_of(item, level.id_field) == Some(id))
+            {
+                return Ok(true);
+            }
+            at.proof.read += page.items.len() as i64;
+            if at.page == 1 {
+                total = page.total_count;
+            } else if page.total_count != total {
+                at.proof.moved = true;
+            }
+            if !page.has_more || page.items.is_empty() {
+                let consistent = !at.proof.moved && total.is_some_and(|t| t <= at.proof.read);
+                return Ok(!consistent || page.has_more);
+            }
+            at.next(page.cursor);
+        }
     }
 
     /// Reads the leaf level's next page and moves past it.
     async fn read_leaf(&mut self, ctx: &JobCtx) -> SyncResult<LeafPage> {
         let d = self.depth_now;
-        let level = &self.levels[d];
-        let at = self.pos[d].page_ref(self.page_size, level.cursor_mode);
+        let at = self.pos[d].page_ref(self.page_size, self.levels[d].cursor_mode);
         let first = at.page == 1 && at.cursor.is_none();
-        let page = self
-            .docebo
-            .list(ctx, &level.path, &level.filters, &at, d > 0)
-            .await?;
-        let context = level.context.clone();
+        let page = self.read_page(ctx, d, &at).await?;
+        self.note_page(d, &page);
+        let context = self.levels[d].context.clone();
         let items: Vec<Value> = page
             .items
             .into_iter()
@@ -332,9 +589,9 @@ impl<'a> Walker<'a> {
             })
             .collect();
         if page.has_more && !items.is_empty() {
-            self.pos[d] = self.pos[d].next(page.cursor);
+            self.turn_page(d, page.cursor);
         } else {
-            self.climb();
+            self.end_level(d, page.has_more);
         }
         Ok(LeafPage {
             items,
@@ -353,6 +610,11 @@ impl<'a> Walker<'a> {
         self.depth_now = d - 1;
         self.pos[d - 1].index += 1;
     }
+}
+
+/// Whether Docebo answered 404.
+fn is_not_found(failure: &Failure) -> bool {
+    matches!(failure, Failure::Answered { status: 404, .. })
 }
 
 #[cfg(test)]

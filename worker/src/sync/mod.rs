@@ -9,7 +9,8 @@
 //!
 //! Layout ([`JobRun`] and its phases here; each file adds the methods of one concern):
 //! - `checkpoint`: [`Checkpoint`], [`Phase`], [`Pos`], [`Deferred`]: where a job is, as stored.
-//! - `listing`: the walk of a kind's Docebo listing (flat or nested), as its `KindSpec` says.
+//! - `listing`: the walk of a kind's Docebo listing (flat or nested), as its `KindSpec` says,
+//!   and the proof that it read everything (the comparison unenrolls only after one).
 //! - `pipeline`: the list phase's bookkeeping (what is in flight, what commits when), no IO.
 //! - `list`: the list phase: the reader and the writer loop that drive the pipeline.
 //! - `write`: writing a chunk and classifying Salesforce's answers into a `Written`.

@@ -54,6 +54,8 @@ pub(super) struct ChunkEnd {
     pub(super) pages: i64,
     /// Records Docebo announced on the chunk's pages.
     pub(super) expected: i64,
+    /// Why the listing is not known to be complete, if the walk found a reason so far.
+    pub(super) incomplete: Option<String>,
     /// The chunk's room in the worker's records budget, given back when it is dropped.
     pub(super) room: Room,
 }
@@ -198,9 +200,13 @@ impl Pipeline {
         let checkpoint = &mut self.checkpoint;
         checkpoint.levels = end.levels;
         checkpoint.expected += end.expected;
+        if checkpoint.incomplete.is_none() {
+            checkpoint.incomplete = end.incomplete;
+        }
         admit_deferred(&self.object, checkpoint, &mut written);
         written.counts.read = end.read;
         if end.finished {
+            checkpoint.listing_complete = checkpoint.incomplete.is_none();
             checkpoint.phase = if checkpoint.deferred_count > 0 {
                 Phase::Deferred
             } else {
@@ -265,14 +271,14 @@ mod tests {
             } else {
                 vec![Pos {
                     page,
-                    cursor: None,
-                    index: 0,
+                    ..Pos::default()
                 }]
             },
             finished,
             read: 10,
             pages: 1,
             expected: if page == 2 { 30 } else { 0 },
+            incomplete: None,
             room: None,
         }
     }

@@ -59,6 +59,11 @@ impl JobRun<'_> {
         // A webhook run unenrolls the deletions its events announced; a full run, whatever its
         // listing did not contain.
         let announced = self.targets.is_some().then(|| self.deleted_keys());
+        // The full comparison unenrolls only after a listing proven complete: a record a listing
+        // skipped (or a nested 404, or a short count) is live in Docebo.
+        if announced.is_none() && !self.checkpoint.listing_complete {
+            return self.unenroll_nothing().await;
+        }
         // A full run checks its count against the guard once, before the first batch; a check
         // run only reports.
         if announced.is_none() && self.checkpoint.after_key.is_empty() && self.held().await? {
@@ -174,6 +179,28 @@ impl JobRun<'_> {
             })
             .await?;
         Ok(true)
+    }
+
+    /// Ends the phase without unenrolling anything, saying why (the listing is not known to be
+    /// complete).
+    async fn unenroll_nothing(&mut self) -> SyncResult<()> {
+        let reason = self
+            .checkpoint
+            .incomplete
+            .clone()
+            .unwrap_or_else(|| "its completeness was not recorded".into());
+        tracing::warn!(%reason, "listing not known to be complete: nothing unenrolled");
+        let mut written = Written::default();
+        written.events.push(
+            NewLogEvent::new(
+                LogLevel::Warn,
+                "the docebo listing is not known to be complete: nothing unenrolled",
+            )
+            .field("object", self.mapping.object.as_str())
+            .field("reason", reason),
+        );
+        self.checkpoint.phase = Phase::Done;
+        self.commit(Some(&self.checkpoint), written).await
     }
 
     /// The next batch of records to unenroll after the checkpoint's key, and the last key it
