@@ -55,6 +55,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// How often a bulk ingest job's state is polled (the first poll; it backs off to 10x).
     pub bulk_poll: Duration,
+    /// What upstream URLs may reach (strict by default: https, public addresses only).
+    pub upstream: learnsync_upstream::Policy,
 }
 
 /// Every default of [`Settings`], written once: `Settings::default` and the binary's flags read
@@ -128,6 +130,7 @@ impl Default for Settings {
             http_timeout: defaults::HTTP_TIMEOUT,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             bulk_poll: defaults::BULK_POLL,
+            upstream: learnsync_upstream::Policy::strict(),
         }
     }
 }
@@ -256,6 +259,11 @@ pub struct Options {
     /// Address to serve Prometheus metrics on (`/metrics`). Off when unset.
     #[arg(long, env = "LEARNSYNC_WORKER_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Exceptions to the upstream policy (https and public addresses only), comma separated:
+    /// `http`, an address (`127.0.0.1`), a range (`10.0.0.0/8`), a host (`localhost`) or
+    /// `*.domain`.
+    #[arg(long, env = learnsync_upstream::ENV)]
+    pub upstream_allow: Option<learnsync_upstream::Policy>,
     /// Log as JSON lines.
     #[arg(long, env = "LEARNSYNC_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -277,6 +285,7 @@ impl Options {
             records_in_flight: self.records_in_flight.max(1000),
             salesforce_limit_pause: self.salesforce_limit_pause.0,
             shutdown_grace: self.shutdown_grace.0,
+            upstream: self.upstream_allow.clone().unwrap_or_default(),
             ..Settings::default()
         }
     }

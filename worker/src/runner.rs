@@ -40,7 +40,7 @@ pub struct Worker {
     store: Store,
     cipher: Cipher,
     mapping: Arc<Mapping>,
-    http: reqwest::Client,
+    http: learnsync_upstream::Http,
 }
 
 /// A job this worker runs, as the loop tracks it.
@@ -52,10 +52,7 @@ struct Running {
 impl Worker {
     /// A worker over a store, opening credentials with `cipher`.
     pub fn new(settings: Settings, store: Store, cipher: Cipher) -> Result<Worker, Error> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.http_timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
+        let http = learnsync_upstream::Http::new(settings.upstream.clone(), settings.http_timeout)
             .map_err(|error| Error::Http(error.to_string()))?;
         Ok(Worker {
             settings: Arc::new(settings),
@@ -234,7 +231,7 @@ struct JobRunner {
     store: Store,
     cipher: Cipher,
     mapping: Arc<Mapping>,
-    http: reqwest::Client,
+    http: learnsync_upstream::Http,
 }
 
 /// Aborts a task when dropped: a job's heartbeat dies with the job (or with an aborted worker).

@@ -33,6 +33,10 @@ async fn sigterm_hands_the_job_back_and_exits() {
         .env("DATABASE_URL", env.store.database_url())
         .env("LEARNSYNC_SECRET_KEY", hex::encode(key))
         .env("LEARNSYNC_WORKER_ID", "binary")
+        .env(
+            "LEARNSYNC_UPSTREAM_ALLOW",
+            learnsync_e2e::SIM_UPSTREAM_ALLOW,
+        )
         .env("LEARNSYNC_WORKER_POLL_INTERVAL", "200ms")
         .env("LEARNSYNC_WORKER_PAGE_SIZE", "10")
         .env("RUST_LOG", "warn")
