@@ -315,11 +315,24 @@ mod tests {
             "postgres://x/y",
             "--lease",
             "4s",
+            "--upstream-allow",
+            "http,127.0.0.1",
         ])
         .unwrap();
         let settings = options.settings();
         assert_eq!(settings.lease, Duration::from_secs(4));
         assert_eq!(settings.concurrency, 4);
+        assert_eq!(settings.upstream.to_string(), "http,127.0.0.1");
+        assert!(
+            Options::try_parse_from([
+                "learnsync-worker",
+                "--database-url",
+                "postgres://x/y",
+                "--upstream-allow",
+                "https",
+            ])
+            .is_err()
+        );
     }
 
     #[test]
@@ -340,6 +353,7 @@ mod tests {
         assert_eq!(flags.records_in_flight, library.records_in_flight);
         assert_eq!(flags.salesforce_limit_pause, library.salesforce_limit_pause);
         assert_eq!(flags.shutdown_grace, library.shutdown_grace);
+        assert_eq!(flags.upstream, library.upstream);
         assert_eq!(Span(Duration::from_millis(2500)).to_string(), "2500ms");
         assert_eq!(Span(Duration::from_secs(300)).to_string(), "5m");
         assert_eq!(Span(Duration::from_secs(20)).to_string(), "20s");

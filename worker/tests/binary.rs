@@ -1,4 +1,4 @@
-//! Proves the `learnsync-worker` binary runs jobs from its environment alone and, on SIGTERM, finishes its current write, hands its job back (queued, lease cleared, attempt kept) and exits cleanly.
+//! Proves the `learnsync-worker` binary runs jobs from its environment alone and, on SIGTERM, finishes its current write, hands its job back (queued, lease cleared, attempt kept) and exits cleanly; and that it refuses a malformed `LEARNSYNC_UPSTREAM_ALLOW` at start-up.
 #![allow(clippy::unwrap_used)]
 
 use learnsync_e2e::env as common;
@@ -80,4 +80,25 @@ async fn sigterm_hands_the_job_back_and_exits() {
         env.docebo_keys("users")
     );
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_upstream_setting_stops_the_binary_at_start_up() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_learnsync-worker"))
+        .env_clear()
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:9/none")
+        .env("LEARNSYNC_SECRET_KEY", hex::encode([7u8; 32]))
+        .env("LEARNSYNC_UPSTREAM_ALLOW", "http,10.0.0.0/33")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "LEARNSYNC_UPSTREAM_ALLOW: \"10.0.0.0/33\" is not an allowed entry: the prefix \
+             length must be 0 to 32"
+        ),
+        "{stderr}"
+    );
 }
