@@ -2,6 +2,13 @@
 //! what happened as an [`Answer`], with no job context, no store and no retry. The job-level
 //! clients ([`crate::docebo::Docebo`], [`crate::salesforce::Salesforce`]) wrap them and apply the
 //! one retry policy ([`crate::retry`]). Tested against the simulators with no database.
+//!
+//! Every exchange goes through [`learnsync_upstream::Http`], under the operator's upstream policy:
+//! a URL the policy refuses (or a name resolving to an address it refuses) is a permanent
+//! [`Failure::Refused`] and nothing is sent; a 3xx is an error, never followed; a 2xx body is read
+//! under its cap ([`learnsync_upstream::cap`]), a larger one a permanent [`Failure::TooLarge`]; and
+//! an error answer is read only up to 64 KiB, and shown only as the API's documented code and
+//! message, sanitized and bounded, or as its size.
 
 pub mod docebo;
 pub mod salesforce;
