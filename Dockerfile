@@ -28,6 +28,7 @@ COPY server server
 COPY client client
 COPY worker worker
 COPY sim sim
+COPY upstream upstream
 COPY tests tests
 # The caches keep the registry and compiled dependencies between builds (BuildKit); the binaries
 # are copied out of the cached target directory.

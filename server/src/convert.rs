@@ -5,6 +5,7 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use learnsync_proto::v1 as pb;
 use learnsync_store::model;
 use learnsync_store::secrets;
+use learnsync_upstream::Policy;
 use tonic::Status;
 use tonic_types::FieldViolation;
 use uuid::Uuid;
@@ -157,6 +158,17 @@ pub fn timeframe(
 }
 
 fn check_url(violations: &mut Violations, field: &str, value: &str) -> String {
+    check_target(violations, None, field, value)
+}
+
+/// Checks a URL the workers will call: a valid URL, and one the operator's upstream policy allows
+/// (https, no address of a private or special range, unless `LEARNSYNC_UPSTREAM_ALLOW` admits it).
+fn check_target(
+    violations: &mut Violations,
+    policy: Option<&Policy>,
+    field: &str,
+    value: &str,
+) -> String {
     let trimmed = value.trim().trim_end_matches('/');
     if trimmed.is_empty() {
         violations.add(field, "required");
@@ -169,6 +181,8 @@ fn check_url(violations: &mut Violations, field: &str, value: &str) -> String {
     });
     if !valid {
         violations.add(field, "must be an absolute http(s) URL without a query");
+    } else if let Some(Err(refusal)) = policy.map(|policy| policy.check_url(trimmed)) {
+        violations.add(field, refusal.to_string());
     }
     trimmed.to_string()
 }
@@ -183,10 +197,16 @@ fn required(violations: &mut Violations, field: &str, value: &str) -> String {
 /// Validates Docebo credentials.
 pub fn docebo_credentials(
     violations: &mut Violations,
+    policy: &Policy,
     field: &str,
     value: &pb::DoceboCredentials,
 ) -> secrets::DoceboCredentials {
-    let base_url = check_url(violations, &format!("{field}.base_url"), &value.base_url);
+    let base_url = check_target(
+        violations,
+        Some(policy),
+        &format!("{field}.base_url"),
+        &value.base_url,
+    );
     let client_id = required(violations, &format!("{field}.client_id"), &value.client_id);
     let client_secret = required(
         violations,
@@ -228,10 +248,16 @@ pub fn docebo_credentials(
 /// Validates Salesforce credentials (a JWT key must be a usable RSA private key).
 pub fn salesforce_credentials(
     violations: &mut Violations,
+    policy: &Policy,
     field: &str,
     value: &pb::SalesforceCredentials,
 ) -> secrets::SalesforceCredentials {
-    let login_url = check_url(violations, &format!("{field}.login_url"), &value.login_url);
+    let login_url = check_target(
+        violations,
+        Some(policy),
+        &format!("{field}.login_url"),
+        &value.login_url,
+    );
     let client_id = required(violations, &format!("{field}.client_id"), &value.client_id);
     let grant = match &value.grant {
         Some(pb::salesforce_credentials::Grant::ClientCredentials(grant)) => {

@@ -50,6 +50,9 @@ pub struct Options {
     pub shutdown_grace: Duration,
     /// The realtime loops (schedule, webhooks).
     pub realtime: RealtimeOptions,
+    /// What connections' Docebo and Salesforce URLs may reach (strict by default; the binary
+    /// reads `LEARNSYNC_UPSTREAM_ALLOW`): CreateConnection and UpdateConnection refuse others.
+    pub upstream: learnsync_upstream::Policy,
 }
 
 /// The listeners a server serves on.
@@ -74,6 +77,7 @@ impl Options {
             log_poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             realtime: RealtimeOptions::default(),
+            upstream: learnsync_upstream::Policy::strict(),
         }
     }
 }
@@ -166,6 +170,7 @@ pub async fn serve_on(
         store: store.clone(),
         cipher: options.cipher.clone(),
         min_interval: options.min_interval,
+        upstream: std::sync::Arc::new(options.upstream.clone()),
         log_poll_interval: options.log_poll_interval,
         notifications,
         shutdown: cancel.clone(),

@@ -53,6 +53,11 @@ struct Config {
     /// Database pool size.
     #[arg(long, env = "LEARNSYNC_DB_POOL_SIZE", default_value_t = 16)]
     db_pool_size: usize,
+    /// Exceptions to the upstream policy (https and public addresses only), comma separated:
+    /// `http`, an address (`127.0.0.1`), a range (`10.0.0.0/8`), a host (`localhost`) or
+    /// `*.domain`. Connections whose URLs the policy refuses are not saved.
+    #[arg(long, env = learnsync_upstream::ENV)]
+    upstream_allow: Option<learnsync_upstream::Policy>,
     /// Log as JSON lines.
     #[arg(long, env = "LEARNSYNC_LOG_JSON")]
     log_json: bool,
@@ -133,6 +138,8 @@ async fn main() -> anyhow::Result<()> {
     options.min_interval = Duration::from_secs(config.min_interval_seconds);
     options.realtime.schedule_tick = config.schedule_tick;
     options.realtime.overlap = config.watermark_overlap;
+    options.upstream = config.upstream_allow.clone().unwrap_or_default();
+    tracing::info!(upstream_allow = %options.upstream, "upstream policy");
     let listeners = learnsync_server::Listeners {
         grpc: listener,
         webhooks,

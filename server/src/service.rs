@@ -3,6 +3,7 @@
 //! (together with the request's idempotency key, when it has one).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -28,6 +29,8 @@ pub struct Service {
     pub(crate) store: Store,
     pub(crate) cipher: secrets::Cipher,
     pub(crate) min_interval: Duration,
+    /// What the connections' URLs may reach.
+    pub(crate) upstream: Arc<learnsync_upstream::Policy>,
     pub(crate) log_poll_interval: Duration,
     pub(crate) notifications: broadcast::Sender<learnsync_store::listen::Notification>,
     pub(crate) shutdown: CancellationToken,
@@ -231,6 +234,7 @@ impl SyncService for Service {
         let docebo = match &input.docebo {
             Some(docebo) => Some(convert::docebo_credentials(
                 &mut violations,
+                &self.upstream,
                 "connection.docebo",
                 docebo,
             )),
@@ -242,6 +246,7 @@ impl SyncService for Service {
         let salesforce = match &input.salesforce {
             Some(salesforce) => Some(convert::salesforce_credentials(
                 &mut violations,
+                &self.upstream,
                 "connection.salesforce",
                 salesforce,
             )),
@@ -380,6 +385,7 @@ impl SyncService for Service {
                     Some(value) => {
                         docebo = Some(convert::docebo_credentials(
                             &mut violations,
+                            &self.upstream,
                             "connection.docebo",
                             value,
                         ))
@@ -392,6 +398,7 @@ impl SyncService for Service {
                     Some(value) => {
                         salesforce = Some(convert::salesforce_credentials(
                             &mut violations,
+                            &self.upstream,
                             "connection.salesforce",
                             value,
                         ))

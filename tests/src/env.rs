@@ -44,6 +44,10 @@ pub struct EnvOptions {
     pub salesforce_secret: Option<String>,
     /// The credentials key (random when unset).
     pub cipher_key: Option<[u8; 32]>,
+    /// A Docebo base URL other than the simulator's (a stand-in endpoint).
+    pub docebo_url: Option<String>,
+    /// A Salesforce login URL other than the simulator's (a stand-in endpoint).
+    pub salesforce_url: Option<String>,
 }
 
 impl Default for EnvOptions {
@@ -56,6 +60,8 @@ impl Default for EnvOptions {
             docebo_password_grant: false,
             salesforce_secret: None,
             cipher_key: None,
+            docebo_url: None,
+            salesforce_url: None,
         }
     }
 }
@@ -79,7 +85,8 @@ impl RunningWorker {
     }
 }
 
-/// Settings fit for tests: short leases, fast polls and backoffs.
+/// Settings fit for tests: short leases, fast polls and backoffs, and the upstream policy the
+/// simulators need (plain http to 127.0.0.1).
 pub fn test_settings(worker_id: &str) -> Settings {
     Settings {
         worker_id: worker_id.to_string(),
@@ -96,6 +103,7 @@ pub fn test_settings(worker_id: &str) -> Settings {
         bulk_poll: Duration::from_millis(20),
         // Also the write grace a takeover waits after a lease runs out.
         http_timeout: Duration::from_secs(5),
+        upstream: crate::sim_policy(),
         ..Settings::default()
     }
 }
@@ -116,6 +124,8 @@ impl Env {
             docebo_password_grant,
             salesforce_secret,
             cipher_key,
+            docebo_url,
+            salesforce_url,
         } = options;
         crate::init_tracing();
         let database_url = learnsync_store::testing::fresh_database().await.unwrap();
@@ -131,7 +141,7 @@ impl Env {
         let connection_id = Uuid::new_v4();
         let credentials = Credentials {
             docebo: DoceboCredentials {
-                base_url: docebo.base_url().to_string(),
+                base_url: docebo_url.unwrap_or_else(|| docebo.base_url().to_string()),
                 client_id: docebo.config().client_id.clone(),
                 client_secret: docebo.config().client_secret.clone(),
                 grant: if docebo_password_grant {
@@ -144,7 +154,7 @@ impl Env {
                 },
             },
             salesforce: SalesforceCredentials {
-                login_url: salesforce.base_url().to_string(),
+                login_url: salesforce_url.unwrap_or_else(|| salesforce.base_url().to_string()),
                 client_id: salesforce.config().client_id.clone(),
                 grant: match jwt_private_key {
                     Some(private_key_pem) => SalesforceGrant::JwtBearer {

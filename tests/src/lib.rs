@@ -31,6 +31,24 @@ pub mod tokens {
     pub const GLOBEX: &str = "globex-tenant-token-for-tests-0001";
 }
 
+/// What the simulators need of the upstream policy: plain http to `127.0.0.1` (where they
+/// listen). The harness, the demo and the bench pass it to in-process servers and workers, and
+/// as [`SIM_UPSTREAM_ALLOW`] to worker processes.
+pub fn sim_policy() -> learnsync_upstream::Policy {
+    SIM_UPSTREAM_ALLOW
+        .parse()
+        .unwrap_or_else(|error| panic!("the simulators' policy: {error}"))
+}
+
+/// The workers' HTTP client under [`sim_policy`], for tests of the thin clients.
+pub fn sim_http() -> learnsync_upstream::Http {
+    learnsync_upstream::Http::new(sim_policy(), Duration::from_secs(30))
+        .unwrap_or_else(|error| panic!("the simulators' http client: {error}"))
+}
+
+/// [`sim_policy`] as `LEARNSYNC_UPSTREAM_ALLOW` writes it.
+pub const SIM_UPSTREAM_ALLOW: &str = "http,127.0.0.1";
+
 /// Sets up tracing once, at the level of `RUST_LOG` (warnings by default), into the test output.
 pub fn init_tracing() {
     learnsync_telemetry::init(learnsync_telemetry::Output::Test, "warn");
@@ -79,7 +97,8 @@ impl TestServer {
     }
 
     /// Starts a server on an existing database with adjusted options. The harness's defaults: a
-    /// 1 s minimum interval, a 500 ms log poll, a 200 ms schedule tick, a 1 s watermark overlap.
+    /// 1 s minimum interval, a 500 ms log poll, a 200 ms schedule tick, a 1 s watermark overlap,
+    /// and the upstream policy the simulators need ([`sim_policy`]).
     pub async fn start_with(
         database_url: &str,
         cipher: Cipher,
@@ -96,6 +115,7 @@ impl TestServer {
         options.realtime.schedule_tick = Duration::from_millis(200);
         options.realtime.overlap = Duration::from_secs(1);
         options.realtime.webhook_poll = Duration::from_millis(500);
+        options.upstream = sim_policy();
         adjust(&mut options);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
@@ -335,6 +355,7 @@ impl TestSystem {
             heartbeat: Duration::from_millis(500),
             poll_interval: Duration::from_millis(300),
             retry_base: Duration::from_millis(200),
+            upstream: sim_policy(),
             ..learnsync_worker::Settings::default()
         };
         let worker = learnsync_worker::Worker::new(

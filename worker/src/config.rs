@@ -60,6 +60,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// How often a bulk ingest job's state is polled (the first poll; it backs off to 10x).
     pub bulk_poll: Duration,
+    /// What upstream URLs may reach (strict by default: https, public addresses only).
+    pub upstream: learnsync_upstream::Policy,
 }
 
 /// Every default of [`Settings`], written once: `Settings::default` and the binary's flags read
@@ -137,6 +139,7 @@ impl Default for Settings {
             http_timeout: defaults::HTTP_TIMEOUT,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             bulk_poll: defaults::BULK_POLL,
+            upstream: learnsync_upstream::Policy::strict(),
         }
     }
 }
@@ -294,6 +297,11 @@ pub struct Options {
     /// Address to serve Prometheus metrics on (`/metrics`). Off when unset.
     #[arg(long, env = "LEARNSYNC_WORKER_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Exceptions to the upstream policy (https and public addresses only), comma separated:
+    /// `http`, an address (`127.0.0.1`), a range (`10.0.0.0/8`), a host (`localhost`) or
+    /// `*.domain`.
+    #[arg(long, env = learnsync_upstream::ENV)]
+    pub upstream_allow: Option<learnsync_upstream::Policy>,
     /// Log as JSON lines.
     #[arg(long, env = "LEARNSYNC_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -316,6 +324,7 @@ impl Options {
             salesforce_limit_pause: self.salesforce_limit_pause.0,
             shutdown_grace: self.shutdown_grace.0,
             http_timeout: self.http_timeout.0,
+            upstream: self.upstream_allow.clone().unwrap_or_default(),
             ..Settings::default()
         }
     }
@@ -345,11 +354,24 @@ mod tests {
             "postgres://x/y",
             "--lease",
             "4s",
+            "--upstream-allow",
+            "http,127.0.0.1",
         ])
         .unwrap();
         let settings = options.settings();
         assert_eq!(settings.lease, Duration::from_secs(4));
         assert_eq!(settings.concurrency, 4);
+        assert_eq!(settings.upstream.to_string(), "http,127.0.0.1");
+        assert!(
+            Options::try_parse_from([
+                "learnsync-worker",
+                "--database-url",
+                "postgres://x/y",
+                "--upstream-allow",
+                "https",
+            ])
+            .is_err()
+        );
     }
 
     #[test]
@@ -373,6 +395,7 @@ mod tests {
         assert_eq!(flags.http_timeout, library.http_timeout);
         assert_eq!(flags.lease_terms().write_grace, flags.http_timeout);
         assert_eq!(flags.write_window(), Duration::from_secs(9));
+        assert_eq!(flags.upstream, library.upstream);
         assert_eq!(Span(Duration::from_millis(2500)).to_string(), "2500ms");
         assert_eq!(Span(Duration::from_secs(300)).to_string(), "5m");
         assert_eq!(Span(Duration::from_secs(20)).to_string(), "20s");

@@ -23,7 +23,11 @@ pub struct Docebo {
 
 impl Docebo {
     /// A client for a connection's platform.
-    pub fn new(http: reqwest::Client, credentials: DoceboCredentials, budget: Budget) -> Docebo {
+    pub fn new(
+        http: learnsync_upstream::Http,
+        credentials: DoceboCredentials,
+        budget: Budget,
+    ) -> Docebo {
         Docebo {
             api: DoceboApi::new(http, credentials),
             token: Mutex::new(None),

@@ -94,6 +94,23 @@ pub enum Failure {
         /// What went wrong (never the URL).
         detail: String,
     },
+    /// The upstream policy refuses a URL (its scheme, its address, or what its host resolves to):
+    /// nothing was sent.
+    Refused {
+        /// Whose URL.
+        upstream: Upstream,
+        /// Which (`url`, `instance_url`).
+        what: &'static str,
+        /// Why (the policy's words).
+        reason: String,
+    },
+    /// An answer larger than its cap (reading stopped at the cap).
+    TooLarge {
+        /// Whose.
+        upstream: Upstream,
+        /// The cap, in bytes.
+        cap: usize,
+    },
     /// A token endpoint answered 429 or 5xx.
     TokenEndpoint {
         /// Whose.
@@ -187,6 +204,16 @@ impl std::fmt::Display for Failure {
                 let what = if *token { " token" } else { "" };
                 write!(f, "{upstream}{what} request failed: {detail}")
             }
+            Failure::Refused {
+                upstream,
+                what,
+                reason,
+            } => write!(f, "{upstream} {what} refused: {reason}"),
+            Failure::TooLarge { upstream, cap } => write!(
+                f,
+                "{upstream} answer larger than {}: not read",
+                learnsync_upstream::size_text(*cap)
+            ),
             Failure::TokenEndpoint { upstream, status } => {
                 write!(
                     f,

@@ -75,6 +75,7 @@ async fn main() -> ExitCode {
         }
     };
     let settings = options.settings();
+    tracing::info!(upstream_allow = %settings.upstream, "upstream policy");
     let store = match Store::connect(&learnsync_store::Options {
         database_url: options.database_url.clone(),
         max_connections: options

@@ -43,7 +43,7 @@ pub struct Worker {
     store: Store,
     cipher: Cipher,
     mapping: Arc<Mapping>,
-    http: reqwest::Client,
+    http: learnsync_upstream::Http,
 }
 
 /// A job this worker runs, as the loop tracks it.
@@ -62,10 +62,7 @@ impl Worker {
                 settings.heartbeat, settings.lease
             )));
         }
-        let http = reqwest::Client::builder()
-            .timeout(settings.http_timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
+        let http = learnsync_upstream::Http::new(settings.upstream.clone(), settings.http_timeout)
             .map_err(|error| Error::Http(error.to_string()))?;
         Ok(Worker {
             settings: Arc::new(settings),
@@ -247,7 +244,7 @@ struct JobRunner {
     store: Store,
     cipher: Cipher,
     mapping: Arc<Mapping>,
-    http: reqwest::Client,
+    http: learnsync_upstream::Http,
 }
 
 /// Aborts a task when dropped: a job's heartbeat dies with the job (or with an aborted worker).

@@ -39,7 +39,7 @@ pub struct Salesforce {
 
 impl Salesforce {
     /// A client for a connection's org.
-    pub fn new(http: reqwest::Client, credentials: SalesforceCredentials) -> Salesforce {
+    pub fn new(http: learnsync_upstream::Http, credentials: SalesforceCredentials) -> Salesforce {
         Salesforce {
             api: SalesforceApi::new(http, credentials),
             session: Mutex::new(None),

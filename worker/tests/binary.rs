@@ -1,4 +1,4 @@
-//! Proves the `learnsync-worker` binary runs jobs from its environment alone and, on SIGTERM, finishes its current write, hands its job back (queued, lease cleared, attempt kept) and exits cleanly; and that a worker frozen (SIGSTOP) with a Salesforce write in flight is taken over only once that write has ended, and writes nothing once thawed (SIGCONT): Salesforce ends with what Docebo holds.
+//! Proves the `learnsync-worker` binary runs jobs from its environment alone and, on SIGTERM, finishes its current write, hands its job back (queued, lease cleared, attempt kept) and exits cleanly; that a worker frozen (SIGSTOP) with a Salesforce write in flight is taken over only once that write has ended, and writes nothing once thawed (SIGCONT): Salesforce ends with what Docebo holds; and that it refuses a malformed `LEARNSYNC_UPSTREAM_ALLOW` at start-up.
 #![allow(clippy::unwrap_used)]
 
 use learnsync_e2e::env as common;
@@ -36,6 +36,10 @@ async fn sigterm_hands_the_job_back_and_exits() {
         .env("DATABASE_URL", env.store.database_url())
         .env("LEARNSYNC_SECRET_KEY", hex::encode(key))
         .env("LEARNSYNC_WORKER_ID", "binary")
+        .env(
+            "LEARNSYNC_UPSTREAM_ALLOW",
+            learnsync_e2e::SIM_UPSTREAM_ALLOW,
+        )
         .env("LEARNSYNC_WORKER_POLL_INTERVAL", "200ms")
         .env("LEARNSYNC_WORKER_PAGE_SIZE", "10")
         .env("RUST_LOG", "warn")
@@ -99,6 +103,7 @@ impl WorkerProcess {
             .env("LEARNSYNC_WORKER_LEASE", lease)
             .env("LEARNSYNC_WORKER_HEARTBEAT", "300ms")
             .env("LEARNSYNC_WORKER_HTTP_TIMEOUT", grace)
+            .env("LEARNSYNC_UPSTREAM_ALLOW", "http,127.0.0.1")
             .env("LEARNSYNC_WORKER_POLL_INTERVAL", "200ms")
             .env("LEARNSYNC_WORKER_PAGE_SIZE", "10")
             .env("RUST_LOG", "warn")
@@ -279,4 +284,25 @@ async fn a_frozen_worker_is_taken_over_after_its_write_in_flight_and_writes_noth
     assert!(docebo.values().all(|name| name.starts_with("Thawed")));
     frozen.stop().await;
     other.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_upstream_setting_stops_the_binary_at_start_up() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_learnsync-worker"))
+        .env_clear()
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:9/none")
+        .env("LEARNSYNC_SECRET_KEY", hex::encode([7u8; 32]))
+        .env("LEARNSYNC_UPSTREAM_ALLOW", "http,10.0.0.0/33")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "LEARNSYNC_UPSTREAM_ALLOW: \"10.0.0.0/33\" is not an allowed entry: the prefix \
+             length must be 0 to 32"
+        ),
+        "{stderr}"
+    );
 }

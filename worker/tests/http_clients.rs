@@ -31,7 +31,7 @@ fn first_page(size: u32) -> PageRef {
 
 fn docebo_api(sim: &DoceboSim, secret: Option<&str>) -> DoceboApi {
     DoceboApi::new(
-        reqwest::Client::new(),
+        learnsync_e2e::sim_http(),
         DoceboCredentials {
             base_url: sim.base_url().to_string(),
             client_id: sim.config().client_id.clone(),
@@ -44,7 +44,7 @@ fn docebo_api(sim: &DoceboSim, secret: Option<&str>) -> DoceboApi {
 
 fn salesforce_api(sim: &SalesforceSim, secret: Option<&str>) -> SalesforceApi {
     SalesforceApi::new(
-        reqwest::Client::new(),
+        learnsync_e2e::sim_http(),
         SalesforceCredentials {
             login_url: sim.base_url().to_string(),
             client_id: sim.config().client_id.clone(),
@@ -175,7 +175,7 @@ async fn retry_after_server(status: u16) -> String {
 async fn docebo_throttling_reports_the_wait_asked() {
     for status in [429, 503] {
         let api = DoceboApi::new(
-            reqwest::Client::new(),
+            learnsync_e2e::sim_http(),
             DoceboCredentials {
                 base_url: retry_after_server(status).await,
                 client_id: "id".into(),
@@ -202,7 +202,7 @@ async fn unreachable_upstreams_are_transient_and_name_no_url() {
         probe.local_addr().unwrap()
     };
     let api = DoceboApi::new(
-        reqwest::Client::new(),
+        learnsync_e2e::sim_http(),
         DoceboCredentials {
             base_url: format!("http://{closed}"),
             client_id: "id".into(),

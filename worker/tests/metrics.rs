@@ -54,6 +54,10 @@ async fn the_records_gauges_read_the_worker_budget_during_a_sync() {
         .env("DATABASE_URL", env.store.database_url())
         .env("LEARNSYNC_SECRET_KEY", hex::encode(key))
         .env("LEARNSYNC_WORKER_ID", "metered")
+        .env(
+            "LEARNSYNC_UPSTREAM_ALLOW",
+            learnsync_e2e::SIM_UPSTREAM_ALLOW,
+        )
         .env("LEARNSYNC_WORKER_POLL_INTERVAL", "200ms")
         .env("LEARNSYNC_WORKER_PAGE_SIZE", "20")
         .env("LEARNSYNC_WORKER_RECORDS_IN_FLIGHT", "3000")

@@ -145,6 +145,8 @@ impl Bed {
         let stop = shutdown.clone();
         let mut options = learnsync_server::Options::new(tokens, cipher);
         options.min_interval = Duration::from_secs(1);
+        // The simulators listen on plain http at 127.0.0.1: the policy must admit them.
+        options.upstream = learnsync_e2e::sim_policy();
         tokio::spawn(learnsync_server::serve(
             store.clone(),
             options,
@@ -183,6 +185,10 @@ impl Bed {
             .env("LEARNSYNC_SECRET_KEY", &self.key_hex)
             .env("LEARNSYNC_WORKER_CONCURRENCY", concurrency.to_string())
             .env("LEARNSYNC_WORKER_POLL_INTERVAL", "200ms")
+            .env(
+                "LEARNSYNC_UPSTREAM_ALLOW",
+                learnsync_e2e::SIM_UPSTREAM_ALLOW,
+            )
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -143,9 +143,13 @@ async fn main() -> anyhow::Result<()> {
         metrics: None,
         console: Some(console),
     };
+    // The simulators listen on plain http at 127.0.0.1: the demo's server and workers admit
+    // them (a deployment's policy is https to public addresses only).
+    let mut options = learnsync_server::Options::new(tokens, cipher.clone());
+    options.upstream = learnsync_e2e::sim_policy();
     let server = tokio::spawn(learnsync_server::serve_on(
         store.clone(),
-        learnsync_server::Options::new(tokens, cipher.clone()),
+        options,
         listeners,
         async move { server_shutdown.cancelled().await },
     ));
@@ -155,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
     for index in 0..args.workers {
         let settings = learnsync_worker::Settings {
             worker_id: format!("demo-worker-{index}"),
+            upstream: learnsync_e2e::sim_policy(),
             ..learnsync_worker::Settings::default()
         };
         let worker = learnsync_worker::Worker::new(settings, store.clone(), cipher.clone())?;

@@ -3,9 +3,10 @@
 //! network errors transient, other 4xx permanent.
 
 use learnsync_store::secrets::{DoceboCredentials, DoceboGrant};
+use learnsync_upstream::{Http, Prefix, cap};
 use serde_json::Value;
 
-use super::{Answer, retry_after, without_url};
+use super::{Answer, read_body, read_error, redirected, refused, retry_after, shown, unsent};
 use crate::error::{Failure, Upstream};
 
 /// One page of a list endpoint.
@@ -37,27 +38,38 @@ pub struct PageRef {
 
 /// A Docebo platform's API, one exchange at a time.
 pub struct DoceboApi {
-    http: reqwest::Client,
+    http: Http,
     credentials: DoceboCredentials,
     base_url: String,
 }
 
-/// Docebo's message in an error body (or the body's start).
-fn body_message(body: &str) -> String {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
+/// Docebo's message in an error answer, when it has Docebo's documented shape (`{"message": ...}`,
+/// or OAuth's `error_description`), sanitized; otherwise the body's size alone (an error answer
+/// is never copied into a job's error).
+fn body_message(body: &Prefix) -> String {
+    let parsed: Option<Value> = serde_json::from_str(&body.text).ok();
     let message = parsed.as_ref().and_then(|value| {
-        value
+        match value
             .get("message")
-            .or_else(|| value.get("error_description"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
+            .or_else(|| value.get("error_description"))?
+        {
+            Value::String(text) => Some(text.clone()),
+            Value::Array(items) => {
+                let texts: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+                (!texts.is_empty()).then(|| texts.join("; "))
+            }
+            _ => None,
+        }
     });
-    message.unwrap_or_else(|| body.chars().take(200).collect())
+    match message.map(|message| shown(&message)) {
+        Some(message) if !message.is_empty() => message,
+        _ => body.describe(),
+    }
 }
 
 impl DoceboApi {
     /// A client of a connection's platform.
-    pub fn new(http: reqwest::Client, credentials: DoceboCredentials) -> DoceboApi {
+    pub fn new(http: Http, credentials: DoceboCredentials) -> DoceboApi {
         let base_url = credentials.base_url.trim_end_matches('/').to_string();
         DoceboApi {
             http,
@@ -82,19 +94,20 @@ impl DoceboApi {
             }
         }
         let url = format!("{}/oauth2/token", self.base_url);
-        let response = match self.http.post(&url).form(&form).send().await {
+        let request = match self.http.request(reqwest::Method::POST, &url) {
+            Ok(request) => request,
+            Err(refusal) => return refused(Upstream::Docebo, "url", &refusal),
+        };
+        let response = match request.form(&form).send().await {
             Ok(response) => response,
-            Err(error) => {
-                return Answer::Transient(Failure::Unreachable {
-                    upstream: Upstream::Docebo,
-                    token: true,
-                    detail: without_url(&error),
-                });
-            }
+            Err(error) => return unsent(Upstream::Docebo, true, &error),
         };
         let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
         if (200..300).contains(&status) {
+            let body = match read_body(Upstream::Docebo, response, cap::TOKEN).await {
+                Ok(body) => body,
+                Err(answer) => return answer,
+            };
             let value: Value = match serde_json::from_str(&body) {
                 Ok(value) => value,
                 Err(_) => {
@@ -110,6 +123,7 @@ impl DoceboApi {
                 )),
             };
         }
+        let body = read_error(response).await;
         super::token_refused(Upstream::Docebo, status, None, body_message(&body))
     }
 
@@ -124,22 +138,13 @@ impl DoceboApi {
     ) -> Answer<Page> {
         let query = list_query(filters, at);
         let url = format!("{}{}", self.base_url, path);
-        let sent = self
-            .http
-            .get(&url)
-            .query(&query)
-            .bearer_auth(token)
-            .send()
-            .await;
-        let response = match sent {
+        let request = match self.http.request(reqwest::Method::GET, &url) {
+            Ok(request) => request,
+            Err(refusal) => return refused(Upstream::Docebo, "url", &refusal),
+        };
+        let response = match request.query(&query).bearer_auth(token).send().await {
             Ok(response) => response,
-            Err(error) => {
-                return Answer::Transient(Failure::Unreachable {
-                    upstream: Upstream::Docebo,
-                    token: false,
-                    detail: without_url(&error),
-                });
-            }
+            Err(error) => return unsent(Upstream::Docebo, false, &error),
         };
         let status = response.status().as_u16();
         crate::metrics::METRICS
@@ -147,15 +152,16 @@ impl DoceboApi {
             .with_label_values(&["docebo", &status.to_string()])
             .inc();
         let wait = retry_after(response.headers());
-        let body = match response.text().await {
-            Ok(body) => body,
-            Err(error) => {
-                return Answer::Unreadable(Failure::Unreadable(format!(
-                    "docebo answer unreadable: {}",
-                    without_url(&error)
-                )));
-            }
-        };
+        if (200..300).contains(&status) {
+            return match read_body(Upstream::Docebo, response, cap::JSON).await {
+                Ok(body) => match parse_page(&body) {
+                    Ok(page) => Answer::Ok(page),
+                    Err(failure) => Answer::Unreadable(failure),
+                },
+                Err(answer) => answer,
+            };
+        }
+        let body = read_error(response).await;
         let answered = |message: Option<String>| Failure::Answered {
             upstream: Upstream::Docebo,
             status,
@@ -164,10 +170,9 @@ impl DoceboApi {
             message,
         };
         match status {
-            200..=299 => match parse_page(&body) {
-                Ok(page) => Answer::Ok(page),
-                Err(failure) => Answer::Unreadable(failure),
-            },
+            300..=399 => {
+                Answer::Permanent(redirected(Upstream::Docebo, status, Some(path.to_string())))
+            }
             401 => Answer::SessionExpired(answered(Some(body_message(&body)))),
             429 | 503 => {
                 crate::metrics::METRICS

@@ -2,11 +2,20 @@
 //! what happened as an [`Answer`], with no job context, no store and no retry. The job-level
 //! clients ([`crate::docebo::Docebo`], [`crate::salesforce::Salesforce`]) wrap them and apply the
 //! one retry policy ([`crate::retry`]). Tested against the simulators with no database.
+//!
+//! Every exchange goes through [`learnsync_upstream::Http`], under the operator's upstream policy:
+//! a URL the policy refuses (or a name resolving to an address it refuses) is a permanent
+//! [`Failure::Refused`] and nothing is sent; a 3xx is an error, never followed; a 2xx body is read
+//! under its cap ([`learnsync_upstream::cap`]), a larger one a permanent [`Failure::TooLarge`]; and
+//! an error answer is read only up to 64 KiB, and shown only as the API's documented code and
+//! message, sanitized and bounded, or as its size.
 
 pub mod docebo;
 pub mod salesforce;
 
 use std::time::Duration;
+
+use learnsync_upstream::{BodyError, MESSAGE_CHARS, Prefix, Refusal};
 
 use crate::error::{Failure, Upstream};
 use crate::retry::Signal;
@@ -85,6 +94,77 @@ pub(crate) fn without_url(error: &reqwest::Error) -> String {
     }
 }
 
+/// What a request that could not be sent comes to: refused by the upstream policy (permanent:
+/// the URL, or an address its host resolves to, is not one the operator allows), or unreachable
+/// (transient).
+pub(crate) fn unsent<T>(upstream: Upstream, token: bool, error: &reqwest::Error) -> Answer<T> {
+    match learnsync_upstream::refusal_of(error) {
+        Some(refusal) => refused(upstream, "url", &refusal),
+        None => Answer::Transient(Failure::Unreachable {
+            upstream,
+            token,
+            detail: without_url(error),
+        }),
+    }
+}
+
+/// A URL the upstream policy refuses (`what`: `url`, or where it came from): nothing is sent.
+pub(crate) fn refused<T>(upstream: Upstream, what: &'static str, refusal: &Refusal) -> Answer<T> {
+    tracing::warn!(upstream = upstream.name(), what, reason = %refusal, "upstream url refused by the policy");
+    Answer::Permanent(Failure::Refused {
+        upstream,
+        what,
+        reason: refusal.to_string(),
+    })
+}
+
+/// Reads a 2xx body under `cap`: a larger one is permanent (it will be as large next time), one
+/// that breaks off transient.
+pub(crate) async fn read_body<T>(
+    upstream: Upstream,
+    response: reqwest::Response,
+    cap: usize,
+) -> Result<String, Answer<T>> {
+    learnsync_upstream::read_capped(response, cap)
+        .await
+        .map_err(|error| match error {
+            BodyError::TooLarge { cap } => {
+                tracing::warn!(
+                    upstream = upstream.name(),
+                    cap,
+                    "upstream answer over its size cap"
+                );
+                Answer::Permanent(Failure::TooLarge { upstream, cap })
+            }
+            BodyError::Read(error) => Answer::Transient(Failure::Unreachable {
+                upstream,
+                token: false,
+                detail: without_url(&error),
+            }),
+        })
+}
+
+/// Reads the start of an error answer (at most [`learnsync_upstream::cap::ERROR`]).
+pub(crate) async fn read_error(response: reqwest::Response) -> Prefix {
+    learnsync_upstream::read_prefix(response, learnsync_upstream::cap::ERROR).await
+}
+
+/// An upstream's message or code, fit to show a tenant: no control characters, bounded length.
+pub(crate) fn shown(text: &str) -> String {
+    learnsync_upstream::sanitize(text, MESSAGE_CHARS)
+}
+
+/// What a redirect comes to: learnsync follows none (a tenant's URL must not lead elsewhere).
+pub(crate) fn redirected(upstream: Upstream, status: u16, path: Option<String>) -> Failure {
+    Failure::Answered {
+        upstream,
+        status,
+        path,
+        code: None,
+        message: Some("redirects are not followed".into()),
+    }
+}
+
 /// The wait a `Retry-After` header asks for, in seconds (the date form is not used by Docebo).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
@@ -104,6 +184,7 @@ pub(crate) fn token_refused<T>(
 ) -> Answer<T> {
     let endpoint = Failure::TokenEndpoint { upstream, status };
     match status {
+        300..=399 => Answer::Permanent(redirected(upstream, status, None)),
         429 => Answer::Throttled {
             wait: None,
             failure: endpoint,

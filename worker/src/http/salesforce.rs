@@ -5,9 +5,10 @@
 //! transient, other 4xx permanent.
 
 use learnsync_store::secrets::{SalesforceCredentials, SalesforceGrant};
+use learnsync_upstream::{Http, Prefix, cap};
 use serde_json::Value;
 
-use super::{Answer, without_url};
+use super::{Answer, read_body, read_error, redirected, refused, shown, unsent};
 use crate::error::{Failure, Upstream};
 use crate::mapping::Fields;
 
@@ -50,32 +51,31 @@ impl RecordResult {
     }
 }
 
-fn error_of(body: &str) -> (String, String) {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
+/// Salesforce's error code and message in an error answer, when it has the documented shape
+/// (`[{"errorCode", "message"}]`, or OAuth's `{"error", "error_description"}`), sanitized;
+/// otherwise no code and the body's size alone (an error answer is never copied into a job's
+/// error).
+fn error_of(body: &Prefix) -> (Option<String>, String) {
+    let parsed: Option<Value> = serde_json::from_str(&body.text).ok();
     let first = parsed.as_ref().and_then(|value| match value {
-        Value::Array(items) => items.first().cloned(),
-        Value::Object(_) => Some(value.clone()),
+        Value::Array(items) => items.first(),
+        Value::Object(_) => Some(value),
         _ => None,
     });
-    match first {
-        Some(error) => {
-            let code = error
-                .get("errorCode")
-                .or_else(|| error.get("error"))
-                .and_then(Value::as_str)
-                .unwrap_or("UNKNOWN")
-                .to_string();
-            let message = error
-                .get("message")
-                .or_else(|| error.get("error_description"))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            (code, message)
-        }
-        None => ("UNKNOWN".to_string(), body.chars().take(200).collect()),
+    let text = |error: &Value, keys: [&str; 2]| {
+        keys.iter()
+            .find_map(|key| error.get(*key).and_then(Value::as_str))
+            .map(shown)
+            .filter(|text| !text.is_empty())
+    };
+    let code = first.and_then(|error| text(error, ["errorCode", "error"]));
+    let message = first.and_then(|error| text(error, ["message", "error_description"]));
+    match (code, message) {
+        (None, None) => (None, body.describe()),
+        (code, message) => (code, message.unwrap_or_default()),
     }
 }
+
 /// An authenticated session: the token and the org's instance URL.
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -115,7 +115,7 @@ pub struct QueryPage {
 
 /// A Salesforce org's API, one exchange at a time.
 pub struct SalesforceApi {
-    http: reqwest::Client,
+    http: Http,
     credentials: SalesforceCredentials,
 }
 
@@ -125,7 +125,7 @@ fn not_json(what: &str) -> Failure {
 
 impl SalesforceApi {
     /// A client of a connection's org.
-    pub fn new(http: reqwest::Client, credentials: SalesforceCredentials) -> SalesforceApi {
+    pub fn new(http: Http, credentials: SalesforceCredentials) -> SalesforceApi {
         SalesforceApi { http, credentials }
     }
 
@@ -185,24 +185,30 @@ impl SalesforceApi {
             Ok(form) => form,
             Err(failure) => return Answer::Permanent(failure),
         };
-        let response = match self.http.post(&url).form(&form).send().await {
+        let request = match self.http.request(reqwest::Method::POST, &url) {
+            Ok(request) => request,
+            Err(refusal) => return refused(Upstream::Salesforce, "url", &refusal),
+        };
+        let response = match request.form(&form).send().await {
             Ok(response) => response,
-            Err(error) => {
-                return Answer::Transient(Failure::Unreachable {
-                    upstream: Upstream::Salesforce,
-                    token: true,
-                    detail: without_url(&error),
-                });
-            }
+            Err(error) => return unsent(Upstream::Salesforce, true, &error),
         };
         let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
         if (200..300).contains(&status) {
+            let body = match read_body(Upstream::Salesforce, response, cap::TOKEN).await {
+                Ok(body) => body,
+                Err(answer) => return answer,
+            };
             let Ok(value) = serde_json::from_str::<Value>(&body) else {
                 return Answer::Unreadable(not_json("salesforce token answer"));
             };
             let access_token = value.get("access_token").and_then(Value::as_str);
             let instance_url = value.get("instance_url").and_then(Value::as_str);
+            // The org's API is wherever the token answer says: the policy checks that URL as it
+            // checks the tenant's own, before anything is sent there.
+            if let Some(Err(refusal)) = instance_url.map(|url| self.http.policy().check_url(url)) {
+                return refused(Upstream::Salesforce, "instance_url", &refusal);
+            }
             return match (access_token, instance_url) {
                 (Some(access_token), Some(instance_url)) => Answer::Ok(Session {
                     access_token: access_token.to_string(),
@@ -213,12 +219,12 @@ impl SalesforceApi {
                 )),
             };
         }
-        let (code, message) = error_of(&body);
-        super::token_refused(Upstream::Salesforce, status, Some(code), message)
+        let (code, message) = error_of(&read_error(response).await);
+        super::token_refused(Upstream::Salesforce, status, code, message)
     }
 
     /// Sends one API call (`path` under the instance URL, or a full URL) and returns the body of
-    /// a 2xx answer.
+    /// a 2xx answer, a JSON one (at most [`cap::JSON`]).
     pub async fn send(
         &self,
         session: &Session,
@@ -226,28 +232,42 @@ impl SalesforceApi {
         path: &str,
         body: Body<'_>,
     ) -> Answer<String> {
-        self.exchange(session, method, path, body)
+        self.send_capped(session, method, path, body, cap::JSON)
+            .await
+    }
+
+    /// [`SalesforceApi::send`] with the size cap of the answer's body.
+    pub async fn send_capped(
+        &self,
+        session: &Session,
+        method: reqwest::Method,
+        path: &str,
+        body: Body<'_>,
+        cap: usize,
+    ) -> Answer<String> {
+        self.exchange(session, method, path, body, cap)
             .await
             .and_then(|(text, _)| Ok(text))
     }
 
-    /// [`SalesforceApi::send`], answering the 2xx body with the answer's headers.
+    /// [`SalesforceApi::send_capped`], answering the 2xx body with the answer's headers.
     pub async fn exchange(
         &self,
         session: &Session,
         method: reqwest::Method,
         path: &str,
         body: Body<'_>,
+        cap: usize,
     ) -> Answer<(String, reqwest::header::HeaderMap)> {
         let url = if path.starts_with("http") {
             path.to_string()
         } else {
             format!("{}{}", session.instance_url, path)
         };
-        let mut request = self
-            .http
-            .request(method, &url)
-            .bearer_auth(&session.access_token);
+        let mut request = match self.http.request(method, &url) {
+            Ok(request) => request.bearer_auth(&session.access_token),
+            Err(refusal) => return refused(Upstream::Salesforce, "url", &refusal),
+        };
         request = match body {
             Body::None => request,
             Body::Json(text) => request
@@ -259,26 +279,26 @@ impl SalesforceApi {
         };
         let response = match request.send().await {
             Ok(response) => response,
-            Err(error) => {
-                return Answer::Transient(Failure::Unreachable {
-                    upstream: Upstream::Salesforce,
-                    token: false,
-                    detail: without_url(&error),
-                });
-            }
+            Err(error) => return unsent(Upstream::Salesforce, false, &error),
         };
         let status = response.status().as_u16();
         crate::metrics::METRICS
             .api_calls
             .with_label_values(&["salesforce", &status.to_string()])
             .inc();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
         if (200..300).contains(&status) {
-            return Answer::Ok((text, headers));
+            let headers = response.headers().clone();
+            return match read_body(Upstream::Salesforce, response, cap).await {
+                Ok(text) => Answer::Ok((text, headers)),
+                Err(answer) => answer,
+            };
         }
-        let (code, message) = error_of(&text);
-        if (status == 403 && code == "REQUEST_LIMIT_EXCEEDED") || status == 429 {
+        if (300..400).contains(&status) {
+            return Answer::Permanent(redirected(Upstream::Salesforce, status, None));
+        }
+        let (code, message) = error_of(&read_error(response).await);
+        let limited = code.as_deref() == Some("REQUEST_LIMIT_EXCEEDED");
+        if (status == 403 && limited) || status == 429 {
             crate::metrics::METRICS
                 .throttled
                 .with_label_values(&["salesforce"])
@@ -297,7 +317,7 @@ impl SalesforceApi {
             upstream: Upstream::Salesforce,
             status,
             path: None,
-            code: Some(code),
+            code,
             message: Some(message),
         };
         match status {
@@ -498,13 +518,12 @@ fn parse_collection_results(text: &str) -> Result<Vec<RecordResult>, Failure> {
                             code: error
                                 .get("statusCode")
                                 .and_then(Value::as_str)
-                                .unwrap_or("UNKNOWN")
-                                .to_string(),
+                                .map_or_else(|| "UNKNOWN".to_string(), shown),
                             message: error
                                 .get("message")
                                 .and_then(Value::as_str)
-                                .unwrap_or("")
-                                .to_string(),
+                                .map(shown)
+                                .unwrap_or_default(),
                         })
                         .collect()
                 })
@@ -536,20 +555,59 @@ mod tests {
         assert_eq!(results[1].failure().code, "UNABLE_TO_LOCK_ROW");
     }
 
+    fn whole(text: &str) -> Prefix {
+        Prefix {
+            text: text.to_string(),
+            bytes: text.len(),
+            complete: true,
+        }
+    }
+
     #[test]
     fn reads_request_level_errors() {
         assert_eq!(
-            error_of(
+            error_of(&whole(
                 r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#
-            ),
+            )),
             (
-                "INVALID_SESSION_ID".to_string(),
+                Some("INVALID_SESSION_ID".to_string()),
                 "Session expired or invalid".to_string()
             )
         );
         assert_eq!(
-            error_of(r#"{"error":"invalid_grant","error_description":"bad"}"#).0,
-            "invalid_grant"
+            error_of(&whole(
+                r#"{"error":"invalid_grant","error_description":"bad"}"#
+            ))
+            .0
+            .as_deref(),
+            Some("invalid_grant")
         );
+    }
+
+    #[test]
+    fn error_answers_are_never_copied_verbatim() {
+        // The documented shape: kept, without control characters, at most 300 characters.
+        let long = format!(r"line one\nline two\u001b[2J{}", "x".repeat(5000));
+        let body = format!(r#"[{{"errorCode":"BAD\u0007CODE","message":"{long}"}}]"#);
+        let (code, message) = error_of(&whole(&body));
+        assert_eq!(code.as_deref(), Some("BAD CODE"));
+        assert!(message.starts_with("line one line two [2Jxxx"), "{message}");
+        assert!(message.chars().count() <= 301, "{}", message.len());
+        assert!(!message.chars().any(char::is_control));
+        // Anything else: its size alone.
+        let html = "<html><body>internal proxy error at 10.1.2.3</body></html>";
+        assert_eq!(
+            error_of(&whole(html)),
+            (
+                None,
+                format!("an unrecognised body of {} bytes", html.len())
+            )
+        );
+        let cut = Prefix {
+            text: "[{".into(),
+            bytes: 65536,
+            complete: false,
+        };
+        assert_eq!(error_of(&cut).1, "an unrecognised body of over 64 KiB");
     }
 }

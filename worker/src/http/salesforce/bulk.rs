@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::{API_VERSION, Body, RecordFailure, RecordResult, SalesforceApi, Session, not_json};
 use crate::error::Failure;
-use crate::http::Answer;
+use crate::http::{Answer, shown};
 use crate::mapping::{FieldValue, Fields};
 
 /// Where a Bulk API 2.0 ingest job stands.
@@ -87,11 +87,12 @@ impl SalesforceApi {
         } else {
             ("failedResults", "sf__Error")
         };
-        self.send(
+        self.send_capped(
             session,
             reqwest::Method::GET,
             &format!("{}/{file}/", job_path(job_id)),
             Body::None,
+            learnsync_upstream::cap::BULK,
         )
         .await
         .and_then(|text| read_results(&text, external_id, column))
@@ -148,16 +149,22 @@ impl SalesforceApi {
             path.push_str("&locator=");
             path.push_str(&urlencoding_lite(locator));
         }
-        self.exchange(session, reqwest::Method::GET, &path, Body::None)
-            .await
-            .and_then(|(csv, headers)| {
-                let next = headers
-                    .get("sforce-locator")
-                    .and_then(|value| value.to_str().ok())
-                    .filter(|value| !value.is_empty() && *value != "null")
-                    .map(str::to_string);
-                Ok(ResultSet { csv, next })
-            })
+        self.exchange(
+            session,
+            reqwest::Method::GET,
+            &path,
+            Body::None,
+            learnsync_upstream::cap::BULK,
+        )
+        .await
+        .and_then(|(csv, headers)| {
+            let next = headers
+                .get("sforce-locator")
+                .and_then(|value| value.to_str().ok())
+                .filter(|value| !value.is_empty() && *value != "null")
+                .map(str::to_string);
+            Ok(ResultSet { csv, next })
+        })
     }
 
     /// Deletes a query job (its results are no longer needed).
@@ -205,8 +212,7 @@ fn state_of(text: &str) -> Result<BulkState, Failure> {
                 state
                     .get("errorMessage")
                     .and_then(Value::as_str)
-                    .unwrap_or("no reason given")
-                    .to_string(),
+                    .map_or_else(|| "no reason given".to_string(), shown),
             ),
             _ => BulkState::InProgress,
         },
@@ -242,13 +248,13 @@ fn parse_bulk_error(text: &str) -> RecordFailure {
                 None => rest,
             };
             RecordFailure {
-                code: code.trim().to_string(),
-                message: message.trim().to_string(),
+                code: shown(code),
+                message: shown(message),
             }
         }
         None => RecordFailure {
             code: "UNKNOWN".into(),
-            message: text.to_string(),
+            message: shown(text),
         },
     }
 }
