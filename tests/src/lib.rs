@@ -32,8 +32,15 @@ pub mod tokens {
 }
 
 /// Sets up tracing once, at the level of `RUST_LOG` (warnings by default), into the test output.
+/// Nothing is exported, whatever the environment says (`tests/tests/otlp.rs` installs its own).
 pub fn init_tracing() {
-    learnsync_telemetry::init(learnsync_telemetry::Output::Test, "warn");
+    let none = learnsync_telemetry::init_with(
+        learnsync_telemetry::Output::Test,
+        "warn",
+        "learnsync-e2e",
+        None,
+    );
+    drop(none);
 }
 
 /// A server running in-process on its own database.
