@@ -82,7 +82,8 @@ impl DoceboApi {
             }
         }
         let url = format!("{}/oauth2/token", self.base_url);
-        let response = match self.http.post(&url).form(&form).send().await {
+        let (sent, _span) = super::send(Upstream::Docebo, self.http.post(&url).form(&form)).await;
+        let response = match sent {
             Ok(response) => response,
             Err(error) => {
                 return Answer::Transient(Failure::Unreachable {
@@ -126,13 +127,8 @@ impl DoceboApi {
     ) -> Answer<Page> {
         let query = list_query(filters, at);
         let url = format!("{}{}", self.base_url, path);
-        let sent = self
-            .http
-            .get(&url)
-            .query(&query)
-            .bearer_auth(token)
-            .send()
-            .await;
+        let request = self.http.get(&url).query(&query).bearer_auth(token);
+        let (sent, _span) = super::send(Upstream::Docebo, request).await;
         let response = match sent {
             Ok(response) => response,
             Err(error) => {

@@ -185,7 +185,9 @@ impl SalesforceApi {
             Ok(form) => form,
             Err(failure) => return Answer::Permanent(failure),
         };
-        let response = match self.http.post(&url).form(&form).send().await {
+        let (sent, _span) =
+            super::send(Upstream::Salesforce, self.http.post(&url).form(&form)).await;
+        let response = match sent {
             Ok(response) => response,
             Err(error) => {
                 return Answer::Transient(Failure::Unreachable {
@@ -244,7 +246,8 @@ impl SalesforceApi {
                 .header("content-type", "text/csv")
                 .body(text.to_string()),
         };
-        let response = match request.send().await {
+        let (sent, _span) = super::send(Upstream::Salesforce, request).await;
+        let response = match sent {
             Ok(response) => response,
             Err(error) => {
                 return Answer::Transient(Failure::Unreachable {
