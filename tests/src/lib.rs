@@ -9,6 +9,7 @@
 //! - [`env`]: the store-level world the worker's tests use (simulators, a connection, in-process
 //!   workers, runs started through the store).
 //! - [`signals`]: the signals that end the demo and the benchmark cleanly.
+//! - [`otlp`]: a test OTLP collector recording the spans the server and the workers export.
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod env;
+pub mod otlp;
 pub mod signals;
 
 /// The bearer tokens the harness configures.
