@@ -127,9 +127,15 @@ pub fn init_with(output: Output, default_level: &str, service: &str, otlp: Optio
     }
     // The spans that name an `otel.kind` (one per gRPC call, one per upstream call) are for the
     // tracing backend only: log lines stay as they are without them.
-    .with_filter(filter.and(tracing_subscriber::filter::filter_fn(|meta| {
-        !(meta.is_span() && meta.fields().field("otel.kind").is_some())
-    })));
+    // (The hint keeps `RUST_LOG`'s level the global maximum, so disabled levels stay free.)
+    .with_filter(
+        filter.and(
+            tracing_subscriber::filter::filter_fn(|meta| {
+                !(meta.is_span() && meta.fields().field("otel.kind").is_some())
+            })
+            .with_max_level_hint(tracing::level_filters::LevelFilter::TRACE),
+        ),
+    );
     let (provider, export_error) = match otlp.map(|otlp| provider(&otlp, service)) {
         Some(Ok(provider)) => (Some(provider), None),
         Some(Err(error)) => (None, Some(error)),
@@ -140,13 +146,17 @@ pub fn init_with(output: Output, default_level: &str, service: &str, otlp: Optio
             .with_tracer(provider.tracer("learnsync"))
             .with_tracked_inactivity(false)
             .with_threads(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                if meta.is_span() {
-                    meta.level() <= &tracing::Level::INFO && meta.target().starts_with("learnsync")
-                } else {
-                    meta.level() <= &tracing::Level::WARN
-                }
-            }))
+            .with_filter(
+                tracing_subscriber::filter::filter_fn(|meta| {
+                    if meta.is_span() {
+                        meta.level() <= &tracing::Level::INFO
+                            && meta.target().starts_with("learnsync")
+                    } else {
+                        meta.level() <= &tracing::Level::WARN
+                    }
+                })
+                .with_max_level_hint(tracing::level_filters::LevelFilter::INFO),
+            )
     });
     // An error means a subscriber is already installed: the first one stays, and so does its
     // exporter.
@@ -265,6 +275,20 @@ mod tests {
             run_span_id(0x0123_4567_89ab_cdef_0000_0000_0000_0000),
             [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]
         );
+    }
+
+    #[test]
+    fn without_a_collector_the_log_level_bounds_every_callsite() {
+        // Nothing exported: levels the log lines leave out cost a level comparison, as before.
+        let guard = init_with(Output::Test, "warn", "learnsync-test", None);
+        assert!(guard.provider.is_none());
+        if std::env::var_os("RUST_LOG").is_none() {
+            assert_eq!(
+                tracing::level_filters::LevelFilter::current(),
+                tracing::level_filters::LevelFilter::WARN
+            );
+        }
+        assert_eq!(current_trace_id(), None);
     }
 
     #[test]
