@@ -75,13 +75,15 @@ fn read_secret(env: &str, file: Option<&PathBuf>, what: &str) -> anyhow::Result<
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    learnsync_telemetry::init(
+    // Flushes the spans still to export when main returns.
+    let _telemetry = learnsync_telemetry::init(
         if config.log_json {
             learnsync_telemetry::Output::Json
         } else {
             learnsync_telemetry::Output::Text
         },
         "info",
+        "learnsync-server",
     );
     // Secrets are read from the environment or a file, never from argv, and clap never sees them.
     let tokens_text = read_secret(

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the server: gRPC calls by method and code with their latency (a tower
-//! layer around every service; only the methods the server serves get a label of their own, every
-//! other path counts as `unknown`), and runs and jobs by state (read from Postgres at scrape time,
+//! layer around every service, which also makes each call's `grpc` tracing span; only the methods
+//! the server serves get a label of their own, every other path counts as `unknown`), and runs and jobs by state (read from Postgres at scrape time,
 //! so every server reports the same truth), served on `/metrics` of a port of its own.
 
 use std::collections::HashSet;
@@ -148,7 +148,7 @@ async fn scrape(
     }
 }
 
-/// The tower layer that counts gRPC calls.
+/// The tower layer that counts gRPC calls and makes the span of each.
 #[derive(Clone)]
 pub struct MetricsLayer(pub Metrics);
 
@@ -164,7 +164,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
 }
 
 /// Counts each call by its path and the `grpc-status` of its response headers (absent: OK, sent
-/// in trailers).
+/// in trailers), inside the call's span ([`call_span`]).
 #[derive(Clone)]
 pub struct MetricsService<S> {
     inner: S,
@@ -188,26 +188,59 @@ where
         let metrics = self.metrics.clone();
         let method = metrics.method_label(request.uri().path()).to_string();
         let started = Instant::now();
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = future.await?;
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or("0")
-                .to_string();
-            metrics
-                .requests
-                .with_label_values(&[method.as_str(), code.as_str()])
-                .inc();
-            metrics
-                .latency
-                .with_label_values(&[method.as_str()])
-                .observe(started.elapsed().as_secs_f64());
-            Ok(response)
-        })
+        let span = call_span(&method, &request);
+        let future = span.in_scope(|| self.inner.call(request));
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let response = future.await?;
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("0")
+                    .to_string();
+                let span = tracing::Span::current();
+                span.record("rpc.grpc.status_code", code.as_str());
+                if code != "0" {
+                    span.record("otel.status_code", "ERROR");
+                }
+                metrics
+                    .requests
+                    .with_label_values(&[method.as_str(), code.as_str()])
+                    .inc();
+                metrics
+                    .latency
+                    .with_label_values(&[method.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(response)
+            },
+            span,
+        ))
     }
+}
+
+/// The span of one gRPC call, exported when an OTLP collector is configured: named by the method
+/// (its bounded label), parented on the caller's `traceparent`, with the connection the request
+/// names and the run it starts recorded by the handlers, and the status code of the answer (the
+/// response headers' `grpc-status`; a stream's is its start's).
+fn call_span<B>(method: &str, request: &http::Request<B>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = method.trim_start_matches('/'),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        connection_id = tracing::field::Empty,
+        run_id = tracing::field::Empty,
+    );
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok());
+    learnsync_telemetry::continue_trace(&span, traceparent);
+    span
 }
 
 /// The label of every method this server does not serve.

@@ -160,6 +160,8 @@ impl Service {
         principal: &Principal,
         connection_id: Uuid,
     ) -> Result<model::Connection, Status> {
+        // The call's span (exported to a tracing backend when one is configured) names it.
+        tracing::Span::current().record("connection_id", tracing::field::display(connection_id));
         match connections::get(client, connection_id).await {
             Ok(connection) if principal.may_see(&connection.tenant) => Ok(connection),
             Ok(_) => Err(error::connection_denied(&connection_id.to_string())),
@@ -201,14 +203,23 @@ impl Service {
         let tx = conn.transaction().await.or_status()?;
         self.authorize(&tx, principal, connection_id).await?;
         if let Some(replay) = key.claim::<pb::Run>(&tx).await? {
+            tracing::Span::current().record("run_id", replay.id.as_str());
             return Ok(replay);
         }
         let run = action(&tx).await.or_status()?;
         let response = convert::run_to_proto(&run);
         key.complete(&tx, &response).await?;
         tx.commit().await.or_status()?;
+        tracing::Span::current().record("run_id", response.id.as_str());
         Ok(response)
     }
+}
+
+/// The trace id a new run gets: the trace of the call's span when spans are exported (the caller's
+/// `traceparent`, or the trace the call started), so the run, its jobs and the call are one trace
+/// in the tracing backend; else the caller's `traceparent`, when it has one.
+fn run_trace_id(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    learnsync_telemetry::current_trace_id().or_else(|| convert::traceparent_trace_id(metadata))
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogEvent, Status>> + Send>>;
@@ -594,7 +605,7 @@ impl SyncService for Service {
 
     async fn start(&self, request: Request<pb::StartRequest>) -> Result<Response<pb::Run>, Status> {
         let principal = principal(&request)?;
-        let trace_id = convert::traceparent_trace_id(request.metadata());
+        let trace_id = run_trace_id(request.metadata());
         let request = request.into_inner();
         let mut violations = Violations::default();
         convert::request_id(&mut violations, &request.request_id);
@@ -636,7 +647,7 @@ impl SyncService for Service {
         request: Request<pb::ResynchronizeRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let principal = principal(&request)?;
-        let trace_id = convert::traceparent_trace_id(request.metadata());
+        let trace_id = run_trace_id(request.metadata());
         let request = request.into_inner();
         let mut violations = Violations::default();
         convert::request_id(&mut violations, &request.request_id);

@@ -9,6 +9,7 @@
 //! - [`env`]: the store-level world the worker's tests use (simulators, a connection, in-process
 //!   workers, runs started through the store).
 //! - [`signals`]: the signals that end the demo and the benchmark cleanly.
+//! - [`otlp`]: a test OTLP collector recording the spans the server and the workers export.
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod env;
+pub mod otlp;
 pub mod signals;
 
 /// The bearer tokens the harness configures.
@@ -50,8 +52,15 @@ pub fn sim_http() -> learnsync_upstream::Http {
 pub const SIM_UPSTREAM_ALLOW: &str = "http,127.0.0.1";
 
 /// Sets up tracing once, at the level of `RUST_LOG` (warnings by default), into the test output.
+/// Nothing is exported, whatever the environment says (`tests/tests/otlp.rs` installs its own).
 pub fn init_tracing() {
-    learnsync_telemetry::init(learnsync_telemetry::Output::Test, "warn");
+    let none = learnsync_telemetry::init_with(
+        learnsync_telemetry::Output::Test,
+        "warn",
+        "learnsync-e2e",
+        None,
+    );
+    drop(none);
 }
 
 /// A server running in-process on its own database.

@@ -59,13 +59,15 @@ async fn shutdown_signal(token: CancellationToken) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let options = Options::parse();
-    learnsync_telemetry::init(
+    // Flushes the spans still to export when main returns.
+    let _telemetry = learnsync_telemetry::init(
         if options.log_json {
             learnsync_telemetry::Output::Json
         } else {
             learnsync_telemetry::Output::Text
         },
         "info",
+        "learnsync-worker",
     );
     let cipher = match cipher(&options) {
         Ok(cipher) => cipher,

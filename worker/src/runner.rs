@@ -153,7 +153,8 @@ impl Worker {
     /// Runs a claimed job on its own task, inside a `job` span: every event of the job's work
     /// (Docebo pages, Salesforce writes, retries) carries its run's trace id, run, job, kind and
     /// attempt, as the server's lines about the run carry the trace id, so one search finds a run
-    /// across processes.
+    /// across processes. Exported, the span is in the run's trace (its trace id is the run's), and
+    /// each upstream call of the job is a child span of it (`crate::http::send`).
     fn spawn_job(&self, tasks: &mut JoinSet<()>, ctx: JobCtx) -> tokio::task::Id {
         let span = tracing::info_span!(
             "job",
@@ -163,6 +164,8 @@ impl Worker {
             kind = %ctx.job.kind,
             attempt = ctx.job.attempt,
         );
+        // In the run's trace in the tracing backend, when spans are exported.
+        learnsync_telemetry::join_run(&span, &ctx.job.trace_id, ctx.job.run_id.as_u128());
         let worker = self.job_runner();
         tasks
             .spawn(tracing::Instrument::instrument(worker.run_job(ctx), span))

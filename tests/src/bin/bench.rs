@@ -666,7 +666,13 @@ async fn bench_control(clients: usize, seconds: u64, samples: usize) -> anyhow::
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    learnsync_telemetry::init(learnsync_telemetry::Output::Text, "error");
+    // Exports (the in-process server's spans; the worker processes inherit the variables) when
+    // OTEL_EXPORTER_OTLP_ENDPOINT is set: the overhead measurement in BENCHMARKS.md.
+    let _telemetry = learnsync_telemetry::init(
+        learnsync_telemetry::Output::Text,
+        "error",
+        "learnsync-bench",
+    );
     // Ctrl-C, SIGTERM and SIGHUP stop the bench: its worker processes, the server, the simulators
     // and the private cluster, instead of leaving the processes behind.
     let mut signals = ShutdownSignals::install()?;

@@ -57,7 +57,8 @@ const DEMO_TOKEN: &str = "demo-operator-token-0000000000000000";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    learnsync_telemetry::init(learnsync_telemetry::Output::Text, "warn");
+    let _telemetry =
+        learnsync_telemetry::init(learnsync_telemetry::Output::Text, "warn", "learnsync-demo");
     let started = Instant::now();
 
     // Ctrl-C, SIGTERM (`kill`, a CI timeout) and SIGHUP (a closed terminal) stop everything the

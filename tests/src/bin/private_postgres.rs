@@ -31,7 +31,12 @@ enum Then {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    learnsync_telemetry::init(learnsync_telemetry::Output::Stderr, "info");
+    let _telemetry = learnsync_telemetry::init_with(
+        learnsync_telemetry::Output::Stderr,
+        "info",
+        "learnsync-private-postgres",
+        None,
+    );
     let postgres = PrivatePostgres::start()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

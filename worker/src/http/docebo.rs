@@ -98,7 +98,8 @@ impl DoceboApi {
             Ok(request) => request,
             Err(refusal) => return refused(Upstream::Docebo, "url", &refusal),
         };
-        let response = match request.form(&form).send().await {
+        let (sent, _span) = super::send(Upstream::Docebo, request.form(&form)).await;
+        let response = match sent {
             Ok(response) => response,
             Err(error) => return unsent(Upstream::Docebo, true, &error),
         };
@@ -142,7 +143,9 @@ impl DoceboApi {
             Ok(request) => request,
             Err(refusal) => return refused(Upstream::Docebo, "url", &refusal),
         };
-        let response = match request.query(&query).bearer_auth(token).send().await {
+        let request = request.query(&query).bearer_auth(token);
+        let (sent, _span) = super::send(Upstream::Docebo, request).await;
+        let response = match sent {
             Ok(response) => response,
             Err(error) => return unsent(Upstream::Docebo, false, &error),
         };

@@ -77,6 +77,47 @@ impl<T> Answer<T> {
     }
 }
 
+/// Sends one request inside its `upstream` span, a child of the job's: the upstream, the method,
+/// the URL's host and path (never its query, which may carry a cursor or a SOQL filter; never a
+/// header, which carries the token) and the answer's status. The span ends when the caller drops
+/// it, after reading the body.
+pub(crate) async fn send(
+    upstream: Upstream,
+    request: reqwest::RequestBuilder,
+) -> (reqwest::Result<reqwest::Response>, tracing::Span) {
+    let (client, request) = request.build_split();
+    let request = match request {
+        Ok(request) => request,
+        Err(error) => return (Err(error), tracing::Span::none()),
+    };
+    let method = request.method().as_str();
+    let span = tracing::info_span!(
+        "upstream",
+        otel.name = format!("{upstream} {method}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        upstream = upstream.name(),
+        http.request.method = method,
+        server.address = request.url().host_str().unwrap_or_default(),
+        url.path = request.url().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let sent = tracing::Instrument::instrument(client.execute(request), span.clone()).await;
+    match &sent {
+        Ok(response) => {
+            let status = response.status();
+            span.record("http.response.status_code", status.as_u16());
+            if status.is_client_error() || status.is_server_error() {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        Err(_) => {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    (sent, span)
+}
+
 /// A reqwest error without its URL (which may carry a cursor or a token-bearing query).
 pub(crate) fn without_url(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {

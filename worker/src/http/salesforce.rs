@@ -189,7 +189,8 @@ impl SalesforceApi {
             Ok(request) => request,
             Err(refusal) => return refused(Upstream::Salesforce, "url", &refusal),
         };
-        let response = match request.form(&form).send().await {
+        let (sent, _span) = super::send(Upstream::Salesforce, request.form(&form)).await;
+        let response = match sent {
             Ok(response) => response,
             Err(error) => return unsent(Upstream::Salesforce, true, &error),
         };
@@ -277,7 +278,8 @@ impl SalesforceApi {
                 .header("content-type", "text/csv")
                 .body(text.to_string()),
         };
-        let response = match request.send().await {
+        let (sent, _span) = super::send(Upstream::Salesforce, request).await;
+        let response = match sent {
             Ok(response) => response,
             Err(error) => return unsent(Upstream::Salesforce, false, &error),
         };
