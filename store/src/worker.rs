@@ -1312,3 +1312,101 @@ pub async fn ledger_unseen_count(
         .await?;
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Records to read again (failed for a reason that can pass)
+
+/// A record that failed for a reason that can pass: the next run of its area reads it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryRecord {
+    /// The external id value.
+    pub record_key: String,
+    /// Its Docebo change time: the area's watermark stays before it.
+    pub docebo_updated_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    pub reason: String,
+}
+
+/// Whether a connection keeps records of an object to read again (a job that finds none need not
+/// forget the keys it writes).
+pub async fn retry_pending(
+    client: &impl GenericClient,
+    connection_id: Uuid,
+    object: &str,
+) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM retry_records WHERE connection_id = $1 AND object = $2)",
+            &[&connection_id, &object],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Keeps records of the fenced job to read again (a key kept twice keeps its latest failure).
+pub async fn retry_keep(
+    fenced: &Fenced<'_>,
+    area: Area,
+    object: &str,
+    records: &[RetryRecord],
+) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let job = fenced.job;
+    let keys: Vec<&str> = records.iter().map(|r| r.record_key.as_str()).collect();
+    let times: Vec<Option<DateTime<Utc>>> = records.iter().map(|r| r.docebo_updated_at).collect();
+    let reasons: Vec<&str> = records.iter().map(|r| r.reason.as_str()).collect();
+    fenced
+        .tx
+        .execute(
+            "INSERT INTO retry_records (connection_id, area, object, record_key, scope, \
+                 docebo_updated_at, reason, run_id) \
+             SELECT $1, $2, $3, k, $4, t, r, $5 \
+             FROM unnest($6::text[], $7::timestamptz[], $8::text[]) AS u(k, t, r) \
+             ON CONFLICT (connection_id, object, record_key) DO UPDATE SET \
+                 docebo_updated_at = least(retry_records.docebo_updated_at, excluded.docebo_updated_at), \
+                 reason = excluded.reason, run_id = excluded.run_id, scope = excluded.scope",
+            &[
+                &job.connection_id,
+                &area.as_str(),
+                &object,
+                &job.kind.as_str(),
+                &job.run_id,
+                &keys,
+                &times,
+                &reasons,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Forgets records written or failed for good by the fenced job.
+pub async fn retry_forget(fenced: &Fenced<'_>, object: &str, keys: &[String]) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    fenced
+        .tx
+        .execute(
+            "DELETE FROM retry_records WHERE connection_id = $1 AND object = $2 AND record_key = ANY($3)",
+            &[&fenced.job.connection_id, &object, &keys],
+        )
+        .await?;
+    Ok(())
+}
+
+/// After a listing over all time: forgets the records of the fenced job's object and scope that
+/// this run did not find failing again (it read everything: they are gone, or were written).
+pub async fn retry_sweep(fenced: &Fenced<'_>, object: &str) -> Result<u64> {
+    let job = fenced.job;
+    Ok(fenced
+        .tx
+        .execute(
+            "DELETE FROM retry_records WHERE connection_id = $1 AND object = $2 AND scope = $3 \
+               AND run_id <> $4",
+            &[&job.connection_id, &object, &job.kind.as_str(), &job.run_id],
+        )
+        .await?)
+}

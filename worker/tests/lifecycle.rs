@@ -110,6 +110,14 @@ async fn stop_ends_every_job_promptly_and_resynchronize_starts_from_scratch() {
         course_job.counts.written
     );
     assert!(course_job.counts.written < env.docebo_keys("course_enrollments").len() as i64);
+    // Counts that can be: no job says it wrote more than it read.
+    for job in &stopped.jobs {
+        let counts = job.counts;
+        assert!(
+            counts.written + counts.unchanged + counts.failed <= counts.read,
+            "{job:#?}"
+        );
+    }
 
     // Resynchronize: a new run from scratch, reading everything again.
     env.docebo.clear_faults();

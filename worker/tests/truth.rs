@@ -339,3 +339,93 @@ async fn unenrollments_above_the_guard_wait_for_a_confirmation() {
     assert_eq!(unenrolled(&env), gone.len());
     worker.stop().await;
 }
+
+/// An incremental run of an area from exactly its watermark (no overlap), as the scheduler makes
+/// one; returns the finished run.
+async fn incremental(env: &Env, area: Area) -> Run {
+    let mut conn = env.store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let config = learnsync_store::areas::lock(&tx, env.connection_id, area)
+        .await
+        .unwrap()
+        .unwrap();
+    let request = learnsync_store::runs::RunRequest {
+        full_sync: false,
+        updated_from: config.watermark,
+        ..learnsync_store::runs::RunRequest::full(
+            learnsync_store::model::Trigger::Schedule,
+            (None, None),
+            false,
+        )
+    };
+    let run = learnsync_store::runs::create(&tx, env.connection_id, area, &request)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    env.wait_final(run.id, Duration::from_secs(60)).await
+}
+
+async fn watermark(env: &Env, area: Area) -> Option<chrono::DateTime<chrono::Utc>> {
+    let conn = env.store.conn().await.unwrap();
+    learnsync_store::areas::get(&conn, env.connection_id, area)
+        .await
+        .unwrap()
+        .unwrap()
+        .watermark
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_parent_was_missing_is_read_again_by_the_next_incremental_run() {
+    let (env, worker) = synced(44).await;
+    // A learner who joined after the users area ran, enrolled at once: the enrollment's parent
+    // is not in Salesforce yet.
+    env.docebo
+        .create(
+            EntityKind::Users,
+            json!({"user_id": 990001, "username": "late", "email": "late@example.com",
+                "first_name": "Late", "last_name": "Comer", "status": "1"}),
+        )
+        .unwrap();
+    let course = env.docebo.items(EntityKind::Courses)[0]["id_course"]
+        .as_i64()
+        .unwrap();
+    env.docebo
+        .create(
+            EntityKind::CourseEnrollments,
+            json!({"user_id": 990001, "course_id": course, "enrollment_status": "subscribed"}),
+        )
+        .unwrap();
+    let key = format!("990001-{course}");
+
+    let run = incremental(&env, Area::Enrollments).await;
+    assert_eq!(run.state, RunState::SucceededWithErrors, "{run:#?}");
+    assert_eq!(course_job(&run).counts.failed, 1, "{run:#?}");
+    let log = env.run_log(run.id).await;
+    let failure = log
+        .iter()
+        .find(|event| event.record_key.as_deref() == Some(key.as_str()))
+        .expect("the failure is logged");
+    assert_eq!(failure.fields["retry"], "next run", "{failure:#?}");
+    // The watermark stays before the record, so the next incremental run reads it again.
+    let kept = watermark(&env, Area::Enrollments).await.unwrap();
+    assert!(kept < run.create_time, "{kept} vs {}", run.create_time);
+
+    // Its parent arrives; the next incremental run (from the watermark, no overlap) writes it.
+    let users = env.resynchronize(Area::Users, false).await;
+    assert_eq!(
+        env.wait_final(users.id, Duration::from_secs(60))
+            .await
+            .state,
+        RunState::Succeeded
+    );
+    let run = incremental(&env, Area::Enrollments).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    assert_eq!(course_job(&run).counts.written, 1, "{run:#?}");
+    assert!(env.salesforce_keys(ENROLLMENTS, KEY).contains(&key));
+    // Nothing is left to read again: the watermark moves on.
+    assert_eq!(
+        watermark(&env, Area::Enrollments).await,
+        Some(run.create_time)
+    );
+    worker.stop().await;
+}

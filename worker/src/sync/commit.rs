@@ -11,15 +11,19 @@ use crate::context::{Failure, SyncError, SyncResult};
 
 impl JobRun<'_> {
     /// Records in the ledger the writes of a chunk cut short (or written after a failure or a
-    /// stop), and counts them written, without moving the checkpoint: the job's counts say what
-    /// Salesforce holds. A resumed job reads the chunk again; its confirmed records then count as
-    /// unchanged as well.
+    /// stop), and counts them read and written, without moving the checkpoint: the job's counts
+    /// say what Salesforce holds. A resumed job reads the chunk again; its confirmed records then
+    /// count read again and unchanged, so written + unchanged + failed never exceeds read.
     pub(super) async fn commit_confirmed_only(&self, written: Written) -> SyncResult<()> {
         if written.ledger.is_empty() {
             return Ok(());
         }
+        let confirmed = written.ledger.len() as i64;
+        let created = written.counts.created.min(confirmed);
         let counts = Counts {
-            written: written.ledger.len() as i64,
+            read: confirmed,
+            written: confirmed,
+            created,
             ..Counts::default()
         };
         let confirmed = Written {
@@ -63,8 +67,29 @@ impl JobRun<'_> {
         };
         let area = self.mapping.area;
         let maybe_new = self.ledger_empty;
+        // Records read again by a later run: kept, and forgotten once written or failed for good
+        // (a check run changes nothing here).
+        let check = self.ctx.job.check_only;
+        if !written.retry.is_empty() && !check {
+            self.retries
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let forget: Vec<String> =
+            if self.retries.load(std::sync::atomic::Ordering::Relaxed) && !check {
+                written
+                    .ledger
+                    .iter()
+                    .map(|write| write.record_key.clone())
+                    .chain(written.settled.iter().cloned())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        let retry = if check { Vec::new() } else { written.retry };
         self.ctx
             .fenced(async |fenced| {
+                store_worker::retry_forget(fenced, object, &forget).await?;
+                store_worker::retry_keep(fenced, area, object, &retry).await?;
                 store_worker::ledger_record(fenced, area, object, &written.ledger, maybe_new)
                     .await?;
                 store_worker::ledger_mark_seen(fenced, object, &written.seen).await?;

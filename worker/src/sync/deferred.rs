@@ -2,7 +2,6 @@
 //! commits of the listing, and retried once the listing is done, when the parents have been
 //! written (by this job or another).
 
-use learnsync_store::model::{LogLevel, NewLogEvent};
 use learnsync_store::worker as store_worker;
 
 use super::JobRun;
@@ -25,13 +24,8 @@ pub(super) fn admit_deferred(object: &str, checkpoint: &mut Checkpoint, written:
             checkpoint.deferred_count += 1;
             written.deferred.push(deferred);
         } else {
-            written.counts.failed += 1;
-            written.events.push(
-                NewLogEvent::new(LogLevel::Error, deferred.reason)
-                    .record(deferred.key.as_str())
-                    .code("INVALID_FIELD")
-                    .field("object", object),
-            );
+            let (key, reason, updated_at) = (deferred.key, deferred.reason, deferred.updated_at);
+            written.fail_to_retry(object, &key, "INVALID_FIELD", &reason, updated_at);
         }
     }
 }

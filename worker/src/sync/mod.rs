@@ -60,6 +60,9 @@ pub struct JobRun<'a> {
     ledger_empty: bool,
     /// Check runs: records named in the log so far.
     check_logged: std::sync::atomic::AtomicUsize,
+    /// The connection keeps records of this object to read again (or this job kept some): the
+    /// commits forget those they write or fail for good.
+    retries: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> JobRun<'a> {
@@ -111,6 +114,7 @@ impl<'a> JobRun<'a> {
             targets,
             ledger_empty: false,
             check_logged: Default::default(),
+            retries: Default::default(),
         })
     }
 
@@ -142,6 +146,13 @@ impl<'a> JobRun<'a> {
             store_worker::ledger_is_empty(&conn, self.ctx.job.connection_id, &self.mapping.object)
                 .await?
         };
+        let pending = {
+            let conn = self.ctx.store.conn().await?;
+            store_worker::retry_pending(&conn, self.ctx.job.connection_id, &self.mapping.object)
+                .await?
+        };
+        self.retries
+            .store(pending, std::sync::atomic::Ordering::Relaxed);
         self.move_legacy_deferred().await?;
         if self.checkpoint.phase == Phase::List {
             self.list().await?;
@@ -151,6 +162,7 @@ impl<'a> JobRun<'a> {
                 .status("retrying records whose parent was missing")
                 .await?;
             self.retry_deferred().await?;
+            self.sweep_retries().await?;
         }
         if self.checkpoint.phase == Phase::Unenroll {
             self.ctx
@@ -159,6 +171,23 @@ impl<'a> JobRun<'a> {
             self.unenroll().await?;
         }
         Ok(())
+    }
+
+    /// After the listing and the deferred records of a run over all time: records kept to be
+    /// read again that this run did not find failing again are forgotten (it read everything).
+    async fn sweep_retries(&self) -> SyncResult<()> {
+        let job = &self.ctx.job;
+        if !job.compares_everything() || job.check_only {
+            return Ok(());
+        }
+        let object = self.mapping.object.as_str();
+        self.ctx
+            .fenced(async |fenced| {
+                Ok(store_worker::retry_sweep(fenced, object)
+                    .await
+                    .map(|_| ())?)
+            })
+            .await
     }
 
     /// Whether a check run's listing lost the snapshot it compares with (an unlogged table is

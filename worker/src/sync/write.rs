@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use learnsync_store::model::{Counts, LogLevel, NewLogEvent};
-use learnsync_store::worker::{self as store_worker, LedgerEntry, LedgerWrite};
+use learnsync_store::worker::{self as store_worker, LedgerEntry, LedgerWrite, RetryRecord};
 
 use super::JobRun;
 use super::checkpoint::Deferred;
@@ -70,18 +70,49 @@ pub(super) struct Written {
     /// The chunk was cut short after some writes were confirmed: those go to the ledger (so a
     /// resumed job skips them), the checkpoint stays before the chunk, and the job ends with this.
     pub(super) interrupted: Option<SyncError>,
+    /// Records that failed for a reason that can pass: the next run of the area reads them again.
+    pub(super) retry: Vec<RetryRecord>,
+    /// Records that failed for good: no longer read again.
+    pub(super) settled: Vec<String>,
 }
 
 impl Written {
-    /// Counts a record failed, with a log event naming it and the reason.
+    /// Counts a record failed for good, with a log event naming it and the reason.
     pub(super) fn fail(&mut self, object: &str, key: &str, code: &str, reason: &str) {
+        self.counts.failed += 1;
+        self.settled.push(key.to_string());
+        self.events.push(
+            NewLogEvent::new(LogLevel::Error, reason.to_string())
+                .record(key)
+                .code(code)
+                .field("object", object)
+                .field("retry", "no"),
+        );
+    }
+
+    /// Counts a record failed for a reason that can pass (a missing parent, a record Salesforce
+    /// did not process): the next run of its area, incremental or not, reads it again.
+    pub(super) fn fail_to_retry(
+        &mut self,
+        object: &str,
+        key: &str,
+        code: &str,
+        reason: &str,
+        updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
         self.counts.failed += 1;
         self.events.push(
             NewLogEvent::new(LogLevel::Error, reason.to_string())
                 .record(key)
                 .code(code)
-                .field("object", object),
+                .field("object", object)
+                .field("retry", "next run"),
         );
+        self.retry.push(RetryRecord {
+            record_key: key.to_string(),
+            docebo_updated_at: updated_at,
+            reason: format!("{code}: {reason}"),
+        });
     }
 
     /// Keeps a confirmed write for the ledger.
@@ -94,6 +125,15 @@ impl Written {
         });
     }
 }
+
+/// Per-record failures that can pass by themselves (besides a missing parent): a lock or a limit
+/// that outlasted the job's rounds, a record a Bulk job did not process.
+const RETRYABLE: &[&str] = &[
+    "UNABLE_TO_LOCK_ROW",
+    "REQUEST_LIMIT_EXCEEDED",
+    "UNPROCESSED",
+    "SERVER_UNAVAILABLE",
+];
 
 /// Whether a per-record failure means the parent is not in Salesforce yet.
 fn is_missing_parent(code: &str, message: &str) -> bool {
@@ -175,7 +215,14 @@ fn classify(
                 reason: failure.message,
             });
         } else {
-            written.fail(object, &record.key, &failure.code, &failure.message);
+            let passes = is_missing_parent(&failure.code, &failure.message)
+                || RETRYABLE.contains(&failure.code.as_str());
+            if passes {
+                let (code, message) = (&failure.code, &failure.message);
+                written.fail_to_retry(object, &record.key, code, message, record.updated_at);
+            } else {
+                written.fail(object, &record.key, &failure.code, &failure.message);
+            }
             if ledger.contains_key(&record.key) {
                 written.seen.push(record.key);
             }
