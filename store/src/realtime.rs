@@ -50,6 +50,10 @@ pub struct DeletedRecord {
     pub kind: JobKind,
     /// Its key (`{user_id}-{course_id}` and the like).
     pub key: String,
+    /// When Docebo fired the deletion (or the message arrived): a record whose last known Docebo
+    /// change is later was created again since, and stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_at: Option<DateTime<Utc>>,
 }
 
 /// One event of a webhook message, as learnsync understands it (the server reads them from the
@@ -424,6 +428,7 @@ fn targets_of(messages: &[WebhookMessage]) -> (Targets, BTreeSet<JobKind>, Optio
                 targets.deleted.push(DeletedRecord {
                     kind: event.kind,
                     key: event.key.clone(),
+                    fired_at: Some(time),
                 });
                 continue;
             }
@@ -450,8 +455,13 @@ fn targets_of(messages: &[WebhookMessage]) -> (Targets, BTreeSet<JobKind>, Optio
             }
         }
     }
+    // One deletion per record: the latest.
     targets.deleted.sort();
-    targets.deleted.dedup();
+    targets.deleted.reverse();
+    targets
+        .deleted
+        .dedup_by(|later, earlier| later.kind == earlier.kind && later.key == earlier.key);
+    targets.deleted.reverse();
     for deleted in &targets.deleted {
         kinds.insert(deleted.kind);
     }

@@ -1044,22 +1044,29 @@ pub async fn ledger_unseen(
 }
 
 /// Of the given records of an object, those live in the ledger that this run's listing did not
-/// contain: `(record_key, salesforce_id)` (deletions a webhook announced, checked against what
-/// the run read since).
+/// contain and whose last known Docebo change is not later than their deletion (`fired_at`, per
+/// key; none: any): `(record_key, salesforce_id)` (deletions a webhook announced, checked
+/// against what the run read since and against a re-creation the deletion arrived after).
 pub async fn ledger_unseen_among(
     client: &impl GenericClient,
     connection_id: Uuid,
     object: &str,
     run_id: Uuid,
-    keys: &[String],
+    deletions: &[(String, Option<DateTime<Utc>>)],
 ) -> Result<Vec<(String, Option<String>)>> {
+    let keys: Vec<&str> = deletions.iter().map(|(key, _)| key.as_str()).collect();
+    let fired: Vec<Option<DateTime<Utc>>> = deletions.iter().map(|(_, at)| *at).collect();
     let rows = client
         .query(
-            "SELECT record_key, salesforce_id FROM ledger \
-             WHERE connection_id = $1 AND object = $2 AND record_key = ANY($4) AND unenrolled_at IS NULL \
-               AND seen_run_id IS DISTINCT FROM $3 \
-             ORDER BY record_key",
-            &[&connection_id, &object, &run_id, &keys],
+            "SELECT l.record_key, l.salesforce_id FROM ledger l \
+             JOIN unnest($4::text[], $5::timestamptz[]) AS d(record_key, fired_at) \
+               ON d.record_key = l.record_key \
+             WHERE l.connection_id = $1 AND l.object = $2 AND l.unenrolled_at IS NULL \
+               AND l.seen_run_id IS DISTINCT FROM $3 \
+               AND (d.fired_at IS NULL OR l.docebo_updated_at IS NULL \
+                    OR l.docebo_updated_at <= d.fired_at) \
+             ORDER BY l.record_key",
+            &[&connection_id, &object, &run_id, &keys, &fired],
         )
         .await?;
     rows.iter()

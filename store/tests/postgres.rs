@@ -379,9 +379,12 @@ async fn the_ledger_records_looks_up_marks_seen_unenrolls_and_deletes() {
     tx.commit().await.unwrap();
     let left: Vec<String> = unseen(next.id).await.into_iter().map(|(k, _)| k).collect();
     assert_eq!(left, keys(&["1-2", "1-3"]));
-    let among = store_worker::ledger_unseen_among(&conn, connection_id, object, next.id, &all)
-        .await
-        .unwrap();
+    let deletions: Vec<(String, Option<chrono::DateTime<chrono::Utc>>)> =
+        all.iter().map(|key| (key.clone(), None)).collect();
+    let among =
+        store_worker::ledger_unseen_among(&conn, connection_id, object, next.id, &deletions)
+            .await
+            .unwrap();
     assert_eq!(among.len(), 2);
     assert_eq!(among[0], ("1-2".to_string(), Some("a01-2".to_string())));
 

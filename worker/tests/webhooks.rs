@@ -256,3 +256,89 @@ async fn an_incremental_run_reads_only_what_changed_since_the_watermark() {
     assert_eq!(config.watermark, Some(run.create_time));
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_deletion_does_not_unenroll_an_enrollment_created_again_since() {
+    let env = Env::new(GenerateParams {
+        seed: 73,
+        bad_records: Some(false),
+        ..GenerateParams::default()
+    })
+    .await;
+    let worker = env.spawn_worker(test_settings("w1"));
+    for area in [Area::Users, Area::Courses, Area::Enrollments] {
+        assert_eq!(sync_area(&env, area).await.state, RunState::Succeeded);
+    }
+    let conn = env.store.conn().await.unwrap();
+    areas::configure(
+        &conn,
+        env.connection_id,
+        Area::Enrollments,
+        &areas::AreaSettings {
+            enabled: true,
+            mode: Mode::Realtime,
+            interval_seconds: 3600,
+            course_category_ids: Vec::new(),
+            full_interval_seconds: 86_400,
+        },
+    )
+    .await
+    .unwrap();
+    // The learner is unenrolled in Docebo and enrolled again a minute later; the deletion's
+    // webhook arrives only after a run wrote the new enrollment.
+    let item = env.docebo.items(EntityKind::CourseEnrollments)[0].clone();
+    let key = common::docebo_key(EntityKind::CourseEnrollments, &item);
+    env.docebo
+        .delete(EntityKind::CourseEnrollments, &key)
+        .unwrap();
+    let deleted_at = env.docebo.now().format("%Y-%m-%d %H:%M:%S").to_string();
+    env.docebo.set_clock_offset(120);
+    env.docebo
+        .create(
+            EntityKind::CourseEnrollments,
+            json!({"user_id": item["user_id"], "course_id": item["course_id"],
+                "enrollment_status": "subscribed"}),
+        )
+        .unwrap();
+    let again = env.resynchronize(Area::Enrollments, false).await;
+    let again = env.wait_final(again.id, Duration::from_secs(60)).await;
+    assert_eq!(again.state, RunState::Succeeded, "{again:#?}");
+    let status = |env: &Env| {
+        env.salesforce
+            .records("Docebo_Course_Enrollment__c")
+            .unwrap()
+            .into_iter()
+            .find(|record| record["Enrollment_Key__c"] == key.as_str())
+            .unwrap()["Status__c"]
+            .clone()
+    };
+    assert_eq!(status(&env), "Subscribed");
+
+    let body = json!({"message_id": "late", "event": "course.enrollment.deleted", "payload": {
+        "fired_at": deleted_at, "user_id": item["user_id"], "course_id": item["course_id"]}});
+    assert!(
+        realtime::record_webhook(
+            &conn,
+            env.connection_id,
+            "late",
+            "course.enrollment.deleted",
+            &body
+        )
+        .await
+        .unwrap()
+    );
+    let mut conn = env.store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let dispatched =
+        learnsync_server::realtime::dispatch_pending(&tx, Duration::from_secs(60), 100)
+            .await
+            .unwrap();
+    tx.commit().await.unwrap();
+    let run_id = dispatched[0].run.as_ref().unwrap().id;
+    let run = env.wait_final(run_id, Duration::from_secs(30)).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    // The deletion is older than the enrollment Salesforce holds: it stays.
+    assert_eq!(run.counts().unenrolled, 0, "{run:#?}");
+    assert_eq!(status(&env), "Subscribed");
+    worker.stop().await;
+}

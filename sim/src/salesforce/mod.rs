@@ -627,7 +627,19 @@ async fn data_guard(
     state
         .counters
         .bump(&format!("{} {}", request.method(), route));
-    if request.method() != axum::http::Method::GET && !route.contains("/jobs/query") {
+    let mut request = request;
+    if request.method() != axum::http::Method::GET
+        && !route.contains("/jobs/query")
+        && state.holds_next_write()
+    {
+        // A held write is one Salesforce received whole: its body is read before it waits (a
+        // client frozen halfway through sending it has not made a write yet).
+        let (parts, body) = request.into_parts();
+        let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(bytes) => bytes,
+            Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+        };
+        request = Request::from_parts(parts, axum::body::Body::from(bytes));
         state.hold_write().await;
     }
     let mut response = guarded(&state, request, next).await;
@@ -2459,6 +2471,11 @@ async fn control_limits(State(state): State<Arc<SfState>>, body: Bytes) -> Respo
 }
 
 impl SfState {
+    /// Whether the next write call is to be held.
+    fn holds_next_write(&self) -> bool {
+        lock(&self.holds).to_hold > 0
+    }
+
     /// Holds a write call back, when `/__sim/hold_writes` asked for it, until a release.
     async fn hold_write(&self) {
         let mut released = {

@@ -73,6 +73,14 @@ enum Bench {
         )]
         python: PathBuf,
     },
+    /// What keeping Salesforce true costs: a Resynchronize of the enrollments of an unchanged
+    /// platform (each object read back with a Bulk API 2.0 query job), then one after an admin
+    /// deleted and edited 0.1% of the course enrollments in the org (put back).
+    Drift {
+        /// Course enrollments on the platform.
+        #[arg(long, default_value_t = 100_000)]
+        enrollments: usize,
+    },
     /// Control-plane latency and throughput.
     Control {
         /// Concurrent GetStatus clients.
@@ -393,6 +401,87 @@ async fn bench_sync(enrollments: usize, workers: usize, concurrency: usize) -> a
     Ok(())
 }
 
+/// Deletes and edits course enrollments in the org as someone else would (its REST API).
+async fn admin_changes(bed: &Bed, count: usize) -> anyhow::Result<()> {
+    const OBJECT: &str = "Docebo_Course_Enrollment__c";
+    let records = bed.salesforce.records(OBJECT)?;
+    let http = reqwest::Client::new();
+    let token = bed.salesforce.issue_token();
+    let base = format!("{}/services/data/v62.0", bed.salesforce.base_url());
+    let ids: Vec<&str> = records
+        .iter()
+        .step_by(records.len() / (2 * count).max(1))
+        .filter_map(|record| record["Id"].as_str())
+        .take(2 * count)
+        .collect();
+    let (deleted, edited) = ids.split_at(count.min(ids.len()));
+    for chunk in deleted.chunks(200) {
+        http.delete(format!("{base}/composite/sobjects?ids={}", chunk.join(",")))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    for id in edited {
+        http.patch(format!("{base}/sobjects/{OBJECT}/{id}"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"Name": "edited by an admin"}))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    Ok(())
+}
+
+/// Salesforce calls by endpoint family: the Bulk query jobs, and the rest.
+fn salesforce_calls(bed: &Bed) -> (u64, u64) {
+    let counters = bed.salesforce.counters();
+    let query: u64 = counters
+        .iter()
+        .filter(|(endpoint, _)| endpoint.contains("jobs/query"))
+        .map(|(_, calls)| calls)
+        .sum();
+    (query, counters.values().sum::<u64>() - query)
+}
+
+async fn bench_drift(enrollments: usize) -> anyhow::Result<()> {
+    let params = platform(enrollments, 44);
+    let mut bed = Bed::start(&params).await?;
+    bed.spawn_worker(4)?;
+    bed.sync(pb::Area::Users, true).await?;
+    bed.sync(pb::Area::Courses, true).await?;
+    bed.sync(pb::Area::Enrollments, true).await?;
+    println!(
+        "| course enrollments | resynchronize of enrollments | records read | repaired | written | wall s | bulk query calls | other salesforce calls | calls per object |"
+    );
+    let changed = (enrollments / 1000).max(25);
+    for (label, admin) in [("unchanged org", false), ("after an admin's edits", true)] {
+        if admin {
+            admin_changes(&bed, changed).await?;
+        }
+        bed.clear_calls();
+        let (run, wall) = bed.sync(pb::Area::Enrollments, false).await?;
+        let (query, other) = salesforce_calls(&bed);
+        let counts = run.counts.unwrap_or_default();
+        let per_object: Vec<String> = bed
+            .salesforce
+            .object_calls()
+            .iter()
+            .map(|(object, calls)| format!("{object} {calls}"))
+            .collect();
+        println!(
+            "| {enrollments} | {label} ({changed} deleted, {changed} edited) | {} | {} | {} | {:.1} | {query} | {other} | {} |",
+            counts.read,
+            counts.repaired,
+            counts.written,
+            wall.as_secs_f64(),
+            per_object.join(", "),
+        );
+    }
+    bed.stop();
+    Ok(())
+}
+
 async fn bench_realtime(enrollments: usize) -> anyhow::Result<()> {
     let params = platform(enrollments, 43);
     let mut bed = Bed::start(&params).await?;
@@ -697,6 +786,7 @@ async fn run(command: Bench) -> anyhow::Result<()> {
             concurrency,
         } => bench_sync(enrollments, workers, concurrency).await,
         Bench::Realtime { enrollments } => bench_realtime(enrollments).await,
+        Bench::Drift { enrollments } => bench_drift(enrollments).await,
         Bench::Compare {
             enrollments,
             python,

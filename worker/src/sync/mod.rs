@@ -236,19 +236,22 @@ impl<'a> JobRun<'a> {
         if wanted { Phase::Unenroll } else { Phase::Done }
     }
 
-    /// Webhook runs: the keys of this job's kind that Docebo said were deleted, sorted.
-    fn deleted_keys(&self) -> Vec<String> {
+    /// Webhook runs: the keys of this job's kind that Docebo said were deleted, sorted, with
+    /// when (the latest deletion of each).
+    fn deleted_keys(&self) -> Vec<unenroll::Announced> {
         let Some(targets) = &self.targets else {
             return Vec::new();
         };
-        let mut keys: Vec<String> = targets
+        let mut keys: Vec<unenroll::Announced> = targets
             .deleted
             .iter()
             .filter(|deleted| deleted.kind == self.ctx.job.kind)
-            .map(|deleted| deleted.key.clone())
+            .map(|deleted| (deleted.key.clone(), deleted.fired_at))
             .collect();
         keys.sort();
-        keys.dedup();
+        keys.reverse();
+        keys.dedup_by(|later, earlier| later.0 == earlier.0);
+        keys.reverse();
         keys
     }
 

@@ -16,6 +16,9 @@ use crate::salesforce::{COLLECTION_SIZE, RecordResult};
 /// Unseen ledger records handled per unenrollment batch.
 const UNENROLL_BATCH: i64 = COLLECTION_SIZE as i64;
 
+/// A deletion a webhook announced: the record's key and when Docebo fired it.
+pub(super) type Announced = (String, Option<DateTime<Utc>>);
+
 /// Ledger records to unenroll: keys with their Salesforce id, when known.
 type Unseen = Vec<(String, Option<String>)>;
 
@@ -207,7 +210,7 @@ impl JobRun<'_> {
     /// covers (`None`: nothing left). `announced`: the keys webhooks said were deleted.
     async fn unseen_batch(
         &self,
-        announced: Option<&[String]>,
+        announced: Option<&[Announced]>,
     ) -> SyncResult<(Unseen, Option<String>)> {
         let job = &self.ctx.job;
         let object = self.mapping.object.as_str();
@@ -227,13 +230,13 @@ impl JobRun<'_> {
             let last = unseen.last().map(|(key, _)| key.clone());
             return Ok((unseen, last));
         };
-        let batch: Vec<String> = keys
+        let batch: Vec<Announced> = keys
             .iter()
-            .filter(|key| key.as_str() > after_key)
+            .filter(|(key, _)| key.as_str() > after_key)
             .take(UNENROLL_BATCH as usize)
             .cloned()
             .collect();
-        let last = batch.last().cloned();
+        let last = batch.last().map(|(key, _)| key.clone());
         let unseen =
             store_worker::ledger_unseen_among(&conn, job.connection_id, object, job.run_id, &batch)
                 .await?;
