@@ -64,10 +64,20 @@ pub fn area_config(c: &pb::AreaConfig) -> String {
 
 fn counts(c: &Option<pb::Counts>) -> String {
     let c = c.unwrap_or_default();
-    format!(
+    let mut text = format!(
         "read {} written {} unchanged {} failed {}",
         c.read, c.written, c.unchanged, c.failed
-    )
+    );
+    for (name, count) in [
+        ("created", c.created),
+        ("repaired", c.repaired),
+        ("unenrolled", c.unenrolled),
+    ] {
+        if count > 0 {
+            text.push_str(&format!(" {name} {count}"));
+        }
+    }
+    text
 }
 
 /// A run with its jobs.
@@ -88,6 +98,11 @@ pub fn run(r: &pb::Run) -> String {
             time(&tf.start_time),
             time(&tf.end_time)
         ));
+    }
+    if r.check_only {
+        text.push_str(
+            "\n  check: nothing was written; the counts say what a synchronization would do",
+        );
     }
     if !r.trace_id.is_empty() {
         text.push_str(&format!("\n  trace {}", r.trace_id));

@@ -13,7 +13,6 @@ use learnsync_store::model::{self, Area};
 use learnsync_store::{
     GenericClient, Store, areas, connections, idempotency, logs, realtime, runs, secrets,
 };
-use sha2::Digest as _;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -87,21 +86,22 @@ struct Idempotency<'a> {
 impl<'a> Idempotency<'a> {
     /// The key of a request, bound to a digest of the method and the request without its request
     /// id (a retry must be the same request).
+    /// The digest is keyed (an HMAC under a key derived from the server's secret key): the
+    /// request may carry credentials.
     fn new<M: Mutating>(
+        cipher: &secrets::Cipher,
         principal: &Principal,
         method: &'static str,
         request: &'a M,
     ) -> Idempotency<'a> {
         let mut canonical = request.clone();
         canonical.request_id_mut().clear();
-        let mut hasher = sha2::Sha256::new();
-        hasher.update(method.as_bytes());
-        hasher.update(canonical.encode_to_vec());
+        let digest = cipher.request_digest(&[method.as_bytes(), &canonical.encode_to_vec()]);
         Idempotency {
             principal: principal.name(),
             method,
             request_id: request.request_id(),
-            digest: hasher.finalize().to_vec(),
+            digest,
         }
     }
 
@@ -301,7 +301,7 @@ impl SyncService for Service {
             return Err(Status::internal("validated credentials missing"));
         };
         let credentials = secrets::Credentials { docebo, salesforce };
-        let key = Idempotency::new(&principal, "CreateConnection", &request);
+        let key = Idempotency::new(&self.cipher, &principal, "CreateConnection", &request);
         let id = Uuid::new_v4();
         let new = connections::NewConnection {
             id,
@@ -457,7 +457,7 @@ impl SyncService for Service {
             }
         }
         violations.check()?;
-        let key = Idempotency::new(&principal, "UpdateConnection", &request);
+        let key = Idempotency::new(&self.cipher, &principal, "UpdateConnection", &request);
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
         self.authorize(&tx, &principal, id).await?;
@@ -494,7 +494,7 @@ impl SyncService for Service {
         convert::request_id(&mut violations, &request.request_id);
         let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
         violations.check()?;
-        let key = Idempotency::new(&principal, "DeleteConnection", &request);
+        let key = Idempotency::new(&self.cipher, &principal, "DeleteConnection", &request);
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
         // A retry after the deletion finds no connection: answer from the key first.
@@ -573,7 +573,7 @@ impl SyncService for Service {
             course_category_ids: config.course_category_ids.clone(),
             full_interval_seconds,
         };
-        let key = Idempotency::new(&principal, "Configure", &request);
+        let key = Idempotency::new(&self.cipher, &principal, "Configure", &request);
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
         self.authorize(&tx, &principal, id).await?;
@@ -614,7 +614,7 @@ impl SyncService for Service {
         let timeframe =
             convert::timeframe(&mut violations, "timeframe", request.timeframe.as_ref());
         violations.check()?;
-        let key = Idempotency::new(&principal, "Start", &request);
+        let key = Idempotency::new(&self.cipher, &principal, "Start", &request);
         let run = self
             .run_action(&principal, id, key, async |tx| {
                 runs::start(tx, id, area, timeframe, trace_id.clone()).await
@@ -632,7 +632,7 @@ impl SyncService for Service {
         let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
         let area = convert::area(&mut violations, "area", request.area);
         violations.check()?;
-        let key = Idempotency::new(&principal, "Stop", &request);
+        let key = Idempotency::new(&self.cipher, &principal, "Stop", &request);
         let run = self
             .run_action(&principal, id, key, async |tx| {
                 runs::stop(tx, id, area).await
@@ -661,7 +661,7 @@ impl SyncService for Service {
             check_only: request.check_only,
             confirm_unenrollments: request.confirm_unenrollments,
         };
-        let key = Idempotency::new(&principal, "Resynchronize", &request);
+        let key = Idempotency::new(&self.cipher, &principal, "Resynchronize", &request);
         let run = self
             .run_action(&principal, id, key, async |tx| {
                 runs::resynchronize(tx, id, area, timeframe, options, trace_id.clone()).await
@@ -824,7 +824,7 @@ impl SyncService for Service {
         convert::request_id(&mut violations, &request.request_id);
         let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
         violations.check()?;
-        let key = Idempotency::new(&principal, "RotateWebhookSecret", &request);
+        let key = Idempotency::new(&self.cipher, &principal, "RotateWebhookSecret", &request);
         let mut conn = self.store.conn().await.or_status()?;
         let tx = conn.transaction().await.or_status()?;
         self.authorize(&tx, &principal, id).await?;

@@ -127,6 +127,8 @@ pub struct Cipher {
     /// Keys the HMAC that derives webhook secrets (itself derived from the key, so one secret to
     /// configure).
     webhook_key: [u8; 32],
+    /// Keys the HMAC of a mutating request's bytes kept with its idempotency key.
+    digest_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Cipher {
@@ -146,10 +148,14 @@ impl Cipher {
         let mut webhook = sha2::Sha256::new();
         webhook.update(b"learnsync webhook secrets\0");
         webhook.update(key);
+        let mut digest = sha2::Sha256::new();
+        digest.update(b"learnsync request digests\0");
+        digest.update(key);
         Cipher {
             cipher: Aes256Gcm::new(key.into()),
             key_id,
             webhook_key: webhook.finalize().into(),
+            digest_key: digest.finalize().into(),
         }
     }
 
@@ -191,6 +197,20 @@ impl Cipher {
         mac.update(connection_id.as_bytes());
         mac.update(&generation.to_be_bytes());
         hex::encode(&mac.finalize().into_bytes()[..20])
+    }
+
+    /// A keyed digest (HMAC-SHA-256) of a mutating request, stored with its idempotency key: the
+    /// request may hold credentials, and a plain hash of a low-entropy secret could be guessed
+    /// by whoever reads the table.
+    pub fn request_digest(&self, parts: &[&[u8]]) -> Vec<u8> {
+        use hmac::Mac as _;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.digest_key)
+            .unwrap_or_else(|_| unreachable!("hmac takes keys of any length"));
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().to_vec()
     }
 
     /// Encrypts credentials for one connection.
@@ -286,6 +306,21 @@ mod tests {
         assert_ne!(secret, cipher.webhook_secret(id, 2));
         assert_ne!(secret, cipher.webhook_secret(Uuid::new_v4(), 1));
         assert_ne!(secret, Cipher::new(&[8u8; 32]).webhook_secret(id, 1));
+    }
+
+    #[test]
+    fn request_digests_are_keyed_and_framed() {
+        let cipher = Cipher::new(&[7u8; 32]);
+        let digest = cipher.request_digest(&[b"Start", b"body"]);
+        assert_eq!(digest, cipher.request_digest(&[b"Start", b"body"]));
+        // Another key, or the same bytes cut elsewhere, give another digest; nor is it the plain
+        // SHA-256 anyone could compute from a guessed request.
+        assert_ne!(
+            digest,
+            Cipher::new(&[8u8; 32]).request_digest(&[b"Start", b"body"])
+        );
+        assert_ne!(digest, cipher.request_digest(&[b"Star", b"tbody"]));
+        assert_ne!(digest, sha2::Sha256::digest(b"Startbody").to_vec());
     }
 
     #[test]

@@ -11,10 +11,10 @@ use learnsync_store::model::{Area, JobKind, Mode, RunState};
 use learnsync_store::{areas, realtime};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_webhook_run_writes_the_change_and_the_deletion() {
+/// A platform synchronized area by area, a worker running, its enrollments area in realtime mode.
+async fn realtime_enrollments(seed: u64) -> (Env, common::RunningWorker) {
     let env = Env::new(GenerateParams {
-        seed: 71,
+        seed,
         bad_records: Some(false),
         ..GenerateParams::default()
     })
@@ -38,6 +38,13 @@ async fn a_webhook_run_writes_the_change_and_the_deletion() {
     )
     .await
     .unwrap();
+    (env, worker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_run_writes_the_change_and_the_deletion() {
+    let (env, worker) = realtime_enrollments(71).await;
+    let conn = env.store.conn().await.unwrap();
 
     let items = env.docebo.items(EntityKind::CourseEnrollments);
     let changed = items
@@ -259,31 +266,8 @@ async fn an_incremental_run_reads_only_what_changed_since_the_watermark() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_deletion_does_not_unenroll_an_enrollment_created_again_since() {
-    let env = Env::new(GenerateParams {
-        seed: 73,
-        bad_records: Some(false),
-        ..GenerateParams::default()
-    })
-    .await;
-    let worker = env.spawn_worker(test_settings("w1"));
-    for area in [Area::Users, Area::Courses, Area::Enrollments] {
-        assert_eq!(sync_area(&env, area).await.state, RunState::Succeeded);
-    }
+    let (env, worker) = realtime_enrollments(73).await;
     let conn = env.store.conn().await.unwrap();
-    areas::configure(
-        &conn,
-        env.connection_id,
-        Area::Enrollments,
-        &areas::AreaSettings {
-            enabled: true,
-            mode: Mode::Realtime,
-            interval_seconds: 3600,
-            course_category_ids: Vec::new(),
-            full_interval_seconds: 86_400,
-        },
-    )
-    .await
-    .unwrap();
     // The learner is unenrolled in Docebo and enrolled again a minute later; the deletion's
     // webhook arrives only after a run wrote the new enrollment.
     let item = env.docebo.items(EntityKind::CourseEnrollments)[0].clone();

@@ -51,7 +51,9 @@ pub fn area_config(c: &pb::AreaConfig) -> Value {
 
 fn counts(c: &Option<pb::Counts>) -> Value {
     let c = c.unwrap_or_default();
-    json!({"read": c.read, "written": c.written, "unchanged": c.unchanged, "failed": c.failed, "expected": c.expected})
+    json!({"read": c.read, "written": c.written, "unchanged": c.unchanged, "failed": c.failed,
+        "expected": c.expected, "created": c.created, "repaired": c.repaired,
+        "unenrolled": c.unenrolled})
 }
 
 /// A run with its jobs.
@@ -65,6 +67,8 @@ pub fn run(r: &pb::Run) -> Value {
         "state": name(pb::RunState::try_from(r.state)),
         "full": r.full,
         "rewrite_unchanged": r.rewrite_unchanged,
+        "check_only": r.check_only,
+        "confirm_unenrollments": r.confirm_unenrollments,
         "counts": counts(&r.counts),
         "first_error_sequence": r.first_error_sequence,
         "error_message": r.error_message,
