@@ -469,8 +469,17 @@ async fn bench_drift(enrollments: usize) -> anyhow::Result<()> {
             .iter()
             .map(|(object, calls)| format!("{object} {calls}"))
             .collect();
+        let label = if admin {
+            format!("{label} ({changed} deleted, {changed} edited)")
+        } else {
+            label.to_string()
+        };
+        eprintln!(
+            "salesforce calls by endpoint: {:?}",
+            bed.salesforce.counters()
+        );
         println!(
-            "| {enrollments} | {label} ({changed} deleted, {changed} edited) | {} | {} | {} | {:.1} | {query} | {other} | {} |",
+            "| {enrollments} | {label} | {} | {} | {} | {:.1} | {query} | {other} | {} |",
             counts.read,
             counts.repaired,
             counts.written,
