@@ -76,8 +76,9 @@ impl Docebo {
         let policy = Policy::docebo(&ctx.settings);
         let mut tally = Tally::default();
         loop {
-            self.budget.take(ctx).await?;
+            // The token first: a token request spends its own call, and none is held meanwhile.
             let token = self.token(ctx, false).await?;
+            self.budget.take(ctx).await?;
             let answer = ctx
                 .interruptible(async { Ok(self.api.list(&token, path, filters, at).await) })
                 .await?;
