@@ -612,12 +612,14 @@ pub struct BudgetGrant {
     pub paused: bool,
 }
 
-/// Takes up to `want` calls from a platform's token bucket in one guarded statement (the bucket
-/// refills continuously at `calls_per_hour`, holding at most an hour's worth).
+/// Takes up to `want` calls from a platform's token bucket in one guarded statement: the bucket
+/// refills continuously at `calls_per_hour` ($2) and holds at most `capacity` ($4) calls, so after
+/// an idle spell no more than a burst goes out at once (Docebo's own limiter is a leaky bucket
+/// with a small burst, and refuses the rest with 429).
 const TAKE_BUDGET: &str = "\
 WITH cur AS ( \
     SELECT b.platform, b.paused_until, \
-           least($2::float8, b.tokens + greatest(0, extract(epoch FROM now() - b.refill_time)::float8) \
+           least($4::float8, b.tokens + greatest(0, extract(epoch FROM now() - b.refill_time)::float8) \
                  * $2::float8 / 3600.0) AS avail \
     FROM docebo_budgets b WHERE b.platform = $1 FOR UPDATE), \
 g AS ( \
@@ -627,28 +629,48 @@ UPDATE docebo_budgets b SET tokens = g.avail - g.n, refill_time = now(), calls_p
 FROM g WHERE b.platform = g.platform \
 RETURNING g.n, g.avail, extract(epoch FROM g.paused_until - now())::float8 AS paused_secs";
 
+/// A platform's Docebo call allowance: the rate its shared bucket refills at and the burst it
+/// holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allowance {
+    /// Calls an hour (the connection's `docebo_calls_per_hour`).
+    pub calls_per_hour: i32,
+    /// Calls that may go out at once after an idle spell (the workers' `docebo_burst`), at most
+    /// the hour's calls.
+    pub burst: i32,
+}
+
+impl Allowance {
+    /// The calls the bucket holds at most: the burst, within 1 and the hour's calls.
+    pub fn capacity(self) -> i32 {
+        let per_hour = self.calls_per_hour.max(1);
+        self.burst.clamp(1, per_hour)
+    }
+}
+
 /// Takes up to `want` calls from a platform's shared budget.
 pub async fn take_budget(
     client: &impl GenericClient,
     platform: &str,
-    calls_per_hour: i32,
+    allowance: Allowance,
     want: i32,
 ) -> Result<BudgetGrant> {
-    let rate = f64::from(calls_per_hour.max(1));
+    let rate = f64::from(allowance.calls_per_hour.max(1));
+    let capacity = f64::from(allowance.capacity());
     let mut row = client
-        .query_opt(TAKE_BUDGET, &[&platform, &rate, &want])
+        .query_opt(TAKE_BUDGET, &[&platform, &rate, &want, &capacity])
         .await?;
     if row.is_none() {
-        // The platform's first call: its bucket starts full.
+        // The platform's first call: its bucket starts full (a burst's worth).
         client
             .execute(
                 "INSERT INTO docebo_budgets (platform, calls_per_hour, tokens, refill_time) \
-                 VALUES ($1, $2::int, ($2::int)::float8, now()) ON CONFLICT (platform) DO NOTHING",
-                &[&platform, &calls_per_hour.max(1)],
+                 VALUES ($1, $2::int, $3::float8, now()) ON CONFLICT (platform) DO NOTHING",
+                &[&platform, &allowance.calls_per_hour.max(1), &capacity],
             )
             .await?;
         row = client
-            .query_opt(TAKE_BUDGET, &[&platform, &rate, &want])
+            .query_opt(TAKE_BUDGET, &[&platform, &rate, &want, &capacity])
             .await?;
     }
     let Some(row) = row else {
@@ -677,16 +699,22 @@ pub async fn take_budget(
     })
 }
 
-/// Gives back calls a job leased but did not spend (it ended), so no call of the hour is lost.
-pub async fn return_budget(client: &impl GenericClient, platform: &str, calls: i32) -> Result<()> {
+/// Gives back calls a job leased but did not spend (it ended, or held them too long), so no call
+/// of the hour is lost; the bucket still holds at most its capacity.
+pub async fn return_budget(
+    client: &impl GenericClient,
+    platform: &str,
+    allowance: Allowance,
+    calls: i32,
+) -> Result<()> {
     if calls <= 0 {
         return Ok(());
     }
     client
         .execute(
-            "UPDATE docebo_budgets SET tokens = least(calls_per_hour::float8, tokens + $2::int) \
+            "UPDATE docebo_budgets SET tokens = least($3::float8, tokens + $2::int) \
              WHERE platform = $1",
-            &[&platform, &calls],
+            &[&platform, &calls, &f64::from(allowance.capacity())],
         )
         .await?;
     Ok(())

@@ -7,7 +7,7 @@ use std::time::Duration;
 use learnsync_store::connections::{self, NewConnection, SealedCredentials};
 use learnsync_store::model::{Area, JobKind, JobState, Mode, Run, RunState, UnenrollmentPolicy};
 use learnsync_store::worker::{
-    self as store_worker, ClaimedJob, Heartbeat, Lease, LedgerWrite, Outcome, Progress,
+    self as store_worker, Allowance, ClaimedJob, Heartbeat, Lease, LedgerWrite, Outcome, Progress,
 };
 use learnsync_store::{Options, Store, areas, runs, testing};
 use uuid::Uuid;
@@ -410,21 +410,32 @@ async fn the_ledger_records_looks_up_marks_seen_unenrolls_and_deletes() {
     assert_eq!(imported[&Area::Users], 2);
 }
 
+/// 36 calls an hour, all of them at once.
+const SLOW: Allowance = Allowance {
+    calls_per_hour: 36,
+    burst: 36,
+};
+/// Docebo's documented 1,000 calls an hour, 20 at once.
+const DEFAULT: Allowance = Allowance {
+    calls_per_hour: 1000,
+    burst: 20,
+};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_call_budget_refills_at_its_rate_leases_what_is_asked_and_pauses() {
     let store = store().await;
     let conn = store.conn().await.unwrap();
     let platform = "budget.docebosaas.com";
-    // 36 calls an hour: the bucket starts full, and a grant is at most what was asked.
-    let grant = store_worker::take_budget(&conn, platform, 36, 5)
+    // 36 calls an hour, all of them at once: the bucket starts full, and a grant is at most what was asked.
+    let grant = store_worker::take_budget(&conn, platform, SLOW, 5)
         .await
         .unwrap();
     assert_eq!((grant.granted, grant.paused), (5, false));
-    let grant = store_worker::take_budget(&conn, platform, 36, 100)
+    let grant = store_worker::take_budget(&conn, platform, SLOW, 100)
         .await
         .unwrap();
     assert_eq!(grant.granted, 31, "the rest of the hour's 36");
-    let empty = store_worker::take_budget(&conn, platform, 36, 1)
+    let empty = store_worker::take_budget(&conn, platform, SLOW, 1)
         .await
         .unwrap();
     assert_eq!(empty.granted, 0);
@@ -432,18 +443,18 @@ async fn the_call_budget_refills_at_its_rate_leases_what_is_asked_and_pauses() {
         empty.wait > Duration::from_secs(50) && empty.wait <= Duration::from_secs(100),
         "one call every 100 s: {empty:?}"
     );
-    // Calls leased and not spent come back, never above an hour's worth.
-    store_worker::return_budget(&conn, platform, 4)
+    // Calls leased and not spent come back, never above the bucket's capacity.
+    store_worker::return_budget(&conn, platform, SLOW, 4)
         .await
         .unwrap();
-    let back = store_worker::take_budget(&conn, platform, 36, 10)
+    let back = store_worker::take_budget(&conn, platform, SLOW, 10)
         .await
         .unwrap();
     assert_eq!(back.granted, 4);
-    store_worker::return_budget(&conn, platform, 1000)
+    store_worker::return_budget(&conn, platform, SLOW, 1000)
         .await
         .unwrap();
-    let capped = store_worker::take_budget(&conn, platform, 36, 1000)
+    let capped = store_worker::take_budget(&conn, platform, SLOW, 1000)
         .await
         .unwrap();
     assert_eq!(capped.granted, 36);
@@ -455,14 +466,14 @@ async fn the_call_budget_refills_at_its_rate_leases_what_is_asked_and_pauses() {
     )
     .await
     .unwrap();
-    let refilled = store_worker::take_budget(&conn, platform, 36, 10)
+    let refilled = store_worker::take_budget(&conn, platform, SLOW, 10)
         .await
         .unwrap();
     assert_eq!(refilled.granted, 2);
     // A pause holds every caller back, whatever the bucket holds; a shorter one keeps the longer.
     let other = "paused.docebosaas.com";
     assert_eq!(
-        store_worker::take_budget(&conn, other, 1000, 1)
+        store_worker::take_budget(&conn, other, DEFAULT, 1)
             .await
             .unwrap()
             .granted,
@@ -474,12 +485,86 @@ async fn the_call_budget_refills_at_its_rate_leases_what_is_asked_and_pauses() {
     store_worker::pause_docebo(&conn, other, Duration::from_secs(1))
         .await
         .unwrap();
-    let paused = store_worker::take_budget(&conn, other, 1000, 5)
+    let paused = store_worker::take_budget(&conn, other, DEFAULT, 5)
         .await
         .unwrap();
     assert_eq!(paused.granted, 0);
     assert!(paused.paused);
     assert!(paused.wait > Duration::from_secs(20), "{paused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_budget_lets_a_burst_through_then_paces_calls_like_doceboes_limiter() {
+    let store = store().await;
+    let conn = store.conn().await.unwrap();
+    let platform = "burst.docebosaas.com";
+    // 3,600 calls an hour (one a second), 5 at once: the first take finds a burst's worth.
+    let allowance = Allowance {
+        calls_per_hour: 3600,
+        burst: 5,
+    };
+    let burst = store_worker::take_budget(&conn, platform, allowance, 100)
+        .await
+        .unwrap();
+    assert_eq!(burst.granted, 5, "a burst, not the hour's 3,600");
+    let empty = store_worker::take_budget(&conn, platform, allowance, 1)
+        .await
+        .unwrap();
+    assert_eq!(empty.granted, 0);
+    assert!(!empty.paused);
+    assert!(
+        empty.wait > Duration::ZERO && empty.wait <= Duration::from_secs(1),
+        "the next call within a second: {empty:?}"
+    );
+    // Two seconds later: two calls, the rate's worth.
+    let rewind = |seconds: f64| {
+        let conn = &conn;
+        async move {
+            conn.execute(
+                "UPDATE docebo_budgets SET refill_time = refill_time - make_interval(secs => $2) \
+                 WHERE platform = $1",
+                &[&platform, &seconds],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    rewind(2.0).await;
+    let paced = store_worker::take_budget(&conn, platform, allowance, 100)
+        .await
+        .unwrap();
+    assert_eq!(paced.granted, 2);
+    // After an idle hour the bucket holds a burst again, never the hour's calls.
+    rewind(3600.0).await;
+    let idle = store_worker::take_budget(&conn, platform, allowance, 100)
+        .await
+        .unwrap();
+    assert_eq!(idle.granted, 5);
+    // Calls given back never fill it above a burst either.
+    store_worker::return_budget(&conn, platform, allowance, 1000)
+        .await
+        .unwrap();
+    let returned = store_worker::take_budget(&conn, platform, allowance, 100)
+        .await
+        .unwrap();
+    assert_eq!(returned.granted, 5);
+    // A bucket filled under the old rule (an hour's worth) is cut down to a burst at once.
+    conn.execute(
+        "UPDATE docebo_budgets SET tokens = 3600 WHERE platform = $1",
+        &[&platform],
+    )
+    .await
+    .unwrap();
+    let old = store_worker::take_budget(&conn, platform, allowance, 100)
+        .await
+        .unwrap();
+    assert_eq!(old.granted, 5);
+    // A burst larger than the hour's calls is the hour's calls.
+    let small = Allowance {
+        calls_per_hour: 3,
+        burst: 20,
+    };
+    assert_eq!(small.capacity(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,8 @@ pub struct EnvOptions {
     pub docebo_url: Option<String>,
     /// A Salesforce login URL other than the simulator's (a stand-in endpoint).
     pub salesforce_url: Option<String>,
+    /// The connection's Docebo call budget (default: the simulator's default limit, 1,000).
+    pub docebo_calls_per_hour: i32,
 }
 
 impl Default for EnvOptions {
@@ -62,6 +64,7 @@ impl Default for EnvOptions {
             cipher_key: None,
             docebo_url: None,
             salesforce_url: None,
+            docebo_calls_per_hour: 1000,
         }
     }
 }
@@ -96,6 +99,9 @@ pub fn test_settings(worker_id: &str) -> Settings {
         poll_interval: Duration::from_millis(200),
         retry_base: Duration::from_millis(100),
         retry_max: Duration::from_secs(1),
+        // The Docebo simulator's default bucket holds the hour's allowance: so does the budget
+        // (a test of the burst sets both small).
+        docebo_burst: 100_000,
         docebo_pause: Duration::from_millis(100),
         salesforce_limit_pause: Duration::from_millis(500),
         call_retry_base: Duration::from_millis(20),
@@ -126,6 +132,7 @@ impl Env {
             cipher_key,
             docebo_url,
             salesforce_url,
+            docebo_calls_per_hour,
         } = options;
         crate::init_tracing();
         let database_url = learnsync_store::testing::fresh_database().await.unwrap();
@@ -183,8 +190,7 @@ impl Env {
                     salesforce_grant: credentials.salesforce.grant.name().to_string(),
                     docebo_platform: credentials.docebo_platform(),
                 },
-                // What the Docebo simulator allows per client (its default rate limit).
-                docebo_calls_per_hour: 1000,
+                docebo_calls_per_hour,
                 unenrollment_policy: policy,
                 unenrollment_guard: Default::default(),
             },

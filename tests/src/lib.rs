@@ -364,6 +364,9 @@ impl TestSystem {
             heartbeat: Duration::from_millis(500),
             poll_interval: Duration::from_millis(300),
             retry_base: Duration::from_millis(200),
+            // The connections' budget is 100,000 calls an hour, at once: the simulator's default
+            // limiter lets the hour's allowance through at once.
+            docebo_burst: 100_000,
             upstream: sim_policy(),
             ..learnsync_worker::Settings::default()
         };

@@ -45,6 +45,11 @@ pub struct Settings {
     /// Claims of one job after which it fails (a job that kills its workers must not circulate
     /// forever).
     pub max_attempts: i32,
+    /// Docebo calls a platform's shared budget lets out at once after an idle spell (its bucket's
+    /// capacity, at most the connection's `docebo_calls_per_hour`); then calls go out at that
+    /// rate. Docebo's limiter is a leaky bucket with a small burst and answers 429 to calls beyond
+    /// it: the budget mirrors it so that a paced sync draws none.
+    pub docebo_burst: u32,
     /// First pause of a Docebo platform after a 429 or 503 (doubles while they go on).
     pub docebo_pause: Duration,
     /// How long a connection's Salesforce writes pause after REQUEST_LIMIT_EXCEEDED.
@@ -97,6 +102,8 @@ pub mod defaults {
     pub const MAX_RETRIES_WITHOUT_PROGRESS: i32 = 5;
     /// Claims of one job after which it fails.
     pub const MAX_ATTEMPTS: i32 = 50;
+    /// Docebo calls let out at once: the burst Docebo's limiter allows (about 20).
+    pub const DOCEBO_BURST: u32 = 20;
     /// First pause of a Docebo platform after a 429 or 503.
     pub const DOCEBO_PAUSE: Duration = Duration::from_secs(5);
     /// Pause of a connection's Salesforce writes after REQUEST_LIMIT_EXCEEDED.
@@ -133,6 +140,7 @@ impl Default for Settings {
             max_retries_with_progress: defaults::MAX_RETRIES_WITH_PROGRESS,
             max_retries_without_progress: defaults::MAX_RETRIES_WITHOUT_PROGRESS,
             max_attempts: defaults::MAX_ATTEMPTS,
+            docebo_burst: defaults::DOCEBO_BURST,
             docebo_pause: defaults::DOCEBO_PAUSE,
             salesforce_limit_pause: defaults::SALESFORCE_LIMIT_PAUSE,
             call_retry_base: defaults::CALL_RETRY_BASE,
@@ -281,6 +289,10 @@ pub struct Options {
     /// Docebo page size.
     #[arg(long, env = "LEARNSYNC_WORKER_PAGE_SIZE", default_value_t = defaults::PAGE_SIZE)]
     pub page_size: u32,
+    /// Docebo calls a platform's budget lets out at once (then its `docebo_calls_per_hour`
+    /// rate): the burst Docebo's limiter allows. The same on every worker.
+    #[arg(long, env = "LEARNSYNC_WORKER_DOCEBO_BURST", default_value_t = defaults::DOCEBO_BURST)]
+    pub docebo_burst: u32,
     /// Pause of a connection's writes after Salesforce's REQUEST_LIMIT_EXCEEDED.
     #[arg(long, env = "LEARNSYNC_WORKER_SALESFORCE_LIMIT_PAUSE", default_value_t = Span(defaults::SALESFORCE_LIMIT_PAUSE))]
     pub salesforce_limit_pause: Span,
@@ -321,6 +333,7 @@ impl Options {
             bulk_chunk: self.bulk_chunk.max(1),
             writes_in_flight: self.writes_in_flight.clamp(1, 16),
             records_in_flight: self.records_in_flight.max(1000),
+            docebo_burst: self.docebo_burst.max(1),
             salesforce_limit_pause: self.salesforce_limit_pause.0,
             shutdown_grace: self.shutdown_grace.0,
             http_timeout: self.http_timeout.0,
@@ -390,6 +403,7 @@ mod tests {
         assert_eq!(flags.bulk_chunk, library.bulk_chunk);
         assert_eq!(flags.writes_in_flight, library.writes_in_flight);
         assert_eq!(flags.records_in_flight, library.records_in_flight);
+        assert_eq!(flags.docebo_burst, library.docebo_burst);
         assert_eq!(flags.salesforce_limit_pause, library.salesforce_limit_pause);
         assert_eq!(flags.shutdown_grace, library.shutdown_grace);
         assert_eq!(flags.http_timeout, library.http_timeout);

@@ -186,14 +186,16 @@ impl JobCtx {
     }
 
     /// Runs a token request under `policy` (a [`Policy::for_token`]): interruptibly, backing off
-    /// after transient answers, giving up as the policy says.
+    /// after transient answers, giving up as the policy says. `exchange` is one attempt; it may
+    /// wait first (Docebo's takes a call from the platform's budget: token requests count
+    /// against Docebo's limit like any call).
     pub async fn obtain<T, F>(&self, policy: &Policy, exchange: impl Fn() -> F) -> SyncResult<T>
     where
-        F: Future<Output = Answer<T>>,
+        F: Future<Output = SyncResult<Answer<T>>>,
     {
         let mut tally = Tally::default();
         loop {
-            let answer = self.interruptible(async { Ok(exchange().await) }).await?;
+            let answer = self.interruptible(exchange()).await?;
             let (signal, failure) = match answer.into_result() {
                 Ok(value) => return Ok(value),
                 Err(refused) => refused,

@@ -1,5 +1,6 @@
 //! The Docebo client of a job: the thin client ([`crate::http::docebo`]) under the retry policy,
-//! with the job-level side around it: the platform's shared call budget before every call, 429
+//! with the job-level side around it: the platform's shared call budget before every call (token
+//! requests included), 429
 //! and 503 pausing the platform for every job on every worker (and said once in the job's log), a
 //! token kept across calls and renewed once on 401, every wait interruptible.
 
@@ -45,7 +46,13 @@ impl Docebo {
             return Ok(current.clone());
         }
         let policy = Policy::docebo(&ctx.settings).for_token();
-        let fresh = ctx.obtain(&policy, || self.api.token()).await?;
+        // A token request is a call Docebo counts: it spends the budget like a page.
+        let fresh = ctx
+            .obtain(&policy, || async {
+                self.budget.take(ctx).await?;
+                Ok(self.api.token().await)
+            })
+            .await?;
         *token = Some(fresh.clone());
         Ok(fresh)
     }
@@ -69,8 +76,9 @@ impl Docebo {
         let policy = Policy::docebo(&ctx.settings);
         let mut tally = Tally::default();
         loop {
-            self.budget.take(ctx).await?;
+            // The token first: a token request spends its own call, and none is held meanwhile.
             let token = self.token(ctx, false).await?;
+            self.budget.take(ctx).await?;
             let answer = ctx
                 .interruptible(async { Ok(self.api.list(&token, path, filters, at).await) })
                 .await?;

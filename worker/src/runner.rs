@@ -366,7 +366,11 @@ impl JobRunner {
             connections::sealed_credentials(&conn, job.connection_id).await?
         };
         let credentials = self.cipher.open(job.connection_id, &sealed.0)?;
-        let budget = Budget::new(job.docebo_platform.clone(), job.docebo_calls_per_hour);
+        let budget = Budget::new(
+            job.docebo_platform.clone(),
+            job.docebo_calls_per_hour,
+            self.settings.docebo_burst,
+        );
         let docebo = Docebo::new(self.http.clone(), credentials.docebo, budget);
         let salesforce = Salesforce::new(self.http.clone(), credentials.salesforce);
         JobRun::new(ctx, docebo, salesforce, &self.mapping)?

@@ -56,7 +56,9 @@ impl Salesforce {
             return Ok(current.clone());
         }
         let policy = Policy::salesforce(&ctx.settings).for_token();
-        let fresh = ctx.obtain(&policy, || self.api.token()).await?;
+        let fresh = ctx
+            .obtain(&policy, || async { Ok(self.api.token().await) })
+            .await?;
         *session = Some(fresh.clone());
         Ok(fresh)
     }

@@ -116,11 +116,11 @@ async fn a_job_waiting_for_the_call_budget_says_so_and_stops_promptly() {
     let run = env.wait_final(run.id, Duration::from_secs(5)).await;
     assert!(asked.elapsed() < Duration::from_secs(3));
     assert_eq!(run.state, RunState::Stopped);
-    // One call was in the bucket: one page read, then the wait.
-    assert_eq!(
-        env.docebo.counters().get("GET /manage/v1/user").copied(),
-        Some(1)
-    );
+    // One call was in the bucket: the token request spent it (Docebo counts token requests),
+    // then the wait, before any page.
+    let counters = env.docebo.counters();
+    assert_eq!(counters.get("POST /oauth2/token").copied(), Some(1));
+    assert_eq!(counters.get("GET /manage/v1/user").copied(), None);
     worker.stop().await;
 }
 

@@ -4,7 +4,10 @@
 //! comes with the command that produced it; BENCHMARKS.md keeps them with the machine described.
 //!
 //! Build first: `cargo build --release -p learnsync-worker -p learnsync-e2e --bin learnsync-bench`.
-//! - `sync --enrollments N`: a full sync (users, courses, enrollments) with rate limits off.
+//! - `sync --enrollments N`: a full sync (users, courses, enrollments) with rate limits off;
+//!   with `--docebo-rate R --docebo-burst B` the Docebo simulator limits calls like Docebo (a
+//!   leaky bucket, R an hour, B at once), the connection's budget is R and the workers' burst B:
+//!   it reports the 429s drawn and the run's time against its paced time.
 //! - `realtime --enrollments N`: Docebo calls of a realtime day against a full reload every 15 min.
 //! - `compare --enrollments N`: learnsync against a Python script (requests + simple-salesforce
 //!   Bulk 2.0) doing the same work on the same simulators.
@@ -51,6 +54,14 @@ enum Bench {
         /// Jobs per worker at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Docebo calls an hour the simulator lets through (a leaky bucket) and the connection's
+        /// budget; off by default.
+        #[arg(long)]
+        docebo_rate: Option<u32>,
+        /// Calls the simulator's bucket lets through at once (with `--docebo-rate`), and the
+        /// workers' `LEARNSYNC_WORKER_DOCEBO_BURST`.
+        #[arg(long, default_value_t = 20, requires = "docebo_rate")]
+        docebo_burst: u32,
     },
     /// The Docebo calls of a realtime day (0.1% of enrollments changing per hour) against a full
     /// reload every 15 minutes.
@@ -108,6 +119,8 @@ struct Bed {
     shutdown: CancellationToken,
     workers: Vec<Child>,
     connection_id: String,
+    /// The Docebo limiter, when the simulator has one: calls an hour and burst.
+    limit: Option<(u32, u32)>,
 }
 
 fn platform(enrollments: usize, seed: u64) -> GenerateParams {
@@ -125,6 +138,16 @@ fn platform(enrollments: usize, seed: u64) -> GenerateParams {
 
 impl Bed {
     async fn start(params: &GenerateParams) -> anyhow::Result<Bed> {
+        Bed::start_limited(params, None).await
+    }
+
+    /// A bed whose Docebo simulator lets `limit` (calls an hour, burst) through, the connection's
+    /// budget the same; no limit: the simulator lets everything through and the budget is
+    /// as large as a connection's can be.
+    async fn start_limited(
+        params: &GenerateParams,
+        limit: Option<(u32, u32)>,
+    ) -> anyhow::Result<Bed> {
         let postgres = tokio::task::spawn_blocking(PrivatePostgres::start).await??;
         let store = learnsync_store::Store::connect(&learnsync_store::Options {
             database_url: postgres.url(),
@@ -135,7 +158,8 @@ impl Bed {
         rand::rng().fill_bytes(&mut key);
         let cipher = Cipher::new(&key);
         let docebo = DoceboSim::start(DoceboConfig {
-            rate_limit_per_hour: None,
+            rate_limit_per_hour: limit.map(|(per_hour, _)| per_hour),
+            rate_limit_burst: limit.map(|(_, burst)| burst),
             ..DoceboConfig::default()
         })
         .await?;
@@ -162,9 +186,13 @@ impl Bed {
             async move { stop.cancelled().await },
         ));
         let mut client = Client::connect(&endpoint, TOKEN).await?;
+        let mut connection = learnsync_e2e::sim_connection("bench", &docebo, &salesforce);
+        if let Some((per_hour, _)) = limit {
+            connection.docebo_calls_per_hour = i32::try_from(per_hour)?;
+        }
         let connection = client
             .create_connection(pb::CreateConnectionRequest {
-                connection: Some(learnsync_e2e::sim_connection("bench", &docebo, &salesforce)),
+                connection: Some(connection),
                 request_id: String::new(),
             })
             .await?;
@@ -178,6 +206,7 @@ impl Bed {
             shutdown,
             workers: Vec::new(),
             connection_id: connection.id,
+            limit,
         })
     }
 
@@ -193,6 +222,11 @@ impl Bed {
             .env("LEARNSYNC_SECRET_KEY", &self.key_hex)
             .env("LEARNSYNC_WORKER_CONCURRENCY", concurrency.to_string())
             .env("LEARNSYNC_WORKER_POLL_INTERVAL", "200ms")
+            // The burst Docebo's limiter allows; without a limiter, as large as a budget can be.
+            .env(
+                "LEARNSYNC_WORKER_DOCEBO_BURST",
+                self.limit.map_or(100_000, |(_, burst)| burst).to_string(),
+            )
             .env(
                 "LEARNSYNC_UPSTREAM_ALLOW",
                 learnsync_e2e::SIM_UPSTREAM_ALLOW,
@@ -337,9 +371,14 @@ fn written(run: &pb::Run) -> i64 {
     run.counts.map_or(0, |c| c.written + c.unchanged + c.failed)
 }
 
-async fn bench_sync(enrollments: usize, workers: usize, concurrency: usize) -> anyhow::Result<()> {
+async fn bench_sync(
+    enrollments: usize,
+    workers: usize,
+    concurrency: usize,
+    limit: Option<(u32, u32)>,
+) -> anyhow::Result<()> {
     let params = platform(enrollments, 42);
-    let mut bed = Bed::start(&params).await?;
+    let mut bed = Bed::start_limited(&params, limit).await?;
     for _ in 0..workers {
         bed.spawn_worker(concurrency)?;
     }
@@ -397,6 +436,35 @@ async fn bench_sync(enrollments: usize, workers: usize, concurrency: usize) -> a
         worker_peak,
         pg_cpu,
     );
+    if let Some((per_hour, burst)) = limit {
+        let limiter = bed.docebo.rate_limit();
+        // Token requests: the simulator's limiter lets them through, Docebo counts them, and so
+        // does learnsync's budget.
+        let tokens = bed
+            .docebo
+            .counters()
+            .get("POST /oauth2/token")
+            .copied()
+            .unwrap_or(0);
+        // What the limit allows: the burst at once, then the rest at the hourly rate; calls it
+        // refused (429) are not in it.
+        let paced = (limiter.allowed + tokens).saturating_sub(u64::from(burst)) as f64 * 3600.0
+            / f64::from(per_hour);
+        println!(
+            "| docebo limit (per hour, burst) | docebo calls let through + token requests | 429s | wall s | paced s ((calls + tokens - burst) / rate) | wall / paced |"
+        );
+        println!(
+            "| {per_hour}, {burst} | {} + {tokens} | {} | {:.1} | {paced:.1} | {} |",
+            limiter.allowed,
+            limiter.refused,
+            wall.as_secs_f64(),
+            if paced > 0.0 {
+                format!("{:.2}", wall.as_secs_f64() / paced)
+            } else {
+                "- (within the burst)".to_string()
+            },
+        );
+    }
     bed.stop();
     Ok(())
 }
@@ -793,7 +861,12 @@ async fn run(command: Bench) -> anyhow::Result<()> {
             enrollments,
             workers,
             concurrency,
-        } => bench_sync(enrollments, workers, concurrency).await,
+            docebo_rate,
+            docebo_burst,
+        } => {
+            let limit = docebo_rate.map(|per_hour| (per_hour, docebo_burst));
+            bench_sync(enrollments, workers, concurrency, limit).await
+        }
         Bench::Realtime { enrollments } => bench_realtime(enrollments).await,
         Bench::Drift { enrollments } => bench_drift(enrollments).await,
         Bench::Compare {
