@@ -704,7 +704,7 @@ static STATUS_SQL: LazyLock<String> = LazyLock::new(|| {
     };
     let mut job_columns = names(JOB_COLUMNS, "j");
     job_columns.push(("position".into(), "j.position".into()));
-    let parts: [(&str, Vec<(String, String)>, &str); 5] = [
+    let parts = [
         (
             "connection",
             names("tenant", "c"),
