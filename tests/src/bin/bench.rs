@@ -9,7 +9,7 @@
 //! - `compare --enrollments N`: learnsync against a Python script (requests + simple-salesforce
 //!   Bulk 2.0) doing the same work on the same simulators.
 //! - `control`: GetStatus throughput and latency, Start-to-claim delay, StreamLogs delivery delay.
-//! - `status --clients N --seconds S`: GetStatus alone, N concurrent clients for S seconds, on a
+//! - `status --clients N --seconds S [--pool P]`: GetStatus alone, N concurrent clients for S seconds, on a
 //!   connection with finished runs (with their jobs), records in the ledger and an active run.
 
 use std::collections::BTreeMap;
@@ -95,6 +95,9 @@ enum Bench {
         /// How long GetStatus is hammered.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// The server's Postgres pool size (LEARNSYNC_DB_POOL_SIZE; 16 by default).
+        #[arg(long, default_value_t = 16)]
+        pool: usize,
     },
 }
 
@@ -128,10 +131,16 @@ fn platform(enrollments: usize, seed: u64) -> GenerateParams {
 
 impl Bed {
     async fn start(params: &GenerateParams) -> anyhow::Result<Bed> {
+        Bed::start_with_pool(params, 16).await
+    }
+
+    /// A bed whose server's pool opens at most `pool` Postgres connections (the server's default
+    /// is 16).
+    async fn start_with_pool(params: &GenerateParams, pool: usize) -> anyhow::Result<Bed> {
         let postgres = tokio::task::spawn_blocking(PrivatePostgres::start).await??;
         let store = learnsync_store::Store::connect(&learnsync_store::Options {
             database_url: postgres.url(),
-            max_connections: 16,
+            max_connections: pool,
         })?;
         store.migrate().await?;
         let mut key = [0u8; 32];
@@ -608,7 +617,7 @@ async fn get_status_load(bed: &Bed, clients: usize, seconds: u64) -> anyhow::Res
 /// GetStatus alone, on a connection whose areas have what a status shows: finished runs with
 /// their jobs (users, then courses with three jobs), records in the ledger, an active run (a users
 /// resynchronize queued once the worker is gone) and an area never configured (enrollments).
-async fn bench_status(clients: usize, seconds: u64) -> anyhow::Result<()> {
+async fn bench_status(clients: usize, seconds: u64, pool: usize) -> anyhow::Result<()> {
     let params = GenerateParams {
         seed: 5,
         users: Some(50),
@@ -620,7 +629,7 @@ async fn bench_status(clients: usize, seconds: u64) -> anyhow::Result<()> {
         bad_records: Some(true),
         ..GenerateParams::default()
     };
-    let mut bed = Bed::start(&params).await?;
+    let mut bed = Bed::start_with_pool(&params, pool).await?;
     bed.spawn_worker(4)?;
     bed.sync(pb::Area::Users, true).await?;
     bed.sync(pb::Area::Courses, true).await?;
@@ -781,6 +790,10 @@ async fn run(command: Bench) -> anyhow::Result<()> {
             seconds,
             samples,
         } => bench_control(clients, seconds, samples).await,
-        Bench::Status { clients, seconds } => bench_status(clients, seconds).await,
+        Bench::Status {
+            clients,
+            seconds,
+            pool,
+        } => bench_status(clients, seconds, pool).await,
     }
 }
