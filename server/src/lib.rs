@@ -29,6 +29,7 @@ use std::time::Duration;
 use learnsync_proto::v1::sync_service_server::SyncServiceServer;
 use learnsync_store::{Store, secrets::Cipher};
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{Principal, Tokens};
@@ -194,7 +195,16 @@ pub async fn serve_on(
     );
     let addr = listener.local_addr().ok();
     tracing::info!(address = ?addr, "server listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // An answer is a few small writes (headers, message, trailers): without TCP_NODELAY, Nagle's
+    // algorithm holds the last one until the caller's delayed ACK (40 ms on Linux), and every
+    // call takes that long. Tonic sets it only on the sockets it accepts itself.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "tcp_nodelay not set");
+            }
+        })
+    });
     let grace = options.shutdown_grace;
     let stop = cancel.clone();
     let drain = async move {

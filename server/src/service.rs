@@ -35,6 +35,26 @@ pub struct Service {
     pub(crate) shutdown: CancellationToken,
 }
 
+/// Whether `principal` may see connection `connection_id`, given what reading it found: its
+/// tenant, or an error (`NotFound` is denied to a tenant, who may not learn which ids exist).
+/// Other errors pass through: the caller answers with them. Records the id on the call's span
+/// (exported to a tracing backend when one is configured).
+fn admit(
+    principal: &Principal,
+    connection_id: Uuid,
+    found: Result<&str, &learnsync_store::Error>,
+) -> Result<(), Status> {
+    tracing::Span::current().record("connection_id", tracing::field::display(connection_id));
+    match found {
+        Ok(tenant) if principal.may_see(tenant) => Ok(()),
+        Ok(_) => Err(error::connection_denied(&connection_id.to_string())),
+        Err(learnsync_store::Error::NotFound { .. }) if principal.tenant().is_some() => {
+            Err(error::connection_denied(&connection_id.to_string()))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
 fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
     request
         .extensions()
@@ -160,16 +180,13 @@ impl Service {
         principal: &Principal,
         connection_id: Uuid,
     ) -> Result<model::Connection, Status> {
-        // The call's span (exported to a tracing backend when one is configured) names it.
-        tracing::Span::current().record("connection_id", tracing::field::display(connection_id));
-        match connections::get(client, connection_id).await {
-            Ok(connection) if principal.may_see(&connection.tenant) => Ok(connection),
-            Ok(_) => Err(error::connection_denied(&connection_id.to_string())),
-            Err(learnsync_store::Error::NotFound { .. }) if principal.tenant().is_some() => {
-                Err(error::connection_denied(&connection_id.to_string()))
-            }
-            Err(other) => Err(other).or_status(),
-        }
+        let connection = connections::get(client, connection_id).await;
+        admit(
+            principal,
+            connection_id,
+            connection.as_ref().map(|found| found.tenant.as_str()),
+        )?;
+        connection.or_status()
     }
 
     fn seal(
@@ -695,11 +712,20 @@ impl SyncService for Service {
         }
         wanted.sort();
         wanted.dedup();
+        // One statement: the authorization facts and everything shown, in one snapshot.
         let conn = self.store.conn().await.or_status()?;
-        self.authorize(&conn, &principal, id).await?;
-        let configs = areas::list(&conn, id).await.or_status()?;
-        let mut latest = runs::latest_per_area(&conn, id).await.or_status()?;
-        let imported = runs::records_imported(&conn, id).await.or_status()?;
+        let status = runs::status(&conn, id).await;
+        admit(
+            &principal,
+            id,
+            status.as_ref().map(|status| status.tenant.as_str()),
+        )?;
+        let runs::ConnectionStatus {
+            configs,
+            mut latest,
+            imported,
+            ..
+        } = status.or_status()?;
         let statuses = wanted
             .into_iter()
             .map(|area| {

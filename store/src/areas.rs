@@ -8,10 +8,10 @@ use crate::codes::ErrorCode;
 use crate::model::{Area, AreaConfig, Mode, area_subject};
 use crate::{Error, Result};
 
-const COLUMNS: &str = "connection_id, area, enabled, mode, interval_seconds, course_category_ids, update_time, \
+pub(crate) const COLUMNS: &str = "connection_id, area, enabled, mode, interval_seconds, course_category_ids, update_time, \
     first_success_time, last_success_time, watermark, next_run_time, full_interval_seconds, next_full_time";
 
-fn from_row(row: &Row) -> Result<AreaConfig> {
+pub(crate) fn from_row(row: &Row) -> Result<AreaConfig> {
     Ok(AreaConfig {
         connection_id: row.try_get("connection_id")?,
         area: Area::parse(row.try_get("area")?)?,

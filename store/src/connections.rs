@@ -114,8 +114,11 @@ pub async fn insert(client: &impl GenericClient, new: &NewConnection) -> Result<
 
 /// Reads a connection.
 pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Connection> {
+    // Every call on a connection reads it first (authorization): prepared once per pooled
+    // connection.
     let sql = format!("SELECT {COLUMNS} FROM connections WHERE id = $1");
-    match client.query_opt(&sql, &[&id]).await? {
+    let statement = client.prepare_cached(&sql).await?;
+    match client.query_opt(&statement, &[&id]).await? {
         Some(row) => from_row(&row),
         None => Err(Error::not_found(Resource::Connection, id)),
     }

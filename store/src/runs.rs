@@ -1,6 +1,7 @@
 //! Runs and their jobs: Start, Stop, Resynchronize, and reading them back.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
@@ -567,15 +568,20 @@ async fn attach_jobs(client: &impl GenericClient, runs: &mut [Run]) -> Result<()
     let sql =
         format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = ANY($1) ORDER BY position, id");
     let rows = client.query(&sql, &[&ids]).await?;
+    let jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+    give_jobs(runs, jobs);
+    Ok(())
+}
+
+/// Gives each run its jobs, in the order they come.
+fn give_jobs(runs: &mut [Run], jobs: Vec<Job>) {
     let mut by_run: HashMap<Uuid, Vec<Job>> = HashMap::new();
-    for row in &rows {
-        let job = job_from_row(row)?;
+    for job in jobs {
         by_run.entry(job.run_id).or_default().push(job);
     }
     for run in runs {
         run.jobs = by_run.remove(&run.id).unwrap_or_default();
     }
-    Ok(())
 }
 
 /// Lists a connection's runs newest first, after a cursor (the last run of the previous page).
@@ -621,20 +627,165 @@ pub struct LatestRuns {
     pub last: Option<Run>,
 }
 
-/// Reads the active and last finished run of every area of a connection, in two statements.
-pub async fn latest_per_area(
-    client: &impl GenericClient,
-    connection_id: Uuid,
-) -> Result<HashMap<Area, LatestRuns>> {
-    let sql = format!(
-        "SELECT DISTINCT ON (area, state = ANY($2)) {RUN_COLUMNS} FROM runs WHERE connection_id = $1 \
-         ORDER BY area, state = ANY($2), create_time DESC, id DESC"
-    );
+/// What GetStatus shows of a connection, read by [`status`] in one statement (so in one snapshot).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConnectionStatus {
+    /// The connection's tenant (what authorization asks).
+    pub tenant: String,
+    /// The configured areas, by area name.
+    pub configs: Vec<AreaConfig>,
+    /// The active and the last finished run of each area that has run, with their jobs.
+    pub latest: HashMap<Area, LatestRuns>,
+    /// How many records Salesforce holds, per area (as [`records_imported`] counts them).
+    pub imported: HashMap<Area, i64>,
+}
+
+/// The one statement of [`status`]: a row per part (the connection, an area's configuration, a
+/// latest run, one of their jobs, an area's ledger count), each part's columns under the names
+/// their readers (`areas::from_row`, `run_from_row`, `job_from_row`) read, shared where a name
+/// means the same thing; the rest are NULL. Jobs come in their runs' order. $1: the connection,
+/// $2: the active run states.
+static STATUS_SQL: LazyLock<String> = LazyLock::new(|| {
+    // Every column a part has, with its type (for the first part's NULLs: a UNION takes its
+    // types from there).
+    const TYPES: &[(&str, &str)] = &[
+        ("tenant", "text"),
+        ("connection_id", "uuid"),
+        ("area", "text"),
+        ("enabled", "boolean"),
+        ("mode", "text"),
+        ("interval_seconds", "integer"),
+        ("course_category_ids", "bigint[]"),
+        ("update_time", "timestamptz"),
+        ("first_success_time", "timestamptz"),
+        ("last_success_time", "timestamptz"),
+        ("watermark", "timestamptz"),
+        ("next_run_time", "timestamptz"),
+        ("full_interval_seconds", "integer"),
+        ("next_full_time", "timestamptz"),
+        ("id", "uuid"),
+        ("trigger", "text"),
+        ("timeframe_start", "timestamptz"),
+        ("timeframe_end", "timestamptz"),
+        ("full_sync", "boolean"),
+        ("updated_from", "timestamptz"),
+        ("rewrite_unchanged", "boolean"),
+        ("check_only", "boolean"),
+        ("confirm_unenrollments", "boolean"),
+        ("state", "text"),
+        ("stop_time", "timestamptz"),
+        ("first_error_sequence", "bigint"),
+        ("error_message", "text"),
+        ("create_time", "timestamptz"),
+        ("start_time", "timestamptz"),
+        ("end_time", "timestamptz"),
+        ("trace_id", "text"),
+        ("run_id", "uuid"),
+        ("position", "smallint"),
+        ("kind", "text"),
+        ("attempt", "integer"),
+        ("read_count", "bigint"),
+        ("written_count", "bigint"),
+        ("unchanged_count", "bigint"),
+        ("failed_count", "bigint"),
+        ("expected_count", "bigint"),
+        ("created_count", "bigint"),
+        ("repaired_count", "bigint"),
+        ("unenrolled_count", "bigint"),
+        ("status_message", "text"),
+        ("records", "bigint"),
+    ];
+    let names = |columns: &str, alias: &str| -> Vec<(String, String)> {
+        columns
+            .split(',')
+            .map(str::trim)
+            .map(|name| (name.to_string(), format!("{alias}.{name}")))
+            .collect()
+    };
+    let mut job_columns = names(JOB_COLUMNS, "j");
+    job_columns.push(("position".into(), "j.position".into()));
+    let parts = [
+        (
+            "connection",
+            names("tenant", "c"),
+            "connections c WHERE c.id = $1",
+        ),
+        (
+            "config",
+            names(areas::COLUMNS, "a"),
+            "area_configs a WHERE a.connection_id = $1",
+        ),
+        ("run", names(RUN_COLUMNS, "r"), "latest r"),
+        (
+            "job",
+            job_columns,
+            "jobs j JOIN latest r ON j.run_id = r.id",
+        ),
+        (
+            "imported",
+            vec![
+                ("area".into(), "l.area".into()),
+                ("records".into(), "sum(l.records)::bigint".into()),
+            ],
+            "ledger_counts l WHERE l.connection_id = $1 GROUP BY l.area",
+        ),
+    ];
+    let selects: Vec<String> = parts
+        .iter()
+        .map(|(part, columns, from)| {
+            for (name, _) in columns {
+                assert!(
+                    TYPES.iter().any(|(known, _)| known == name),
+                    "status: column {name} has no type"
+                );
+            }
+            let values: Vec<String> = TYPES
+                .iter()
+                .map(
+                    |(name, kind)| match columns.iter().find(|(column, _)| column == name) {
+                        Some((_, value)) => format!("{value} AS {name}"),
+                        None => format!("NULL::{kind} AS {name}"),
+                    },
+                )
+                .collect();
+            format!("SELECT '{part}' AS part, {} FROM {from}", values.join(", "))
+        })
+        .collect();
+    format!(
+        "WITH latest AS MATERIALIZED (SELECT DISTINCT ON (area, state = ANY($2)) {RUN_COLUMNS} \
+         FROM runs WHERE connection_id = $1 ORDER BY area, state = ANY($2), create_time DESC, id DESC) \
+         {} ORDER BY position, id",
+        selects.join(" UNION ALL ")
+    )
+});
+
+/// Reads what GetStatus shows of a connection in one statement, prepared once per pooled
+/// connection: its tenant, its area configurations, the active and last finished run of every
+/// area with their jobs, and its ledger counts. `NotFound` when there is no such connection.
+pub async fn status(client: &impl GenericClient, connection_id: Uuid) -> Result<ConnectionStatus> {
+    let statement = client.prepare_cached(&STATUS_SQL).await?;
     let rows = client
-        .query(&sql, &[&connection_id, &active_states()])
+        .query(&statement, &[&connection_id, &active_states()])
         .await?;
-    let mut runs: Vec<Run> = rows.iter().map(run_from_row).collect::<Result<_>>()?;
-    attach_jobs(client, &mut runs).await?;
+    let mut tenant = None;
+    let mut configs = Vec::new();
+    let mut runs = Vec::new();
+    let mut jobs = Vec::new();
+    let mut imported = HashMap::new();
+    for row in &rows {
+        match row.try_get::<_, &str>("part")? {
+            "connection" => tenant = Some(row.try_get("tenant")?),
+            "config" => configs.push(areas::from_row(row)?),
+            "run" => runs.push(run_from_row(row)?),
+            "job" => jobs.push(job_from_row(row)?),
+            _ => {
+                imported.insert(Area::parse(row.try_get("area")?)?, row.try_get("records")?);
+            }
+        }
+    }
+    let tenant = tenant.ok_or_else(|| Error::not_found(Resource::Connection, connection_id))?;
+    configs.sort_by_key(|config: &AreaConfig| config.area.as_str());
+    give_jobs(&mut runs, jobs);
     let mut latest: HashMap<Area, LatestRuns> = HashMap::new();
     for run in runs {
         let entry = latest.entry(run.area).or_default();
@@ -644,7 +795,12 @@ pub async fn latest_per_area(
             entry.last = Some(run);
         }
     }
-    Ok(latest)
+    Ok(ConnectionStatus {
+        tenant,
+        configs,
+        latest,
+        imported,
+    })
 }
 
 /// How many records Salesforce holds for a connection, per area (from the ledger's counters).

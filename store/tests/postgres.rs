@@ -408,6 +408,31 @@ async fn the_ledger_records_looks_up_marks_seen_unenrolls_and_deletes() {
     assert!(!found.contains_key("1-3"));
     let imported = runs::records_imported(&conn, connection_id).await.unwrap();
     assert_eq!(imported[&Area::Users], 2);
+
+    // GetStatus's one statement reads what the separate reads read: the active and the last
+    // finished run with their jobs, the configurations, the ledger counts, the tenant.
+    let status = runs::status(&conn, connection_id).await.unwrap();
+    assert_eq!(
+        status.tenant,
+        connections::get(&conn, connection_id).await.unwrap().tenant
+    );
+    assert_eq!(
+        status.configs,
+        areas::list(&conn, connection_id).await.unwrap()
+    );
+    assert_eq!(status.imported, imported);
+    assert_eq!(status.latest.len(), 1);
+    let users = &status.latest[&Area::Users];
+    let active = run_of(&store, connection_id, next.id).await;
+    assert!(active.state.is_active() && !active.jobs.is_empty());
+    assert_eq!(users.active.as_ref(), Some(&active));
+    let last = run_of(&store, connection_id, job.run_id).await;
+    assert!(!last.state.is_active() && !last.jobs.is_empty());
+    assert_eq!(users.last.as_ref(), Some(&last));
+    assert!(matches!(
+        runs::status(&conn, Uuid::new_v4()).await,
+        Err(learnsync_store::Error::NotFound { .. })
+    ));
 }
 
 /// 36 calls an hour, all of them at once.

@@ -12,6 +12,8 @@
 //! - `compare --enrollments N`: learnsync against a Python script (requests + simple-salesforce
 //!   Bulk 2.0) doing the same work on the same simulators.
 //! - `control`: GetStatus throughput and latency, Start-to-claim delay, StreamLogs delivery delay.
+//! - `status --clients N --seconds S [--pool P]`: GetStatus alone, N concurrent clients for S seconds, on a
+//!   connection with finished runs (with their jobs), records in the ledger and an active run.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -104,6 +106,18 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         samples: usize,
     },
+    /// GetStatus throughput and latency alone, on a connection with runs.
+    Status {
+        /// Concurrent GetStatus clients (each its own gRPC connection).
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// How long GetStatus is hammered.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The server's Postgres pool size (LEARNSYNC_DB_POOL_SIZE; 16 by default).
+        #[arg(long, default_value_t = 16)]
+        pool: usize,
+    },
 }
 
 const TOKEN: &str = "bench-operator-token-000000000000000";
@@ -138,20 +152,22 @@ fn platform(enrollments: usize, seed: u64) -> GenerateParams {
 
 impl Bed {
     async fn start(params: &GenerateParams) -> anyhow::Result<Bed> {
-        Bed::start_limited(params, None).await
+        Bed::start_limited(params, None, 16).await
     }
 
     /// A bed whose Docebo simulator lets `limit` (calls an hour, burst) through, the connection's
-    /// budget the same; no limit: the simulator lets everything through and the budget is
-    /// as large as a connection's can be.
+    /// budget the same (no limit: the simulator lets everything through and the budget is as
+    /// large as a connection's can be), and whose server's pool opens at most `pool` Postgres
+    /// connections (the server's default is 16).
     async fn start_limited(
         params: &GenerateParams,
         limit: Option<(u32, u32)>,
+        pool: usize,
     ) -> anyhow::Result<Bed> {
         let postgres = tokio::task::spawn_blocking(PrivatePostgres::start).await??;
         let store = learnsync_store::Store::connect(&learnsync_store::Options {
             database_url: postgres.url(),
-            max_connections: 16,
+            max_connections: pool,
         })?;
         store.migrate().await?;
         let mut key = [0u8; 32];
@@ -378,7 +394,7 @@ async fn bench_sync(
     limit: Option<(u32, u32)>,
 ) -> anyhow::Result<()> {
     let params = platform(enrollments, 42);
-    let mut bed = Bed::start_limited(&params, limit).await?;
+    let mut bed = Bed::start_limited(&params, limit, 16).await?;
     for _ in 0..workers {
         bed.spawn_worker(concurrency)?;
     }
@@ -716,6 +732,97 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples[index]
 }
 
+/// GetStatus under load: `clients` concurrent callers (each on its own gRPC connection) calling
+/// it in a loop for `seconds`; prints calls/s and the latency percentiles of the calls answered.
+async fn get_status_load(bed: &Bed, clients: usize, seconds: u64) -> anyhow::Result<()> {
+    let mut callers = Vec::new();
+    for _ in 0..clients {
+        callers.push(bed.client().await?);
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for mut client in callers {
+        let id = bed.connection_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failed = 0usize;
+            while Instant::now() < deadline {
+                let call = Instant::now();
+                if client.get_status(&id, &[]).await.is_ok() {
+                    latencies.push(call.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    failed += 1;
+                }
+            }
+            (latencies, failed)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    for task in tasks {
+        let (some, failures) = task.await?;
+        latencies.extend(some);
+        failed += failures;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let calls = latencies.len();
+    println!(
+        "GetStatus: {clients} clients, {seconds} s: {calls} calls ({failed} failed), {:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms",
+        calls as f64 / elapsed,
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.99)
+    );
+    Ok(())
+}
+
+/// GetStatus alone, on a connection whose areas have what a status shows: finished runs with
+/// their jobs (users, then courses with three jobs), records in the ledger, an active run (a users
+/// resynchronize queued once the worker is gone) and an area never configured (enrollments).
+async fn bench_status(clients: usize, seconds: u64, pool: usize) -> anyhow::Result<()> {
+    let params = GenerateParams {
+        seed: 5,
+        users: Some(50),
+        courses: Some(10),
+        learning_plans: Some(3),
+        course_enrollments: Some(100),
+        learning_plan_enrollments: Some(10),
+        session_enrollments: Some(10),
+        bad_records: Some(true),
+        ..GenerateParams::default()
+    };
+    let mut bed = Bed::start_limited(&params, None, pool).await?;
+    bed.spawn_worker(4)?;
+    bed.sync(pb::Area::Users, true).await?;
+    bed.sync(pb::Area::Courses, true).await?;
+    for mut child in bed.workers.drain(..) {
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let _ = child.wait();
+    }
+    let mut client = bed.client().await?;
+    client
+        .resynchronize(&bed.connection_id, pb::Area::Users, None, false)
+        .await?;
+    let status = client.get_status(&bed.connection_id, &[]).await?;
+    let runs = status
+        .areas
+        .iter()
+        .map(|area| area.active_run.iter().chain(&area.last_run).count())
+        .sum::<usize>();
+    let records = status
+        .areas
+        .iter()
+        .map(|area| area.records_imported)
+        .sum::<i64>();
+    println!(
+        "connection {}: {runs} runs shown, {records} records imported",
+        bed.connection_id
+    );
+    get_status_load(&bed, clients, seconds).await?;
+    bed.stop();
+    Ok(())
+}
+
 async fn bench_control(clients: usize, seconds: u64, samples: usize) -> anyhow::Result<()> {
     let params = GenerateParams {
         seed: 5,
@@ -732,34 +839,7 @@ async fn bench_control(clients: usize, seconds: u64, samples: usize) -> anyhow::
     bed.spawn_worker(4)?;
     bed.sync(pb::Area::Users, true).await?;
 
-    // GetStatus under load: `clients` concurrent callers for `seconds`.
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let mut client = bed.client().await?;
-        let id = bed.connection_id.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while Instant::now() < deadline {
-                let started = Instant::now();
-                if client.get_status(&id, &[]).await.is_ok() {
-                    latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-                }
-            }
-            latencies
-        }));
-    }
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await?);
-    }
-    let calls = latencies.len();
-    println!(
-        "GetStatus: {clients} clients, {seconds} s: {calls} calls, {:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms",
-        calls as f64 / seconds as f64,
-        percentile(&mut latencies, 0.5),
-        percentile(&mut latencies, 0.99)
-    );
+    get_status_load(&bed, clients, seconds).await?;
 
     // Start-to-claim: from the call's return to the worker's claim (job start_time, same clock).
     let mut client = bed.client().await?;
@@ -878,5 +958,10 @@ async fn run(command: Bench) -> anyhow::Result<()> {
             seconds,
             samples,
         } => bench_control(clients, seconds, samples).await,
+        Bench::Status {
+            clients,
+            seconds,
+            pool,
+        } => bench_status(clients, seconds, pool).await,
     }
 }
