@@ -87,7 +87,7 @@ enum ConnectionCommand {
         #[arg(long, default_value_t = 100)]
         page_size: i32,
     },
-    /// Change a connection's name, budget or unenrollment policy.
+    /// Change a connection's name, budget, unenrollment policy or unenrollment guard.
     Update(UpdateArgs),
     /// Delete a connection with its runs and logs (refused while a run is active).
     Delete {
@@ -149,6 +149,14 @@ struct UpdateArgs {
     /// A new unenrollment policy.
     #[arg(long, value_enum)]
     unenrolled: Option<PolicyArg>,
+    /// A new unenrollment guard: the share of an object's live records one run may unenroll
+    /// before it holds them for a confirmation (with --unenroll-min-records).
+    #[arg(long, requires = "unenroll_min_records")]
+    unenroll_max_percent: Option<i32>,
+    /// The count of records a run may always unenroll, whatever the share (with
+    /// --unenroll-max-percent).
+    #[arg(long, requires = "unenroll_max_percent")]
+    unenroll_min_records: Option<i32>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -605,8 +613,20 @@ async fn connection_command(
                 } as i32;
                 paths.push("unenrollment_policy".to_string());
             }
+            if let (Some(max_percent), Some(min_records)) =
+                (args.unenroll_max_percent, args.unenroll_min_records)
+            {
+                connection.unenrollment_guard = Some(pb::UnenrollmentGuard {
+                    max_percent,
+                    min_records,
+                });
+                paths.push("unenrollment_guard".to_string());
+            }
             if paths.is_empty() {
-                bail!("nothing to change: give --name, --calls-per-hour or --unenrolled");
+                bail!(
+                    "nothing to change: give --name, --calls-per-hour, --unenrolled or \
+                     --unenroll-max-percent with --unenroll-min-records"
+                );
             }
             let updated = client
                 .update_connection(pb::UpdateConnectionRequest {

@@ -29,15 +29,19 @@ pub fn enum_name<E: std::fmt::Debug>(value: Result<E, prost::UnknownEnumValue>) 
 /// A connection.
 pub fn connection(c: &pb::Connection) -> String {
     let info = c.credentials_info.clone().unwrap_or_default();
+    let guard = c.unenrollment_guard.unwrap_or_default();
     format!(
-        "connection {}  {:?}  tenant {}  docebo {}  salesforce {}  {} calls/h  unenrolled: {}",
+        "connection {}  {:?}  tenant {}  docebo {}  salesforce {}  {} calls/h  unenrolled: {}  \
+         held above: max({}, {}%)",
         c.id,
         c.display_name,
         c.tenant,
         info.docebo_grant,
         info.salesforce_grant,
         c.docebo_calls_per_hour,
-        enum_name(pb::UnenrollmentPolicy::try_from(c.unenrollment_policy))
+        enum_name(pb::UnenrollmentPolicy::try_from(c.unenrollment_policy)),
+        guard.min_records,
+        guard.max_percent,
     )
 }
 

@@ -56,6 +56,10 @@ async fn creates_reads_lists_updates_and_deletes_connections() {
                 display_name: "renamed".into(),
                 docebo_calls_per_hour: 500,
                 unenrollment_policy: pb::UnenrollmentPolicy::Delete as i32,
+                unenrollment_guard: Some(pb::UnenrollmentGuard {
+                    max_percent: 25,
+                    min_records: 10,
+                }),
                 ..Default::default()
             }),
             update_mask: Some(prost_types::FieldMask {
@@ -63,6 +67,7 @@ async fn creates_reads_lists_updates_and_deletes_connections() {
                     "display_name".into(),
                     "docebo_calls_per_hour".into(),
                     "unenrollment_policy".into(),
+                    "unenrollment_guard".into(),
                 ],
             }),
             request_id: String::new(),
@@ -74,6 +79,22 @@ async fn creates_reads_lists_updates_and_deletes_connections() {
     assert_eq!(
         updated.unenrollment_policy,
         pb::UnenrollmentPolicy::Delete as i32
+    );
+    assert_eq!(
+        updated.unenrollment_guard,
+        Some(pb::UnenrollmentGuard {
+            max_percent: 25,
+            min_records: 10
+        })
+    );
+    // A new connection gets the default guard: 10%, 100 records.
+    let fresh = client.get_connection(&ids[2]).await.unwrap();
+    assert_eq!(
+        fresh.unenrollment_guard,
+        Some(pb::UnenrollmentGuard {
+            max_percent: 10,
+            min_records: 100
+        })
     );
 
     client.delete_connection(&ids[1]).await.unwrap();
@@ -217,6 +238,33 @@ async fn invalid_connections_are_refused_with_every_field_named_and_nothing_crea
         .await
         .unwrap_err();
     assert_eq!(details::fields(&error), vec!["update_mask", "update_mask"]);
+    // A guard that is no percentage, or a negative floor, names its fields and changes nothing.
+    let error = client
+        .update_connection(pb::UpdateConnectionRequest {
+            connection: Some(pb::Connection {
+                id: id.clone(),
+                unenrollment_guard: Some(pb::UnenrollmentGuard {
+                    max_percent: 150,
+                    min_records: -1,
+                }),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["unenrollment_guard".into()],
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        details::fields(&error),
+        vec![
+            "connection.unenrollment_guard.max_percent",
+            "connection.unenrollment_guard.min_records"
+        ]
+    );
+    let unchanged = client.get_connection(&id).await.unwrap();
+    assert_eq!(unchanged.unenrollment_guard.unwrap().max_percent, 10);
     let error = client.get_connection("not-a-uuid").await.unwrap_err();
     assert_eq!(details::fields(&error), vec!["connection_id"]);
     let error = client.list_connections(5, "garbage!").await.unwrap_err();

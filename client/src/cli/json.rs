@@ -32,6 +32,10 @@ pub fn connection(c: &pb::Connection) -> Value {
         })),
         "unenrollment_policy": name(pb::UnenrollmentPolicy::try_from(c.unenrollment_policy)),
         "docebo_calls_per_hour": c.docebo_calls_per_hour,
+        "unenrollment_guard": c.unenrollment_guard.map(|g| json!({
+            "max_percent": g.max_percent,
+            "min_records": g.min_records,
+        })),
         "create_time": time(&c.create_time),
         "update_time": time(&c.update_time),
     })
