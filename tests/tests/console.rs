@@ -116,6 +116,20 @@ async fn sign_in(browser: &Browser, base: &str, token: &str) {
         .click()
         .await
         .unwrap();
+    // The click submits the form and returns before the answer is loaded: wait for it (a
+    // refusal stays on the sign-in page with its error, a sign-in leaves the page).
+    let started = std::time::Instant::now();
+    loop {
+        let left = browser.current_url().await.unwrap().path() != "/sign-in";
+        if left || browser.find(Locator::Id("sign-in-error")).await.is_ok() {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the sign-in got no answer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The rendered texts of the elements `css` selects, read in one script so a live refresh cannot
