@@ -593,48 +593,7 @@ async fn connection_command(
             });
         }
         ConnectionCommand::Update(args) => {
-            let mut paths = Vec::new();
-            let mut connection = pb::Connection {
-                id: args.connection.clone(),
-                ..Default::default()
-            };
-            if let Some(name) = args.name {
-                connection.display_name = name;
-                paths.push("display_name".to_string());
-            }
-            if let Some(calls) = args.calls_per_hour {
-                connection.docebo_calls_per_hour = calls;
-                paths.push("docebo_calls_per_hour".to_string());
-            }
-            if let Some(policy) = args.unenrolled {
-                connection.unenrollment_policy = match policy {
-                    PolicyArg::Mark => pb::UnenrollmentPolicy::MarkUnenrolled,
-                    PolicyArg::Delete => pb::UnenrollmentPolicy::Delete,
-                } as i32;
-                paths.push("unenrollment_policy".to_string());
-            }
-            if let (Some(max_percent), Some(min_records)) =
-                (args.unenroll_max_percent, args.unenroll_min_records)
-            {
-                connection.unenrollment_guard = Some(pb::UnenrollmentGuard {
-                    max_percent,
-                    min_records,
-                });
-                paths.push("unenrollment_guard".to_string());
-            }
-            if paths.is_empty() {
-                bail!(
-                    "nothing to change: give --name, --calls-per-hour, --unenrolled or \
-                     --unenroll-max-percent with --unenroll-min-records"
-                );
-            }
-            let updated = client
-                .update_connection(pb::UpdateConnectionRequest {
-                    connection: Some(connection),
-                    update_mask: Some(prost_types::FieldMask { paths }),
-                    request_id: String::new(),
-                })
-                .await?;
+            let updated = client.update_connection(update_request(args)?).await?;
             print(json, cli::json::connection(&updated), || {
                 learnsync_client::text::connection(&updated)
             });
@@ -649,6 +608,51 @@ async fn connection_command(
         }
     }
     Ok(())
+}
+
+/// The UpdateConnection request for `connection update`: the fields given, and the mask naming
+/// them.
+fn update_request(args: UpdateArgs) -> anyhow::Result<pb::UpdateConnectionRequest> {
+    let mut paths = Vec::new();
+    let mut connection = pb::Connection {
+        id: args.connection,
+        ..Default::default()
+    };
+    if let Some(name) = args.name {
+        connection.display_name = name;
+        paths.push("display_name".to_string());
+    }
+    if let Some(calls) = args.calls_per_hour {
+        connection.docebo_calls_per_hour = calls;
+        paths.push("docebo_calls_per_hour".to_string());
+    }
+    if let Some(policy) = args.unenrolled {
+        connection.unenrollment_policy = match policy {
+            PolicyArg::Mark => pb::UnenrollmentPolicy::MarkUnenrolled,
+            PolicyArg::Delete => pb::UnenrollmentPolicy::Delete,
+        } as i32;
+        paths.push("unenrollment_policy".to_string());
+    }
+    if let (Some(max_percent), Some(min_records)) =
+        (args.unenroll_max_percent, args.unenroll_min_records)
+    {
+        connection.unenrollment_guard = Some(pb::UnenrollmentGuard {
+            max_percent,
+            min_records,
+        });
+        paths.push("unenrollment_guard".to_string());
+    }
+    if paths.is_empty() {
+        bail!(
+            "nothing to change: give --name, --calls-per-hour, --unenrolled or \
+             --unenroll-max-percent with --unenroll-min-records"
+        );
+    }
+    Ok(pb::UpdateConnectionRequest {
+        connection: Some(connection),
+        update_mask: Some(prost_types::FieldMask { paths }),
+        request_id: String::new(),
+    })
 }
 
 async fn logs(client: &mut Client, json: bool, args: LogsArgs) -> anyhow::Result<()> {
