@@ -813,20 +813,34 @@ pub async fn ledger_lookup(
         .collect()
 }
 
-/// Whether the ledger holds no record of an object for a connection (its first sync): a job that
-/// starts so can skip looking its records up, as nothing it reads can be there but its own writes.
-pub async fn ledger_is_empty(
+/// What a job needs to know of an object's ledger before it lists, read in one round trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LedgerState {
+    /// The ledger holds no record of the object (its first sync): a job that starts so can skip
+    /// looking its records up, as nothing it reads can be there but its own writes.
+    pub empty: bool,
+    /// The connection keeps records of the object to read again (`retry_records`): a job that
+    /// finds none need not forget the keys it writes.
+    pub retries_pending: bool,
+}
+
+/// Reads an object's [`LedgerState`] for a connection.
+pub async fn ledger_state(
     client: &impl GenericClient,
     connection_id: Uuid,
     object: &str,
-) -> Result<bool> {
+) -> Result<LedgerState> {
     let row = client
         .query_one(
-            "SELECT NOT EXISTS (SELECT 1 FROM ledger WHERE connection_id = $1 AND object = $2)",
+            "SELECT NOT EXISTS (SELECT 1 FROM ledger WHERE connection_id = $1 AND object = $2), \
+                    EXISTS (SELECT 1 FROM retry_records WHERE connection_id = $1 AND object = $2)",
             &[&connection_id, &object],
         )
         .await?;
-    Ok(row.try_get(0)?)
+    Ok(LedgerState {
+        empty: row.try_get(0)?,
+        retries_pending: row.try_get(1)?,
+    })
 }
 
 /// Keeps records of the fenced job for a retry at the end of its listing (`(record key,
@@ -1360,22 +1374,6 @@ pub struct RetryRecord {
     pub docebo_updated_at: Option<DateTime<Utc>>,
     /// Why it failed.
     pub reason: String,
-}
-
-/// Whether a connection keeps records of an object to read again (a job that finds none need not
-/// forget the keys it writes).
-pub async fn retry_pending(
-    client: &impl GenericClient,
-    connection_id: Uuid,
-    object: &str,
-) -> Result<bool> {
-    let row = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM retry_records WHERE connection_id = $1 AND object = $2)",
-            &[&connection_id, &object],
-        )
-        .await?;
-    Ok(row.try_get(0)?)
 }
 
 /// Keeps records of the fenced job to read again (a key kept twice keeps its latest failure).

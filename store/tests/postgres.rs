@@ -325,9 +325,10 @@ async fn the_ledger_records_looks_up_marks_seen_unenrolls_and_deletes() {
 
     let mut conn = store.conn().await.unwrap();
     assert!(
-        store_worker::ledger_is_empty(&conn, connection_id, object)
+        store_worker::ledger_state(&conn, connection_id, object)
             .await
             .unwrap()
+            .empty
     );
     // A first sync: plain inserts; "1-2" listed again makes the second batch's insert fail
     // whole, and it is upserted instead, inside the same transaction.

@@ -141,18 +141,14 @@ impl<'a> JobRun<'a> {
         if self.checkpoint.phase == Phase::Verify {
             self.verify().await?;
         }
-        self.ledger_empty = {
+        let ledger = {
             let conn = self.ctx.store.conn().await?;
-            store_worker::ledger_is_empty(&conn, self.ctx.job.connection_id, &self.mapping.object)
+            store_worker::ledger_state(&conn, self.ctx.job.connection_id, &self.mapping.object)
                 .await?
         };
-        let pending = {
-            let conn = self.ctx.store.conn().await?;
-            store_worker::retry_pending(&conn, self.ctx.job.connection_id, &self.mapping.object)
-                .await?
-        };
+        self.ledger_empty = ledger.empty;
         self.retries
-            .store(pending, std::sync::atomic::Ordering::Relaxed);
+            .store(ledger.retries_pending, std::sync::atomic::Ordering::Relaxed);
         self.move_legacy_deferred().await?;
         if self.checkpoint.phase == Phase::List {
             self.list().await?;
@@ -236,23 +232,18 @@ impl<'a> JobRun<'a> {
         if wanted { Phase::Unenroll } else { Phase::Done }
     }
 
-    /// Webhook runs: the keys of this job's kind that Docebo said were deleted, sorted, with
-    /// when (the latest deletion of each).
+    /// Webhook runs: the keys of this job's kind that Docebo said were deleted, with when, in key
+    /// order (the dispatcher keeps one deletion per record, the latest, sorted by kind and key).
     fn deleted_keys(&self) -> Vec<unenroll::Announced> {
         let Some(targets) = &self.targets else {
             return Vec::new();
         };
-        let mut keys: Vec<unenroll::Announced> = targets
+        targets
             .deleted
             .iter()
             .filter(|deleted| deleted.kind == self.ctx.job.kind)
             .map(|deleted| (deleted.key.clone(), deleted.fired_at))
-            .collect();
-        keys.sort();
-        keys.reverse();
-        keys.dedup_by(|later, earlier| later.0 == earlier.0);
-        keys.reverse();
-        keys
+            .collect()
     }
 
     /// Incremental runs of session enrollments (scheduled, not webhook-targeted) skip sessions that
