@@ -95,6 +95,13 @@ mutating!(
     pb::RotateWebhookSecretRequest,
 );
 
+/// What an UpdateConnection's mask changes: the stored fields, and each side of the credentials.
+struct Masked {
+    update: connections::ConnectionUpdate,
+    docebo: Option<secrets::DoceboCredentials>,
+    salesforce: Option<secrets::SalesforceCredentials>,
+}
+
 /// An idempotency key to claim in a transaction.
 struct Idempotency<'a> {
     principal: String,
@@ -172,6 +179,96 @@ impl<'a> Idempotency<'a> {
 }
 
 impl Service {
+    /// The fields an UpdateConnection's mask names, read and validated from `input` (problems go
+    /// to `violations`).
+    fn masked_update(
+        &self,
+        violations: &mut Violations,
+        input: &pb::Connection,
+        paths: &[String],
+    ) -> Masked {
+        let mut update = connections::ConnectionUpdate::default();
+        let mut docebo = None;
+        let mut salesforce = None;
+        for path in paths {
+            match path.as_str() {
+                "display_name" => {
+                    update.display_name = Some(convert::display_name(
+                        violations,
+                        "connection.display_name",
+                        &input.display_name,
+                    ))
+                }
+                "docebo" => match &input.docebo {
+                    Some(value) => {
+                        docebo = Some(convert::docebo_credentials(
+                            violations,
+                            &self.upstream,
+                            "connection.docebo",
+                            value,
+                        ))
+                    }
+                    None => {
+                        violations.add("connection.docebo", "required when update_mask names it")
+                    }
+                },
+                "salesforce" => match &input.salesforce {
+                    Some(value) => {
+                        salesforce = Some(convert::salesforce_credentials(
+                            violations,
+                            &self.upstream,
+                            "connection.salesforce",
+                            value,
+                        ))
+                    }
+                    None => violations.add(
+                        "connection.salesforce",
+                        "required when update_mask names it",
+                    ),
+                },
+                "unenrollment_policy" => {
+                    update.unenrollment_policy = Some(convert::unenrollment_policy(
+                        violations,
+                        "connection.unenrollment_policy",
+                        input.unenrollment_policy,
+                    ))
+                }
+                "unenrollment_guard" => match &input.unenrollment_guard {
+                    Some(guard) => {
+                        update.unenrollment_guard = Some(convert::unenrollment_guard(
+                            violations,
+                            "connection.unenrollment_guard",
+                            Some(guard),
+                        ))
+                    }
+                    None => violations.add(
+                        "connection.unenrollment_guard",
+                        "required when update_mask names it",
+                    ),
+                },
+                "docebo_calls_per_hour" => {
+                    update.docebo_calls_per_hour = Some(convert::calls_per_hour(
+                        violations,
+                        "connection.docebo_calls_per_hour",
+                        input.docebo_calls_per_hour,
+                    ))
+                }
+                "tenant" => violations.add("update_mask", "tenant is immutable"),
+                other => violations.add(
+                    "update_mask",
+                    format!(
+                        "unknown or read-only field {other:?}: display_name, docebo, salesforce, \
+                     unenrollment_policy, docebo_calls_per_hour, unenrollment_guard"
+                    ),
+                ),
+            }
+        }
+        Masked {
+            update,
+            docebo,
+            salesforce,
+        }
+    }
     /// Loads a connection the caller may see. For a tenant, an unknown connection and another
     /// tenant's connection get the same answer.
     async fn authorize(
@@ -397,82 +494,11 @@ impl SyncService for Service {
         if paths.is_empty() {
             violations.add("update_mask", "required: the fields to change");
         }
-        let mut update = connections::ConnectionUpdate::default();
-        let mut docebo = None;
-        let mut salesforce = None;
-        for path in &paths {
-            match path.as_str() {
-                "display_name" => {
-                    update.display_name = Some(convert::display_name(
-                        &mut violations,
-                        "connection.display_name",
-                        &input.display_name,
-                    ))
-                }
-                "docebo" => match &input.docebo {
-                    Some(value) => {
-                        docebo = Some(convert::docebo_credentials(
-                            &mut violations,
-                            &self.upstream,
-                            "connection.docebo",
-                            value,
-                        ))
-                    }
-                    None => {
-                        violations.add("connection.docebo", "required when update_mask names it")
-                    }
-                },
-                "salesforce" => match &input.salesforce {
-                    Some(value) => {
-                        salesforce = Some(convert::salesforce_credentials(
-                            &mut violations,
-                            &self.upstream,
-                            "connection.salesforce",
-                            value,
-                        ))
-                    }
-                    None => violations.add(
-                        "connection.salesforce",
-                        "required when update_mask names it",
-                    ),
-                },
-                "unenrollment_policy" => {
-                    update.unenrollment_policy = Some(convert::unenrollment_policy(
-                        &mut violations,
-                        "connection.unenrollment_policy",
-                        input.unenrollment_policy,
-                    ))
-                }
-                "unenrollment_guard" => match &input.unenrollment_guard {
-                    Some(guard) => {
-                        update.unenrollment_guard = Some(convert::unenrollment_guard(
-                            &mut violations,
-                            "connection.unenrollment_guard",
-                            Some(guard),
-                        ))
-                    }
-                    None => violations.add(
-                        "connection.unenrollment_guard",
-                        "required when update_mask names it",
-                    ),
-                },
-                "docebo_calls_per_hour" => {
-                    update.docebo_calls_per_hour = Some(convert::calls_per_hour(
-                        &mut violations,
-                        "connection.docebo_calls_per_hour",
-                        input.docebo_calls_per_hour,
-                    ))
-                }
-                "tenant" => violations.add("update_mask", "tenant is immutable"),
-                other => violations.add(
-                    "update_mask",
-                    format!(
-                        "unknown or read-only field {other:?}: display_name, docebo, salesforce, \
-                         unenrollment_policy, docebo_calls_per_hour, unenrollment_guard"
-                    ),
-                ),
-            }
-        }
+        let Masked {
+            mut update,
+            docebo,
+            salesforce,
+        } = self.masked_update(&mut violations, input, &paths);
         violations.check()?;
         let key = Idempotency::new(&self.cipher, &principal, "UpdateConnection", &request);
         let mut conn = self.store.conn().await.or_status()?;
