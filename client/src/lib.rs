@@ -19,6 +19,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+/// A `Mapping` message and its JSON document (the form of mapping files), both ways.
+pub use learnsync_proto::mapping as pb_mapping;
 pub use learnsync_proto::v1 as pb;
 use pb::sync_service_client::SyncServiceClient;
 
@@ -335,6 +337,35 @@ impl Client {
             raw.rotate_webhook_secret(req).await
         })
         .await
+    }
+
+    /// Reads a connection's current mapping.
+    pub async fn get_mapping(&mut self, connection_id: &str) -> Result<pb::Mapping, Status> {
+        let request = pb::GetMappingRequest {
+            connection_id: connection_id.to_string(),
+        };
+        Ok(self.raw.get_mapping(request).await?.into_inner())
+    }
+
+    /// Checks a mapping against the connection's org and, unless `check_only`, saves it as the
+    /// connection's next version.
+    pub async fn set_mapping(
+        &mut self,
+        connection_id: &str,
+        mapping: pb::Mapping,
+        check_only: bool,
+    ) -> Result<pb::Mapping, Status> {
+        let request = with_id(
+            pb::SetMappingRequest {
+                connection_id: connection_id.to_string(),
+                mapping: Some(mapping),
+                check_only,
+                request_id: String::new(),
+            },
+            |r| &mut r.request_id,
+        );
+        self.mutate(request, async |raw, req| raw.set_mapping(req).await)
+            .await
     }
 
     /// Opens a log stream.

@@ -68,6 +68,38 @@ enum Command {
         #[arg(long)]
         rotate: bool,
     },
+    /// Read or set a connection's Salesforce mapping (a JSON or YAML file).
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MappingCommand {
+    /// Print the connection's current mapping (the default one, version 0, until one is set).
+    Get {
+        /// The connection's id.
+        connection: String,
+        /// The form printed.
+        #[arg(long, value_enum, default_value = "json")]
+        output: OutputArg,
+    },
+    /// Check a mapping file against the connection's org and save it as the next version.
+    Set {
+        /// The connection's id.
+        connection: String,
+        /// The mapping: JSON, or YAML (by its `.yaml`/`.yml` name), as `mapping get` prints it.
+        #[arg(long)]
+        file: PathBuf,
+        /// Check only: name every problem, save nothing.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OutputArg {
+    Json,
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -461,6 +493,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
         }
         Command::Logs(args) => logs(&mut client, json, args).await?,
+        Command::Mapping(command) => mapping_command(&mut client, command).await?,
         Command::Webhook { connection, rotate } => {
             if rotate {
                 client.rotate_webhook_secret(&connection).await?;
@@ -472,6 +505,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 || format!("{}  (generation {})", endpoint.path, endpoint.generation),
             );
         }
+    }
+    Ok(())
+}
+
+async fn mapping_command(client: &mut Client, command: MappingCommand) -> anyhow::Result<()> {
+    match command {
+        MappingCommand::Get { connection, output } => {
+            let mapping = client.get_mapping(&connection).await?;
+            print_mapping(&mapping, output)?;
+        }
+        MappingCommand::Set {
+            connection,
+            file,
+            check,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let yaml = file.extension().is_some_and(|ext| {
+                ext.eq_ignore_ascii_case("yaml") || ext.eq_ignore_ascii_case("yml")
+            });
+            let document: serde_json::Value = if yaml {
+                serde_norway::from_str(&text)
+                    .with_context(|| format!("{} is not YAML", file.display()))?
+            } else {
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", file.display()))?
+            };
+            let mapping = learnsync_client::pb_mapping::from_document(&document)
+                .map_err(|reason| anyhow::anyhow!("{}: {reason}", file.display()))?;
+            let answer = client.set_mapping(&connection, mapping, check).await?;
+            if check {
+                println!("the mapping fits the org (nothing saved)");
+            } else {
+                println!("mapping saved as version {}", answer.version);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints a mapping as a document (the form `mapping set` reads), with its version.
+fn print_mapping(mapping: &pb::Mapping, output: OutputArg) -> anyhow::Result<()> {
+    let mut document = learnsync_client::pb_mapping::to_document(mapping);
+    if let serde_json::Value::Object(fields) = &mut document {
+        fields.insert("version".into(), mapping.version.into());
+    }
+    match output {
+        OutputArg::Json => println!("{}", serde_json::to_string_pretty(&document)?),
+        OutputArg::Yaml => print!("{}", serde_norway::to_string(&document)?),
     }
     Ok(())
 }

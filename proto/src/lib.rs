@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`v1`]: messages, enums, `sync_service_client` and `sync_service_server`.
+//! - [`mapping`]: a `Mapping` message and its JSON document, both ways.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 
 /// The `learnsync.v1` package.
@@ -9,6 +10,8 @@ pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("learnsync.v1");
 }
+
+pub mod mapping;
 
 /// The encoded `FileDescriptorSet` of every learnsync proto file (with its imports), served by
 /// gRPC reflection so that grpcurl and generic clients can call the API without the files.

@@ -51,6 +51,42 @@ pub fn failed_precondition(kind: ErrorCode, subject: &str, description: &str) ->
     )
 }
 
+/// `FAILED_PRECONDITION` with one violation per `(type, subject, description)`: the problems of
+/// a mapping with the org (every one at once).
+pub fn failed_preconditions(kind: ErrorCode, violations: Vec<(String, String, String)>) -> Status {
+    let message: Vec<String> = violations
+        .iter()
+        .map(|(_, subject, description)| format!("{subject}: {description}"))
+        .collect();
+    let violations: Vec<tonic_types::PreconditionViolation> = violations
+        .into_iter()
+        .map(|(kind, subject, description)| {
+            tonic_types::PreconditionViolation::new(kind, subject, description)
+        })
+        .collect();
+    with_info(
+        Code::FailedPrecondition,
+        message.join("; "),
+        ErrorDetails::with_precondition_failure(violations),
+        kind,
+    )
+}
+
+/// `UNAVAILABLE` (or `FAILED_PRECONDITION` when it will not pass by itself) for an upstream.
+pub fn upstream_unavailable(permanent: bool, message: &str) -> Status {
+    let code = if permanent {
+        Code::FailedPrecondition
+    } else {
+        Code::Unavailable
+    };
+    with_info(
+        code,
+        message,
+        ErrorDetails::new(),
+        ErrorCode::SalesforceUnavailable,
+    )
+}
+
 /// `UNAUTHENTICATED`.
 pub fn unauthenticated(message: &str) -> Status {
     with_info(

@@ -18,6 +18,7 @@ pub mod auth;
 mod console;
 mod convert;
 mod error;
+mod mapping;
 pub mod metrics;
 pub mod realtime;
 mod service;

@@ -93,6 +93,7 @@ mutating!(
     pb::StopRequest,
     pb::ResynchronizeRequest,
     pb::RotateWebhookSecretRequest,
+    pb::SetMappingRequest,
 );
 
 /// What an UpdateConnection's mask changes: the stored fields, and each side of the credentials.
@@ -902,6 +903,67 @@ impl SyncService for Service {
     }
 
     type StreamLogsStream = LogStream;
+
+    async fn get_mapping(
+        &self,
+        request: Request<pb::GetMappingRequest>,
+    ) -> Result<Response<pb::Mapping>, Status> {
+        let principal = principal(&request)?;
+        let id = convert::connection_id(&request.get_ref().connection_id)?;
+        let conn = self.store.conn().await.or_status()?;
+        self.authorize(&conn, &principal, id).await?;
+        let stored = learnsync_store::mappings::current(&conn, id)
+            .await
+            .or_status()?;
+        Ok(Response::new(crate::mapping::to_proto(stored.as_ref())?))
+    }
+
+    async fn set_mapping(
+        &self,
+        request: Request<pb::SetMappingRequest>,
+    ) -> Result<Response<pb::Mapping>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        convert::request_id(&mut violations, &request.request_id);
+        let id = convert::parse_id(&mut violations, "connection_id", &request.connection_id);
+        violations.check()?;
+        let mapping = crate::mapping::read_request(request.mapping.as_ref())?;
+        let key = Idempotency::new(&self.cipher, &principal, "SetMapping", &request);
+        let mut conn = self.store.conn().await.or_status()?;
+        let tx = conn.transaction().await.or_status()?;
+        self.authorize(&tx, &principal, id).await?;
+        if let Some(replay) = key.claim::<pb::Mapping>(&tx).await? {
+            return Ok(Response::new(replay));
+        }
+        // The key's row stays locked while the org is asked: a concurrent retry waits for the
+        // answer instead of asking again.
+        let (sealed, _) = connections::sealed_credentials(&tx, id).await.or_status()?;
+        let credentials = self.cipher.open(id, &sealed).or_status()?;
+        let http = crate::mapping::http(&self.upstream)?;
+        crate::mapping::check_against_org(http, credentials.salesforce, &mapping).await?;
+        let stored = if request.check_only {
+            learnsync_store::mappings::current(&tx, id)
+                .await
+                .or_status()?
+        } else {
+            Some(
+                learnsync_store::mappings::add(&tx, id, &mapping.to_document())
+                    .await
+                    .or_status()?,
+            )
+        };
+        let response = crate::mapping::answer(&mapping, stored.as_ref())?;
+        key.complete(&tx, &response).await?;
+        tx.commit().await.or_status()?;
+        tracing::info!(
+            connection_id = %id,
+            version = response.version,
+            check_only = request.check_only,
+            "mapping set"
+        );
+        Ok(Response::new(response))
+    }
 
     async fn stream_logs(
         &self,

@@ -46,6 +46,10 @@ pub enum ErrorCode {
     DoceboRateLimited,
     /// A log event: Docebo answered 503, calls to the platform pause.
     DoceboOverloaded,
+    /// A mapping does not fit the connection's org (SetMapping's problems).
+    MappingDoesNotFitOrg,
+    /// The connection's org could not be asked (refused credentials, unreachable).
+    SalesforceUnavailable,
 }
 
 impl ErrorCode {
@@ -71,11 +75,13 @@ impl ErrorCode {
             ErrorCode::JobFailed => "JOB_FAILED",
             ErrorCode::DoceboRateLimited => "DOCEBO_RATE_LIMITED",
             ErrorCode::DoceboOverloaded => "DOCEBO_OVERLOADED",
+            ErrorCode::MappingDoesNotFitOrg => "MAPPING_DOES_NOT_FIT_ORG",
+            ErrorCode::SalesforceUnavailable => "SALESFORCE_UNAVAILABLE",
         }
     }
 
     /// Every code, for tests that check the wire strings stay put.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthenticated,
         ErrorCode::ConnectionNotAccessible,
@@ -95,6 +101,8 @@ impl ErrorCode {
         ErrorCode::JobFailed,
         ErrorCode::DoceboRateLimited,
         ErrorCode::DoceboOverloaded,
+        ErrorCode::MappingDoesNotFitOrg,
+        ErrorCode::SalesforceUnavailable,
     ];
 }
 

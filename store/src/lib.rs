@@ -10,6 +10,7 @@
 //!   statements.
 //! - [`worker`]: what workers do: claim jobs, keep leases, checkpoint, finish; the ledger and the
 //!   Docebo call budget.
+//! - [`mappings`]: each connection's Salesforce mapping, versioned.
 //! - [`realtime`]: the schedule of incremental runs and full comparisons; webhook messages.
 //! - [`secrets`]: credentials encrypted at rest (AES-256-GCM).
 //! - [`listen`]: one long-lived LISTEN connection fanned out to tasks (NOTIFY as wake-up).
@@ -24,6 +25,7 @@ mod error;
 pub mod idempotency;
 pub mod listen;
 pub mod logs;
+pub mod mappings;
 pub mod model;
 pub mod realtime;
 pub mod runs;

@@ -296,8 +296,8 @@ pub async fn heartbeat(
 /// Proof that a transaction holds a job's row for the attempt a worker claimed: the job writes
 /// take one, and only [`fence`] makes one, so a write about a job cannot forget the fence.
 pub struct Fenced<'a> {
-    tx: &'a Transaction<'a>,
-    job: &'a ClaimedJob,
+    pub(crate) tx: &'a Transaction<'a>,
+    pub(crate) job: &'a ClaimedJob,
 }
 
 /// Locks the job row for the rest of the transaction if this attempt still holds it. Every
@@ -909,6 +909,8 @@ pub struct LedgerWrite {
     pub value_hash: Vec<u8>,
     /// The Docebo change time of the values written.
     pub docebo_updated_at: Option<DateTime<Utc>>,
+    /// The version of the connection's mapping that wrote them (0: the default mapping).
+    pub mapping_version: Option<i32>,
 }
 
 /// Records writes Salesforce confirmed for the fenced job, and keeps `ledger_counts` in step in the
@@ -933,25 +935,27 @@ pub async fn ledger_record(
     );
     const INSERT: &str = "WITH ins AS ( \
              INSERT INTO ledger (connection_id, object, record_key, salesforce_id, value_hash, \
-                 docebo_updated_at, seen_run_id, unenrolled_at, write_time, scope) \
-             SELECT $1, $3, t.record_key, t.salesforce_id, t.value_hash, t.updated_at, $8, NULL, now(), $9 \
-             FROM unnest($4::text[], $5::text[], $6::bytea[], $7::timestamptz[]) \
-                 AS t(record_key, salesforce_id, value_hash, updated_at) \
+                 docebo_updated_at, seen_run_id, unenrolled_at, write_time, scope, mapping_version) \
+             SELECT $1, $3, t.record_key, t.salesforce_id, t.value_hash, t.updated_at, $8, NULL, now(), $9, \
+                 t.mapping_version \
+             FROM unnest($4::text[], $5::text[], $6::bytea[], $7::timestamptz[], $10::int4[]) \
+                 AS t(record_key, salesforce_id, value_hash, updated_at, mapping_version) \
              RETURNING 1) \
          INSERT INTO ledger_counts AS c (connection_id, area, object, records) \
          SELECT $1, $2, $3, count(*) FROM ins \
          ON CONFLICT (connection_id, area, object) DO UPDATE SET records = c.records + excluded.records";
     const UPSERT: &str = "WITH up AS ( \
              INSERT INTO ledger AS l (connection_id, object, record_key, salesforce_id, value_hash, \
-                 docebo_updated_at, seen_run_id, unenrolled_at, write_time, scope) \
-             SELECT $1, $3, t.record_key, t.salesforce_id, t.value_hash, t.updated_at, $8, NULL, now(), $9 \
-             FROM unnest($4::text[], $5::text[], $6::bytea[], $7::timestamptz[]) \
-                 AS t(record_key, salesforce_id, value_hash, updated_at) \
+                 docebo_updated_at, seen_run_id, unenrolled_at, write_time, scope, mapping_version) \
+             SELECT $1, $3, t.record_key, t.salesforce_id, t.value_hash, t.updated_at, $8, NULL, now(), $9, \
+                 t.mapping_version \
+             FROM unnest($4::text[], $5::text[], $6::bytea[], $7::timestamptz[], $10::int4[]) \
+                 AS t(record_key, salesforce_id, value_hash, updated_at, mapping_version) \
              ON CONFLICT (connection_id, object, record_key) DO UPDATE SET \
                  salesforce_id = coalesce(excluded.salesforce_id, l.salesforce_id), \
                  value_hash = excluded.value_hash, docebo_updated_at = excluded.docebo_updated_at, \
                  seen_run_id = excluded.seen_run_id, unenrolled_at = NULL, write_time = now(), \
-                 scope = excluded.scope \
+                 scope = excluded.scope, mapping_version = excluded.mapping_version \
              RETURNING (xmax = 0) AS inserted) \
          INSERT INTO ledger_counts AS c (connection_id, area, object, records) \
          SELECT $1, $2, $3, count(*) FILTER (WHERE inserted) FROM up \
@@ -1016,6 +1020,7 @@ impl LedgerBatch<'_> {
         let hashes: Vec<&[u8]> = writes.iter().map(|w| w.value_hash.as_slice()).collect();
         let times: Vec<Option<DateTime<Utc>>> =
             writes.iter().map(|w| w.docebo_updated_at).collect();
+        let versions: Vec<Option<i32>> = writes.iter().map(|w| w.mapping_version).collect();
         client
             .execute(
                 sql,
@@ -1029,6 +1034,7 @@ impl LedgerBatch<'_> {
                     &times,
                     &self.seen_run_id,
                     &self.scope,
+                    &versions,
                 ],
             )
             .await

@@ -308,6 +308,7 @@ fn write(key: &str, hash: u8) -> LedgerWrite {
         salesforce_id: Some(format!("a0{key}")),
         value_hash: vec![hash; 32],
         docebo_updated_at: None,
+        mapping_version: Some(0),
     }
 }
 

@@ -1,22 +1,27 @@
 //! The Salesforce data model as data: which object each Docebo entity becomes, its external id,
 //! and how each field is derived and validated. The default mapping is `mapping.json`, compiled
-//! in; a connection could carry another one in the same form.
+//! in; a connection may carry its own in the same form (SetMapping stores it, versioned): see
+//! `document` (a stored document read, defaults filled in, checked on its own) and `check` (a
+//! mapping checked against the org's describes, every problem at once).
 //!
 //! Mapping a Docebo item gives the record to upsert (without `attributes`), its key, a hash of its
 //! values (the ledger skips records whose hash did not change) and its Docebo change time; or the
 //! reason the record cannot fit the org, which fails that one record, never the run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use learnsync_store::model::Area;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::Digest as _;
 
+mod check;
+mod document;
 mod readback;
 
+pub use check::{Describes, Problem};
 pub use readback::ReadBack;
 
 /// The default mapping (data-model.md), as JSON.
@@ -27,44 +32,46 @@ pub use learnsync_store::model::Entity;
 /// A mapping that could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid mapping: {0}")]
-pub struct InvalidMapping(String);
+pub struct InvalidMapping(pub String);
 
 /// How every entity maps to Salesforce.
 #[derive(Clone, Debug)]
 pub struct Mapping {
-    entities: HashMap<Entity, ObjectMapping>,
+    entities: BTreeMap<Entity, ObjectMapping>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct MappingFile {
-    entities: HashMap<Entity, ObjectMapping>,
+    entities: BTreeMap<Entity, ObjectMapping>,
 }
 
 /// How one entity maps to one Salesforce object.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ObjectMapping {
     /// The object's API name.
     pub object: String,
     /// The area whose record count the object adds to.
-    #[serde(deserialize_with = "area_from_str")]
+    #[serde(deserialize_with = "area_from_str", serialize_with = "area_to_str")]
     pub area: Area,
     /// The external id field the upsert matches on.
     pub external_id: Arc<str>,
     /// The key template (`{user_id}-{course_id}`), made of numeric ids.
     pub key: String,
-    /// Templates for `Name`, the first that renders non-empty wins (truncated to 80).
+    /// Templates for `Name`, the first that renders non-empty wins (truncated to 80); none: the
+    /// record gets no `Name` (a Contact's or a Lead's is compound, not writable).
+    #[serde(default)]
     pub name: Vec<String>,
     /// The Docebo fields that mark a change; the latest wins.
     pub updated_at: Vec<String>,
     /// Fields.
     pub fields: Vec<FieldMapping>,
     /// Enrollments: how an unenrollment is written.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unenroll: Option<Unenroll>,
 }
 
 /// How an unenrolled record is marked.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Unenroll {
     /// The status field.
     pub status_field: String,
@@ -79,30 +86,48 @@ fn area_from_str<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Ar
     Area::parse(&text).map_err(serde::de::Error::custom)
 }
 
-/// One Salesforce field and where its value comes from.
-#[derive(Clone, Debug, Deserialize)]
+fn area_to_str<S: serde::Serializer>(area: &Area, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(area.as_str())
+}
+
+fn is_false(flag: &bool) -> bool {
+    !flag
+}
+
+/// One Salesforce field and where its value comes from: one source (a Docebo field, a Docebo
+/// additional field or a constant; lookups read a Docebo field), and a transform (`type`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct FieldMapping {
     /// The field's API name (a relationship name for lookups), shared by every record.
     pub field: Arc<str>,
     /// The Docebo field it is read from (`_`-prefixed: context the sync adds).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// The Docebo additional field (users: its id or its title) it is read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_field: Option<String>,
+    /// A constant value, the same for every record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constant: Option<Value>,
     /// A null value fails the record.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub required: bool,
     /// The field's type and constraints.
     #[serde(flatten)]
     pub kind: FieldKind,
 }
 
-/// A field's type, with what validation needs.
-#[derive(Clone, Debug, Deserialize)]
+/// A field's type (the transform its value goes through), with what validation needs.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FieldKind {
-    /// Text of at most `length` characters.
+    /// Text of at most `length` characters (the org's length when it is shorter).
     Text {
         /// Maximum length in characters.
         length: usize,
+        /// Longer text is cut to the length instead of failing the record.
+        #[serde(default, skip_serializing_if = "is_false")]
+        truncate: bool,
     },
     /// An email address.
     Email {
@@ -336,12 +361,32 @@ impl Mapping {
         })
     }
 
+    /// Every entity's mapping, in entity order.
+    pub fn entities(&self) -> impl Iterator<Item = (Entity, &ObjectMapping)> {
+        self.entities
+            .iter()
+            .map(|(entity, mapping)| (*entity, mapping))
+    }
+
     /// The mapping of one entity.
     pub fn entity(&self, entity: Entity) -> Result<&ObjectMapping, InvalidMapping> {
         self.entities
             .get(&entity)
             .ok_or_else(|| InvalidMapping(format!("no mapping for {entity:?}")))
     }
+}
+
+/// The value of a Docebo user's additional field, found by its id or its title among the item's
+/// `additional_fields` (`[{"id": 3, "title": "Region", "type": "dropdown", "value": "EMEA"}]`).
+pub fn additional_field<'a>(item: &'a Value, name: &str) -> Option<&'a Value> {
+    item.get("additional_fields")?
+        .as_array()?
+        .iter()
+        .find(|field| {
+            field.get("id").and_then(text_of).as_deref() == Some(name)
+                || field.get("title").and_then(Value::as_str) == Some(name)
+        })?
+        .get("value")
 }
 
 /// Reads an id that may be a JSON number or a numeric string.
@@ -544,13 +589,24 @@ enum Converted {
 type Misfit = (&'static str, String);
 
 impl FieldMapping {
-    /// Reads and validates this field's value from an item.
-    fn convert(&self, item: &Value) -> Result<Converted, Misfit> {
-        let source = self
-            .from
+    /// The value this field's source gives for an item: the constant, the additional field's
+    /// value, or the Docebo field's (null when the item has none).
+    fn source_of<'a>(&'a self, item: &'a Value) -> &'a Value {
+        if let Some(constant) = &self.constant {
+            return constant;
+        }
+        if let Some(name) = &self.additional_field {
+            return additional_field(item, name).unwrap_or(&Value::Null);
+        }
+        self.from
             .as_deref()
             .and_then(|from| item.get(from))
-            .unwrap_or(&Value::Null);
+            .unwrap_or(&Value::Null)
+    }
+
+    /// Reads and validates this field's value from an item.
+    fn convert(&self, item: &Value) -> Result<Converted, Misfit> {
+        let source = self.source_of(item);
         let value = match &self.kind {
             FieldKind::Match {
                 object,
@@ -581,7 +637,14 @@ impl FieldMapping {
                 }
             }
             FieldKind::Clear => Value::Null,
-            FieldKind::Text { length } => text_value(source, *length, false)?,
+            FieldKind::Text {
+                length,
+                truncate: false,
+            } => text_value(source, *length, false)?,
+            FieldKind::Text {
+                length,
+                truncate: true,
+            } => text_value(&cut(source, *length), *length, false)?,
             FieldKind::Email { length } => text_value(source, *length, true)?,
             FieldKind::Checkbox { true_values } => checkbox_value(source, true_values),
             FieldKind::Datetime => match parse_docebo_time(source) {
@@ -598,6 +661,16 @@ impl FieldMapping {
             FieldKind::Picklist { values } => picklist_value(source, values)?,
         };
         Ok(Converted::Value(value))
+    }
+}
+
+/// Text cut to `length` characters (other values as they are).
+fn cut(source: &Value, length: usize) -> Value {
+    match source {
+        Value::String(text) if text.chars().count() > length => {
+            Value::String(text.chars().take(length).collect())
+        }
+        _ => source.clone(),
     }
 }
 
@@ -684,17 +757,19 @@ impl ObjectMapping {
         let mut fields = Fields(Vec::with_capacity(self.fields.len() + 2));
         let mut matches = Vec::new();
         fields.insert_plain(self.external_id.clone(), Value::String(key.clone()));
-        let name = self
-            .name
-            .iter()
-            .map(|template| render(template, item).trim().to_string())
-            .find(|name| !name.is_empty() && !name.starts_with('/') && !name.ends_with('/'))
-            .unwrap_or_else(|| key.clone());
-        // Name is our own label, not Docebo data: shortening it loses nothing.
-        fields.insert_plain(
-            NAME_FIELD.clone(),
-            Value::String(name.chars().take(80).collect()),
-        );
+        if !self.name.is_empty() {
+            let name = self
+                .name
+                .iter()
+                .map(|template| render(template, item).trim().to_string())
+                .find(|name| !name.is_empty() && !name.starts_with('/') && !name.ends_with('/'))
+                .unwrap_or_else(|| key.clone());
+            // Name is our own label, not Docebo data: shortening it loses nothing.
+            fields.insert_plain(
+                NAME_FIELD.clone(),
+                Value::String(name.chars().take(80).collect()),
+            );
+        }
         for field in &self.fields {
             let converted = field.convert(item).map_err(|(code, message)| RecordError {
                 key: key.clone(),
@@ -777,46 +852,39 @@ impl ObjectMapping {
     /// the org is stricter about, so that a record that cannot fit fails before it is sent. A
     /// missing object or field is an error: nothing could be written.
     pub fn fit_to_org(&self, describe: &Value) -> Result<ObjectMapping, String> {
+        let describes = check::Describes::from([(self.object.clone(), Some(describe.clone()))]);
+        let problems = self.org_problems("mapping", &describes, false);
+        if !problems.is_empty() {
+            let reasons: Vec<String> = problems.iter().map(Problem::to_string).collect();
+            return Err(format!(
+                "the org does not fit the mapping: {}",
+                reasons.join("; ")
+            ));
+        }
         let fields: Vec<&Value> = describe
             .get("fields")
             .and_then(Value::as_array)
             .map(|fields| fields.iter().collect())
-            .ok_or_else(|| format!("the describe of {} lists no fields", self.object))?;
-        let by_name = |name: &str| {
+            .unwrap_or_default();
+        let find = |key: &str, name: &str| {
             fields
                 .iter()
                 .copied()
-                .find(|field| field.get("name").and_then(Value::as_str) == Some(name))
+                .find(|field| field.get(key).and_then(Value::as_str) == Some(name))
         };
-        let by_relationship = |name: &str| {
-            fields
-                .iter()
-                .copied()
-                .find(|field| field.get("relationshipName").and_then(Value::as_str) == Some(name))
-        };
-        let missing = |name: &str| format!("the org has no field {name} on {}", self.object);
-        if by_name(&self.external_id).is_none() {
-            return Err(missing(&self.external_id));
-        }
         let mut fitted = self.clone();
         // Lookups by value are optional: an org without the field (or the object) goes without.
         fitted.fields.retain(|mapped| match &mapped.kind {
-            FieldKind::Match { .. } => by_name(&mapped.field).is_some(),
+            FieldKind::Match { .. } => find("name", &mapped.field).is_some(),
             _ => true,
         });
         for mapped in &mut fitted.fields {
-            let org_field = match mapped.kind {
-                FieldKind::Lookup { .. } => by_relationship(&mapped.field),
-                _ => by_name(&mapped.field),
-            }
-            .ok_or_else(|| missing(&mapped.field))?;
-            tighten(&mut mapped.kind, org_field);
-        }
-        if let Some(unenroll) = &self.unenroll {
-            for name in [&unenroll.status_field, &unenroll.time_field] {
-                if by_name(name).is_none() {
-                    return Err(missing(name));
-                }
+            let key = match mapped.kind {
+                FieldKind::Lookup { .. } => "relationshipName",
+                _ => "name",
+            };
+            if let Some(org_field) = find(key, &mapped.field) {
+                tighten(&mut mapped.kind, org_field);
             }
         }
         Ok(fitted)
@@ -827,7 +895,7 @@ impl ObjectMapping {
 /// lengths, number digits, the active values of a restricted picklist.
 fn tighten(kind: &mut FieldKind, org_field: &Value) {
     match kind {
-        FieldKind::Text { length } | FieldKind::Email { length } => {
+        FieldKind::Text { length, .. } | FieldKind::Email { length } => {
             let org_length = org_field
                 .get("length")
                 .and_then(Value::as_u64)
@@ -1089,15 +1157,21 @@ mod tests {
     fn the_org_tightens_the_mapping_and_missing_fields_are_refused() {
         let mapping = mapping();
         let courses = mapping.entity(Entity::Courses).unwrap();
-        let mut fields = vec![json!({"name": "Docebo_Course_Id__c", "length": 50})];
+        let mut fields = vec![
+            json!({"name": "Docebo_Course_Id__c", "type": "string", "length": 50, "externalId": true}),
+            json!({"name": "Name", "type": "string", "length": 80}),
+        ];
         for field in &courses.fields {
-            fields.push(json!({"name": field.field, "length": 0, "precision": 0}));
+            let kind = check::types_taken(&field.kind)[0];
+            fields.push(json!({"name": field.field, "type": kind, "length": 0, "precision": 0}));
         }
         fields.retain(|field| field["name"] != "Code__c");
-        fields.push(json!({"name": "Code__c", "length": 5}));
+        fields.push(json!({"name": "Code__c", "type": "string", "length": 5}));
         fields.retain(|field| field["name"] != "Type__c");
-        fields.push(json!({"name": "Type__c", "restrictedPicklist": true,
-            "picklistValues": [{"value": "Elearning", "active": true}]}));
+        fields.push(
+            json!({"name": "Type__c", "type": "picklist", "restrictedPicklist": true,
+            "picklistValues": [{"value": "Elearning", "active": true}]}),
+        );
         let fitted = courses.fit_to_org(&json!({ "fields": fields })).unwrap();
         let course =
             json!({"id_course": 1, "name": "x", "code": "ABCDEF", "course_type": "elearning"});
@@ -1112,6 +1186,26 @@ mod tests {
             .fit_to_org(&json!({ "fields": fields }))
             .unwrap_err();
         assert!(error.contains("Language__c"), "{error}");
+        // Every problem at once: a deleted field, a field of another type, an external id
+        // that is not one.
+        for field in &mut fields {
+            if field["name"] == "Credits__c" {
+                field["type"] = json!("boolean");
+            }
+            if field["name"] == "Docebo_Course_Id__c" {
+                field["externalId"] = json!(false);
+            }
+        }
+        let error = courses
+            .fit_to_org(&json!({ "fields": fields }))
+            .unwrap_err();
+        for expected in [
+            "mapping.fields[2]: the org has no field Language__c on Docebo_Course__c",
+            "mapping.fields[3]: the field is of type boolean",
+            "mapping.external_id: Docebo_Course_Id__c on Docebo_Course__c is not an external id",
+        ] {
+            assert!(error.contains(expected), "{expected} in {error}");
+        }
     }
 
     #[test]

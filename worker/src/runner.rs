@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use learnsync_store::model::RunState;
 use learnsync_store::secrets::Cipher;
 use learnsync_store::worker::{self as store_worker, ClaimedJob, Heartbeat, Outcome};
-use learnsync_store::{CHANNEL_CANCEL, CHANNEL_JOBS, Store, connections, listen};
+use learnsync_store::{CHANNEL_CANCEL, CHANNEL_JOBS, Store, connections, listen, mappings};
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -361,10 +361,24 @@ impl JobRunner {
     /// Opens the credentials, builds the clients and runs the job's phases.
     async fn work(&self, ctx: &JobCtx) -> Result<(), SyncError> {
         let job = &ctx.job;
-        let sealed = {
+        let (sealed, stored) = {
             let conn = ctx.store.conn().await?;
-            connections::sealed_credentials(&conn, job.connection_id).await?
+            (
+                connections::sealed_credentials(&conn, job.connection_id).await?,
+                mappings::current(&conn, job.connection_id).await?,
+            )
         };
+        // The connection's mapping, the version current now, else the default one.
+        let (mapping, mapping_version) =
+            match stored {
+                Some(stored) => (
+                    Arc::new(Mapping::from_document(&stored.document).map_err(|error| {
+                        SyncError::Permanent(Failure::Mapping(error.to_string()))
+                    })?),
+                    stored.version,
+                ),
+                None => (self.mapping.clone(), mappings::DEFAULT_VERSION),
+            };
         let credentials = self.cipher.open(job.connection_id, &sealed.0)?;
         let budget = Budget::new(
             job.docebo_platform.clone(),
@@ -373,7 +387,7 @@ impl JobRunner {
         );
         let docebo = Docebo::new(self.http.clone(), credentials.docebo, budget);
         let salesforce = Salesforce::new(self.http.clone(), credentials.salesforce);
-        JobRun::new(ctx, docebo, salesforce, &self.mapping)?
+        JobRun::new(ctx, docebo, salesforce, &mapping, mapping_version)?
             .run()
             .await
     }

@@ -1,6 +1,10 @@
 //! The Docebo simulator: OAuth2 token endpoint, the list endpoints a sync reads, a leaky-bucket rate
 //! limit, webhooks, and the `/__sim/` control API.
 //!
+//! Generated users carry their additional fields as Docebo lists them with a user:
+//! `additional_fields: [{"id": 1, "title": "Region", "type": "dropdown", "value": "EMEA"}, ...]`
+//! (ids 1 Region, 2 Cost centre (textfield, sometimes null), 3 Hire date (date), 4 Manager (yesno)).
+//!
 //! Control routes specific to Docebo (besides `/__sim/reset`, `/__sim/counters`, `/__sim/faults`):
 //! - `POST /__sim/generate`, `GET /__sim/summary`: a generated data set and its counts.
 //! - `GET|POST /__sim/records/{kind}`, `GET|PATCH|DELETE /__sim/records/{kind}/{key}`: items, changed

@@ -41,7 +41,9 @@ impl<'de> serde::Deserialize<'de> for JobKind {
 
 /// The Docebo entities a sync reads, each mapped to one Salesforce object (the names of
 /// `mapping.json`'s entities). Both session-enrollment kinds write one entity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Entity {
     /// Users.

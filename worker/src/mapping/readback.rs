@@ -33,8 +33,12 @@ impl ObjectMapping {
     /// The Bulk API 2.0 query that reads back every field this mapping writes (lookups by
     /// external id through their relationship: `Rel__r.External_Id__c`).
     pub fn read_back(&self) -> ReadBack {
-        let mut columns = vec![self.external_id.to_string(), NAME_FIELD.to_string()];
-        let mut targets = vec![Target::Key, Target::Name];
+        let mut columns = vec![self.external_id.to_string()];
+        let mut targets = vec![Target::Key];
+        if !self.name.is_empty() {
+            columns.push(NAME_FIELD.to_string());
+            targets.push(Target::Name);
+        }
         for (index, mapped) in self.fields.iter().enumerate() {
             if *mapped.field == *self.external_id || *mapped.field == **NAME_FIELD {
                 continue;

@@ -39,9 +39,12 @@ impl JobRun<'_> {
     pub(super) async fn commit(
         &self,
         checkpoint: Option<&Checkpoint>,
-        written: Written,
+        mut written: Written,
     ) -> SyncResult<()> {
         let object = self.mapping.object.as_str();
+        for write in &mut written.ledger {
+            write.mapping_version = Some(self.mapping_version);
+        }
         let expected = checkpoint
             .map(|checkpoint| checkpoint.expected)
             .filter(|expected| *expected > 0);

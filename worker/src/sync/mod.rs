@@ -51,6 +51,12 @@ pub struct JobRun<'a> {
     docebo: Docebo,
     salesforce: Salesforce,
     mapping: ObjectMapping,
+    /// The version of the connection's mapping current when the job started (0: the default).
+    mapping_version: i32,
+    /// Records of this kind were written by another mapping version: the listing reads over all
+    /// time (an incremental run too), so that each record whose mapped values changed is written
+    /// again (the others hash as before and are not), and then marks them as this version's.
+    remap: bool,
     checkpoint: Checkpoint,
     /// Webhook runs: the records the events named.
     targets: Option<Targets>,
@@ -72,6 +78,7 @@ impl<'a> JobRun<'a> {
         docebo: Docebo,
         salesforce: Salesforce,
         mapping: &'a Mapping,
+        mapping_version: i32,
     ) -> SyncResult<JobRun<'a>> {
         let mapping = mapping
             .entity(ctx.job.kind.spec().entity)
@@ -110,6 +117,8 @@ impl<'a> JobRun<'a> {
             docebo,
             salesforce,
             mapping,
+            mapping_version,
+            remap: false,
             checkpoint,
             targets,
             ledger_empty: false,
@@ -149,9 +158,11 @@ impl<'a> JobRun<'a> {
         self.ledger_empty = ledger.empty;
         self.retries
             .store(ledger.retries_pending, std::sync::atomic::Ordering::Relaxed);
+        self.remap = self.remaps().await?;
         self.move_legacy_deferred().await?;
         if self.checkpoint.phase == Phase::List {
             self.list().await?;
+            self.mark_mapping_version().await?;
         }
         if self.checkpoint.phase == Phase::Deferred {
             self.ctx
@@ -186,6 +197,52 @@ impl<'a> JobRun<'a> {
             .await
     }
 
+    /// Whether this job reads its whole listing because another mapping version wrote some of
+    /// its records (not for runs limited to a timeframe or to webhook targets).
+    async fn remaps(&self) -> SyncResult<bool> {
+        let job = &self.ctx.job;
+        if self.ledger_empty
+            || self.targets.is_some()
+            || job.timeframe_start.is_some()
+            || job.timeframe_end.is_some()
+        {
+            return Ok(false);
+        }
+        let conn = self.ctx.store.conn().await?;
+        let stale = learnsync_store::mappings::ledger_stale(
+            &conn,
+            job,
+            &self.mapping.object,
+            self.mapping_version,
+        )
+        .await?;
+        if stale {
+            tracing::info!(
+                object = %self.mapping.object,
+                mapping_version = self.mapping_version,
+                "records written by another mapping version: reading the whole listing"
+            );
+        }
+        Ok(stale)
+    }
+
+    /// After a listing read in full under a changed mapping: its records are this version's.
+    async fn mark_mapping_version(&self) -> SyncResult<()> {
+        if !self.remap || self.ctx.job.check_only || self.checkpoint.phase == Phase::List {
+            return Ok(());
+        }
+        let (object, version) = (self.mapping.object.as_str(), self.mapping_version);
+        self.ctx
+            .fenced(async |fenced| {
+                Ok(
+                    learnsync_store::mappings::ledger_mark_version(fenced, object, version)
+                        .await
+                        .map(|_| ())?,
+                )
+            })
+            .await
+    }
+
     /// Whether a check run's listing lost the snapshot it compares with (an unlogged table is
     /// emptied by a crash of Postgres): the verify phase then reads Salesforce again.
     async fn snapshot_lost(&self) -> SyncResult<bool> {
@@ -200,7 +257,8 @@ impl<'a> JobRun<'a> {
     /// the incremental run's watermark.
     fn leaf_filters(&self) -> Vec<(String, String)> {
         let job = &self.ctx.job;
-        let from = match (job.timeframe_start, job.updated_from) {
+        let updated_from = job.updated_from.filter(|_| !self.remap);
+        let from = match (job.timeframe_start, updated_from) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
@@ -250,7 +308,7 @@ impl<'a> JobRun<'a> {
     /// ended more than the grace period before the run reads from.
     fn ended_before(&self) -> Option<String> {
         let rosters = self.ctx.job.kind.spec().listing.reads_rosters();
-        let from = self.ctx.job.updated_from?;
+        let from = self.ctx.job.updated_from.filter(|_| !self.remap)?;
         let grace = chrono::Duration::days(listing::ROSTER_GRACE_DAYS);
         (rosters && self.targets.is_none()).then(|| docebo_time(from - grace))
     }

@@ -292,6 +292,7 @@ mod tests {
                 salesforce_id: None,
                 value_hash: Vec::new(),
                 docebo_updated_at: None,
+                mapping_version: None,
             });
         }
         written

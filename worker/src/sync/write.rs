@@ -122,6 +122,8 @@ impl Written {
             salesforce_id: result.id,
             value_hash: record.hash,
             docebo_updated_at: record.updated_at,
+            // Set by the commit, which knows the job's mapping version.
+            mapping_version: None,
         });
     }
 }
