@@ -851,9 +851,11 @@ impl ObjectMapping {
     /// returns the mapping tightened to the org: text lengths, number digits and picklist values
     /// the org is stricter about, so that a record that cannot fit fails before it is sent. A
     /// missing object or field is an error: nothing could be written.
-    pub fn fit_to_org(&self, describe: &Value) -> Result<ObjectMapping, String> {
+    /// Problems are named as SetMapping names them (`entities.users.fields[3]`, the entity's
+    /// path in the mapping document).
+    pub fn fit_to_org(&self, entity: Entity, describe: &Value) -> Result<ObjectMapping, String> {
         let describes = check::Describes::from([(self.object.clone(), Some(describe.clone()))]);
-        let problems = self.org_problems("mapping", &describes, false);
+        let problems = self.org_problems(&document::entity_path(entity), &describes, false);
         if !problems.is_empty() {
             let reasons: Vec<String> = problems.iter().map(Problem::to_string).collect();
             return Err(format!(
@@ -1172,7 +1174,9 @@ mod tests {
             json!({"name": "Type__c", "type": "picklist", "restrictedPicklist": true,
             "picklistValues": [{"value": "Elearning", "active": true}]}),
         );
-        let fitted = courses.fit_to_org(&json!({ "fields": fields })).unwrap();
+        let fitted = courses
+            .fit_to_org(Entity::Courses, &json!({ "fields": fields }))
+            .unwrap();
         let course =
             json!({"id_course": 1, "name": "x", "code": "ABCDEF", "course_type": "elearning"});
         assert_eq!(fitted.map(&course).unwrap_err().code, "STRING_TOO_LONG");
@@ -1183,7 +1187,7 @@ mod tests {
         );
         fields.retain(|field| field["name"] != "Language__c");
         let error = courses
-            .fit_to_org(&json!({ "fields": fields }))
+            .fit_to_org(Entity::Courses, &json!({ "fields": fields }))
             .unwrap_err();
         assert!(error.contains("Language__c"), "{error}");
         // Every problem at once: a deleted field, a field of another type, an external id
@@ -1197,12 +1201,12 @@ mod tests {
             }
         }
         let error = courses
-            .fit_to_org(&json!({ "fields": fields }))
+            .fit_to_org(Entity::Courses, &json!({ "fields": fields }))
             .unwrap_err();
         for expected in [
-            "mapping.fields[2]: the org has no field Language__c on Docebo_Course__c",
-            "mapping.fields[3]: the field is of type boolean",
-            "mapping.external_id: Docebo_Course_Id__c on Docebo_Course__c is not an external id",
+            "entities.courses.fields[2]: the org has no field Language__c on Docebo_Course__c",
+            "entities.courses.fields[3]: the field is of type boolean",
+            "entities.courses.external_id: Docebo_Course_Id__c on Docebo_Course__c is not an external id",
         ] {
             assert!(error.contains(expected), "{expected} in {error}");
         }

@@ -669,6 +669,28 @@ pub(crate) fn generate(params: &GenerateParams) -> Dataset {
     }
 }
 
+/// A user's additional fields, as Docebo lists them with a user (`id`, `title`, `type`, `value`):
+/// a dropdown, a text field, a date and a yes/no, derived from the user's index (the random
+/// stream stays as it was), some left empty.
+fn additional_fields(index: usize) -> Value {
+    const REGIONS: [&str; 3] = ["EMEA", "AMER", "APAC"];
+    let region = REGIONS[index % REGIONS.len()];
+    let cost_centre = if index % 7 == 6 {
+        Value::Null
+    } else {
+        Value::String(format!("CC-{:03}", 100 + index % 40))
+    };
+    let hired = chrono::NaiveDate::from_ymd_opt(2015, 1, 1)
+        .map(|start| start + chrono::Duration::days((index * 37 % 3650) as i64))
+        .map(|date| date.format("%Y-%m-%d").to_string());
+    json!([
+        {"id": 1, "title": "Region", "type": "dropdown", "value": region},
+        {"id": 2, "title": "Cost centre", "type": "textfield", "value": cost_centre},
+        {"id": 3, "title": "Hire date", "type": "date", "value": hired},
+        {"id": 4, "title": "Manager", "type": "yesno", "value": if index.is_multiple_of(5) { "1" } else { "0" }},
+    ])
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -688,26 +710,4 @@ mod tests {
         assert!(first.summary.bad_counts["course_enrollments"] > 0);
         assert!(first.summary.bad_counts["users"] > 0);
     }
-}
-
-/// A user's additional fields, as Docebo lists them with a user (`id`, `title`, `type`, `value`):
-/// a dropdown, a text field, a date and a yes/no, derived from the user's index (the random
-/// stream stays as it was), some left empty.
-fn additional_fields(index: usize) -> Value {
-    const REGIONS: [&str; 3] = ["EMEA", "AMER", "APAC"];
-    let region = REGIONS[index % REGIONS.len()];
-    let cost_centre = if index % 7 == 6 {
-        Value::Null
-    } else {
-        Value::String(format!("CC-{:03}", 100 + index % 40))
-    };
-    let hired = chrono::NaiveDate::from_ymd_opt(2015, 1, 1)
-        .map(|start| start + chrono::Duration::days((index * 37 % 3650) as i64))
-        .map(|date| date.format("%Y-%m-%d").to_string());
-    json!([
-        {"id": 1, "title": "Region", "type": "dropdown", "value": region},
-        {"id": 2, "title": "Cost centre", "type": "textfield", "value": cost_centre},
-        {"id": 3, "title": "Hire date", "type": "date", "value": hired},
-        {"id": 4, "title": "Manager", "type": "yesno", "value": if index % 5 == 0 { "1" } else { "0" }},
-    ])
 }

@@ -142,7 +142,7 @@ impl<'a> JobRun<'a> {
             .await?;
         self.mapping = self
             .mapping
-            .fit_to_org(&describe)
+            .fit_to_org(self.ctx.job.kind.spec().entity, &describe)
             .map_err(|message| SyncError::Permanent(Failure::OrgMismatch(message)))?;
         if self.checkpoint.phase == Phase::List && self.snapshot_lost().await? {
             self.checkpoint.phase = Phase::Verify;
@@ -201,7 +201,9 @@ impl<'a> JobRun<'a> {
     /// its records (not for runs limited to a timeframe or to webhook targets).
     async fn remaps(&self) -> SyncResult<bool> {
         let job = &self.ctx.job;
-        if self.ledger_empty
+        // Versions only grow: a connection on the default mapping (0) never had another one.
+        if self.mapping_version == learnsync_store::mappings::DEFAULT_VERSION
+            || self.ledger_empty
             || self.targets.is_some()
             || job.timeframe_start.is_some()
             || job.timeframe_end.is_some()
