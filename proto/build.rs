@@ -17,6 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Maps in a request encode in key order, so a retry's digest (the idempotency key's)
+        // is the first request's: a HashMap would encode its entries in a random order.
+        .btree_map(".learnsync.v1.Mapping.entities")
+        .btree_map(".learnsync.v1.FieldMapping.values")
         .compile_fds(descriptors)?;
     Ok(())
 }

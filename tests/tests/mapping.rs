@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use learnsync_client::{Client, pb, pb_mapping};
-use learnsync_e2e::{TestSystem, details, eventually, manual};
+use learnsync_e2e::{TestSystem, details, eventually, manual, tokens};
 use learnsync_sim::salesforce::Schema;
 use learnsync_sim::{EntityKind, GenerateParams};
 use serde_json::{Value, json};
@@ -267,6 +267,15 @@ async fn bad_mappings_are_refused_with_every_problem_named_and_a_check_saves_not
     let mut client = system.client().await.unwrap();
     let default = document(&mut client, &connection).await;
 
+    // Another tenant learns nothing of this connection's mapping.
+    let mut other = system.server.client(tokens::GLOBEX).await.unwrap();
+    let denied = other.get_mapping(&connection).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let denied = set(&mut other, &connection, &default, false)
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
     // Problems of the mapping on its own: INVALID_ARGUMENT, one violation each.
     let mut alone = default.clone();
     alone["entities"]["people"] = json!({"object": "Person__c", "external_id": "Id__c"});
@@ -365,8 +374,27 @@ async fn bad_mappings_are_refused_with_every_problem_named_and_a_check_saves_not
     let current = client.get_mapping(&connection).await.unwrap();
     assert_eq!(current.version, 0);
     assert_eq!(pb_mapping::to_document(&current), default);
-    let saved = set(&mut client, &connection, &fits, false).await.unwrap();
+    // Idempotent: the same request id twice saves one version and answers it twice.
+    let request = pb::SetMappingRequest {
+        connection_id: connection.clone(),
+        mapping: Some(pb_mapping::from_document(&fits).unwrap()),
+        check_only: false,
+        request_id: "set-mapping-1".into(),
+    };
+    let saved = client
+        .raw()
+        .set_mapping(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(saved.version, 1);
+    let again = client
+        .raw()
+        .set_mapping(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, saved);
     assert_eq!(
         pb_mapping::to_document(&client.get_mapping(&connection).await.unwrap()),
         fits
