@@ -22,6 +22,9 @@ fn object_document(object: &ObjectMapping) -> Value {
     let mut out = Map::new();
     out.insert("object".into(), json!(object.object));
     out.insert("external_id".into(), json!(object.external_id));
+    if !object.upsert_by.is_empty() {
+        out.insert("upsert_by".into(), json!(object.upsert_by));
+    }
     out.insert("name".into(), json!(object.name));
     let fields: Vec<Value> = object.fields.iter().map(field_document).collect();
     out.insert("fields".into(), Value::Array(fields));
@@ -153,6 +156,7 @@ fn object_of(value: &Value) -> Result<ObjectMapping, String> {
     Ok(ObjectMapping {
         object: text(value, "object")?,
         external_id: text(value, "external_id")?,
+        upsert_by: text(value, "upsert_by")?,
         name: texts(value, "name")?,
         fields,
         unenroll,

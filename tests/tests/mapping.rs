@@ -57,6 +57,13 @@ fn contact_org(mut schema: Schema) -> Schema {
     for object in &mut schema.objects {
         match object.name.as_str() {
             "Contact" => {
+                // Salesforce's Contact.Email is an idLookup field (upserts may match on it): the
+                // simulator upserts by external id fields only.
+                for contact_field in &mut object.fields {
+                    if contact_field.name == "Email" {
+                        contact_field.external_id = true;
+                    }
+                }
                 object
                     .fields
                     .push(field(json!({"name": "Docebo_User_Id__c", "type": "string",
@@ -97,10 +104,11 @@ fn contact_org(mut schema: Schema) -> Schema {
 fn contact_mapping(mut document: Value) -> Value {
     document["entities"]["users"] = json!({
         "object": "Contact", "external_id": "Docebo_User_Id__c", "name": [],
+        "upsert_by": "Email",
         "fields": [
             {"field": "FirstName", "from": "first_name", "type": "text", "length": 40, "truncate": true},
             {"field": "LastName", "from": "last_name", "type": "text", "length": 80, "required": true},
-            {"field": "Email", "from": "email", "type": "email", "length": 80},
+            {"field": "Email", "from": "email", "type": "email", "length": 80, "required": true},
             {"field": "Region__c", "additional_field": "Region", "type": "picklist",
              "values": {"emea": "EMEA", "amer": "AMER", "apac": "APAC"}},
             {"field": "Cost_Centre__c", "additional_field": "2", "type": "text", "length": 10},
@@ -171,6 +179,22 @@ async fn a_custom_mapping_synchronizes_exactly() {
         .unwrap();
     assert_eq!(saved.version, 1);
     assert_eq!(client.get_mapping(&connection).await.unwrap().version, 1);
+    // A Contact the org already holds for one learner: matched by email, not duplicated.
+    let learner = system.docebo.items(EntityKind::Users)[0].clone();
+    let created: Value = reqwest::Client::new()
+        .post(format!(
+            "{}/services/data/v62.0/sobjects/Contact",
+            system.salesforce.base_url()
+        ))
+        .bearer_auth(system.salesforce.issue_token())
+        .json(&json!({"LastName": "Existing", "Email": learner["email"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let existing_id = created["id"].as_str().unwrap().to_string();
 
     for area in [pb::Area::Users, pb::Area::Courses, pb::Area::Enrollments] {
         let run = sync(&system, area).await;
@@ -183,6 +207,11 @@ async fn a_custom_mapping_synchronizes_exactly() {
         "Docebo_User_Id__c",
     );
     assert_eq!(contacts.len(), users.len());
+    assert_eq!(system.salesforce.record_count("Contact"), users.len());
+    assert_eq!(
+        contacts[learner["user_id"].as_str().unwrap()]["Id"],
+        json!(existing_id)
+    );
     assert_eq!(system.salesforce.record_count("Docebo_User__c"), 0);
     for user in &users {
         let contact = &contacts[user["user_id"].as_str().unwrap()];

@@ -53,8 +53,14 @@ pub struct ObjectMapping {
     /// The area whose record count the object adds to.
     #[serde(deserialize_with = "area_from_str", serialize_with = "area_to_str")]
     pub area: Area,
-    /// The external id field the upsert matches on.
+    /// The external id field: it holds the record's key (the ledger's), and upserts match on it
+    /// unless `upsert_by` says otherwise.
     pub external_id: Arc<str>,
+    /// Upserts match on this mapped field instead (an `idLookup` field of a standard object,
+    /// such as a Contact's or a Lead's `Email`): an existing record with the same value is taken
+    /// over, its external id set, instead of a duplicate created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upsert_by: Option<Arc<str>>,
     /// The key template (`{user_id}-{course_id}`), made of numeric ids.
     pub key: String,
     /// Templates for `Name`, the first that renders non-empty wins (truncated to 80); none: the
@@ -818,6 +824,11 @@ impl ObjectMapping {
             record.fields.insert_plain(pending.field.clone(), value);
         }
         record.hash = hash_fields(&self.object, &record.fields);
+    }
+
+    /// The field upserts match on: `upsert_by`, else the external id.
+    pub fn upsert_key(&self) -> &Arc<str> {
+        self.upsert_by.as_ref().unwrap_or(&self.external_id)
     }
 
     /// The change time of a raw item (for the timeframe test), when it has one.

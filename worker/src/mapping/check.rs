@@ -208,6 +208,21 @@ impl ObjectMapping {
             )),
             Some(_) => {}
         }
+        if let Some(upsert_by) = &self.upsert_by {
+            let matches = org.field(upsert_by).is_some_and(|field| {
+                flag(field, "idLookup", false) || flag(field, "externalId", false)
+            });
+            if !matches {
+                problems.push(Problem::new(
+                    format!("{path}.upsert_by"),
+                    org.qualified(upsert_by),
+                    format!(
+                        "{upsert_by} on {} is neither an external id nor an idLookup field",
+                        self.object
+                    ),
+                ));
+            }
+        }
         if self.name.is_empty() {
             return;
         }

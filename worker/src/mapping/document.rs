@@ -161,6 +161,17 @@ impl ObjectMapping {
                 problem(at, reason);
             }
         }
+        if let Some(upsert_by) = &self.upsert_by
+            && !self
+                .fields
+                .iter()
+                .any(|field| field.field == *upsert_by && field.required)
+        {
+            problem(
+                format!("{path}.upsert_by"),
+                format!("{upsert_by} must be a mapped field with required set"),
+            );
+        }
         if let Some(unenroll) = &self.unenroll
             && [
                 &unenroll.status_field,

@@ -502,7 +502,8 @@ impl JobRun<'_> {
         bulk: bool,
     ) -> (Vec<RecordResult>, Option<SyncError>) {
         let object = &self.mapping.object;
-        let external_id = &self.mapping.external_id;
+        // The external id, or the field the mapping upserts by (a Contact's Email).
+        let external_id = self.mapping.upsert_key();
         let fields: Vec<&Fields> = records.iter().map(|record| &record.fields).collect();
         if bulk {
             return match self
