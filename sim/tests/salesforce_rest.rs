@@ -767,7 +767,7 @@ async fn describe_and_schema_control() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(body["sobjects"].as_array().unwrap().len(), 8);
+    assert_eq!(body["sobjects"].as_array().unwrap().len(), 9);
 
     // Loading another schema over the control API.
     let schema = json!({"objects": [{"name": "Thing__c", "key_prefix": "a0Z", "fields": [
@@ -809,7 +809,7 @@ async fn describe_and_schema_control() {
         .unwrap();
     assert_eq!(response.status(), 400);
     sim.reset();
-    assert_eq!(sim.schema().objects.len(), 8);
+    assert_eq!(sim.schema().objects.len(), 9);
 }
 
 #[tokio::test]

@@ -57,13 +57,6 @@ fn contact_org(mut schema: Schema) -> Schema {
     for object in &mut schema.objects {
         match object.name.as_str() {
             "Contact" => {
-                // Salesforce's Contact.Email is an idLookup field (upserts may match on it): the
-                // simulator upserts by external id fields only.
-                for contact_field in &mut object.fields {
-                    if contact_field.name == "Email" {
-                        contact_field.external_id = true;
-                    }
-                }
                 object
                     .fields
                     .push(field(json!({"name": "Docebo_User_Id__c", "type": "string",
@@ -330,7 +323,7 @@ async fn bad_mappings_are_refused_with_every_problem_named_and_a_check_saves_not
 
     // Problems with the org: FAILED_PRECONDITION, one violation each, naming the org's field.
     let mut org = default.clone();
-    org["entities"]["users"]["object"] = json!("Lead");
+    org["entities"]["users"]["object"] = json!("Prospect__c");
     org["entities"]["courses"]["fields"][0]["type"] = json!("checkbox");
     org["entities"]["courses"]["fields"][0]["true_values"] = json!(["1"]);
     org["entities"]["courses"]["fields"]
@@ -358,7 +351,7 @@ async fn bad_mappings_are_refused_with_every_problem_named_and_a_check_saves_not
     let expected: BTreeMap<&str, &str> = BTreeMap::from([
         (
             "mapping.entities.users.object",
-            "the org has no object Lead",
+            "the org has no object Prospect__c",
         ),
         (
             "mapping.entities.courses.fields[0]",
@@ -394,6 +387,32 @@ async fn bad_mappings_are_refused_with_every_problem_named_and_a_check_saves_not
         );
     }
     assert_eq!(client.get_mapping(&connection).await.unwrap().version, 0);
+
+    // Users as Leads (matched by email, a constant company) fit the org: a check saves nothing.
+    let mut leads = default.clone();
+    leads["entities"]["users"] = json!({
+        "object": "Lead", "external_id": "Docebo_User_Id__c", "upsert_by": "Email", "name": [],
+        "fields": [
+            {"field": "LastName", "from": "last_name", "type": "text", "length": 80, "required": true},
+            {"field": "Email", "from": "email", "type": "email", "length": 80, "required": true},
+            {"field": "Company", "constant": "Docebo learners", "type": "text", "length": 255},
+            {"field": "FirstName", "from": "first_name", "type": "text", "length": 40, "truncate": true}
+        ]
+    });
+    let checked = set(&mut client, &connection, &leads, true).await.unwrap();
+    assert_eq!(checked.version, 0);
+    // Upserts cannot match on a field that is neither an external id nor an idLookup one.
+    leads["entities"]["users"]["upsert_by"] = json!("LastName");
+    let error = set(&mut client, &connection, &leads, true)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+    assert!(
+        error
+            .message()
+            .contains("mapping.entities.users.upsert_by: LastName on Lead is neither"),
+        "{error:?}"
+    );
 
     // A check of a mapping that fits saves nothing; setting it saves version 1.
     let mut fits = default.clone();

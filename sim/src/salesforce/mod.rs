@@ -985,7 +985,7 @@ async fn describe(State(state): State<Arc<SfState>>, Path(sobject): Path<String>
             "defaultedOnCreate": false,
             "externalId": field.external_id,
             "unique": field.unique,
-            "idLookup": field.external_id,
+            "idLookup": field.upsert_key(),
             "createable": true,
             "updateable": true,
             "restrictedPicklist": field.kind == FieldType::Picklist && field.restricted,
@@ -1094,7 +1094,7 @@ async fn collections_upsert(
     };
     let Some(ext_field) = org.objects[object]
         .field(&field)
-        .filter(|&f| org.objects[object].field_def(f).external_id)
+        .filter(|&f| org.objects[object].field_def(f).upsert_key())
     else {
         return api_error(
             400,
@@ -1256,7 +1256,7 @@ async fn upsert_one(
     } else {
         let Some(ext_field) = org.objects[object]
             .field(&field)
-            .filter(|&f| org.objects[object].field_def(f).external_id)
+            .filter(|&f| org.objects[object].field_def(f).upsert_key())
         else {
             return api_error(
                 400,
@@ -1608,7 +1608,7 @@ async fn create_job(State(state): State<Arc<SfState>>, body: Bytes) -> Response 
         }
         match store
             .field(&name)
-            .filter(|&f| store.field_def(f).external_id)
+            .filter(|&f| store.field_def(f).upsert_key())
         {
             Some(field) => Some(store.field_def(field).name.clone()),
             None if name.eq_ignore_ascii_case("Id") => Some("Id".into()),

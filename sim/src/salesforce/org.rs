@@ -71,7 +71,7 @@ impl ObjStore {
         let ext = def
             .fields
             .iter()
-            .map(|f| (f.external_id || f.unique).then(FastMap::default))
+            .map(|f| (f.upsert_key() || f.unique).then(FastMap::default))
             .collect();
         ObjStore {
             def,

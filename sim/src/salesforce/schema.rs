@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The default org schema (the seven objects of learnsync's data model, plus `Contact`).
+/// The default org schema (the seven objects of learnsync's data model, plus `Contact` and `Lead`).
 pub const DEFAULT_SCHEMA_JSON: &str = include_str!("../../schema/default.json");
 
 /// An org schema: the objects it holds.
@@ -121,6 +121,10 @@ pub struct FieldDef {
     /// Whether upserts may match on it.
     #[serde(default)]
     pub external_id: bool,
+    /// Whether upserts may match on it though it is no external id: a standard field with the
+    /// `idLookup` property, such as a Contact's or a Lead's `Email`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub id_lookup: bool,
     /// Whether two records may not share a value.
     #[serde(default)]
     pub unique: bool,
@@ -136,6 +140,13 @@ pub struct FieldDef {
     /// Relationship name of a lookup, e.g. `Docebo_User__r`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relationship_name: Option<String>,
+}
+
+impl FieldDef {
+    /// Whether upserts may match on the field (an external id or an idLookup field).
+    pub fn upsert_key(&self) -> bool {
+        self.external_id || self.id_lookup
+    }
 }
 
 /// A stored field value.
@@ -440,7 +451,7 @@ mod tests {
     #[test]
     fn default_schema_parses_and_validates() {
         let schema: Schema = serde_json::from_str(DEFAULT_SCHEMA_JSON).expect("default schema");
-        assert_eq!(schema.objects.len(), 8);
+        assert_eq!(schema.objects.len(), 9);
         schema.validate().expect("valid");
     }
 
