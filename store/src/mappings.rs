@@ -70,10 +70,28 @@ pub async fn add(
     })
 }
 
-/// Whether the ledger holds records of `object` listed by the fenced job's kind that another
-/// mapping version than `version` wrote (records from before versions were kept count as the
-/// default mapping's): the job then reads its whole listing, so that every record whose mapped
-/// values changed is written again.
+/// Whether the ledger's records of `object` listed by the job's kind are known to be as mapping
+/// `version` maps them (`mapping_applied`), so that [`ledger_stale`] need not scan them.
+pub async fn version_applied(
+    client: &impl GenericClient,
+    job: &crate::worker::ClaimedJob,
+    object: &str,
+    version: i32,
+) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM mapping_applied WHERE connection_id = $1 \
+                 AND object = $2 AND scope = $3 AND version = $4)",
+            &[&job.connection_id, &object, &job.kind.as_str(), &version],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Whether the ledger holds records of `object` listed by the job's kind that another mapping
+/// version than `version` wrote (records from before versions were kept count as the default
+/// mapping's): the job then reads its whole listing, so that every record whose mapped values
+/// changed is written again. A scan of the object's ledger rows: ask [`version_applied`] first.
 pub async fn ledger_stale(
     client: &impl GenericClient,
     job: &crate::worker::ClaimedJob,
@@ -90,23 +108,47 @@ pub async fn ledger_stale(
     Ok(row.try_get(0)?)
 }
 
-/// After a listing read in full under mapping `version`: the records of `object` its kind lists
-/// are now as that version maps them (those whose values changed were written again, the others
-/// map to the same values), so the ledger says so.
+/// Records that the ledger's records of `object` listed by the fenced job's kind are as mapping
+/// `version` maps them (a job found none another version wrote).
+pub async fn record_applied(
+    fenced: &crate::worker::Fenced<'_>,
+    object: &str,
+    version: i32,
+) -> Result<()> {
+    let job = fenced.job;
+    fenced
+        .tx
+        .execute(
+            "INSERT INTO mapping_applied (connection_id, object, scope, version) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (connection_id, object, scope) DO UPDATE SET version = excluded.version",
+            &[&job.connection_id, &object, &job.kind.as_str(), &version],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Marks the ledger's records of `object` listed by the fenced job's kind as mapping `version`'s,
+/// after a listing read in full under it (those whose values changed were written again, the
+/// others map to the same values), and records the version applied: later jobs under it skip
+/// [`ledger_stale`]'s scan.
 pub async fn ledger_mark_version(
     fenced: &crate::worker::Fenced<'_>,
     object: &str,
     version: i32,
 ) -> Result<u64> {
     let job = fenced.job;
-    Ok(fenced
+    let scope = job.kind.as_str();
+    let marked = fenced
         .tx
         .execute(
             "UPDATE ledger SET mapping_version = $4 WHERE connection_id = $1 AND object = $2 \
                  AND scope = $3 AND coalesce(mapping_version, 0) <> $4",
-            &[&job.connection_id, &object, &job.kind.as_str(), &version],
+            &[&job.connection_id, &object, &scope, &version],
         )
-        .await?)
+        .await?;
+    record_applied(fenced, object, version).await?;
+    Ok(marked)
 }
 
 /// The mapping version that last wrote each of some records of one object (`None`: written

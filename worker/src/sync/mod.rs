@@ -36,6 +36,7 @@ mod write;
 
 pub use checkpoint::{Checkpoint, Deferred, Phase, Pos};
 
+use learnsync_store::mappings;
 use learnsync_store::realtime::Targets;
 use learnsync_store::worker as store_worker;
 use serde_json::Value;
@@ -202,7 +203,7 @@ impl<'a> JobRun<'a> {
     async fn remaps(&self) -> SyncResult<bool> {
         let job = &self.ctx.job;
         // Versions only grow: a connection on the default mapping (0) never had another one.
-        if self.mapping_version == learnsync_store::mappings::DEFAULT_VERSION
+        if self.mapping_version == mappings::DEFAULT_VERSION
             || self.ledger_empty
             || self.targets.is_some()
             || job.timeframe_start.is_some()
@@ -210,20 +211,25 @@ impl<'a> JobRun<'a> {
         {
             return Ok(false);
         }
-        let conn = self.ctx.store.conn().await?;
-        let stale = learnsync_store::mappings::ledger_stale(
-            &conn,
-            job,
-            &self.mapping.object,
-            self.mapping_version,
-        )
-        .await?;
+        let (object, version) = (self.mapping.object.as_str(), self.mapping_version);
+        let stale = {
+            let conn = self.ctx.store.conn().await?;
+            if mappings::version_applied(&conn, job, object, version).await? {
+                return Ok(false);
+            }
+            mappings::ledger_stale(&conn, job, object, version).await?
+        };
         if stale {
             tracing::info!(
                 object = %self.mapping.object,
                 mapping_version = self.mapping_version,
                 "records written by another mapping version: reading the whole listing"
             );
+        } else if !job.check_only {
+            // None: later jobs under this version need not look again.
+            self.ctx
+                .fenced(async |fenced| Ok(mappings::record_applied(fenced, object, version).await?))
+                .await?;
         }
         Ok(stale)
     }
@@ -236,11 +242,9 @@ impl<'a> JobRun<'a> {
         let (object, version) = (self.mapping.object.as_str(), self.mapping_version);
         self.ctx
             .fenced(async |fenced| {
-                Ok(
-                    learnsync_store::mappings::ledger_mark_version(fenced, object, version)
-                        .await
-                        .map(|_| ())?,
-                )
+                Ok(mappings::ledger_mark_version(fenced, object, version)
+                    .await
+                    .map(|_| ())?)
             })
             .await
     }
