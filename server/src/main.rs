@@ -53,6 +53,13 @@ struct Config {
     /// Database pool size.
     #[arg(long, env = "LEARNSYNC_DB_POOL_SIZE", default_value_t = 16)]
     db_pool_size: usize,
+    /// How long a call waits for a pooled database connection when all are busy, e.g. 2s; past
+    /// it the call is shed with RESOURCE_EXHAUSTED (and a RetryInfo) instead of queueing.
+    #[arg(long, env = "LEARNSYNC_DB_ACQUIRE_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
+    db_acquire_wait: Duration,
+    /// Most StreamLogs calls one token may hold open at once.
+    #[arg(long, env = "LEARNSYNC_MAX_LOG_STREAMS", default_value_t = learnsync_server::DEFAULT_MAX_LOG_STREAMS)]
+    max_log_streams: usize,
     /// Exceptions to the upstream policy (https and public addresses only), comma separated:
     /// `http`, an address (`127.0.0.1`), a range (`10.0.0.0/8`), a host (`localhost`) or
     /// `*.domain`. Connections whose URLs the policy refuses are not saved.
@@ -107,7 +114,8 @@ async fn main() -> anyhow::Result<()> {
         database_url: config.database_url.clone(),
         max_connections: config.db_pool_size,
     })?
-    .with_direct_url(config.direct_database_url.clone());
+    .with_direct_url(config.direct_database_url.clone())
+    .with_acquire_wait(Some(config.db_acquire_wait));
     store.migrate().await.context("running migrations")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -138,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut options = learnsync_server::Options::new(tokens, cipher);
     options.min_interval = Duration::from_secs(config.min_interval_seconds);
+    options.max_log_streams = config.max_log_streams;
     options.realtime.schedule_tick = config.schedule_tick;
     options.realtime.overlap = config.watermark_overlap;
     options.upstream = config.upstream_allow.clone().unwrap_or_default();

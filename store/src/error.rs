@@ -74,6 +74,17 @@ impl Error {
         Error::NotFound { resource, id }
     }
 
+    /// Whether no pooled connection came free within the store's acquire wait: every connection
+    /// is busy, and the caller should shed the work rather than queue it.
+    pub fn is_pool_starved(&self) -> bool {
+        matches!(
+            self,
+            Error::Pool(deadpool_postgres::PoolError::Timeout(
+                deadpool_postgres::TimeoutType::Wait
+            ))
+        )
+    }
+
     /// Whether Postgres reported a unique violation on the named constraint or index.
     pub fn is_unique_violation(&self, constraint: &str) -> bool {
         match self {

@@ -68,6 +68,10 @@ pub struct Store {
     /// A direct connection's URL (not through PgBouncer in transaction mode), for LISTEN and the
     /// migrations' advisory lock; the pool's URL when unset.
     direct_url: Option<String>,
+    /// How long [`Store::conn`] waits for a free connection when the pool is at its size; the
+    /// pool's 30 s when unset. A server sets it short, so a starved pool sheds calls instead of
+    /// queueing them without end ([`Error::is_pool_starved`]).
+    acquire_wait: Option<Duration>,
 }
 
 impl Store {
@@ -95,6 +99,7 @@ impl Store {
             pool,
             database_url: options.database_url.clone(),
             direct_url: None,
+            acquire_wait: None,
         })
     }
 
@@ -102,6 +107,12 @@ impl Store {
     /// transaction mode gives neither).
     pub fn with_direct_url(mut self, url: Option<String>) -> Store {
         self.direct_url = url.filter(|url| !url.is_empty());
+        self
+    }
+
+    /// Waits at most `wait` for a free connection ([`Store::conn`]); the pool's own 30 s otherwise.
+    pub fn with_acquire_wait(mut self, wait: Option<Duration>) -> Store {
+        self.acquire_wait = wait;
         self
     }
 
@@ -115,9 +126,17 @@ impl Store {
         self.direct_url.as_deref().unwrap_or(&self.database_url)
     }
 
-    /// Takes a connection from the pool.
+    /// Takes a connection from the pool, waiting at most the acquire wait when the pool is at its
+    /// size (then [`Error::is_pool_starved`]).
     pub async fn conn(&self) -> Result<Conn> {
-        Ok(self.pool.get().await?)
+        match self.acquire_wait {
+            Some(wait) => {
+                let mut timeouts = self.pool.timeouts();
+                timeouts.wait = Some(wait);
+                Ok(self.pool.timeout_get(&timeouts).await?)
+            }
+            None => Ok(self.pool.get().await?),
+        }
     }
 
     /// Runs the migrations in `migrations/` that have not run yet. Several processes may call it at
