@@ -7,17 +7,20 @@
 //!   completes (tests run it in-process on port 0).
 //! - [`auth`]: bearer tokens, operator and tenant scopes.
 //! - `service`: the RPC handlers; `convert`: validation and wire conversions; `error`: every
-//!   `Status` the server sends.
+//!   `Status` the server sends; `followers`: StreamLogs' per-token limit and the one shared log
+//!   poll per followed connection; `admission`: unreadable requests answered `INVALID_ARGUMENT`.
 //! - [`metrics`]: Prometheus metrics (gRPC calls, runs and jobs by state) on `/metrics`.
 //! - [`realtime`]: the scheduler and the webhook dispatcher loops; `webhooks`: the HTTP receiver
 //!   of Docebo webhooks.
 //! - `console`: the read-only web console (HTML over the same handlers), on a port of its own.
 //! - `main.rs`: the `learnsync-server` binary.
 
+mod admission;
 pub mod auth;
 mod console;
 mod convert;
 mod error;
+mod followers;
 pub mod metrics;
 pub mod realtime;
 mod service;
@@ -45,8 +48,11 @@ pub struct Options {
     pub cipher: Cipher,
     /// The shortest realtime interval Configure accepts (protects the Docebo call budget).
     pub min_interval: Duration,
-    /// How often a following log stream polls when no NOTIFY arrives.
+    /// How often a followed connection's log is polled when no NOTIFY arrives (one poll per
+    /// connection, shared by its followers).
     pub log_poll_interval: Duration,
+    /// Most StreamLogs calls one token may hold open; more are `RESOURCE_EXHAUSTED`.
+    pub max_log_streams: usize,
     /// How long in-flight calls may take to finish at shutdown.
     pub shutdown_grace: Duration,
     /// The realtime loops (schedule, webhooks).
@@ -76,12 +82,17 @@ impl Options {
             cipher,
             min_interval: Duration::from_secs(60),
             log_poll_interval: Duration::from_secs(1),
+            max_log_streams: DEFAULT_MAX_LOG_STREAMS,
             shutdown_grace: Duration::from_secs(10),
             realtime: RealtimeOptions::default(),
             upstream: learnsync_upstream::Policy::strict(),
         }
     }
 }
+
+/// The most StreamLogs calls one token holds open by default: a console, a CLI or two and a
+/// dashboard, with room to spare.
+pub const DEFAULT_MAX_LOG_STREAMS: usize = 32;
 
 /// What stopped a server.
 #[derive(Debug, thiserror::Error)]
@@ -172,9 +183,13 @@ pub async fn serve_on(
         cipher: options.cipher.clone(),
         min_interval: options.min_interval,
         upstream: std::sync::Arc::new(options.upstream.clone()),
-        log_poll_interval: options.log_poll_interval,
-        notifications,
-        shutdown: cancel.clone(),
+        log_streams: followers::LogStreams::new(
+            store.clone(),
+            options.log_poll_interval,
+            notifications,
+            cancel.clone(),
+            options.max_log_streams,
+        ),
     };
     if let Some(listener) = console_listener {
         tokio::spawn(console::serve(
@@ -190,7 +205,9 @@ pub async fn serve_on(
         .await;
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     let sync = tonic::service::interceptor::InterceptedService::new(
-        SyncServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+        admission::RequestErrors::new(
+            SyncServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+        ),
         options.tokens.clone().interceptor(),
     );
     let addr = listener.local_addr().ok();

@@ -553,6 +553,18 @@ pub async fn state(client: &impl GenericClient, run_id: Uuid) -> Result<Option<R
     row.map(|row| RunState::parse(row.try_get(0)?)).transpose()
 }
 
+/// The ids of a connection's active runs (queued, running or stopping): a shared log poll reads
+/// them before the events, so a followed run missing here has logged its last event.
+pub async fn active_ids(client: &impl GenericClient, connection_id: Uuid) -> Result<Vec<Uuid>> {
+    let rows = client
+        .query(
+            "SELECT id FROM runs WHERE connection_id = $1 AND state = ANY($2)",
+            &[&connection_id, &active_states()],
+        )
+        .await?;
+    rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+}
+
 /// Reads a run's jobs, in creation order.
 pub async fn jobs_of(client: &impl GenericClient, run_id: Uuid) -> Result<Vec<Job>> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE run_id = $1 ORDER BY position, id");

@@ -189,6 +189,26 @@ pub async fn set_next_run_time(
     Ok(())
 }
 
+/// Test support: locks the runs table until `tx` ends, so that every statement reading runs
+/// waits, holding its pooled connection (a stuck database, for the load-shedding tests).
+pub async fn lock_runs(tx: &crate::Transaction<'_>) -> Result<()> {
+    tx.batch_execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    Ok(())
+}
+
+/// Test support: how many sessions of this database wait on a lock.
+pub async fn lock_waiters(client: &impl crate::GenericClient) -> Result<i64> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
