@@ -962,3 +962,133 @@ async fn a_starved_database_pool_sheds_calls_with_resource_exhausted_and_recover
     drop(observer);
     drop(holder);
 }
+
+/// Serves `router` on 127.0.0.1, port 0; returns `http://<address>`.
+async fn serve_upstream(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{address}")
+}
+
+/// A Docebo stand-in: its token endpoint answers, and every other request gets `page`.
+fn docebo_standin<H, T>(page: H) -> axum::Router
+where
+    H: axum::handler::Handler<T, ()>,
+    T: 'static,
+{
+    axum::Router::new()
+        .route(
+            "/oauth2/token",
+            axum::routing::post(|| async {
+                axum::Json(serde_json::json!({"access_token": "token", "expires_in": 3600}))
+            }),
+        )
+        .fallback(page)
+}
+
+/// Waits (polling GetRun, at most 60 s) until a run has ended.
+async fn wait_run(
+    client: &mut learnsync_client::Client,
+    connection: &str,
+    run: &str,
+) -> learnsync_client::pb::Run {
+    use learnsync_client::pb::RunState;
+    for _ in 0..600 {
+        let run = client.get_run(connection, run).await.unwrap();
+        let active = [RunState::Queued, RunState::Running, RunState::Stopping]
+            .iter()
+            .any(|state| *state as i32 == run.state);
+        if !active {
+            return run;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("run {run} did not end in 60 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_upstreams_fail_their_own_jobs_and_another_tenants_jobs_on_the_same_worker_complete()
+ {
+    use learnsync_client::pb;
+    use learnsync_e2e::{TestSystem, manual, tokens};
+    let params = learnsync_sim::GenerateParams {
+        seed: 11,
+        users: Some(30),
+        bad_records: Some(false),
+        ..Default::default()
+    };
+    // One worker: every tenant's jobs below run on it.
+    let system = TestSystem::start(&params, 1, |_| {}).await.unwrap();
+    // A page that is not JSON, cut off mid-record.
+    let malformed = serve_upstream(docebo_standin(axum::routing::any(|| async {
+        (
+            [("content-type", "application/json")],
+            "{\"data\": {\"items\": [{\"user_id\": 1, \"username\": \"\u{0}",
+        )
+    })))
+    .await;
+    // A page that never ends.
+    let endless = serve_upstream(docebo_standin(axum::routing::any(|| async {
+        let chunk = axum::body::Bytes::from(vec![b'['; 64 << 10]);
+        let stream = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+        axum::response::Response::builder()
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from_stream(stream))
+            .unwrap()
+    })))
+    .await;
+    let mut acme = system.server.client(tokens::ACME).await.unwrap();
+    let mut hostile = Vec::new();
+    for (name, url) in [("malformed", &malformed), ("endless", &endless)] {
+        let mut connection =
+            learnsync_e2e::sim_connection(name, &system.docebo, &system.salesforce);
+        connection.docebo.as_mut().unwrap().base_url = url.clone();
+        let created = acme
+            .create_connection(pb::CreateConnectionRequest {
+                connection: Some(connection),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
+        acme.configure(&created.id, manual(pb::Area::Users))
+            .await
+            .unwrap();
+        let run = acme
+            .start(&created.id, pb::Area::Users, None)
+            .await
+            .unwrap();
+        hostile.push((name, created.id, run.id));
+    }
+    let mut operator = system.client().await.unwrap();
+    let good = &system.connection_id;
+    operator
+        .configure(good, manual(pb::Area::Users))
+        .await
+        .unwrap();
+    let users = operator.start(good, pb::Area::Users, None).await.unwrap();
+
+    let users = wait_run(&mut operator, good, &users.id).await;
+    assert_eq!(users.state, pb::RunState::Succeeded as i32, "{users:#?}");
+    for (name, connection, run) in &hostile {
+        let run = wait_run(&mut acme, connection, run).await;
+        assert_eq!(run.state, pb::RunState::Failed as i32, "{name}: {run:#?}");
+        let error = &run.jobs[0].error_message;
+        match *name {
+            "malformed" => assert!(error.contains("not JSON"), "{error}"),
+            _ => assert_eq!(error, "docebo answer larger than 16 MiB: not read"),
+        }
+        assert!(
+            error.len() < 300 && !error.chars().any(char::is_control),
+            "{error:?}"
+        );
+    }
+    // The worker is alive after them: it runs the good tenant's next area.
+    let courses = system.first_sync(manual(pb::Area::Courses)).await.unwrap();
+    assert_eq!(
+        courses.state,
+        pb::RunState::Succeeded as i32,
+        "{courses:#?}"
+    );
+    system.stop().await.unwrap();
+}
