@@ -138,7 +138,7 @@ impl LogStreams {
         let mut open = lock(&self.inner.open);
         let count = open.entry(principal.to_string()).or_insert(0);
         if *count >= self.inner.limit {
-            tracing::info!(
+            tracing::debug!(
                 principal,
                 limit = self.inner.limit,
                 "log stream refused: over the limit"
