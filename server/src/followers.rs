@@ -334,7 +334,14 @@ impl Follower {
             let over = match received {
                 Ok(batch) if batch.from > self.next => self.catch_up().await?,
                 Ok(batch) => self.take(&batch).await?,
-                Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await?,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(
+                        connection_id = %self.filter.connection_id,
+                        missed,
+                        "log follower fell behind the shared poll: catching up from postgres"
+                    );
+                    self.catch_up().await?
+                }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             };
             if over {

@@ -829,8 +829,11 @@ async fn followers_sharing_a_connections_poll_see_every_event_in_order() {
             LogLevel::Debug
         }
     };
-    let follow = |stream: tonic::Streaming<pb::LogEvent>, last: i64| {
+    let follow = |stream: tonic::Streaming<pb::LogEvent>, last: i64, pause: u64| {
         tokio::spawn(async move {
+            // A follower that does not read for a while falls behind the shared poll's
+            // broadcast and must catch up from Postgres.
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             let mut seen = Vec::new();
             let mut stream = stream;
             while seen.last().is_none_or(|s| *s < last) {
@@ -845,15 +848,34 @@ async fn followers_sharing_a_connections_poll_see_every_event_in_order() {
         })
     };
     let mut followers = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         followers.push((
             1,
-            follow(client.stream_logs(request(0)).await.unwrap(), total),
+            follow(client.stream_logs(request(0)).await.unwrap(), total, 0),
         ));
     }
+    // A slow reader on small HTTP/2 windows: its stream cannot buffer the log, so its follower
+    // falls behind the shared poll's broadcast and must catch up from Postgres.
+    let narrow = tonic::transport::Endpoint::from_shared(server.endpoint.clone())
+        .unwrap()
+        .initial_stream_window_size(Some(8 << 10))
+        .initial_connection_window_size(Some(8 << 10))
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = pb::sync_service_client::SyncServiceClient::new(narrow);
+    let mut slow_request = tonic::Request::new(request(0));
+    slow_request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", learnsync_e2e::tokens::OPERATOR)
+            .parse()
+            .unwrap(),
+    );
+    let slow_stream = slow.stream_logs(slow_request).await.unwrap().into_inner();
+    followers.push((1, follow(slow_stream, total, 3_000)));
     followers.push((
         5,
-        follow(client.stream_logs(request(3)).await.unwrap(), total),
+        follow(client.stream_logs(request(3)).await.unwrap(), total, 0),
     ));
     let writer = {
         let store = server.store.clone();
@@ -877,7 +899,7 @@ async fn followers_sharing_a_connections_poll_see_every_event_in_order() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     followers.push((
         1,
-        follow(client.stream_logs(request(0)).await.unwrap(), total),
+        follow(client.stream_logs(request(0)).await.unwrap(), total, 0),
     ));
     writer.await.unwrap();
     for (step, follower) in followers {
