@@ -561,8 +561,8 @@ mod fuzz {
 /// few hundred bytes a request shows above this over the floods below.
 const FLAT_KIB: u64 = 8 * 1024;
 
-/// Sends `count` fuzzed calls from `lanes` concurrent callers; returns the answers' codes and
-/// the bodies that got INTERNAL or UNKNOWN.
+/// Sends `count` fuzzed calls from 8 concurrent callers; returns the number of answers by code
+/// and of calls by method path, and the calls that got INTERNAL or UNKNOWN.
 async fn fuzz_calls(
     server: &process::ServerProcess,
     connections: &[String],
@@ -593,6 +593,8 @@ async fn fuzz_calls(
                 let token = fuzz::token(&mut rng);
                 let code = raw_call(&mut grpc, path, *streaming, token, body.clone()).await;
                 *codes.entry(format!("{code:?}")).or_default() += 1;
+                // Calls per method too, under the method's path.
+                *codes.entry(path.clone()).or_default() += 1;
                 if matches!(code, tonic::Code::Internal | tonic::Code::Unknown) {
                     bad.push(format!("{code:?} {path} {}", hex::encode(&body)));
                 }
@@ -650,6 +652,10 @@ async fn fuzzed_requests_on_every_method_get_no_internal_answer_and_leave_memory
             && codes.get("InvalidArgument").copied().unwrap_or(0) > 0,
         "the fuzz reached the handlers: {codes:?}"
     );
+    for (path, _) in methods() {
+        let calls = codes.get(&path).copied().unwrap_or(0);
+        assert!(calls >= 200, "{path} got {calls} fuzzed calls");
+    }
     assert!(
         after <= before + FLAT_KIB,
         "server memory grew from {before} KiB to {after} KiB"
