@@ -809,17 +809,90 @@ async fn a_token_holds_a_bounded_number_of_log_streams_and_a_closed_one_frees_it
     server.stop().await.unwrap();
 }
 
+/// Collects a following stream's sequence numbers until `last`, after not reading for `pause`
+/// ms (a follower that does not read falls behind the shared poll's broadcast).
+fn follow_until(
+    mut stream: tonic::Streaming<learnsync_client::pb::LogEvent>,
+    last: i64,
+    pause: u64,
+) -> tokio::task::JoinHandle<Vec<i64>> {
+    use futures::StreamExt as _;
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        let mut seen = Vec::new();
+        while seen.last().is_none_or(|s| *s < last) {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next())
+                .await
+                .expect("events keep coming")
+                .unwrap()
+                .unwrap();
+            seen.push(event.sequence);
+        }
+        seen
+    })
+}
+
+/// A following stream opened on small HTTP/2 windows: it cannot buffer the log, so a reader
+/// that pauses makes its follower fall behind the broadcast and catch up from Postgres.
+async fn narrow_stream(
+    endpoint: &str,
+    request: learnsync_client::pb::StreamLogsRequest,
+) -> tonic::Streaming<learnsync_client::pb::LogEvent> {
+    let narrow = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .unwrap()
+        .initial_stream_window_size(Some(8 << 10))
+        .initial_connection_window_size(Some(8 << 10))
+        .connect()
+        .await
+        .unwrap();
+    let mut client = learnsync_client::pb::sync_service_client::SyncServiceClient::new(narrow);
+    let mut request = tonic::Request::new(request);
+    let bearer = format!("Bearer {}", learnsync_e2e::tokens::OPERATOR);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    client.stream_logs(request).await.unwrap().into_inner()
+}
+
+/// Appends events 1 to `total` to a connection's log in batches of varying size; every fifth
+/// is a warning, the rest debug.
+fn write_log(
+    store: learnsync_store::Store,
+    connection: uuid::Uuid,
+    total: i64,
+) -> tokio::task::JoinHandle<()> {
+    use learnsync_store::model::{LogLevel, NewLogEvent};
+    tokio::spawn(async move {
+        let (mut next, mut size) = (1, 1);
+        while next <= total {
+            let batch: Vec<NewLogEvent> = (next..(next + size).min(total + 1))
+                .map(|sequence| {
+                    let level = if sequence % 5 == 0 {
+                        LogLevel::Warn
+                    } else {
+                        LogLevel::Debug
+                    };
+                    NewLogEvent::new(level, format!("event {sequence}"))
+                })
+                .collect();
+            let conn = store.conn().await.unwrap();
+            let given = learnsync_store::logs::append(&conn, connection, &batch)
+                .await
+                .unwrap();
+            next = given.last().unwrap() + 1;
+            size = size % 97 + 13;
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_sharing_a_connections_poll_see_every_event_in_order() {
-    use futures::StreamExt as _;
     use learnsync_client::pb;
-    use learnsync_store::model::{LogLevel, NewLogEvent};
     let server = TestServer::start().await.unwrap();
     let mut client = server.operator().await.unwrap();
     let id = learnsync_e2e::create_sample(&mut client, "acme")
         .await
         .unwrap();
-    let uuid: uuid::Uuid = id.parse().unwrap();
     let request = |min_level: i32| pb::StreamLogsRequest {
         connection_id: id.clone(),
         follow: true,
@@ -827,86 +900,22 @@ async fn followers_sharing_a_connections_poll_see_every_event_in_order() {
         ..Default::default()
     };
     let total: i64 = 3_000;
-    // Every fifth event is a warning: the filtered follower must see exactly those.
-    let level = |sequence: i64| {
-        if sequence % 5 == 0 {
-            LogLevel::Warn
-        } else {
-            LogLevel::Debug
-        }
-    };
-    let follow = |stream: tonic::Streaming<pb::LogEvent>, last: i64, pause: u64| {
-        tokio::spawn(async move {
-            // A follower that does not read for a while falls behind the shared poll's
-            // broadcast and must catch up from Postgres.
-            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-            let mut seen = Vec::new();
-            let mut stream = stream;
-            while seen.last().is_none_or(|s| *s < last) {
-                let event = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next())
-                    .await
-                    .expect("events keep coming")
-                    .unwrap()
-                    .unwrap();
-                seen.push(event.sequence);
-            }
-            seen
-        })
-    };
+    // (every how many events a follower selects, the follower)
     let mut followers = Vec::new();
     for _ in 0..2 {
-        followers.push((
-            1,
-            follow(client.stream_logs(request(0)).await.unwrap(), total, 0),
-        ));
+        let stream = client.stream_logs(request(0)).await.unwrap();
+        followers.push((1, follow_until(stream, total, 0)));
     }
-    // A slow reader on small HTTP/2 windows: its stream cannot buffer the log, so its follower
-    // falls behind the shared poll's broadcast and must catch up from Postgres.
-    let narrow = tonic::transport::Endpoint::from_shared(server.endpoint.clone())
-        .unwrap()
-        .initial_stream_window_size(Some(8 << 10))
-        .initial_connection_window_size(Some(8 << 10))
-        .connect()
-        .await
-        .unwrap();
-    let mut slow = pb::sync_service_client::SyncServiceClient::new(narrow);
-    let mut slow_request = tonic::Request::new(request(0));
-    slow_request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", learnsync_e2e::tokens::OPERATOR)
-            .parse()
-            .unwrap(),
-    );
-    let slow_stream = slow.stream_logs(slow_request).await.unwrap().into_inner();
-    followers.push((1, follow(slow_stream, total, 3_000)));
-    followers.push((
-        5,
-        follow(client.stream_logs(request(3)).await.unwrap(), total, 0),
-    ));
-    let writer = {
-        let store = server.store.clone();
-        tokio::spawn(async move {
-            let mut next = 1;
-            let mut size = 1;
-            while next <= total {
-                let batch: Vec<NewLogEvent> = (next..(next + size).min(total + 1))
-                    .map(|sequence| NewLogEvent::new(level(sequence), format!("event {sequence}")))
-                    .collect();
-                let conn = store.conn().await.unwrap();
-                let given = learnsync_store::logs::append(&conn, uuid, &batch)
-                    .await
-                    .unwrap();
-                next = given.last().unwrap() + 1;
-                size = size % 97 + 13;
-            }
-        })
-    };
+    let slow = narrow_stream(&server.endpoint, request(0)).await;
+    followers.push((1, follow_until(slow, total, 3_000)));
+    // Warnings only: every fifth event.
+    let warnings = client.stream_logs(request(3)).await.unwrap();
+    followers.push((5, follow_until(warnings, total, 0)));
+    let writer = write_log(server.store.clone(), id.parse().unwrap(), total);
     // One joins while events flow: it catches up, then takes the shared poll's events.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    followers.push((
-        1,
-        follow(client.stream_logs(request(0)).await.unwrap(), total, 0),
-    ));
+    let late = client.stream_logs(request(0)).await.unwrap();
+    followers.push((1, follow_until(late, total, 0)));
     writer.await.unwrap();
     for (step, follower) in followers {
         let seen = follower.await.unwrap();
@@ -1015,6 +1024,30 @@ where
         .fallback(page)
 }
 
+/// A Docebo whose pages are not JSON, cut off mid-record; returns its base URL.
+async fn malformed_docebo() -> String {
+    serve_upstream(docebo_standin(axum::routing::any(|| async {
+        (
+            [("content-type", "application/json")],
+            "{\"data\": {\"items\": [{\"user_id\": 1, \"username\": \"\u{0}",
+        )
+    })))
+    .await
+}
+
+/// A Docebo whose pages never end; returns its base URL.
+async fn endless_docebo() -> String {
+    serve_upstream(docebo_standin(axum::routing::any(|| async {
+        let chunk = axum::body::Bytes::from(vec![b'['; 64 << 10]);
+        let stream = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+        axum::response::Response::builder()
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from_stream(stream))
+            .unwrap()
+    })))
+    .await
+}
+
 /// Waits (polling GetRun, at most 60 s) until a run has ended.
 async fn wait_run(
     client: &mut learnsync_client::Client,
@@ -1048,24 +1081,8 @@ async fn hostile_upstreams_fail_their_own_jobs_and_another_tenants_jobs_on_the_s
     };
     // One worker: every tenant's jobs below run on it.
     let system = TestSystem::start(&params, 1, |_| {}).await.unwrap();
-    // A page that is not JSON, cut off mid-record.
-    let malformed = serve_upstream(docebo_standin(axum::routing::any(|| async {
-        (
-            [("content-type", "application/json")],
-            "{\"data\": {\"items\": [{\"user_id\": 1, \"username\": \"\u{0}",
-        )
-    })))
-    .await;
-    // A page that never ends.
-    let endless = serve_upstream(docebo_standin(axum::routing::any(|| async {
-        let chunk = axum::body::Bytes::from(vec![b'['; 64 << 10]);
-        let stream = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
-        axum::response::Response::builder()
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from_stream(stream))
-            .unwrap()
-    })))
-    .await;
+    let malformed = malformed_docebo().await;
+    let endless = endless_docebo().await;
     let mut acme = system.server.client(tokens::ACME).await.unwrap();
     let mut hostile = Vec::new();
     for (name, url) in [("malformed", &malformed), ("endless", &endless)] {
