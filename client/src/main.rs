@@ -27,6 +27,27 @@ struct Cli {
     /// A file holding the bearer token, instead of the LEARNSYNC_TOKEN environment variable.
     #[arg(long, global = true, env = "LEARNSYNC_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for an https:// endpoint, instead of the
+    /// machine's.
+    #[arg(long, global = true, env = "LEARNSYNC_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// A PEM client certificate to present to a server that requires one (mTLS), with
+    /// --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "LEARNSYNC_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The file holding the client certificate's PEM private key.
+    #[arg(
+        long,
+        global = true,
+        env = "LEARNSYNC_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -361,9 +382,23 @@ fn print(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
     }
 }
 
+/// The TLS the flags ask for (files read now, so a missing one is named).
+fn tls(cli: &Cli) -> anyhow::Result<learnsync_client::Tls> {
+    let read =
+        |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let mut tls = learnsync_client::Tls::default();
+    if let Some(path) = &cli.ca_file {
+        tls.ca_pem = Some(read(path)?);
+    }
+    if let (Some(certificate), Some(key)) = (&cli.client_cert, &cli.client_key) {
+        tls.client_identity = Some((read(certificate)?, read(key)?));
+    }
+    Ok(tls)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let token = token(&cli)?;
-    let mut client = Client::connect(&cli.endpoint, &token).await?;
+    let mut client = Client::connect_with(&cli.endpoint, &token, &tls(&cli)?).await?;
     let json = cli.json;
     match cli.command {
         Command::Connection(command) => connection_command(&mut client, json, command).await?,

@@ -23,14 +23,15 @@ struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "LEARNSYNC_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// Address to receive Docebo webhooks on (plain HTTP; put TLS in front). Off when unset.
+    /// Address to receive Docebo webhooks on (HTTPS with --tls-cert, else plain HTTP). Off when
+    /// unset.
     #[arg(long, env = "LEARNSYNC_WEBHOOK_LISTEN")]
     webhook_listen: Option<SocketAddr>,
     /// Address to serve Prometheus metrics on (`/metrics`). Off when unset.
     #[arg(long, env = "LEARNSYNC_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
-    /// Address to serve the read-only web console on (plain HTTP; browsers send its `Secure`
-    /// session cookie only over HTTPS or to localhost, so put TLS in front). Off when unset.
+    /// Address to serve the read-only web console on (HTTPS with --tls-cert, else plain HTTP:
+    /// browsers send its `Secure` session cookie only over HTTPS or to localhost). Off when unset.
     #[arg(long, env = "LEARNSYNC_CONSOLE_LISTEN")]
     console_listen: Option<SocketAddr>,
     /// How often the realtime scheduler looks for due runs, e.g. 5s.
@@ -65,9 +66,44 @@ struct Config {
     /// `*.domain`. Connections whose URLs the policy refuses are not saved.
     #[arg(long, env = learnsync_upstream::ENV)]
     upstream_allow: Option<learnsync_upstream::Policy>,
+    /// A PEM certificate chain (the server's first) to serve gRPC, the webhook receiver and the
+    /// console over TLS with; the metrics stay plain. Plain TCP when unset.
+    #[arg(long, env = "LEARNSYNC_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The file holding the certificate's PEM private key.
+    #[arg(long, env = "LEARNSYNC_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A PEM file of CA certificates: gRPC callers must present a client certificate one of
+    /// them signed (mTLS). Needs --tls-cert.
+    #[arg(long, env = "LEARNSYNC_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "LEARNSYNC_LOG_JSON")]
     log_json: bool,
+}
+
+/// The server's TLS, when a certificate is configured.
+fn read_tls(config: &Config) -> anyhow::Result<Option<learnsync_server::Tls>> {
+    let (Some(certificate), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let mut tls = learnsync_server::Tls::read(certificate, key)?;
+    if let Some(ca) = &config.tls_client_ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        tls = tls.require_client_certificates(&pem)?;
+    }
+    Ok(Some(tls))
+}
+
+/// Binds `address` when one is given.
+async fn bind(address: Option<SocketAddr>) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address}"))?;
+    Ok(Some(listener))
 }
 
 fn read_secret(env: &str, file: Option<&PathBuf>, what: &str) -> anyhow::Result<String> {
@@ -117,46 +153,22 @@ async fn main() -> anyhow::Result<()> {
     .with_direct_url(config.direct_database_url.clone())
     .with_acquire_wait(Some(config.db_acquire_wait));
     store.migrate().await.context("running migrations")?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let webhooks = match config.webhook_listen {
-        Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding {address}"))?,
-        ),
-        None => None,
-    };
-    let metrics = match config.metrics_listen {
-        Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding {address}"))?,
-        ),
-        None => None,
-    };
-    let console = match config.console_listen {
-        Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding {address}"))?,
-        ),
-        None => None,
-    };
     let mut options = learnsync_server::Options::new(tokens, cipher);
+    options.tls = read_tls(&config)?;
+    let listeners = learnsync_server::Listeners {
+        grpc: bind(Some(config.listen))
+            .await?
+            .context("no grpc listener")?,
+        webhooks: bind(config.webhook_listen).await?,
+        metrics: bind(config.metrics_listen).await?,
+        console: bind(config.console_listen).await?,
+    };
     options.min_interval = Duration::from_secs(config.min_interval_seconds);
     options.max_log_streams = config.max_log_streams;
     options.realtime.schedule_tick = config.schedule_tick;
     options.realtime.overlap = config.watermark_overlap;
     options.upstream = config.upstream_allow.clone().unwrap_or_default();
     tracing::info!(upstream_allow = %options.upstream, "upstream policy");
-    let listeners = learnsync_server::Listeners {
-        grpc: listener,
-        webhooks,
-        metrics,
-        console,
-    };
     learnsync_server::serve_on(store, options, listeners, shutdown_signal()).await?;
     Ok(())
 }

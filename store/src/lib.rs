@@ -12,6 +12,7 @@
 //!   Docebo call budget.
 //! - [`realtime`]: the schedule of incremental runs and full comparisons; webhook messages.
 //! - [`secrets`]: credentials encrypted at rest (AES-256-GCM).
+//! - [`tls`]: TLS to Postgres as a URL's `sslmode` and `sslrootcert` ask (every connection).
 //! - [`listen`]: one long-lived LISTEN connection fanned out to tasks (NOTIFY as wake-up).
 //! - [`embedded`]: a private PostgreSQL cluster from the machine's binaries (demo, tests).
 //! - [`testing`]: a database per test, cloned from a migrated template.
@@ -29,6 +30,7 @@ pub mod realtime;
 pub mod runs;
 pub mod secrets;
 pub mod testing;
+pub mod tls;
 pub mod worker;
 
 pub use codes::{ErrorCode, Resource};
@@ -77,13 +79,10 @@ pub struct Store {
 impl Store {
     /// Opens a pool (lazily: no connection is made until the first use).
     pub fn connect(options: &Options) -> Result<Store> {
-        let pg_config: tokio_postgres::Config = options
-            .database_url
-            .parse()
-            .map_err(|error| Error::Config(format!("invalid database url: {error}")))?;
+        let target = tls::Target::parse(&options.database_url)?;
         let manager = deadpool_postgres::Manager::from_config(
-            pg_config,
-            tokio_postgres::NoTls,
+            target.config,
+            target.tls,
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
             },
@@ -148,8 +147,7 @@ impl Store {
 
 /// Runs the pending migrations against the database at `database_url`, under an advisory lock.
 pub async fn migrate(database_url: &str) -> Result<()> {
-    let (mut client, connection) =
-        tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+    let (mut client, connection) = tls::connect(database_url).await?;
     let driver = tokio::spawn(connection);
     // The key is arbitrary but fixed: every learnsync process migrating this database waits here.
     client

@@ -78,7 +78,7 @@ async fn cluster() -> Result<&'static Cluster> {
 }
 
 async fn admin_client(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let (client, connection) = crate::tls::connect(url).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
