@@ -112,6 +112,18 @@ pub async fn connect(database_url: &str) -> Result<(tokio_postgres::Client, Conn
     Target::parse(database_url)?.connect().await
 }
 
+/// Whether `client`'s session is encrypted (PostgreSQL's own view, `pg_stat_ssl`): what an
+/// operator or a test checks a URL's `sslmode` by.
+pub async fn session_encrypted(client: &impl tokio_postgres::GenericClient) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// The TLS settings libpq reads and tokio-postgres does not (it knows no `verify-*` mode and
 /// refuses `sslrootcert`).
 #[derive(Debug, Default, PartialEq, Eq)]
