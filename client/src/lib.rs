@@ -133,13 +133,12 @@ impl Client {
             source,
         };
         let mut builder = Endpoint::from_shared(endpoint.to_string()).map_err(invalid)?;
-        if !tls.is_default() {
-            if builder.uri().scheme_str() != Some("https") {
-                return Err(Error::PlainEndpoint {
-                    endpoint: endpoint.to_string(),
-                });
-            }
+        if builder.uri().scheme_str() == Some("https") {
             builder = builder.tls_config(tls.config()).map_err(invalid)?;
+        } else if !tls.is_default() {
+            return Err(Error::PlainEndpoint {
+                endpoint: endpoint.to_string(),
+            });
         }
         let channel = builder
             .connect_timeout(Duration::from_secs(5))

@@ -96,6 +96,17 @@ async fn list(endpoint: &str, token: &str, tls: &ClientTls) -> Result<usize, Str
     Ok(page.connections.len())
 }
 
+/// An error and every error under it.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 fn trusting(authority: &Authority) -> ClientTls {
     ClientTls {
         ca_pem: Some(authority.pem.clone().into_bytes()),
@@ -140,6 +151,10 @@ async fn the_rust_client_calls_the_api_over_tls_and_trusts_only_its_ca() {
         refused.is_err(),
         "a server certificate from an unknown ca was accepted"
     );
+    // Without a CA file an https endpoint is checked against the machine's CAs: not this one.
+    let machine_roots = Client::connect(&server.endpoint, tokens::OPERATOR).await;
+    let error = with_causes(&machine_roots.err().unwrap());
+    assert!(error.contains("UnknownIssuer"), "{error}");
     // Plain HTTP/2 to the TLS port gets no answer.
     let plain = server.endpoint.replace("https://", "http://");
     let refused = list(&plain, tokens::OPERATOR, &ClientTls::default()).await;
