@@ -394,3 +394,20 @@ async fn postgres_connections_honour_sslmode_and_refuse_a_ca_they_do_not_trust()
         Ok(true)
     );
 }
+
+#[test]
+fn a_bad_certificate_key_or_client_ca_is_refused_saying_which() {
+    let authority = Authority::new("learnsync test ca");
+    let issued = authority.server();
+    let other = authority.server();
+    let error = Tls::from_pem(b"not a certificate", issued.key.as_bytes()).unwrap_err();
+    assert!(error.to_string().starts_with("tls certificate:"), "{error}");
+    let error = Tls::from_pem(issued.certificate.as_bytes(), b"not a key").unwrap_err();
+    assert!(error.to_string().starts_with("tls key:"), "{error}");
+    // A key that is not the certificate's.
+    let error = Tls::from_pem(issued.certificate.as_bytes(), other.key.as_bytes()).unwrap_err();
+    assert!(error.to_string().starts_with("tls key:"), "{error}");
+    let tls = Tls::from_pem(issued.certificate.as_bytes(), issued.key.as_bytes()).unwrap();
+    let error = tls.require_client_certificates(b"no ca here").unwrap_err();
+    assert!(error.to_string().starts_with("tls client ca:"), "{error}");
+}
