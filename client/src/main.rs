@@ -367,11 +367,26 @@ async fn main() {
     let cli = Cli::parse();
     if let Err(error) = run(cli).await {
         match error.downcast_ref::<tonic::Status>() {
-            Some(status) => eprintln!("error: {}", describe(status)),
+            Some(status) => eprintln!("error: {}{}", describe(status), causes(status)),
             None => eprintln!("error: {error:#}"),
         }
         std::process::exit(1);
     }
+}
+
+/// What a status that did not come from the server says of its cause (the transport's error,
+/// e.g. a TLS alert such as `CertificateRequired` from a server that requires mTLS).
+fn causes(status: &tonic::Status) -> String {
+    let mut text = String::new();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn print(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {

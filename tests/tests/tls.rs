@@ -92,7 +92,7 @@ async fn list(endpoint: &str, token: &str, tls: &ClientTls) -> Result<usize, Str
     let page = client
         .list_connections(100, "")
         .await
-        .map_err(|status| format!("call: {:?}: {}", status.code(), status.message()))?;
+        .map_err(|status| format!("call: {:?}: {}", status.code(), with_causes(&status)))?;
     Ok(page.connections.len())
 }
 
