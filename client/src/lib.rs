@@ -179,11 +179,14 @@ impl Client {
         loop {
             match call(&mut self.raw, request.clone()).await {
                 Ok(response) => return Ok(response.into_inner()),
-                Err(status) if status.code() == Code::Unavailable && attempt < self.attempts => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
+                Err(status) if attempt < self.attempts => match retry_after(&status, delay) {
+                    Some(wait) => {
+                        tokio::time::sleep(wait).await;
+                        delay *= 2;
+                        attempt += 1;
+                    }
+                    None => return Err(status),
+                },
                 Err(status) => return Err(status),
             }
         }
@@ -450,4 +453,52 @@ pub struct Resync {
     pub check_only: bool,
     /// Unenroll even above the connection's guard.
     pub confirm_unenrollments: bool,
+}
+
+/// How long to wait before sending a mutating call again, or `None` when its answer is final: the
+/// server was unavailable (wait `backoff`), or it shed the call because its database pool was
+/// starved (`RESOURCE_EXHAUSTED` with reason `SERVER_BUSY`: wait what its `RetryInfo` says, at
+/// least `backoff`). The same request id makes a resent call safe.
+fn retry_after(status: &Status, backoff: Duration) -> Option<Duration> {
+    use tonic_types::StatusExt as _;
+    match status.code() {
+        Code::Unavailable => Some(backoff),
+        Code::ResourceExhausted => {
+            let details = status.get_error_details();
+            let busy = details
+                .error_info()
+                .is_some_and(|info| info.reason == "SERVER_BUSY");
+            let hint = details.retry_info().and_then(|info| info.retry_delay);
+            busy.then(|| hint.map_or(backoff, |hint| hint.max(backoff)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::{ErrorDetails, StatusExt as _};
+
+    fn exhausted(reason: &str, hint: Option<Duration>) -> Status {
+        let mut details = ErrorDetails::with_retry_info(hint);
+        details.set_error_info(reason, "learnsync.dev", std::collections::HashMap::new());
+        Status::with_error_details(Code::ResourceExhausted, "busy", details)
+    }
+
+    #[test]
+    fn a_shed_call_waits_its_retry_hint_and_other_answers_are_final() {
+        let backoff = Duration::from_millis(200);
+        let shed = exhausted("SERVER_BUSY", Some(Duration::from_secs(1)));
+        assert_eq!(retry_after(&shed, backoff), Some(Duration::from_secs(1)));
+        let shed_without_hint = exhausted("SERVER_BUSY", None);
+        assert_eq!(retry_after(&shed_without_hint, backoff), Some(backoff));
+        let quota = exhausted("TOO_MANY_LOG_STREAMS", Some(Duration::from_secs(1)));
+        assert_eq!(retry_after(&quota, backoff), None);
+        assert_eq!(
+            retry_after(&Status::unavailable("down"), backoff),
+            Some(backoff)
+        );
+        assert_eq!(retry_after(&Status::invalid_argument("x"), backoff), None);
+    }
 }
