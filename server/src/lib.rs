@@ -156,7 +156,11 @@ pub async fn serve_on(
     ));
     tokio::spawn(maintenance(store.clone(), cancel.child_token()));
     let webhook_task = webhooks.map(|listener| {
-        let router = webhooks::router(store.clone(), options.cipher.clone());
+        let router = webhooks::router(
+            store.clone(),
+            options.cipher.clone(),
+            options.realtime.webhook_max_pending,
+        );
         spawn_http("webhook receiver", listener, router, cancel.clone())
     });
     let metrics_task = metrics_listener.map(|listener| {
