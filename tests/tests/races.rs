@@ -1,7 +1,7 @@
 //! Proves the races between callers, workers and tenants end well (real Postgres, a real server
 //! over gRPC and HTTP): one connection's webhook backlog delays no other connection's message and
 //! stays within its quota; two concurrent credential updates both stick; Stop racing a job's end
-//! never fails.
+//! never fails; a starting server purges webhook messages handled more than 7 days ago.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -314,4 +314,52 @@ async fn stop_racing_a_job_finishing_never_fails() {
         "the job's end failed: {finish_errors:?}"
     );
     assert_eq!(rounds, 60, "a run stayed active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_server_purges_webhook_messages_handled_past_their_retention() {
+    let server = TestServer::start().await.unwrap();
+    let mut client = server.client(tokens::ACME).await.unwrap();
+    let id: Uuid = create_sample(&mut client, "old webhooks")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    let conn = server.store.conn().await.unwrap();
+    for message_id in ["old", "recent", "pending"] {
+        let body = enrollment_message(message_id, 1);
+        realtime::record_webhook(&conn, id, message_id, "course.enrollment.created", &body)
+            .await
+            .unwrap();
+    }
+    // Arranged in SQL: "old" was handled eight days ago, "recent" six days ago.
+    for (message_id, days) in [("old", 8), ("recent", 6)] {
+        conn.execute(
+            "UPDATE webhook_messages SET handle_time = now() - make_interval(days => $2), \
+             outcome = 'run' WHERE message_id = $1",
+            &[&message_id, &days],
+        )
+        .await
+        .unwrap();
+    }
+    // Housekeeping runs when a server starts, then hourly.
+    let second = TestServer::start_on(&server.database_url, server.cipher.clone())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the old message purged", || {
+        let store = second.store.clone();
+        async move {
+            let conn = store.conn().await?;
+            let counts = realtime::message_counts(&conn, id).await?;
+            Ok((counts.0 == 2).then_some(counts))
+        }
+    })
+    .await
+    .unwrap();
+    // The dispatcher handles the pending one meanwhile (enrollments are not tracked: ignored).
+    assert_eq!(
+        realtime::message_counts(&conn, id).await.unwrap().0,
+        2,
+        "the message handled six days ago and the one handled now stay"
+    );
 }
