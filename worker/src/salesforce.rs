@@ -385,12 +385,14 @@ impl Salesforce {
     /// checkpoint; records sent are upserts by external id, so sending them again is safe). A
     /// stop ends a query job's wait at once; an ingest job's records were sent, so a stop waits
     /// `Settings::bulk_stop_grace` more for its outcome (recorded if it comes), then ends it too.
+    /// An ingest job given up on is aborted.
     async fn wait_for_bulk_job(&self, ctx: &JobCtx, job: &str, kind: BulkJob) -> SyncResult<()> {
         let started = Instant::now();
         let mut stopped_at: Option<Instant> = None;
         let mut delay = ctx.settings.bulk_poll;
         loop {
             if started.elapsed() >= ctx.settings.bulk_timeout {
+                self.abort_ingest(ctx, job, kind).await;
                 return Err(SyncError::Transient(Failure::BulkJobEnded {
                     job_id: job.to_string(),
                     message: format!(
@@ -403,6 +405,7 @@ impl Salesforce {
                 // Stopped: the job's sleep would end at once, so the outcome is awaited with a
                 // plain one, within the grace.
                 Some(stop) if stop.elapsed() >= ctx.settings.bulk_stop_grace => {
+                    self.abort_ingest(ctx, job, kind).await;
                     return Err(SyncError::Interrupted(Interrupt::Stop));
                 }
                 Some(_) => tokio::time::sleep(delay).await,
@@ -436,6 +439,28 @@ impl Salesforce {
                     delay = (delay * 2).min(Duration::from_secs(5).max(ctx.settings.bulk_poll))
                 }
             }
+        }
+    }
+}
+
+impl Salesforce {
+    /// Aborts an ingest job given up on (best effort, one request): records it has not processed
+    /// yet are then never written, so it cannot land later over what a retry writes. What it did
+    /// process stays, and the retry writes those records again.
+    async fn abort_ingest(&self, ctx: &JobCtx, job: &str, kind: BulkJob) {
+        if kind != BulkJob::Ingest {
+            return;
+        }
+        let aborted = match self.session(ctx, false).await {
+            Ok(session) => self.api.abort_job(&session, job).await.into_result(),
+            Err(error) => {
+                tracing::warn!(%error, job, "bulk ingest job not aborted: no session");
+                return;
+            }
+        };
+        match aborted {
+            Ok(()) => tracing::info!(job, "bulk ingest job given up on and aborted"),
+            Err((_, failure)) => tracing::warn!(%failure, job, "bulk ingest job not aborted"),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Proves a Bulk API 2.0 ingest job that never completes holds no job for ever: past the deadline the wait ends as a transient error and the retry writes the records; a stop ends the wait after its grace.
+//! Proves a Bulk API 2.0 ingest job that never completes holds no job for ever: past the deadline the wait ends as a transient error, the stuck job is aborted and the retry writes the records; a stop ends the wait after its grace and aborts the job too.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -45,6 +45,22 @@ async fn polling_an_ingest_job(env: &Env) {
     panic!("no ingest job polled: {:?}", env.salesforce.counters());
 }
 
+/// Ingest jobs created, and the calls that changed an ingest job's state (a close each, an abort).
+fn ingest_calls(env: &Env) -> (u64, u64) {
+    let counters = env.salesforce.counters();
+    let calls = |method: &str, suffix: &str| -> u64 {
+        counters
+            .iter()
+            .filter(|(endpoint, _)| endpoint.starts_with(method) && endpoint.ends_with(suffix))
+            .map(|(_, calls)| *calls)
+            .sum()
+    };
+    (
+        calls("POST", "/jobs/ingest"),
+        calls("PATCH", "/jobs/ingest/{id}"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_bulk_ingest_job_ends_as_a_transient_error_and_the_retry_writes_its_records() {
     let env = Env::new(clean(61)).await;
@@ -67,6 +83,12 @@ async fn a_stuck_bulk_ingest_job_ends_as_a_transient_error_and_the_retry_writes_
                 .is_some_and(|cause| cause.contains("still in progress after 2 s"))
     });
     assert!(retried, "the stuck bulk job is a transient error");
+    let (created, changed) = ingest_calls(&env);
+    assert_eq!(
+        changed,
+        created + 1,
+        "every job closed, the stuck one aborted"
+    );
     assert_eq!(
         env.salesforce_keys("Docebo_User__c", "Docebo_User_Id__c"),
         env.docebo_good_keys("users")
@@ -90,5 +112,10 @@ async fn stop_ends_the_wait_for_a_stuck_bulk_ingest_job() {
     env.stop(Area::Users).await;
     let run = env.wait_final(run.id, Duration::from_secs(20)).await;
     assert_eq!(run.state, RunState::Stopped, "{run:#?}");
+    assert_eq!(
+        ingest_calls(&env),
+        (1, 2),
+        "the stuck job closed, then aborted"
+    );
     worker.stop().await;
 }
