@@ -1,7 +1,8 @@
 //! Proves the races between callers, workers and tenants end well (real Postgres, a real server
 //! over gRPC and HTTP): one connection's webhook backlog delays no other connection's message and
 //! stays within its quota; two concurrent credential updates both stick; Stop racing a job's end
-//! never fails; a starting server purges webhook messages handled more than 7 days ago.
+//! or a first claim never fails; a starting server purges webhook messages handled more than 7
+//! days ago.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -362,4 +363,61 @@ async fn a_starting_server_purges_webhook_messages_handled_past_their_retention(
         2,
         "the message handled six days ago and the one handled now stay"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_racing_a_first_claim_never_fails() {
+    let server = TestServer::start().await.unwrap();
+    let mut client = server.client(tokens::ACME).await.unwrap();
+    let id = create_sample(&mut client, "claim race").await.unwrap();
+    client
+        .configure(&id, manual(pb::Area::Users))
+        .await
+        .unwrap();
+    let lease = Lease {
+        length: Duration::from_secs(60),
+        write_grace: Duration::from_secs(1),
+    };
+    let mut failures = Vec::new();
+    for round in 0..60 {
+        // Each run ends stopped (never completed), so Start starts the next one.
+        client.start(&id, pb::Area::Users, None).await.unwrap();
+        let barrier = Barrier::new(2);
+        let mut stopper = client.clone();
+        let stop = async {
+            barrier.wait().await;
+            stopper.stop(&id, pb::Area::Users).await
+        };
+        // A worker's claim of the queued run's job: the job, then its run (queued to running).
+        let claim = async {
+            let mut conn = server.store.conn().await?;
+            barrier.wait().await;
+            let tx = conn.transaction().await?;
+            let jobs = store_worker::claim(&tx, "race-worker", lease, 10).await?;
+            tx.commit().await?;
+            Ok::<_, learnsync_store::Error>(jobs)
+        };
+        let (stopped, claimed) = tokio::join!(stop, claim);
+        if let Err(status) = stopped {
+            failures.push(format!("round {round}: stop: {status:?}"));
+        }
+        match claimed {
+            // The stop came second: the worker ends the job stopped, as it would on seeing it.
+            Ok(jobs) => {
+                for job in jobs {
+                    let mut conn = server.store.conn().await.unwrap();
+                    let tx = conn.transaction().await.unwrap();
+                    store_worker::finish(&tx, &job, &Outcome::Stopped)
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                }
+            }
+            Err(error) => failures.push(format!("round {round}: claim: {error}")),
+        }
+        if !failures.is_empty() {
+            break;
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
 }
