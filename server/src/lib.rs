@@ -312,7 +312,11 @@ impl HttpTasks {
     ) -> HttpTasks {
         let tls = options.tls.as_ref();
         let webhooks = listeners.webhooks.take().map(|listener| {
-            let router = webhooks::router(store.clone(), options.cipher.clone());
+            let router = webhooks::router(
+                store.clone(),
+                options.cipher.clone(),
+                options.realtime.webhook_max_pending,
+            );
             spawn_http("webhook receiver", listener, router, tls, cancel.clone())
         });
         let metrics = listeners.metrics.take().map(|listener| {

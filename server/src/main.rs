@@ -40,6 +40,10 @@ struct Config {
     /// How far before the watermark incremental runs read (a change at the boundary is never missed).
     #[arg(long, env = "LEARNSYNC_WATERMARK_OVERLAP", default_value = "2m", value_parser = humantime::parse_duration)]
     watermark_overlap: Duration,
+    /// How many webhook messages a connection may hold waiting to be handled; past it the
+    /// receiver answers 429 with Retry-After and records nothing.
+    #[arg(long, env = "LEARNSYNC_WEBHOOK_MAX_PENDING", default_value_t = 10_000)]
+    webhook_max_pending: i64,
     /// A file with the bearer tokens, instead of the LEARNSYNC_TOKENS environment variable: entries
     /// `operator=<token>` or `tenant:<name>=<token>`, comma or newline separated. Tokens are never
     /// taken from the command line.
@@ -167,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
     options.max_log_streams = config.max_log_streams;
     options.realtime.schedule_tick = config.schedule_tick;
     options.realtime.overlap = config.watermark_overlap;
+    options.realtime.webhook_max_pending = config.webhook_max_pending.max(1);
     options.upstream = config.upstream_allow.clone().unwrap_or_default();
     tracing::info!(upstream_allow = %options.upstream, "upstream policy");
     learnsync_server::serve_on(store, options, listeners, shutdown_signal()).await?;

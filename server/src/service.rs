@@ -510,8 +510,9 @@ impl SyncService for Service {
             return Ok(Response::new(replay));
         }
         if docebo.is_some() || salesforce.is_some() {
-            // Replacing one side keeps the other: open what is stored and reseal the whole.
-            let (sealed, _) = connections::sealed_credentials(&tx, id).await.or_status()?;
+            // Replacing one side keeps the other: open what is stored and reseal the whole, under
+            // the row's lock (a concurrent update of the other side waits, then reads this one's).
+            let (sealed, _) = connections::lock_credentials(&tx, id).await.or_status()?;
             let mut credentials = self.cipher.open(id, &sealed).or_status()?;
             if let Some(docebo) = docebo {
                 credentials.docebo = docebo;
