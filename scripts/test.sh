@@ -33,6 +33,11 @@ export LEARNSYNC_NODE_PATH="$PWD/.learnsync/node_modules"
 # totals over all of them.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# tests/tests/hostile.rs runs the server binary as a process of its own: cargo test builds only
+# the binaries of the package under test, so build it first.
+profile=()
+for arg in "$@"; do [ "$arg" = --release ] && profile=(--release); done
+cargo build -p learnsync-server --bin learnsync-server "${profile[@]}"
 set +e
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

@@ -2,7 +2,8 @@
 //! CLI built on it.
 //!
 //! Layout:
-//! - [`Client`]: connects with a bearer token; every mutating call gets a `request_id` (generated
+//! - [`Client`]: connects with a bearer token (over TLS to an `https://` endpoint, with
+//!   [`Tls`]'s CA and client certificate when given); every mutating call gets a `request_id` (generated
 //!   when the caller gives none) and is retried with the same id when the server is unavailable,
 //!   so a retry never does the work twice.
 //! - [`pb`]: the generated messages, re-exported.
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
 /// A `Mapping` message and its JSON document (the form of mapping files), both ways.
@@ -38,6 +39,12 @@ pub enum Error {
     /// The token cannot be sent as metadata.
     #[error("the token contains characters that cannot be sent in a header")]
     Token,
+    /// TLS settings were given for an endpoint that is not `https://`.
+    #[error("{endpoint}: a CA file or client certificate needs an https:// endpoint")]
+    PlainEndpoint {
+        /// The URL given.
+        endpoint: String,
+    },
     /// The server could not be reached.
     #[error("cannot reach {endpoint}: {source}")]
     Connect {
@@ -63,6 +70,45 @@ impl tonic::service::Interceptor for BearerAuth {
     }
 }
 
+/// How to speak TLS to an `https://` endpoint. The default trusts the machine's CA certificates
+/// and presents no client certificate.
+#[derive(Clone, Default)]
+pub struct Tls {
+    /// PEM CA certificates to trust instead of the machine's (a private CA).
+    pub ca_pem: Option<Vec<u8>>,
+    /// A PEM client certificate chain and its PEM key, for a server that requires one (mTLS).
+    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Tls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.client_identity.is_some())
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Whether anything differs from the default.
+    fn is_default(&self) -> bool {
+        self.ca_pem.is_none() && self.client_identity.is_none()
+    }
+
+    /// tonic's configuration: the given CA, else the machine's roots; the client certificate.
+    fn config(&self) -> ClientTlsConfig {
+        let config = match &self.ca_pem {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)),
+            None => ClientTlsConfig::new().with_enabled_roots(),
+        };
+        match &self.client_identity {
+            Some((certificate, key)) => config.identity(Identity::from_pem(certificate, key)),
+            None => config,
+        }
+    }
+}
+
 /// The generated client with authentication.
 pub type RawClient = SyncServiceClient<InterceptedService<Channel, BearerAuth>>;
 
@@ -75,13 +121,28 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`) with a bearer token.
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`, or `https://...` trusting the
+    /// machine's CA certificates) with a bearer token.
     pub async fn connect(endpoint: &str, token: &str) -> Result<Client, Error> {
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|source| Error::Endpoint {
+        Client::connect_with(endpoint, token, &Tls::default()).await
+    }
+
+    /// Connects to `endpoint` with a bearer token, with `tls`'s CA and client certificate for an
+    /// `https://` endpoint.
+    pub async fn connect_with(endpoint: &str, token: &str, tls: &Tls) -> Result<Client, Error> {
+        let invalid = |source| Error::Endpoint {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let mut builder = Endpoint::from_shared(endpoint.to_string()).map_err(invalid)?;
+        if builder.uri().scheme_str() == Some("https") {
+            builder = builder.tls_config(tls.config()).map_err(invalid)?;
+        } else if !tls.is_default() {
+            return Err(Error::PlainEndpoint {
                 endpoint: endpoint.to_string(),
-                source,
-            })?
+            });
+        }
+        let channel = builder
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
@@ -120,11 +181,14 @@ impl Client {
         loop {
             match call(&mut self.raw, request.clone()).await {
                 Ok(response) => return Ok(response.into_inner()),
-                Err(status) if status.code() == Code::Unavailable && attempt < self.attempts => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
+                Err(status) if attempt < self.attempts => match retry_after(&status, delay) {
+                    Some(wait) => {
+                        tokio::time::sleep(wait).await;
+                        delay *= 2;
+                        attempt += 1;
+                    }
+                    None => return Err(status),
+                },
                 Err(status) => return Err(status),
             }
         }
@@ -420,4 +484,52 @@ pub struct Resync {
     pub check_only: bool,
     /// Unenroll even above the connection's guard.
     pub confirm_unenrollments: bool,
+}
+
+/// How long to wait before sending a mutating call again, or `None` when its answer is final: the
+/// server was unavailable (wait `backoff`), or it shed the call because its database pool was
+/// starved (`RESOURCE_EXHAUSTED` with reason `SERVER_BUSY`: wait what its `RetryInfo` says, at
+/// least `backoff`). The same request id makes a resent call safe.
+fn retry_after(status: &Status, backoff: Duration) -> Option<Duration> {
+    use tonic_types::StatusExt as _;
+    match status.code() {
+        Code::Unavailable => Some(backoff),
+        Code::ResourceExhausted => {
+            let details = status.get_error_details();
+            let busy = details
+                .error_info()
+                .is_some_and(|info| info.reason == "SERVER_BUSY");
+            let hint = details.retry_info().and_then(|info| info.retry_delay);
+            busy.then(|| hint.map_or(backoff, |hint| hint.max(backoff)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::{ErrorDetails, StatusExt as _};
+
+    fn exhausted(reason: &str, hint: Option<Duration>) -> Status {
+        let mut details = ErrorDetails::with_retry_info(hint);
+        details.set_error_info(reason, "learnsync.dev", std::collections::HashMap::new());
+        Status::with_error_details(Code::ResourceExhausted, "busy", details)
+    }
+
+    #[test]
+    fn a_shed_call_waits_its_retry_hint_and_other_answers_are_final() {
+        let backoff = Duration::from_millis(200);
+        let shed = exhausted("SERVER_BUSY", Some(Duration::from_secs(1)));
+        assert_eq!(retry_after(&shed, backoff), Some(Duration::from_secs(1)));
+        let shed_without_hint = exhausted("SERVER_BUSY", None);
+        assert_eq!(retry_after(&shed_without_hint, backoff), Some(backoff));
+        let quota = exhausted("TOO_MANY_LOG_STREAMS", Some(Duration::from_secs(1)));
+        assert_eq!(retry_after(&quota, backoff), None);
+        assert_eq!(
+            retry_after(&Status::unavailable("down"), backoff),
+            Some(backoff)
+        );
+        assert_eq!(retry_after(&Status::invalid_argument("x"), backoff), None);
+    }
 }

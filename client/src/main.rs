@@ -27,6 +27,27 @@ struct Cli {
     /// A file holding the bearer token, instead of the LEARNSYNC_TOKEN environment variable.
     #[arg(long, global = true, env = "LEARNSYNC_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for an https:// endpoint, instead of the
+    /// machine's.
+    #[arg(long, global = true, env = "LEARNSYNC_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// A PEM client certificate to present to a server that requires one (mTLS), with
+    /// --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "LEARNSYNC_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The file holding the client certificate's PEM private key.
+    #[arg(
+        long,
+        global = true,
+        env = "LEARNSYNC_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -378,11 +399,26 @@ async fn main() {
     let cli = Cli::parse();
     if let Err(error) = run(cli).await {
         match error.downcast_ref::<tonic::Status>() {
-            Some(status) => eprintln!("error: {}", describe(status)),
+            Some(status) => eprintln!("error: {}{}", describe(status), causes(status)),
             None => eprintln!("error: {error:#}"),
         }
         std::process::exit(1);
     }
+}
+
+/// What a status that did not come from the server says of its cause (the transport's error,
+/// e.g. a TLS alert such as `CertificateRequired` from a server that requires mTLS).
+fn causes(status: &tonic::Status) -> String {
+    let mut text = String::new();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn print(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
@@ -393,9 +429,23 @@ fn print(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
     }
 }
 
+/// The TLS the flags ask for (files read now, so a missing one is named).
+fn tls(cli: &Cli) -> anyhow::Result<learnsync_client::Tls> {
+    let read =
+        |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let mut tls = learnsync_client::Tls::default();
+    if let Some(path) = &cli.ca_file {
+        tls.ca_pem = Some(read(path)?);
+    }
+    if let (Some(certificate), Some(key)) = (&cli.client_cert, &cli.client_key) {
+        tls.client_identity = Some((read(certificate)?, read(key)?));
+    }
+    Ok(tls)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let token = token(&cli)?;
-    let mut client = Client::connect(&cli.endpoint, &token).await?;
+    let mut client = Client::connect_with(&cli.endpoint, &token, &tls(&cli)?).await?;
     let json = cli.json;
     match cli.command {
         Command::Connection(command) => connection_command(&mut client, json, command).await?,

@@ -131,6 +131,37 @@ pub fn not_found(resource: Resource, name: &str) -> Status {
     Status::with_error_details(Code::NotFound, format!("{name} not found"), details)
 }
 
+/// `RESOURCE_EXHAUSTED` for a call shed because every pooled database connection stayed busy for
+/// the store's acquire wait: answering at once beats queueing without end, and the `RetryInfo`
+/// says when to try again.
+pub fn server_busy() -> Status {
+    // Counted by the metrics (`learnsync_grpc_requests_total` by code); a log line per shed call
+    // would grow with the very overload it reports.
+    tracing::debug!("call shed: no database connection came free in time");
+    let mut details = ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1)));
+    details.set_error_info(ErrorCode::ServerBusy.as_str(), DOMAIN, HashMap::new());
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        "the server is busy: every database connection is in use, retry later",
+        details,
+    )
+}
+
+/// `RESOURCE_EXHAUSTED` for a StreamLogs call over the token's limit of open log streams.
+pub fn too_many_log_streams(limit: usize) -> Status {
+    let description = format!(
+        "this token already has {limit} open log streams, the most the server allows: close one \
+         first"
+    );
+    let mut details = ErrorDetails::with_quota_failure_violation("log_streams", &description);
+    details.set_error_info(
+        ErrorCode::TooManyLogStreams.as_str(),
+        DOMAIN,
+        HashMap::new(),
+    );
+    Status::with_error_details(Code::ResourceExhausted, description, details)
+}
+
 /// The API's type name of a resource, as `ResourceInfo` names it.
 pub fn resource_type(resource: Resource) -> &'static str {
     match resource {
@@ -149,6 +180,7 @@ impl From<StoreError> for Status {
                 invalid_field("request_id", p.description)
             }
             Error::Precondition(p) => failed_precondition(p.kind, &p.subject, &p.description),
+            error if error.is_pool_starved() => server_busy(),
             Error::Pool(error) => {
                 tracing::error!(%error, "database unavailable");
                 let mut details =

@@ -22,6 +22,9 @@ pub struct RealtimeOptions {
     pub overlap: Duration,
     /// How often the dispatcher looks for webhook messages when no NOTIFY arrives.
     pub webhook_poll: Duration,
+    /// How many webhook messages a connection may hold waiting to be handled: past it the
+    /// receiver answers 429 with `Retry-After` and records nothing.
+    pub webhook_max_pending: i64,
 }
 
 impl Default for RealtimeOptions {
@@ -30,6 +33,7 @@ impl Default for RealtimeOptions {
             schedule_tick: Duration::from_secs(5),
             overlap: Duration::from_secs(120),
             webhook_poll: Duration::from_secs(2),
+            webhook_max_pending: 10_000,
         }
     }
 }
@@ -111,36 +115,65 @@ pub async fn dispatch(
     }
 }
 
-/// Handles one batch. Returns true when a full batch was handled (more may be waiting).
+/// The most messages of one connection a dispatch pass turns into a run.
+const BATCH: i64 = 500;
+/// The most connections one dispatch pass serves (the oldest waiting first).
+const CONNECTIONS_PER_PASS: i64 = 100;
+
+/// Serves every connection with pending messages and no active run, each in its own transaction
+/// (a connection's batch is all that is held in memory at once). Returns true when more may be
+/// waiting (a full batch, or as many connections as a pass serves).
 async fn dispatch_once(
     store: &Store,
     options: &RealtimeOptions,
 ) -> Result<bool, learnsync_store::Error> {
-    const BATCH: i64 = 500;
-    let mut conn = store.conn().await?;
-    let tx = conn.transaction().await?;
-    let outcomes = dispatch_pending(&tx, options.overlap, BATCH).await?;
-    tx.commit().await?;
-    let handled: usize = outcomes.iter().map(|o| o.messages).sum();
-    for outcome in &outcomes {
-        tracing::info!(
-            connection_id = %outcome.connection_id, messages = outcome.messages,
-            run_id = ?outcome.run.as_ref().map(|run| run.id),
-            trace_id = ?outcome.run.as_ref().map(|run| &run.trace_id),
-            "webhook messages handled"
-        );
+    let ready = {
+        let conn = store.conn().await?;
+        realtime::webhook_connections_ready(&conn, CONNECTIONS_PER_PASS).await?
+    };
+    let mut more = ready.len() as i64 >= CONNECTIONS_PER_PASS;
+    for connection_id in ready {
+        let mut conn = store.conn().await?;
+        let tx = conn.transaction().await?;
+        let outcome = dispatch_connection(&tx, options.overlap, connection_id, BATCH).await?;
+        tx.commit().await?;
+        for outcome in &outcome {
+            more |= outcome.messages as i64 >= BATCH;
+            tracing::info!(
+                connection_id = %outcome.connection_id, messages = outcome.messages,
+                run_id = ?outcome.run.as_ref().map(|run| run.id),
+                trace_id = ?outcome.run.as_ref().map(|run| &run.trace_id),
+                "webhook messages handled"
+            );
+        }
     }
-    Ok(handled as i64 >= BATCH)
+    Ok(more)
 }
 
-/// Takes up to `limit` pending webhook messages, reads their events and turns them into runs, in
-/// the caller's transaction (see [`realtime::dispatch_webhooks`]).
+/// One dispatch pass in the caller's transaction: every connection ready
+/// ([`realtime::webhook_connections_ready`]) has up to `limit` of its pending messages read and
+/// turned into a run (see [`realtime::dispatch_webhooks`]).
 pub async fn dispatch_pending(
     tx: &Transaction<'_>,
     overlap: Duration,
     limit: i64,
 ) -> Result<Vec<Dispatched>, learnsync_store::Error> {
-    let messages = realtime::pending_webhooks(tx, limit)
+    let mut outcomes = Vec::new();
+    for connection_id in realtime::webhook_connections_ready(tx, CONNECTIONS_PER_PASS).await? {
+        outcomes.extend(dispatch_connection(tx, overlap, connection_id, limit).await?);
+    }
+    Ok(outcomes)
+}
+
+/// Takes up to `limit` of one connection's pending messages, reads their events and dispatches
+/// them.
+async fn dispatch_connection(
+    tx: &Transaction<'_>,
+    overlap: Duration,
+    connection_id: uuid::Uuid,
+    limit: i64,
+) -> Result<Vec<Dispatched>, learnsync_store::Error> {
+    let messages = realtime::pending_webhooks(tx, connection_id, limit)
         .await?
         .into_iter()
         .map(|pending| WebhookMessage {

@@ -13,8 +13,6 @@ use learnsync_store::model::{self, Area};
 use learnsync_store::{
     GenericClient, Store, areas, connections, idempotency, logs, realtime, runs, secrets,
 };
-use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -30,9 +28,8 @@ pub struct Service {
     pub(crate) min_interval: Duration,
     /// What the connections' URLs may reach.
     pub(crate) upstream: Arc<learnsync_upstream::Policy>,
-    pub(crate) log_poll_interval: Duration,
-    pub(crate) notifications: broadcast::Sender<learnsync_store::listen::Notification>,
-    pub(crate) shutdown: CancellationToken,
+    /// StreamLogs' open streams per token and the connections' shared log polls.
+    pub(crate) log_streams: crate::followers::LogStreams,
 }
 
 /// Whether `principal` may see connection `connection_id`, given what reading it found: its
@@ -352,6 +349,19 @@ impl SyncService for Service {
         let Some(input) = request.connection.as_ref() else {
             return Err(error::invalid_field("connection", "required"));
         };
+        // Authorized before the credentials are read (keys parsed, URLs checked).
+        let tenant = match (&principal, input.tenant.trim()) {
+            (Principal::Operator, "") => "default".to_string(),
+            (Principal::Operator, tenant) => tenant.to_string(),
+            (Principal::Tenant(own), "") => own.clone(),
+            (Principal::Tenant(own), tenant) if tenant == own => own.clone(),
+            (Principal::Tenant(_), _) => {
+                return Err(error::permission_denied(
+                    learnsync_store::ErrorCode::TenantMismatch,
+                    "a tenant token can create connections only for its own tenant",
+                ));
+            }
+        };
         let display_name = convert::display_name(
             &mut violations,
             "connection.display_name",
@@ -396,18 +406,6 @@ impl SyncService for Service {
             "connection.unenrollment_guard",
             input.unenrollment_guard.as_ref(),
         );
-        let tenant = match (&principal, input.tenant.trim()) {
-            (Principal::Operator, "") => "default".to_string(),
-            (Principal::Operator, tenant) => tenant.to_string(),
-            (Principal::Tenant(own), "") => own.clone(),
-            (Principal::Tenant(own), tenant) if tenant == own => own.clone(),
-            (Principal::Tenant(_), _) => {
-                return Err(error::permission_denied(
-                    learnsync_store::ErrorCode::TenantMismatch,
-                    "a tenant token can create connections only for its own tenant",
-                ));
-            }
-        };
         if tenant.chars().count() > 100 {
             violations.add("connection.tenant", "at most 100 characters");
         }
@@ -495,6 +493,13 @@ impl SyncService for Service {
         if paths.is_empty() {
             violations.add("update_mask", "required: the fields to change");
         }
+        violations.check()?;
+        let mut conn = self.store.conn().await.or_status()?;
+        let tx = conn.transaction().await.or_status()?;
+        // Authorized before the fields are read: reading them parses keys and checks URLs, work
+        // a caller who may not change this connection must not get out of the server.
+        self.authorize(&tx, &principal, id).await?;
+        let mut violations = Violations::default();
         let Masked {
             mut update,
             docebo,
@@ -502,15 +507,13 @@ impl SyncService for Service {
         } = self.masked_update(&mut violations, input, &paths);
         violations.check()?;
         let key = Idempotency::new(&self.cipher, &principal, "UpdateConnection", &request);
-        let mut conn = self.store.conn().await.or_status()?;
-        let tx = conn.transaction().await.or_status()?;
-        self.authorize(&tx, &principal, id).await?;
         if let Some(replay) = key.claim::<pb::Connection>(&tx).await? {
             return Ok(Response::new(replay));
         }
         if docebo.is_some() || salesforce.is_some() {
-            // Replacing one side keeps the other: open what is stored and reseal the whole.
-            let (sealed, _) = connections::sealed_credentials(&tx, id).await.or_status()?;
+            // Replacing one side keeps the other: open what is stored and reseal the whole, under
+            // the row's lock (a concurrent update of the other side waits, then reads this one's).
+            let (sealed, _) = connections::lock_credentials(&tx, id).await.or_status()?;
             let mut credentials = self.cipher.open(id, &sealed).or_status()?;
             if let Some(docebo) = docebo {
                 credentials.docebo = docebo;
@@ -997,6 +1000,8 @@ impl SyncService for Service {
             _ => 1,
         };
         violations.check()?;
+        // Counted before any database work: a token over its limit costs nothing more.
+        let permit = self.log_streams.admit(&principal.name())?;
         let conn = self.store.conn().await.or_status()?;
         self.authorize(&conn, &principal, id).await?;
         if let Some(run_id) = run_id {
@@ -1030,118 +1035,13 @@ impl SyncService for Service {
             min_level,
         };
         let (sender, receiver) = tokio::sync::mpsc::channel(256);
-        let follower = LogFollower {
-            store: self.store.clone(),
-            filter,
-            next: from,
-            follow: request.follow,
-            poll_interval: self.log_poll_interval,
-            notifications: self.notifications.subscribe(),
-            shutdown: self.shutdown.clone(),
-        };
-        tokio::spawn(follower.run(sender));
+        self.log_streams
+            .spawn(permit, filter, from, request.follow, sender);
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
     }
 }
 
-/// Reads a log from a position and, when following, waits for new events: a NOTIFY on the
-/// connection wakes it, a poll is the fallback, and it ends when the followed run is over, the
-/// caller goes away or the server shuts down.
-struct LogFollower {
-    store: Store,
-    filter: logs::LogFilter,
-    next: i64,
-    follow: bool,
-    poll_interval: Duration,
-    notifications: broadcast::Receiver<learnsync_store::listen::Notification>,
-    shutdown: CancellationToken,
-}
-
 /// Most course categories an area's filter may name.
 const MAX_COURSE_CATEGORIES: usize = 1000;
-
-const LOG_PAGE: i64 = 500;
-
-impl LogFollower {
-    async fn run(mut self, sender: tokio::sync::mpsc::Sender<Result<pb::LogEvent, Status>>) {
-        let connection = self.filter.connection_id.to_string();
-        loop {
-            // Read the run's state before the events: if it is final, every event of the run is
-            // already committed, so one more read drains it.
-            let run_over = match (self.follow, self.filter.run_id) {
-                (true, Some(run_id)) => match self.run_state(run_id).await {
-                    Ok(state) => state.is_none_or(|state| !state.is_active()),
-                    Err(status) => {
-                        let _ = sender.send(Err(status)).await;
-                        return;
-                    }
-                },
-                _ => false,
-            };
-            let drained = match self.send_available(&sender).await {
-                Ok(drained) => drained,
-                Err(Some(status)) => {
-                    let _ = sender.send(Err(status)).await;
-                    return;
-                }
-                Err(None) => return,
-            };
-            if !drained {
-                continue;
-            }
-            if !self.follow || run_over {
-                return;
-            }
-            let wake = async {
-                loop {
-                    match self.notifications.recv().await {
-                        Ok(n) if n.channel.is_empty() || n.payload == connection => return,
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await
-                        }
-                    }
-                }
-            };
-            tokio::select! {
-                _ = wake => {}
-                _ = tokio::time::sleep(self.poll_interval) => {}
-                _ = sender.closed() => return,
-                _ = self.shutdown.cancelled() => return,
-            }
-        }
-    }
-
-    async fn run_state(&self, run_id: Uuid) -> Result<Option<model::RunState>, Status> {
-        let conn = self.store.conn().await.or_status()?;
-        runs::state(&conn, run_id).await.or_status()
-    }
-
-    /// Sends the events available now. `Ok(true)` when the log is drained; `Err(None)` when the
-    /// caller went away.
-    async fn send_available(
-        &mut self,
-        sender: &tokio::sync::mpsc::Sender<Result<pb::LogEvent, Status>>,
-    ) -> Result<bool, Option<Status>> {
-        let conn = self.store.conn().await.or_status().map_err(Some)?;
-        let events = logs::read(&conn, &self.filter, self.next, LOG_PAGE)
-            .await
-            .or_status()
-            .map_err(Some)?;
-        drop(conn);
-        for event in &events {
-            self.next = event.sequence + 1;
-            if sender
-                .send(Ok(convert::log_event_to_proto(event)))
-                .await
-                .is_err()
-            {
-                return Err(None);
-            }
-        }
-        Ok((events.len() as i64) < LOG_PAGE)
-    }
-}

@@ -147,6 +147,9 @@ pub struct Faults {
     /// Salesforce only: every `/services/data` call answers 403 `REQUEST_LIMIT_EXCEEDED` for this many
     /// seconds from when the fault is set.
     pub request_limit_exceeded_secs: u64,
+    /// Salesforce only: the next N Bulk API 2.0 ingest jobs closed stay `InProgress` for ever (a
+    /// stuck job: never processed, no results).
+    pub stall_ingest_jobs: u32,
 }
 
 /// What the fault layer decided for one call.

@@ -38,6 +38,10 @@ pub enum ErrorCode {
     RunHasNoError,
     /// The database cannot be reached; retry later.
     DatabaseUnavailable,
+    /// Every pooled database connection is busy: the call was shed, not queued; retry later.
+    ServerBusy,
+    /// The token already holds as many open StreamLogs calls as the server allows.
+    TooManyLogStreams,
     /// Something failed inside the server.
     Internal,
     /// A log event: a job failed.
@@ -71,6 +75,8 @@ impl ErrorCode {
             ErrorCode::PrerequisiteNotSynchronized => "PREREQUISITE_NOT_SYNCHRONIZED",
             ErrorCode::RunHasNoError => "RUN_HAS_NO_ERROR",
             ErrorCode::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
+            ErrorCode::ServerBusy => "SERVER_BUSY",
+            ErrorCode::TooManyLogStreams => "TOO_MANY_LOG_STREAMS",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::JobFailed => "JOB_FAILED",
             ErrorCode::DoceboRateLimited => "DOCEBO_RATE_LIMITED",
@@ -81,7 +87,7 @@ impl ErrorCode {
     }
 
     /// Every code, for tests that check the wire strings stay put.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthenticated,
         ErrorCode::ConnectionNotAccessible,
@@ -97,6 +103,8 @@ impl ErrorCode {
         ErrorCode::PrerequisiteNotSynchronized,
         ErrorCode::RunHasNoError,
         ErrorCode::DatabaseUnavailable,
+        ErrorCode::ServerBusy,
+        ErrorCode::TooManyLogStreams,
         ErrorCode::Internal,
         ErrorCode::JobFailed,
         ErrorCode::DoceboRateLimited,

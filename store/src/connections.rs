@@ -1,7 +1,7 @@
 //! Connections: one Docebo platform paired with one Salesforce org.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -132,6 +132,20 @@ pub async fn sealed_credentials(
     let row = client
         .query_opt(
             "SELECT credentials, credentials_key_id FROM connections WHERE id = $1",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found(Resource::Connection, id))?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// Reads a connection's sealed credentials and locks its row until the transaction ends: an
+/// UpdateConnection that replaces one side of the credentials reseals what it read, so two of
+/// them must take turns, or the second would write back the side the first replaced.
+pub async fn lock_credentials(tx: &Transaction<'_>, id: Uuid) -> Result<(Vec<u8>, String)> {
+    let row = tx
+        .query_opt(
+            "SELECT credentials, credentials_key_id FROM connections WHERE id = $1 FOR NO KEY UPDATE",
             &[&id],
         )
         .await?

@@ -36,6 +36,19 @@ impl PrivatePostgres {
     /// programs which ended left behind. It always starts its own cluster: it never reads
     /// `DATABASE_URL` (callers decide whether to use one).
     pub fn start() -> Result<PrivatePostgres> {
+        PrivatePostgres::start_with(None)
+    }
+
+    /// Like [`PrivatePostgres::start`], with TLS on (`ssl=on`), serving the PEM certificate
+    /// chain and key given (for tests of `sslmode`). Plain connections are still admitted.
+    pub fn start_with_tls(certificate_pem: &str, key_pem: &str) -> Result<PrivatePostgres> {
+        PrivatePostgres::start_with(Some(ServerTls {
+            certificate_pem,
+            key_pem,
+        }))
+    }
+
+    fn start_with(tls: Option<ServerTls<'_>>) -> Result<PrivatePostgres> {
         cleanup::sweep_leftovers();
         let bindir = find_bindir()?;
         let owner = unprivileged_owner()?;
@@ -59,13 +72,13 @@ impl PrivatePostgres {
         }
         cleanup::write_owner_file(&cluster.dir)?;
         cluster.watchdog = Some(Watchdog::start(&cluster.dir)?);
-        cluster.initialize_and_start()?;
+        cluster.initialize_and_start(tls)?;
         Ok(cluster)
     }
 
     /// Runs `initdb`, then starts the postmaster on a free port (another process may take the
     /// port between the probe and the start: up to three tries).
-    fn initialize_and_start(&mut self) -> Result<()> {
+    fn initialize_and_start(&mut self, tls: Option<ServerTls<'_>>) -> Result<()> {
         let data = self.dir.join("data");
         run(
             Command::new(self.bindir.join("initdb"))
@@ -81,13 +94,17 @@ impl PrivatePostgres {
             self.owner,
             &self.dir,
         )?;
+        if let Some(tls) = &tls {
+            tls.install(&data, self.owner)?;
+        }
         let mut last_error = None;
         for _ in 0..3 {
             let port = free_port()?;
             let options = format!(
                 "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off -c max_connections=400 -c shared_buffers=128MB",
-                self.dir.display()
+                 -c full_page_writes=off -c max_connections=400 -c shared_buffers=128MB{}",
+                self.dir.display(),
+                if tls.is_some() { " -c ssl=on" } else { "" },
             );
             let started = run(
                 Command::new(self.bindir.join("pg_ctl"))
@@ -130,6 +147,36 @@ impl PrivatePostgres {
     /// The postmaster's process id (for measuring the cluster's CPU time in benchmarks).
     pub fn postmaster_pid(&self) -> Option<u32> {
         cleanup::postmaster_of(&self.dir)
+    }
+}
+
+/// The certificate and key a cluster serves TLS with.
+struct ServerTls<'a> {
+    certificate_pem: &'a str,
+    key_pem: &'a str,
+}
+
+impl ServerTls<'_> {
+    /// Writes `server.crt` and `server.key` (the names `ssl=on` reads) into the data directory,
+    /// owned by the user PostgreSQL runs as: it refuses a key others can read.
+    fn install(&self, data: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        for (name, contents) in [
+            ("server.crt", self.certificate_pem),
+            ("server.key", self.key_pem),
+        ] {
+            let path = data.join(name);
+            let written = std::fs::write(&path, contents)
+                .and_then(|()| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                })
+                .and_then(|()| match owner {
+                    Some((uid, gid)) => std::os::unix::fs::chown(&path, Some(uid), Some(gid)),
+                    None => Ok(()),
+                });
+            written.map_err(|error| Error::Embedded(format!("{}: {error}", path.display())))?;
+        }
+        Ok(())
     }
 }
 

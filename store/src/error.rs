@@ -25,7 +25,7 @@ pub enum Error {
     #[error("database error: {}", describe_postgres(.0))]
     Database(#[from] tokio_postgres::Error),
     /// No connection could be had from the pool.
-    #[error("database pool error: {0}")]
+    #[error("database pool error: {}", describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     /// The store's options are wrong.
     #[error("store configuration: {0}")]
@@ -74,6 +74,17 @@ impl Error {
         Error::NotFound { resource, id }
     }
 
+    /// Whether no pooled connection came free within the store's acquire wait: every connection
+    /// is busy, and the caller should shed the work rather than queue it.
+    pub fn is_pool_starved(&self) -> bool {
+        matches!(
+            self,
+            Error::Pool(deadpool_postgres::PoolError::Timeout(
+                deadpool_postgres::TimeoutType::Wait
+            ))
+        )
+    }
+
     /// Whether Postgres reported a unique violation on the named constraint or index.
     pub fn is_unique_violation(&self, constraint: &str) -> bool {
         match self {
@@ -95,6 +106,28 @@ fn describe_postgres(error: &tokio_postgres::Error) -> String {
             db.code().code(),
             db.detail().map(|d| format!(": {d}")).unwrap_or_default()
         ),
-        None => error.to_string(),
+        // tokio-postgres says what failed ("error performing TLS handshake") and keeps why in
+        // its source ("invalid peer certificate: UnknownIssuer"): say both.
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text = format!("{text}: {cause_text}");
+                }
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+fn describe_pool(error: &deadpool_postgres::PoolError) -> String {
+    match error {
+        deadpool_postgres::PoolError::Backend(error) => {
+            format!("cannot connect: {}", describe_postgres(error))
+        }
+        other => other.to_string(),
     }
 }

@@ -13,6 +13,7 @@
 //! - [`mappings`]: each connection's Salesforce mapping, versioned.
 //! - [`realtime`]: the schedule of incremental runs and full comparisons; webhook messages.
 //! - [`secrets`]: credentials encrypted at rest (AES-256-GCM).
+//! - [`tls`]: TLS to Postgres as a URL's `sslmode` and `sslrootcert` ask (every connection).
 //! - [`listen`]: one long-lived LISTEN connection fanned out to tasks (NOTIFY as wake-up).
 //! - [`embedded`]: a private PostgreSQL cluster from the machine's binaries (demo, tests).
 //! - [`testing`]: a database per test, cloned from a migrated template.
@@ -31,6 +32,7 @@ pub mod realtime;
 pub mod runs;
 pub mod secrets;
 pub mod testing;
+pub mod tls;
 pub mod worker;
 
 pub use codes::{ErrorCode, Resource};
@@ -70,18 +72,19 @@ pub struct Store {
     /// A direct connection's URL (not through PgBouncer in transaction mode), for LISTEN and the
     /// migrations' advisory lock; the pool's URL when unset.
     direct_url: Option<String>,
+    /// How long [`Store::conn`] waits for a free connection when the pool is at its size; the
+    /// pool's 30 s when unset. A server sets it short, so a starved pool sheds calls instead of
+    /// queueing them without end ([`Error::is_pool_starved`]).
+    acquire_wait: Option<Duration>,
 }
 
 impl Store {
     /// Opens a pool (lazily: no connection is made until the first use).
     pub fn connect(options: &Options) -> Result<Store> {
-        let pg_config: tokio_postgres::Config = options
-            .database_url
-            .parse()
-            .map_err(|error| Error::Config(format!("invalid database url: {error}")))?;
+        let target = tls::Target::parse(&options.database_url)?;
         let manager = deadpool_postgres::Manager::from_config(
-            pg_config,
-            tokio_postgres::NoTls,
+            target.config,
+            target.tls,
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
             },
@@ -97,6 +100,7 @@ impl Store {
             pool,
             database_url: options.database_url.clone(),
             direct_url: None,
+            acquire_wait: None,
         })
     }
 
@@ -104,6 +108,12 @@ impl Store {
     /// transaction mode gives neither).
     pub fn with_direct_url(mut self, url: Option<String>) -> Store {
         self.direct_url = url.filter(|url| !url.is_empty());
+        self
+    }
+
+    /// Waits at most `wait` for a free connection ([`Store::conn`]); the pool's own 30 s otherwise.
+    pub fn with_acquire_wait(mut self, wait: Option<Duration>) -> Store {
+        self.acquire_wait = wait;
         self
     }
 
@@ -117,9 +127,17 @@ impl Store {
         self.direct_url.as_deref().unwrap_or(&self.database_url)
     }
 
-    /// Takes a connection from the pool.
+    /// Takes a connection from the pool, waiting at most the acquire wait when the pool is at its
+    /// size (then [`Error::is_pool_starved`]).
     pub async fn conn(&self) -> Result<Conn> {
-        Ok(self.pool.get().await?)
+        match self.acquire_wait {
+            Some(wait) => {
+                let mut timeouts = self.pool.timeouts();
+                timeouts.wait = Some(wait);
+                Ok(self.pool.timeout_get(&timeouts).await?)
+            }
+            None => Ok(self.pool.get().await?),
+        }
     }
 
     /// Runs the migrations in `migrations/` that have not run yet. Several processes may call it at
@@ -131,8 +149,7 @@ impl Store {
 
 /// Runs the pending migrations against the database at `database_url`, under an advisory lock.
 pub async fn migrate(database_url: &str) -> Result<()> {
-    let (mut client, connection) =
-        tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+    let (mut client, connection) = tls::connect(database_url).await?;
     let driver = tokio::spawn(connection);
     // The key is arbitrary but fixed: every learnsync process migrating this database waits here.
     client

@@ -53,9 +53,9 @@ async fn listen_once(
     database_url: &str,
     channels: &[String],
     sender: &broadcast::Sender<Notification>,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) =
-        tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+) -> crate::Result<()> {
+    // With the TLS the URL asks for, as the pool's connections.
+    let (client, mut connection) = crate::tls::connect(database_url).await?;
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let listen = async {
         for channel in channels {
@@ -63,7 +63,7 @@ async fn listen_once(
                 .batch_execute(&format!("LISTEN \"{channel}\""))
                 .await?;
         }
-        Ok::<_, tokio_postgres::Error>(())
+        Ok::<_, crate::Error>(())
     };
     // The connection must be polled while the LISTEN statements run.
     let mut listen = std::pin::pin!(listen);
@@ -72,7 +72,7 @@ async fn listen_once(
             done = &mut listen => { done?; break; }
             message = messages.next() => match message {
                 Some(Ok(_)) => {}
-                Some(Err(error)) => return Err(error),
+                Some(Err(error)) => return Err(error.into()),
                 None => return Ok(()),
             }
         }

@@ -101,6 +101,63 @@ pub async fn record_webhook(
     Ok(inserted > 0)
 }
 
+/// What became of a webhook message offered within its connection's quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded: the dispatcher will handle it.
+    New,
+    /// Its `message_id` was recorded before (Docebo retried it): nothing changed.
+    Replayed,
+    /// The connection already holds its quota of messages waiting to be handled: nothing was
+    /// recorded (the sender should retry later).
+    OverQuota,
+}
+
+/// The advisory lock class under which a connection's webhook messages are counted and recorded
+/// (the second key is the connection's hash), so two receivers never both take the last place.
+const QUOTA_LOCK_CLASS: i32 = 0x7768_6b31;
+
+/// Records a webhook message unless its connection already holds `max_pending` messages waiting
+/// to be handled: a connection's backlog stays bounded however fast its webhooks arrive or however
+/// long its runs take. A replay of a recorded message is acknowledged whatever the backlog. The
+/// count and the insert happen under a per-connection advisory lock held until the transaction
+/// ends.
+pub async fn record_webhook_within_quota(
+    tx: &Transaction<'_>,
+    connection_id: Uuid,
+    message_id: &str,
+    event: &str,
+    body: &serde_json::Value,
+    max_pending: i64,
+) -> Result<Recorded> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2::text))",
+        &[&QUOTA_LOCK_CLASS, &connection_id.to_string()],
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM webhook_messages \
+                     WHERE connection_id = $1 AND handle_time IS NULL LIMIT $3) p), \
+                    EXISTS (SELECT 1 FROM webhook_messages WHERE connection_id = $1 AND message_id = $2)",
+            &[&connection_id, &message_id, &max_pending],
+        )
+        .await?;
+    let (pending, known): (i64, bool) = (row.try_get(0)?, row.try_get(1)?);
+    if known {
+        return Ok(Recorded::Replayed);
+    }
+    if pending >= max_pending {
+        return Ok(Recorded::OverQuota);
+    }
+    Ok(
+        match record_webhook(tx, connection_id, message_id, event, body).await? {
+            true => Recorded::New,
+            false => Recorded::Replayed,
+        },
+    )
+}
+
 /// The generation of a connection's webhook secret (`None`: no such connection).
 pub async fn webhook_generation(
     client: &impl GenericClient,
@@ -287,15 +344,48 @@ pub struct WebhookMessage {
     pub events: Vec<WebhookEvent>,
 }
 
-/// Takes up to `limit` pending webhook messages, oldest first, locked until the transaction ends
-/// (`SKIP LOCKED`: two dispatchers never take the same message). [`dispatch_webhooks`] handles
-/// them in the same transaction.
-pub async fn pending_webhooks(client: &Transaction<'_>, limit: i64) -> Result<Vec<PendingWebhook>> {
+/// The connections whose webhook messages the dispatcher can act on now: some are pending and
+/// no enrollments run of the connection is active (messages wait for it to end). Oldest pending
+/// message first, at most `limit`. Each connection is then served on its own
+/// ([`pending_webhooks`]), so one connection's backlog, however large, never holds back
+/// another's messages.
+pub async fn webhook_connections_ready(
+    client: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<Uuid>> {
+    let active: Vec<&str> = crate::model::RunState::ACTIVE
+        .iter()
+        .map(|state| state.as_str())
+        .collect();
+    let rows = client
+        .query(
+            "SELECT c.id FROM connections c \
+             CROSS JOIN LATERAL (SELECT m.receive_time FROM webhook_messages m \
+                 WHERE m.connection_id = c.id AND m.handle_time IS NULL \
+                 ORDER BY m.receive_time LIMIT 1) oldest \
+             WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.connection_id = c.id \
+                 AND r.area = 'enrollments' AND r.state = ANY($2)) \
+             ORDER BY oldest.receive_time LIMIT $1",
+            &[&limit, &active],
+        )
+        .await?;
+    rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+}
+
+/// Takes up to `limit` of a connection's pending webhook messages, oldest first, locked until the
+/// transaction ends (`SKIP LOCKED`: two dispatchers never take the same message).
+/// [`dispatch_webhooks`] handles them in the same transaction.
+pub async fn pending_webhooks(
+    client: &Transaction<'_>,
+    connection_id: Uuid,
+    limit: i64,
+) -> Result<Vec<PendingWebhook>> {
     let rows = client
         .query(
             "SELECT connection_id, message_id, body, receive_time FROM webhook_messages \
-             WHERE handle_time IS NULL ORDER BY receive_time LIMIT $1 FOR UPDATE SKIP LOCKED",
-            &[&limit],
+             WHERE connection_id = $1 AND handle_time IS NULL ORDER BY receive_time LIMIT $2 \
+             FOR UPDATE SKIP LOCKED",
+            &[&connection_id, &limit],
         )
         .await?;
     rows.iter()

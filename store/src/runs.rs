@@ -411,7 +411,9 @@ async fn insert_jobs(
 }
 
 /// Stops the active run of an area: queued jobs stop at once, running ones when their worker
-/// sees the request (its next heartbeat, or the NOTIFY). In a transaction (it locks the area).
+/// sees the request (its next heartbeat, or the NOTIFY). In a transaction. Its locks come in the
+/// one order every run change follows: the area's configuration row, then jobs, the run, and the
+/// connection (the log); a job's end ([`crate::worker::finish`]) takes the area's row first too.
 pub async fn stop(client: &Transaction<'_>, connection_id: Uuid, area: Area) -> Result<Run> {
     areas::lock(client, connection_id, area).await?;
     let Some(run) = active(client, connection_id, area).await? else {
@@ -422,16 +424,17 @@ pub async fn stop(client: &Transaction<'_>, connection_id: Uuid, area: Area) -> 
         ));
     };
     if run.state != RunState::Stopping {
+        // The jobs before the run, as a claim takes them (a job, then its run).
         client
             .execute(
-                "UPDATE runs SET state = 'stopping', stop_time = now() WHERE id = $1 AND state IN ('queued', 'running')",
+                "UPDATE jobs SET state = 'stopped', end_time = now(), status_message = 'stopped before it started' \
+                 WHERE run_id = $1 AND state = 'queued'",
                 &[&run.id],
             )
             .await?;
         client
             .execute(
-                "UPDATE jobs SET state = 'stopped', end_time = now(), status_message = 'stopped before it started' \
-                 WHERE run_id = $1 AND state = 'queued'",
+                "UPDATE runs SET state = 'stopping', stop_time = now() WHERE id = $1 AND state IN ('queued', 'running')",
                 &[&run.id],
             )
             .await?;
@@ -551,6 +554,18 @@ pub async fn state(client: &impl GenericClient, run_id: Uuid) -> Result<Option<R
         .query_opt("SELECT state FROM runs WHERE id = $1", &[&run_id])
         .await?;
     row.map(|row| RunState::parse(row.try_get(0)?)).transpose()
+}
+
+/// The ids of a connection's active runs (queued, running or stopping): a shared log poll reads
+/// them before the events, so a followed run missing here has logged its last event.
+pub async fn active_ids(client: &impl GenericClient, connection_id: Uuid) -> Result<Vec<Uuid>> {
+    let rows = client
+        .query(
+            "SELECT id FROM runs WHERE connection_id = $1 AND state = ANY($2)",
+            &[&connection_id, &active_states()],
+        )
+        .await?;
+    rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
 }
 
 /// Reads a run's jobs, in creation order.

@@ -78,7 +78,7 @@ async fn cluster() -> Result<&'static Cluster> {
 }
 
 async fn admin_client(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let (client, connection) = crate::tls::connect(url).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -187,6 +187,26 @@ pub async fn set_next_run_time(
         )
         .await?;
     Ok(())
+}
+
+/// Test support: locks the runs table until `tx` ends, so that every statement reading runs
+/// waits, holding its pooled connection (a stuck database, for the load-shedding tests).
+pub async fn lock_runs(tx: &crate::Transaction<'_>) -> Result<()> {
+    tx.batch_execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    Ok(())
+}
+
+/// Test support: how many sessions of this database wait on a lock.
+pub async fn lock_waiters(client: &impl crate::GenericClient) -> Result<i64> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ started AS ( \
     WHERE r.id IN (SELECT run_id FROM claimed) AND r.state = 'queued') \
 SELECT c.*, r.area, r.timeframe_start, r.timeframe_end, r.full_sync, r.updated_from, \
     r.rewrite_unchanged, r.check_only, r.confirm_unenrollments, r.create_time AS run_create_time, \
-    r.targets, r.trace_id, n.docebo_platform, n.docebo_calls_per_hour, n.unenrollment_policy, \
+    r.targets, r.trace_id, n.tenant, n.docebo_platform, n.docebo_calls_per_hour, n.unenrollment_policy, \
     n.unenroll_max_percent, n.unenroll_min_records, \
     (SELECT a.first_success_time FROM area_configs a \
       WHERE a.connection_id = c.connection_id AND a.area = 'enrollments') AS enrollments_first_success, \
@@ -120,6 +120,8 @@ pub struct ClaimedJob {
     pub unenrollment_guard: UnenrollmentGuard,
     /// When the run was created.
     pub run_create_time: DateTime<Utc>,
+    /// The connection's tenant: its Docebo call budget is the tenant's own ([`BudgetKey`]).
+    pub tenant: String,
     /// The Docebo platform whose call budget the job spends.
     pub docebo_platform: String,
     /// That platform's budget.
@@ -188,6 +190,7 @@ fn claimed_from_row(row: &Row) -> Result<ClaimedJob> {
             min_records: row.try_get("unenroll_min_records")?,
         },
         run_create_time: row.try_get("run_create_time")?,
+        tenant: row.try_get("tenant")?,
         docebo_platform: row.try_get("docebo_platform")?,
         docebo_calls_per_hour: row.try_get("docebo_calls_per_hour")?,
         unenrollment_policy: UnenrollmentPolicy::parse(row.try_get("unenrollment_policy")?)?,
@@ -414,7 +417,12 @@ pub enum Outcome {
 
 /// Ends a job, fenced by the attempt, logs it, and ends the run when this was its last job
 /// ([`runs::finish_if_done`]). Returns whether the attempt still held the job.
+///
+/// It locks the area's configuration row first, as Stop does: ending a job may end the run (its
+/// row) and log (the connection's row), and Stop changes the run and logs too, so without one
+/// first lock each could hold what the other waits for, a deadlock that fails one side.
 pub async fn finish(client: &Transaction<'_>, job: &ClaimedJob, outcome: &Outcome) -> Result<bool> {
+    crate::areas::lock(client, job.connection_id, job.area).await?;
     let (state_sql, error): (&str, Option<&str>) = match outcome {
         Outcome::Done => (
             "CASE WHEN failed_count > 0 THEN 'succeeded_with_errors' ELSE 'succeeded' END",
@@ -601,6 +609,17 @@ pub async fn log(fenced: &Fenced<'_>, events: Vec<NewLogEvent>) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The Docebo call budget
 
+/// Whose Docebo call bucket a call is taken from: one tenant's calls to one platform. Keyed by
+/// the platform alone, any tenant could name another tenant's Docebo URL and draw down (or pause)
+/// that tenant's calls; keyed by the tenant too, a tenant spends only its own.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BudgetKey {
+    /// The tenant whose connections spend it.
+    pub tenant: String,
+    /// The Docebo platform (`ClaimedJob::docebo_platform`).
+    pub platform: String,
+}
+
 /// A grant of Docebo calls.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BudgetGrant {
@@ -612,21 +631,21 @@ pub struct BudgetGrant {
     pub paused: bool,
 }
 
-/// Takes up to `want` calls from a platform's token bucket in one guarded statement: the bucket
-/// refills continuously at `calls_per_hour` ($2) and holds at most `capacity` ($4) calls, so after
+/// Takes up to `want` calls from a tenant's ($5) token bucket for a platform ($1) in one guarded
+/// statement: the bucket refills continuously at `calls_per_hour` ($2) and holds at most `capacity` ($4) calls, so after
 /// an idle spell no more than a burst goes out at once (Docebo's own limiter is a leaky bucket
 /// with a small burst, and refuses the rest with 429).
 const TAKE_BUDGET: &str = "\
 WITH cur AS ( \
-    SELECT b.platform, b.paused_until, \
+    SELECT b.tenant, b.platform, b.paused_until, \
            least($4::float8, b.tokens + greatest(0, extract(epoch FROM now() - b.refill_time)::float8) \
                  * $2::float8 / 3600.0) AS avail \
-    FROM docebo_budgets b WHERE b.platform = $1 FOR UPDATE), \
+    FROM docebo_budgets b WHERE b.tenant = $5 AND b.platform = $1 FOR UPDATE), \
 g AS ( \
     SELECT cur.*, CASE WHEN cur.paused_until > now() THEN 0 \
                        ELSE greatest(0, least($3::int, floor(cur.avail)::int)) END AS n FROM cur) \
 UPDATE docebo_budgets b SET tokens = g.avail - g.n, refill_time = now(), calls_per_hour = ($2::float8)::int \
-FROM g WHERE b.platform = g.platform \
+FROM g WHERE b.tenant = g.tenant AND b.platform = g.platform \
 RETURNING g.n, g.avail, extract(epoch FROM g.paused_until - now())::float8 AS paused_secs";
 
 /// A platform's Docebo call allowance: the rate its shared bucket refills at and the burst it
@@ -648,30 +667,28 @@ impl Allowance {
     }
 }
 
-/// Takes up to `want` calls from a platform's shared budget.
+/// Takes up to `want` calls from a tenant's budget for a platform.
 pub async fn take_budget(
     client: &impl GenericClient,
-    platform: &str,
+    key: &BudgetKey,
     allowance: Allowance,
     want: i32,
 ) -> Result<BudgetGrant> {
     let rate = f64::from(allowance.calls_per_hour.max(1));
     let capacity = f64::from(allowance.capacity());
-    let mut row = client
-        .query_opt(TAKE_BUDGET, &[&platform, &rate, &want, &capacity])
-        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&key.platform, &rate, &want, &capacity, &key.tenant];
+    let mut row = client.query_opt(TAKE_BUDGET, &params).await?;
     if row.is_none() {
-        // The platform's first call: its bucket starts full (a burst's worth).
+        // The tenant's first call to the platform: its bucket starts full (a burst's worth).
         client
             .execute(
-                "INSERT INTO docebo_budgets (platform, calls_per_hour, tokens, refill_time) \
-                 VALUES ($1, $2::int, $3::float8, now()) ON CONFLICT (platform) DO NOTHING",
-                &[&platform, &allowance.calls_per_hour.max(1), &capacity],
+                "INSERT INTO docebo_budgets (tenant, platform, calls_per_hour, tokens, refill_time) \
+                 VALUES ($4, $1, $2::int, $3::float8, now()) ON CONFLICT (tenant, platform) DO NOTHING",
+                &[&key.platform, &allowance.calls_per_hour.max(1), &capacity, &key.tenant],
             )
             .await?;
-        row = client
-            .query_opt(TAKE_BUDGET, &[&platform, &rate, &want, &capacity])
-            .await?;
+        row = client.query_opt(TAKE_BUDGET, &params).await?;
     }
     let Some(row) = row else {
         return Ok(BudgetGrant {
@@ -703,7 +720,7 @@ pub async fn take_budget(
 /// of the hour is lost; the bucket still holds at most its capacity.
 pub async fn return_budget(
     client: &impl GenericClient,
-    platform: &str,
+    key: &BudgetKey,
     allowance: Allowance,
     calls: i32,
 ) -> Result<()> {
@@ -713,25 +730,30 @@ pub async fn return_budget(
     client
         .execute(
             "UPDATE docebo_budgets SET tokens = least($3::float8, tokens + $2::int) \
-             WHERE platform = $1",
-            &[&platform, &calls, &f64::from(allowance.capacity())],
+             WHERE platform = $1 AND tenant = $4",
+            &[
+                &key.platform,
+                &calls,
+                &f64::from(allowance.capacity()),
+                &key.tenant,
+            ],
         )
         .await?;
     Ok(())
 }
 
-/// Pauses every call to a platform until `now() + pause` (Docebo said 429 or 503); a longer
-/// pause already set stays.
+/// Pauses every call of a tenant to a platform until `now() + pause` (Docebo said 429 or 503); a
+/// longer pause already set stays.
 pub async fn pause_docebo(
     client: &impl GenericClient,
-    platform: &str,
+    key: &BudgetKey,
     pause: Duration,
 ) -> Result<()> {
     client
         .execute(
             "UPDATE docebo_budgets SET paused_until = greatest(paused_until, now() + make_interval(secs => $2)) \
-             WHERE platform = $1",
-            &[&platform, &secs(pause)],
+             WHERE platform = $1 AND tenant = $3",
+            &[&key.platform, &secs(pause), &key.tenant],
         )
         .await?;
     Ok(())
@@ -1164,18 +1186,20 @@ pub async fn ledger_delete(
 }
 
 /// Whether the schema the worker needs is there (the server runs the migrations): the tables and
-/// the newest columns the worker's statements use (`ledger.scope`, V0002; `runs.targets`, V0003).
+/// the newest columns the worker's statements use (`ledger.scope`, V0002; `runs.targets`, V0003;
+/// `docebo_budgets.tenant`, V0011).
 pub async fn schema_ready(client: &impl GenericClient) -> Result<bool> {
     let row = client
         .query_one(
             "SELECT count(*) FROM information_schema.columns \
              WHERE table_schema = current_schema() \
                AND (table_name, column_name) IN (('jobs', 'checkpoint'), ('ledger', 'scope'), \
-                                                ('runs', 'targets'), ('docebo_budgets', 'paused_until'))",
+                                                ('runs', 'targets'), ('docebo_budgets', 'paused_until'), \
+                                                ('docebo_budgets', 'tenant'))",
             &[],
         )
         .await?;
-    Ok(row.try_get::<_, i64>(0)? == 4)
+    Ok(row.try_get::<_, i64>(0)? == 5)
 }
 
 // ---------------------------------------------------------------------------------------------

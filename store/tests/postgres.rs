@@ -442,6 +442,14 @@ const SLOW: Allowance = Allowance {
     calls_per_hour: 36,
     burst: 36,
 };
+/// A tenant's budget key for a platform.
+fn budget_key(tenant: &str, platform: &str) -> store_worker::BudgetKey {
+    store_worker::BudgetKey {
+        tenant: tenant.to_string(),
+        platform: platform.to_string(),
+    }
+}
+
 /// Docebo's documented 1,000 calls an hour, 20 at once.
 const DEFAULT: Allowance = Allowance {
     calls_per_hour: 1000,
@@ -452,17 +460,18 @@ const DEFAULT: Allowance = Allowance {
 async fn the_call_budget_refills_at_its_rate_leases_what_is_asked_and_pauses() {
     let store = store().await;
     let conn = store.conn().await.unwrap();
-    let platform = "budget.docebosaas.com";
+    let key = budget_key("acme", "budget.docebosaas.com");
+    let platform = key.platform.as_str();
     // 36 calls an hour, all of them at once: the bucket starts full, and a grant is at most what was asked.
-    let grant = store_worker::take_budget(&conn, platform, SLOW, 5)
+    let grant = store_worker::take_budget(&conn, &key, SLOW, 5)
         .await
         .unwrap();
     assert_eq!((grant.granted, grant.paused), (5, false));
-    let grant = store_worker::take_budget(&conn, platform, SLOW, 100)
+    let grant = store_worker::take_budget(&conn, &key, SLOW, 100)
         .await
         .unwrap();
     assert_eq!(grant.granted, 31, "the rest of the hour's 36");
-    let empty = store_worker::take_budget(&conn, platform, SLOW, 1)
+    let empty = store_worker::take_budget(&conn, &key, SLOW, 1)
         .await
         .unwrap();
     assert_eq!(empty.granted, 0);
@@ -471,17 +480,17 @@ async fn the_call_budget_refills_at_its_rate_leases_what_is_asked_and_pauses() {
         "one call every 100 s: {empty:?}"
     );
     // Calls leased and not spent come back, never above the bucket's capacity.
-    store_worker::return_budget(&conn, platform, SLOW, 4)
+    store_worker::return_budget(&conn, &key, SLOW, 4)
         .await
         .unwrap();
-    let back = store_worker::take_budget(&conn, platform, SLOW, 10)
+    let back = store_worker::take_budget(&conn, &key, SLOW, 10)
         .await
         .unwrap();
     assert_eq!(back.granted, 4);
-    store_worker::return_budget(&conn, platform, SLOW, 1000)
+    store_worker::return_budget(&conn, &key, SLOW, 1000)
         .await
         .unwrap();
-    let capped = store_worker::take_budget(&conn, platform, SLOW, 1000)
+    let capped = store_worker::take_budget(&conn, &key, SLOW, 1000)
         .await
         .unwrap();
     assert_eq!(capped.granted, 36);
@@ -493,12 +502,12 @@ async fn the_call_budget_refills_at_its_rate_leases_what_is_asked_and_pauses() {
     )
     .await
     .unwrap();
-    let refilled = store_worker::take_budget(&conn, platform, SLOW, 10)
+    let refilled = store_worker::take_budget(&conn, &key, SLOW, 10)
         .await
         .unwrap();
     assert_eq!(refilled.granted, 2);
     // A pause holds every caller back, whatever the bucket holds; a shorter one keeps the longer.
-    let other = "paused.docebosaas.com";
+    let other = &budget_key("acme", "paused.docebosaas.com");
     assert_eq!(
         store_worker::take_budget(&conn, other, DEFAULT, 1)
             .await
@@ -524,17 +533,18 @@ async fn the_call_budget_refills_at_its_rate_leases_what_is_asked_and_pauses() {
 async fn the_call_budget_lets_a_burst_through_then_paces_calls_like_doceboes_limiter() {
     let store = store().await;
     let conn = store.conn().await.unwrap();
-    let platform = "burst.docebosaas.com";
+    let key = budget_key("acme", "burst.docebosaas.com");
+    let platform = key.platform.as_str();
     // 3,600 calls an hour (one a second), 5 at once: the first take finds a burst's worth.
     let allowance = Allowance {
         calls_per_hour: 3600,
         burst: 5,
     };
-    let burst = store_worker::take_budget(&conn, platform, allowance, 100)
+    let burst = store_worker::take_budget(&conn, &key, allowance, 100)
         .await
         .unwrap();
     assert_eq!(burst.granted, 5, "a burst, not the hour's 3,600");
-    let empty = store_worker::take_budget(&conn, platform, allowance, 1)
+    let empty = store_worker::take_budget(&conn, &key, allowance, 1)
         .await
         .unwrap();
     assert_eq!(empty.granted, 0);
@@ -557,21 +567,21 @@ async fn the_call_budget_lets_a_burst_through_then_paces_calls_like_doceboes_lim
         }
     };
     rewind(2.0).await;
-    let paced = store_worker::take_budget(&conn, platform, allowance, 100)
+    let paced = store_worker::take_budget(&conn, &key, allowance, 100)
         .await
         .unwrap();
     assert_eq!(paced.granted, 2);
     // After an idle hour the bucket holds a burst again, never the hour's calls.
     rewind(3600.0).await;
-    let idle = store_worker::take_budget(&conn, platform, allowance, 100)
+    let idle = store_worker::take_budget(&conn, &key, allowance, 100)
         .await
         .unwrap();
     assert_eq!(idle.granted, 5);
     // Calls given back never fill it above a burst either.
-    store_worker::return_budget(&conn, platform, allowance, 1000)
+    store_worker::return_budget(&conn, &key, allowance, 1000)
         .await
         .unwrap();
-    let returned = store_worker::take_budget(&conn, platform, allowance, 100)
+    let returned = store_worker::take_budget(&conn, &key, allowance, 100)
         .await
         .unwrap();
     assert_eq!(returned.granted, 5);
@@ -582,7 +592,7 @@ async fn the_call_budget_lets_a_burst_through_then_paces_calls_like_doceboes_lim
     )
     .await
     .unwrap();
-    let old = store_worker::take_budget(&conn, platform, allowance, 100)
+    let old = store_worker::take_budget(&conn, &key, allowance, 100)
         .await
         .unwrap();
     assert_eq!(old.granted, 5);
@@ -592,6 +602,42 @@ async fn the_call_budget_lets_a_burst_through_then_paces_calls_like_doceboes_lim
         burst: 20,
     };
     assert_eq!(small.capacity(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_naming_another_tenants_platform_spends_and_pauses_only_its_own_budget() {
+    let store = store().await;
+    let conn = store.conn().await.unwrap();
+    let platform = "victim.docebosaas.com";
+    let victim = budget_key("acme", platform);
+    let other = budget_key("globex", platform);
+    // Another tenant names the victim's platform and spends everything its bucket holds, then
+    // draws a pause on it.
+    let spent = store_worker::take_budget(&conn, &other, DEFAULT, 1000)
+        .await
+        .unwrap();
+    assert_eq!(spent.granted, 20, "a burst");
+    store_worker::pause_docebo(&conn, &other, Duration::from_secs(600))
+        .await
+        .unwrap();
+    let held = store_worker::take_budget(&conn, &other, DEFAULT, 1)
+        .await
+        .unwrap();
+    assert!(held.paused && held.granted == 0, "{held:?}");
+    // The victim's own bucket is untouched: a full burst, no pause.
+    let own = store_worker::take_budget(&conn, &victim, DEFAULT, 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (own.granted, own.paused),
+        (20, false),
+        "the victim's calls are its own"
+    );
+    // A tenant's connections on one platform still share one bucket.
+    let again = store_worker::take_budget(&conn, &victim, DEFAULT, 1)
+        .await
+        .unwrap();
+    assert_eq!(again.granted, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,13 +65,13 @@ pub fn init_tracing() {
 
 /// A server running in-process on its own database.
 pub struct TestServer {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` when the options have TLS).
     pub endpoint: String,
-    /// `http://127.0.0.1:<port>` of the webhook receiver.
+    /// `http://127.0.0.1:<port>` of the webhook receiver (`https://` with TLS).
     pub webhook_base: String,
     /// `http://127.0.0.1:<port>` of the metrics endpoint.
     pub metrics_base: String,
-    /// `http://127.0.0.1:<port>` of the read-only web console.
+    /// `http://127.0.0.1:<port>` of the read-only web console (`https://` with TLS).
     pub console_base: String,
     /// The database's URL.
     pub database_url: String,
@@ -126,14 +126,20 @@ impl TestServer {
         options.realtime.webhook_poll = Duration::from_millis(500);
         options.upstream = sim_policy();
         adjust(&mut options);
+        // With TLS, every listener but the metrics' speaks https.
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
+        let endpoint = format!("{scheme}://{}", listener.local_addr()?);
         let webhooks = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let webhook_base = format!("http://{}", webhooks.local_addr()?);
+        let webhook_base = format!("{scheme}://{}", webhooks.local_addr()?);
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let metrics_base = format!("http://{}", metrics.local_addr()?);
         let console = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let console_base = format!("http://{}", console.local_addr()?);
+        let console_base = format!("{scheme}://{}", console.local_addr()?);
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
         let listeners = learnsync_server::Listeners {
             grpc: listener,

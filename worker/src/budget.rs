@@ -1,12 +1,13 @@
-//! A job's view of its Docebo platform's call budget: a token bucket in Postgres shared by every
-//! job on every worker, refilling at the connection's `docebo_calls_per_hour` and holding at most
+//! A job's view of its Docebo platform's call budget: a token bucket in Postgres per tenant and
+//! platform ([`BudgetKey`]: one tenant never spends another's), shared by every job on every
+//! worker, refilling at the connection's `docebo_calls_per_hour` and holding at most
 //! a burst (`Settings::docebo_burst`), as Docebo's own leaky-bucket limiter lets through. Calls are
 //! leased from it one at a time under a Docebo-sized burst, a few at a time (one statement per
 //! lease, not per call) when the bucket is large; a job that must wait says so in its status message.
 
 use std::time::{Duration, Instant};
 
-use learnsync_store::worker::{self as store_worker, Allowance};
+use learnsync_store::worker::{self as store_worker, Allowance, BudgetKey};
 use tokio::sync::Mutex;
 
 use crate::context::{JobCtx, SyncResult};
@@ -21,7 +22,7 @@ const LEASE_LIFETIME: Duration = Duration::from_secs(1);
 
 /// Calls leased from the shared bucket that this job has not spent yet.
 pub struct Budget {
-    platform: String,
+    key: BudgetKey,
     allowance: Allowance,
     lease_size: i32,
     leased: Mutex<Lease>,
@@ -34,14 +35,15 @@ struct Lease {
 }
 
 impl Budget {
-    /// A budget over a platform's shared bucket: `calls_per_hour`, at most `burst` at once.
-    pub fn new(platform: String, calls_per_hour: i32, burst: u32) -> Budget {
+    /// A budget over a tenant's shared bucket for a platform: `calls_per_hour`, at most `burst`
+    /// at once.
+    pub fn new(key: BudgetKey, calls_per_hour: i32, burst: u32) -> Budget {
         let allowance = Allowance {
             calls_per_hour,
             burst: i32::try_from(burst).unwrap_or(i32::MAX),
         };
         Budget {
-            platform,
+            key,
             allowance,
             lease_size: lease_size(allowance),
             leased: Mutex::new(Lease {
@@ -71,8 +73,7 @@ impl Budget {
             }
             let grant = {
                 let conn = ctx.store.conn().await?;
-                store_worker::take_budget(&conn, &self.platform, self.allowance, self.lease_size)
-                    .await?
+                store_worker::take_budget(&conn, &self.key, self.allowance, self.lease_size).await?
             };
             if grant.granted > 0 {
                 *leased = Lease {
@@ -111,19 +112,19 @@ impl Budget {
         }
         let returned = async {
             let conn = ctx.store.conn().await?;
-            store_worker::return_budget(&conn, &self.platform, self.allowance, calls).await
+            store_worker::return_budget(&conn, &self.key, self.allowance, calls).await
         };
         if let Err(error) = returned.await {
             tracing::warn!(%error, calls, "could not return unspent docebo calls");
         }
     }
 
-    /// Pauses the platform for everyone (Docebo said 429 or 503), and drops this job's leased
-    /// calls: nobody calls before the pause ends.
+    /// Pauses the platform for every job of the tenant (Docebo said 429 or 503), and drops this
+    /// job's leased calls: nobody calls before the pause ends.
     pub async fn pause(&self, ctx: &JobCtx, pause: Duration) -> SyncResult<()> {
         self.leased.lock().await.calls = 0;
         let conn = ctx.store.conn().await?;
-        store_worker::pause_docebo(&conn, &self.platform, pause).await?;
+        store_worker::pause_docebo(&conn, &self.key, pause).await?;
         Ok(())
     }
 }

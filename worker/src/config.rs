@@ -65,6 +65,13 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// How often a bulk ingest job's state is polled (the first poll; it backs off to 10x).
     pub bulk_poll: Duration,
+    /// How long a Bulk API 2.0 job may take to complete: past it the wait ends as a transient
+    /// error (the job retries from its checkpoint) instead of polling a stuck job for ever.
+    pub bulk_timeout: Duration,
+    /// How long a stopped job still waits for the outcome of a Bulk ingest job it closed (its
+    /// records were sent: learnsync records what Salesforce did when it soon knows), before the
+    /// stop interrupts the wait.
+    pub bulk_stop_grace: Duration,
     /// What upstream URLs may reach (strict by default: https, public addresses only).
     pub upstream: learnsync_upstream::Policy,
 }
@@ -120,6 +127,11 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
     /// First poll of a bulk ingest job's state.
     pub const BULK_POLL: Duration = Duration::from_millis(100);
+    /// Longest wait for a Bulk API 2.0 job to complete: a 5,000-record job takes seconds to a few
+    /// minutes even in a busy org; one still in progress after half an hour is stuck.
+    pub const BULK_TIMEOUT: Duration = Duration::from_secs(1800);
+    /// How long a stop waits for a closed Bulk ingest job's outcome.
+    pub const BULK_STOP_GRACE: Duration = Duration::from_secs(30);
 }
 
 impl Default for Settings {
@@ -147,6 +159,8 @@ impl Default for Settings {
             http_timeout: defaults::HTTP_TIMEOUT,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             bulk_poll: defaults::BULK_POLL,
+            bulk_timeout: defaults::BULK_TIMEOUT,
+            bulk_stop_grace: defaults::BULK_STOP_GRACE,
             upstream: learnsync_upstream::Policy::strict(),
         }
     }
@@ -303,6 +317,10 @@ pub struct Options {
     /// out its job waits before another worker takes it over (a write may be in flight that long).
     #[arg(long, env = "LEARNSYNC_WORKER_HTTP_TIMEOUT", default_value_t = Span(defaults::HTTP_TIMEOUT))]
     pub http_timeout: Span,
+    /// Longest wait for a Bulk API 2.0 job to complete; a job still in progress then is given up
+    /// as a transient error (the job retries from its checkpoint).
+    #[arg(long, env = "LEARNSYNC_WORKER_BULK_TIMEOUT", default_value_t = Span(defaults::BULK_TIMEOUT))]
+    pub bulk_timeout: Span,
     /// Connections in the worker's Postgres pool (default: 2 per job plus 4).
     #[arg(long, env = "LEARNSYNC_WORKER_DB_CONNECTIONS")]
     pub db_connections: Option<usize>,
@@ -337,6 +355,7 @@ impl Options {
             salesforce_limit_pause: self.salesforce_limit_pause.0,
             shutdown_grace: self.shutdown_grace.0,
             http_timeout: self.http_timeout.0,
+            bulk_timeout: self.bulk_timeout.0,
             upstream: self.upstream_allow.clone().unwrap_or_default(),
             ..Settings::default()
         }
@@ -407,6 +426,7 @@ mod tests {
         assert_eq!(flags.salesforce_limit_pause, library.salesforce_limit_pause);
         assert_eq!(flags.shutdown_grace, library.shutdown_grace);
         assert_eq!(flags.http_timeout, library.http_timeout);
+        assert_eq!(flags.bulk_timeout, library.bulk_timeout);
         assert_eq!(flags.lease_terms().write_grace, flags.http_timeout);
         assert_eq!(flags.write_window(), Duration::from_secs(9));
         assert_eq!(flags.upstream, library.upstream);

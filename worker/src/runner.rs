@@ -381,7 +381,10 @@ impl JobRunner {
             };
         let credentials = self.cipher.open(job.connection_id, &sealed.0)?;
         let budget = Budget::new(
-            job.docebo_platform.clone(),
+            learnsync_store::worker::BudgetKey {
+                tenant: job.tenant.clone(),
+                platform: job.docebo_platform.clone(),
+            },
             job.docebo_calls_per_hour,
             self.settings.docebo_burst,
         );

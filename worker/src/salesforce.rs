@@ -2,12 +2,13 @@
 //! policy, with the job-level side around it: a session kept across calls and renewed once on 401
 //! INVALID_SESSION_ID; REQUEST_LIMIT_EXCEEDED pausing the connection's writes in Postgres (for
 //! every worker) and said in the job's log; 5xx answers logged and retried with backoff; Bulk API
-//! 2.0 jobs polled to their end. A write in flight is never abandoned on a stop: its answer is
-//! recorded first. No write request (collections upsert and delete, Bulk ingest job create, upload
+//! 2.0 jobs polled to their end within a deadline (`Settings::bulk_timeout`). A write in flight is
+//! never abandoned on a stop: its answer is recorded first (a closed Bulk ingest job's outcome is
+//! awaited `Settings::bulk_stop_grace`, not for ever). No write request (collections upsert and delete, Bulk ingest job create, upload
 //! and close) starts once the job's lease may have run out ([`JobCtx::may_write`]).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use learnsync_store::model::{LogLevel, NewLogEvent};
 use learnsync_store::secrets::SalesforceCredentials;
@@ -379,15 +380,43 @@ impl Salesforce {
         }
     }
 
-    /// Polls a bulk job until it completes. For an ingest job a stop waits (the upload is done:
-    /// its outcome is recorded first); a query job's wait is interrupted by it.
+    /// Polls a bulk job until it completes, at most `Settings::bulk_timeout`: a job still in
+    /// progress then is stuck, and the wait ends as a transient error (the job retries from its
+    /// checkpoint; records sent are upserts by external id, so sending them again is safe). A
+    /// stop ends a query job's wait at once; an ingest job's records were sent, so a stop waits
+    /// `Settings::bulk_stop_grace` more for its outcome (recorded if it comes), then ends it too.
+    /// An ingest job given up on is aborted.
     async fn wait_for_bulk_job(&self, ctx: &JobCtx, job: &str, kind: BulkJob) -> SyncResult<()> {
+        let started = Instant::now();
+        let mut stopped_at: Option<Instant> = None;
         let mut delay = ctx.settings.bulk_poll;
         loop {
-            ctx.sleep(delay).await.or_else(|error| match error {
-                SyncError::Interrupted(Interrupt::Stop) if kind == BulkJob::Ingest => Ok(()),
-                other => Err(other),
-            })?;
+            if started.elapsed() >= ctx.settings.bulk_timeout {
+                self.abort_ingest(ctx, job, kind).await;
+                return Err(SyncError::Transient(Failure::BulkJobEnded {
+                    job_id: job.to_string(),
+                    message: format!(
+                        "still in progress after {} s: given up",
+                        ctx.settings.bulk_timeout.as_secs()
+                    ),
+                }));
+            }
+            match stopped_at {
+                // Stopped: the job's sleep would end at once, so the outcome is awaited with a
+                // plain one, within the grace.
+                Some(stop) if stop.elapsed() >= ctx.settings.bulk_stop_grace => {
+                    self.abort_ingest(ctx, job, kind).await;
+                    return Err(SyncError::Interrupted(Interrupt::Stop));
+                }
+                Some(_) => tokio::time::sleep(delay).await,
+                None => match ctx.sleep(delay).await {
+                    Err(SyncError::Interrupted(Interrupt::Stop)) if kind == BulkJob::Ingest => {
+                        tracing::info!(job, "stop asked: waiting a little for the bulk outcome");
+                        stopped_at = Some(Instant::now());
+                    }
+                    other => other?,
+                },
+            }
             let state = self
                 .call(ctx, Exchange::Read, |session: Session| async move {
                     match kind {
@@ -410,6 +439,28 @@ impl Salesforce {
                     delay = (delay * 2).min(Duration::from_secs(5).max(ctx.settings.bulk_poll))
                 }
             }
+        }
+    }
+}
+
+impl Salesforce {
+    /// Aborts an ingest job given up on (best effort, one request): records it has not processed
+    /// yet are then never written, so it cannot land later over what a retry writes. What it did
+    /// process stays, and the retry writes those records again.
+    async fn abort_ingest(&self, ctx: &JobCtx, job: &str, kind: BulkJob) {
+        if kind != BulkJob::Ingest {
+            return;
+        }
+        let aborted = match self.session(ctx, false).await {
+            Ok(session) => self.api.abort_job(&session, job).await.into_result(),
+            Err(error) => {
+                tracing::warn!(%error, job, "bulk ingest job not aborted: no session");
+                return;
+            }
+        };
+        match aborted {
+            Ok(()) => tracing::info!(job, "bulk ingest job given up on and aborted"),
+            Err((_, failure)) => tracing::warn!(%failure, job, "bulk ingest job not aborted"),
         }
     }
 }

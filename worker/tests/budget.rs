@@ -1,4 +1,4 @@
-//! Proves the Docebo call budget is one token bucket per platform, shared by every job and worker: grants never exceed what the hour allows, an empty bucket says how long to wait, a 429/503 pause holds everyone back, and a sync whose budget equals Docebo's leaky-bucket limit (rate and burst) draws no 429.
+//! Proves the Docebo call budget is one token bucket per tenant and platform, shared by every job and worker: grants never exceed what the hour allows, an empty bucket says how long to wait, a 429/503 pause holds everyone back, and a sync whose budget equals Docebo's leaky-bucket limit (rate and burst) draws no 429.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -7,7 +7,7 @@ use learnsync_e2e::env::{Env, EnvOptions, sync_area, test_settings};
 use learnsync_sim::{DoceboConfig, GenerateParams};
 use learnsync_store::Store;
 use learnsync_store::model::{Area, RunState};
-use learnsync_store::worker::{Allowance, pause_docebo, take_budget};
+use learnsync_store::worker::{Allowance, BudgetKey, pause_docebo, take_budget};
 
 /// 36 calls an hour, all of them at once.
 const HOURLY_36: Allowance = Allowance {
@@ -19,6 +19,14 @@ const DOCEBO: Allowance = Allowance {
     calls_per_hour: 1000,
     burst: 20,
 };
+
+/// The budget of the tenant `acme` on `platform`.
+fn acme(platform: &str) -> BudgetKey {
+    BudgetKey {
+        tenant: "acme".into(),
+        platform: platform.into(),
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bucket_is_shared_and_pauses_hold_everyone() {
@@ -34,7 +42,7 @@ async fn the_bucket_is_shared_and_pauses_hold_everyone() {
         let store = store.clone();
         takers.push(tokio::spawn(async move {
             let conn = store.conn().await.unwrap();
-            take_budget(&conn, "platform-a", HOURLY_36, 5)
+            take_budget(&conn, &acme("platform-a"), HOURLY_36, 5)
                 .await
                 .unwrap()
         }));
@@ -49,7 +57,7 @@ async fn the_bucket_is_shared_and_pauses_hold_everyone() {
     );
 
     let conn = store.conn().await.unwrap();
-    let empty = take_budget(&conn, "platform-a", HOURLY_36, 5)
+    let empty = take_budget(&conn, &acme("platform-a"), HOURLY_36, 5)
         .await
         .unwrap();
     assert_eq!(empty.granted, 0);
@@ -61,14 +69,18 @@ async fn the_bucket_is_shared_and_pauses_hold_everyone() {
     );
 
     // Another platform has a bucket of its own.
-    let other = take_budget(&conn, "platform-b", DOCEBO, 5).await.unwrap();
+    let other = take_budget(&conn, &acme("platform-b"), DOCEBO, 5)
+        .await
+        .unwrap();
     assert_eq!(other.granted, 5);
 
     // A pause holds every caller of the platform back, whatever its bucket holds.
-    pause_docebo(&conn, "platform-b", Duration::from_secs(30))
+    pause_docebo(&conn, &acme("platform-b"), Duration::from_secs(30))
         .await
         .unwrap();
-    let paused = take_budget(&conn, "platform-b", DOCEBO, 5).await.unwrap();
+    let paused = take_budget(&conn, &acme("platform-b"), DOCEBO, 5)
+        .await
+        .unwrap();
     assert_eq!(paused.granted, 0);
     assert!(paused.paused);
     assert!(paused.wait > Duration::from_secs(20), "{paused:?}");

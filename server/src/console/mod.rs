@@ -516,20 +516,3 @@ async fn live_logs(
         Err(refusal) => refusal.fragment(),
     }
 }
-
-/// Serves the console on `listener` until `shutdown` is cancelled.
-pub(crate) async fn serve(
-    listener: tokio::net::TcpListener,
-    service: Service,
-    tokens: Tokens,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    tracing::info!(address = ?listener.local_addr().ok(), "console listening");
-    let router = router(service, tokens);
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(error) = served {
-        tracing::warn!(%error, "console stopped");
-    }
-}

@@ -1823,6 +1823,19 @@ fn fail_job(state: &SfState, id: &str, message: String) {
     }
 }
 
+impl SfState {
+    /// Whether the next ingest job stays `InProgress` for ever (the `stall_ingest_jobs` fault),
+    /// counting it.
+    fn take_stalled_ingest_job(&self) -> bool {
+        let mut faults = lock(&self.faults);
+        let stalled = faults.faults.stall_ingest_jobs > 0;
+        if stalled {
+            faults.faults.stall_ingest_jobs -= 1;
+        }
+        stalled
+    }
+}
+
 /// Processes an ingest job in internal batches, releasing the org lock between batches.
 fn process_job(state: &SfState, id: &str) {
     let started = Instant::now();
@@ -1834,6 +1847,9 @@ fn process_job(state: &SfState, id: &str) {
         }
         job.state = JobState::InProgress;
         job.modified = state.now();
+        if state.take_stalled_ingest_job() {
+            return;
+        }
         bulk::Work {
             object_index: job.object_index,
             operation: job.operation,

@@ -66,6 +66,20 @@ impl SalesforceApi {
         .and_then(|_| Ok(()))
     }
 
+    /// Aborts an ingest job: Salesforce processes none of its records not yet processed (a job
+    /// given up on must not write later, over what a retry wrote since).
+    pub async fn abort_job(&self, session: &Session, job_id: &str) -> Answer<()> {
+        let body = json!({"state": "Aborted"}).to_string();
+        self.send(
+            session,
+            reqwest::Method::PATCH,
+            &job_path(job_id),
+            Body::Json(&body),
+        )
+        .await
+        .and_then(|_| Ok(()))
+    }
+
     /// Where a job stands.
     pub async fn job_state(&self, session: &Session, job_id: &str) -> Answer<BulkState> {
         self.send(session, reqwest::Method::GET, &job_path(job_id), Body::None)
