@@ -55,6 +55,8 @@ METHODS = {
     "StreamLogs",
     "GetWebhookEndpoint",
     "RotateWebhookSecret",
+    "GetMapping",
+    "SetMapping",
 }
 AREAS = ["AREA_USERS", "AREA_COURSES", "AREA_ENROLLMENTS"]
 
