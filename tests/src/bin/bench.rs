@@ -35,6 +35,7 @@ use learnsync_store::secrets::Cipher;
 use rand::RngCore as _;
 use tokio_util::sync::CancellationToken;
 
+#[path = "bench/calls.rs"]
 mod calls;
 
 /// Benchmarks of learnsync on the simulators.
