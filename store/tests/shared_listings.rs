@@ -103,9 +103,7 @@ async fn publish(
 ) -> Option<PublishedListing> {
     let mut conn = store.conn().await.unwrap();
     let tx = conn.transaction().await.unwrap();
-    let Some(fenced) = store_worker::fence(&tx, job).await.unwrap() else {
-        return None;
-    };
+    let fenced = store_worker::fence(&tx, job).await.unwrap()?;
     let published = store_worker::publish_listing(&fenced, LISTING, items, Some("moved".into()))
         .await
         .unwrap();
