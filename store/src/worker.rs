@@ -1,5 +1,5 @@
-//! What workers do in Postgres: claim jobs, keep leases, checkpoint, finish; the record ledger and
-//! the Docebo call budget.
+//! What workers do in Postgres: claim jobs, keep leases, checkpoint, finish; the record ledger,
+//! the Docebo call budget and the listings a run's jobs share ([`shared_listing`]).
 //!
 //! Every write a worker makes about a job names the attempt it holds: the job row is locked with
 //! `WHERE id = $1 AND attempt = $2 AND state = 'running'` ([`fence`]) at the start of the
@@ -26,6 +26,9 @@ use crate::model::{
     Area, Counts, JobKind, LogLevel, NewLogEvent, RunState, UnenrollmentGuard, UnenrollmentPolicy,
 };
 use crate::{CHANNEL_JOBS, Result, logs, runs};
+
+mod listings;
+pub use listings::{PublishedListing, SharedListing, publish_listing, shared_listing};
 
 /// A running job another worker may take over (claim, or reap when its run is stopping): its lease
 /// ran out and so did its holder's write grace ([`Lease::write_grace`]). The index `jobs_takeover`

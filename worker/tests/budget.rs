@@ -95,7 +95,7 @@ async fn a_sync_budgeted_at_doceboes_limit_draws_no_429() {
     let env = Env::with(
         GenerateParams {
             seed: 71,
-            users: Some(30),
+            users: Some(60),
             courses: Some(2),
             learning_plans: Some(1),
             bad_records: Some(false),

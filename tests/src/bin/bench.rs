@@ -10,7 +10,7 @@
 //!   it reports the 429s drawn and the run's time against its paced time.
 //! - `realtime --enrollments N`: Docebo calls of a realtime day against a full reload every 15 min.
 //! - `compare --enrollments N`: learnsync against a Python script (requests + simple-salesforce
-//!   Bulk 2.0) doing the same work on the same simulators.
+//!   Bulk 2.0) doing the same work on the same simulators; both Docebo call counts, by family.
 //! - `control`: GetStatus throughput and latency, Start-to-claim delay, StreamLogs delivery delay.
 //! - `status --clients N --seconds S [--pool P]`: GetStatus alone, N concurrent clients for S seconds, on a
 //!   connection with finished runs (with their jobs), records in the ledger and an active run.
@@ -34,6 +34,9 @@ use learnsync_store::model::{LogLevel, NewLogEvent};
 use learnsync_store::secrets::Cipher;
 use rand::RngCore as _;
 use tokio_util::sync::CancellationToken;
+
+#[path = "bench/calls.rs"]
+mod calls;
 
 /// Benchmarks of learnsync on the simulators.
 #[derive(Debug, Parser)]
@@ -407,6 +410,7 @@ async fn bench_sync(
     let (enrolled, enrollments_time) = bed.sync(pb::Area::Enrollments, true).await?;
     let wall = started.elapsed();
     let (docebo_calls, salesforce_calls) = bed.calls();
+    let docebo_by_family = calls::by_family(&bed.docebo.counters());
     let pg_cpu = postgres_cpu(postmaster) - pg_before;
     let records: i64 = [&users, &courses, &enrolled]
         .iter()
@@ -452,6 +456,7 @@ async fn bench_sync(
         worker_peak,
         pg_cpu,
     );
+    println!("docebo calls: {docebo_calls} ({docebo_by_family})");
     if let Some((per_hour, burst)) = limit {
         let limiter = bed.docebo.rate_limit();
         // Token requests: the simulator's limiter lets them through, Docebo counts them, and so
@@ -697,6 +702,7 @@ async fn bench_compare(enrollments: usize, python: PathBuf) -> anyhow::Result<()
         );
     }
     let (python_docebo, python_salesforce) = bed.calls();
+    let python_by_family = calls::by_family(&bed.docebo.counters());
     let report = String::from_utf8_lossy(&output.stdout).trim().to_string();
     bed.salesforce.reset();
 
@@ -710,6 +716,7 @@ async fn bench_compare(enrollments: usize, python: PathBuf) -> anyhow::Result<()
     }
     let learnsync_time = started.elapsed();
     let (docebo_calls, salesforce_calls) = bed.calls();
+    let learnsync_by_family = calls::by_family(&bed.docebo.counters());
     println!(
         "| course enrollments | python baseline: s, docebo calls, salesforce calls | learnsync: s, docebo calls, salesforce calls | learnsync faster by |"
     );
@@ -719,6 +726,8 @@ async fn bench_compare(enrollments: usize, python: PathBuf) -> anyhow::Result<()
         learnsync_time.as_secs_f64(),
         python_time.as_secs_f64() / learnsync_time.as_secs_f64(),
     );
+    println!("| course enrollments | docebo calls: python baseline | docebo calls: learnsync |");
+    println!("| {enrollments} | {python_by_family} | {learnsync_by_family} |");
     bed.stop();
     Ok(())
 }

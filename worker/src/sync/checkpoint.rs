@@ -46,6 +46,10 @@ pub struct Checkpoint {
     /// compares with it, and reads it again if a crash emptied it).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub snapshot_records: i64,
+    /// The run's shared reading of the course list the positions count in (its reader's job and
+    /// attempt), when the listing starts from one: a position in another reading is void.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_reading: Option<String>,
 }
 
 /// A job's phase.
@@ -205,6 +209,7 @@ mod tests {
             snapshot_records: 0,
             incomplete: Some("the courses kept changing".into()),
             listing_complete: false,
+            shared_reading: Some("7b0c/2".into()),
         };
         let value = serde_json::to_value(&checkpoint).unwrap();
         assert_eq!(value["phase"], "deferred");

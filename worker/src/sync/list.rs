@@ -9,6 +9,7 @@ use super::JobRun;
 use super::checkpoint::Checkpoint;
 use super::listing::{LeafPage, Scope, Walker, in_categories};
 use super::pipeline::{Chunk, ChunkEnd, Commit, Pending, Pipeline, hold};
+use super::shared::{self, Shared};
 use crate::context::{Interrupt, SyncError, SyncResult};
 
 /// A chunk's commit.
@@ -39,9 +40,10 @@ impl JobRun<'_> {
             ended_before: self.ended_before(),
             verify: self.targets.is_none(),
         };
+        let shared = self.shared_root(&scope, page_size).await?;
         let spec = self.ctx.job.kind.spec();
         let levels = self.checkpoint.levels.clone();
-        let mut walker = Walker::new(spec, &self.docebo, scope, levels, page_size);
+        let mut walker = Walker::new(spec, &self.docebo, scope, levels, page_size, shared);
         let pipeline = Pipeline::new(
             self.checkpoint.clone(),
             self.ctx.settings.writes_in_flight,
@@ -64,6 +66,28 @@ impl JobRun<'_> {
         };
         self.checkpoint = outcome?;
         Ok(())
+    }
+
+    /// The run's shared reading of the listing's root level, when the run shares it (the course
+    /// list). A position stored in another reading (one a crash of Postgres emptied, read again
+    /// since) means nothing in this one: the walk starts over (the ledger makes what it already
+    /// wrote unchanged).
+    async fn shared_root(&mut self, scope: &Scope, page_size: u32) -> SyncResult<Option<Shared>> {
+        let (path, filters) = Walker::root(self.ctx.job.kind.spec(), scope);
+        if !shared::is_shared(&path, scope.targets.is_some()) {
+            return Ok(None);
+        }
+        let reading =
+            shared::shared_level(self.ctx, &self.docebo, &path, &filters, page_size).await?;
+        let checkpoint = &mut self.checkpoint;
+        if checkpoint.shared_reading.as_deref() != Some(reading.reading.as_str()) {
+            if !checkpoint.levels.is_empty() {
+                tracing::info!("the run's course list was read again: the walk starts over");
+                checkpoint.levels.clear();
+            }
+            checkpoint.shared_reading = Some(reading.reading.clone());
+        }
+        Ok(Some(reading))
     }
 
     /// Writes the chunks the reader hands over and commits them as `pipeline` says; returns the

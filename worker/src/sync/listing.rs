@@ -15,6 +15,7 @@ use learnsync_store::realtime::Targets;
 use serde_json::{Map, Value};
 
 use super::checkpoint::{Pos, Proof};
+use super::shared::{Shared, shared_page};
 use crate::context::{Failure, JobCtx, SyncError, SyncResult};
 use crate::docebo::{Docebo, Page, PageRef};
 use crate::mapping::{course_category, id_of};
@@ -25,7 +26,7 @@ pub(super) const ROSTER_GRACE_DAYS: i64 = 14;
 
 /// Verification passes over an outer level read by page number before the walk gives up proving
 /// it (the listing is then not complete, and the comparison unenrolls nothing).
-const MAX_VERIFY_PASSES: u32 = 3;
+pub(super) const MAX_VERIFY_PASSES: u32 = 3;
 
 /// One level of a listing.
 #[derive(Clone, Debug)]
@@ -87,6 +88,9 @@ pub(super) struct Walker<'a> {
     /// Why the listing is not known to be complete (the first reason found).
     incomplete: Option<String>,
     done: bool,
+    /// The run's shared reading of the root level (the course list), walked instead of Docebo's
+    /// pages: one consistent view, proven (or not) by the job that read it.
+    shared: Option<Shared>,
     /// The page size the positions count in.
     pub(super) page_size: u32,
 }
@@ -118,13 +122,14 @@ fn named_parents(targets: &Targets, parents: WebhookParents) -> &std::collection
 
 impl<'a> Walker<'a> {
     /// A walk of `spec`'s listing from `pos` (from the start when `pos` does not fit the
-    /// listing's depth).
+    /// listing's depth), its root level read from `shared` when the run shares it.
     pub(super) fn new(
         spec: &'static KindSpec,
         docebo: &'a Docebo,
         scope: Scope,
         pos: Vec<Pos>,
         page_size: u32,
+        shared: Option<Shared>,
     ) -> Walker<'a> {
         let depth = spec.listing.depth();
         let pos = if pos.len() == depth {
@@ -149,10 +154,17 @@ impl<'a> Walker<'a> {
             depth_now: 0,
             walked: vec![Vec::new(); depth],
             before,
-            incomplete: None,
+            incomplete: shared.as_ref().and_then(|shared| shared.incomplete.clone()),
             done,
+            shared,
             page_size,
         }
+    }
+
+    /// The root level of `spec`'s listing: its path and filters (what a shared reading is of).
+    pub(super) fn root(spec: &KindSpec, scope: &Scope) -> (String, Vec<(String, String)>) {
+        let level = Walker::root_level(spec, scope);
+        (level.path, level.filters)
     }
 
     /// The outermost level: the flat listing, or every course.
@@ -373,6 +385,11 @@ impl<'a> Walker<'a> {
     /// Reads one page of level `d`; a 404 on a nested listing reads as empty only when its
     /// parent is confirmed gone, and is a transient error otherwise.
     async fn read_page(&self, ctx: &JobCtx, d: usize, at: &PageRef) -> SyncResult<Page> {
+        if d == 0
+            && let Some(shared) = &self.shared
+        {
+            return Ok(shared_page(shared, at));
+        }
         let level = &self.levels[d];
         match self.docebo.list(ctx, &level.path, &level.filters, at).await {
             Err(SyncError::Permanent(failure)) if d > 0 && is_not_found(&failure) => {
@@ -400,10 +417,12 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// Moves level `d` to its next page (by `cursor` when Docebo gave one, else by number).
+    /// Moves level `d` to its next page (by `cursor` when Docebo gave one, else by number; the
+    /// pages of a shared reading are one consistent view).
     fn turn_page(&mut self, d: usize, cursor: Option<String>) {
+        let shared = d == 0 && self.shared.is_some();
         let at = &mut self.pos[d];
-        if cursor.is_none() {
+        if cursor.is_none() && !shared {
             at.proof.by_number = true;
         }
         at.next(cursor);

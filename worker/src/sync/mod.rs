@@ -11,6 +11,7 @@
 //! - `checkpoint`: [`Checkpoint`], [`Phase`], [`Pos`], [`Deferred`]: where a job is, as stored.
 //! - `listing`: the walk of a kind's Docebo listing (flat or nested), as its `KindSpec` says,
 //!   and the proof that it read everything (the comparison unenrolls only after one).
+//! - `shared`: the course list read once per run and shared by its jobs through Postgres.
 //! - `pipeline`: the list phase's bookkeeping (what is in flight, what commits when), no IO.
 //! - `list`: the list phase: the reader and the writer loop that drive the pipeline.
 //! - `write`: writing a chunk and classifying Salesforce's answers into a `Written`.
@@ -30,6 +31,7 @@ mod deferred;
 mod list;
 mod listing;
 mod pipeline;
+mod shared;
 mod unenroll;
 mod verify;
 mod write;

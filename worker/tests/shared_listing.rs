@@ -1,0 +1,176 @@
+//! Proves that each Docebo list page is read once per run of an area, whatever the number of jobs that need it: the course list is read once per run (twice per page when it spans several pages: one reading and its verification pass) and serves the courses and sessions jobs, and the webinar and ILT roster jobs, whichever of two workers holds them; each session course's sessions are listed once per run; the sync stays exact and a full comparison still unenrolls what Docebo deleted.
+#![allow(clippy::unwrap_used)]
+
+use learnsync_e2e::env as common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{Env, RunningWorker, sync_area, test_settings};
+use learnsync_sim::{EntityKind, GenerateParams};
+use learnsync_store::model::{Area, Run, RunState};
+use learnsync_worker::Settings;
+
+const COURSE_LIST: &str = "GET /learn/v1/courses";
+const SESSIONS: &str = "GET /course/v1/courses/{course_id}/sessions";
+const ROSTERS: &str = "GET /course/v1/sessions/{session_id}/enrollments";
+const COURSES: usize = 40;
+
+/// A platform of [`COURSES`] courses (two sessions for each classroom and webinar course), and
+/// two workers holding one job each at a time, so that a run's jobs are on both.
+async fn platform(seed: u64, page_size: u32) -> (Env, Vec<RunningWorker>) {
+    let env = Env::new(GenerateParams {
+        seed,
+        scale: Some(0.2),
+        courses: Some(COURSES),
+        sessions_per_course: Some(2),
+        bad_records: Some(false),
+        ..GenerateParams::default()
+    })
+    .await;
+    let workers = ["w1", "w2"]
+        .into_iter()
+        .map(|id| {
+            env.spawn_worker(Settings {
+                page_size,
+                concurrency: 2,
+                ..test_settings(id)
+            })
+        })
+        .collect();
+    (env, workers)
+}
+
+/// The Docebo list calls by endpoint since the counters were cleared.
+fn calls(env: &Env) -> BTreeMap<String, u64> {
+    env.docebo
+        .counters()
+        .into_iter()
+        .filter(|(endpoint, _)| !endpoint.contains("oauth2"))
+        .collect()
+}
+
+fn count(calls: &BTreeMap<String, u64>, endpoint: &str) -> u64 {
+    calls.get(endpoint).copied().unwrap_or(0)
+}
+
+/// The classroom and webinar courses: the courses whose sessions a run lists.
+fn session_courses(env: &Env) -> u64 {
+    env.docebo
+        .items(EntityKind::Courses)
+        .iter()
+        .filter(|course| {
+            matches!(
+                course["course_type"].as_str(),
+                Some("classroom" | "webinar")
+            )
+        })
+        .count() as u64
+}
+
+/// Runs an area with the counters cleared first; returns the run and its Docebo list calls.
+async fn counted(env: &Env, area: Area) -> (Run, BTreeMap<String, u64>) {
+    env.docebo.clear_counters();
+    let run = sync_area(env, area).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    (run, calls(env))
+}
+
+/// Salesforce holds exactly what Docebo holds, object by object.
+fn assert_exact(env: &Env) {
+    for (object, external_id, kind) in [
+        ("Docebo_Course__c", "Docebo_Course_Id__c", "courses"),
+        ("Docebo_Session__c", "Docebo_Session_Id__c", "sessions"),
+        (
+            "Docebo_Session_Enrollment__c",
+            "Enrollment_Key__c",
+            "session_enrollments",
+        ),
+        (
+            "Docebo_Course_Enrollment__c",
+            "Enrollment_Key__c",
+            "course_enrollments",
+        ),
+    ] {
+        assert_eq!(
+            env.salesforce_keys(object, external_id),
+            env.docebo_good_keys(kind),
+            "{object}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_reads_the_course_list_and_each_course_s_sessions_once() {
+    // The course list fits one page: one answer, consistent, read once per run.
+    let (env, workers) = platform(81, 200).await;
+    let sessions = session_courses(&env);
+    assert!(sessions > 0);
+    let run = sync_area(&env, Area::Users).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+
+    // The courses and sessions jobs share the course list.
+    let (_, courses) = counted(&env, Area::Courses).await;
+    assert_eq!(count(&courses, COURSE_LIST), 1, "{courses:?}");
+    assert_eq!(count(&courses, SESSIONS), sessions, "{courses:?}");
+
+    // The webinar and ILT roster jobs share it too, and list each course's sessions once (a
+    // course is one type: its sessions serve one of them); each session's roster is read once.
+    let (_, enrollments) = counted(&env, Area::Enrollments).await;
+    assert_eq!(count(&enrollments, COURSE_LIST), 1, "{enrollments:?}");
+    assert_eq!(count(&enrollments, SESSIONS), sessions, "{enrollments:?}");
+    assert_eq!(
+        count(&enrollments, ROSTERS),
+        env.docebo.items(EntityKind::Sessions).len() as u64,
+        "{enrollments:?}"
+    );
+    assert_exact(&env);
+    for worker in workers {
+        worker.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_course_list_of_several_pages_is_read_and_verified_once_per_run() {
+    // Pages of 5 courses: the list is read by page number, so it is read again once to prove it
+    // (nothing moves), by one job for every job of the run.
+    const PAGE: u32 = 5;
+    let pages = COURSES.div_ceil(PAGE as usize) as u64;
+    let (env, workers) = platform(82, PAGE).await;
+    let sessions = session_courses(&env);
+    for area in [Area::Users, Area::Courses] {
+        let run = sync_area(&env, area).await;
+        assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    }
+    let (_, first) = counted(&env, Area::Enrollments).await;
+    assert_eq!(count(&first, COURSE_LIST), 2 * pages, "{first:?}");
+    assert_eq!(count(&first, SESSIONS), sessions, "{first:?}");
+    assert_exact(&env);
+
+    // A session enrollment deleted in Docebo: the next full comparison finds the shared course
+    // list proven complete, so it unenrolls that one (and nothing else), at the same cost.
+    let deleted = env.docebo.items(EntityKind::SessionEnrollments)[0].clone();
+    let key = common::docebo_key(EntityKind::SessionEnrollments, &deleted);
+    env.docebo
+        .delete(EntityKind::SessionEnrollments, &key)
+        .unwrap();
+    env.docebo.clear_counters();
+    let run = env.resynchronize(Area::Enrollments, false).await;
+    let run = env.wait_final(run.id, Duration::from_secs(60)).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    let again = calls(&env);
+    assert_eq!(count(&again, COURSE_LIST), 2 * pages, "{again:?}");
+    assert_eq!(count(&again, SESSIONS), sessions, "{again:?}");
+    let unenrolled: BTreeSet<String> = env
+        .salesforce
+        .records("Docebo_Session_Enrollment__c")
+        .unwrap()
+        .into_iter()
+        .filter(|record| record["Status__c"] == "Unenrolled")
+        .map(|record| record["Enrollment_Key__c"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(unenrolled, BTreeSet::from([key]));
+    for worker in workers {
+        worker.stop().await;
+    }
+}
