@@ -35,6 +35,9 @@ use learnsync_store::secrets::Cipher;
 use rand::RngCore as _;
 use tokio_util::sync::CancellationToken;
 
+#[path = "bench/wal.rs"]
+mod wal;
+
 /// Benchmarks of learnsync on the simulators.
 #[derive(Debug, Parser)]
 #[command(name = "learnsync-bench", about)]
@@ -117,6 +120,13 @@ enum Bench {
         /// The server's Postgres pool size (LEARNSYNC_DB_POOL_SIZE; 16 by default).
         #[arg(long, default_value_t = 16)]
         pool: usize,
+    },
+    /// What a full comparison of an unchanged platform writes to Postgres (WAL bytes per record)
+    /// and the ledger's bytes per record.
+    Wal {
+        /// Course enrollments on the platform.
+        #[arg(long, default_value_t = 100_000)]
+        enrollments: usize,
     },
 }
 
@@ -963,5 +973,6 @@ async fn run(command: Bench) -> anyhow::Result<()> {
             seconds,
             pool,
         } => bench_status(clients, seconds, pool).await,
+        Bench::Wal { enrollments } => wal::bench_wal(enrollments).await,
     }
 }
