@@ -127,6 +127,10 @@ enum Bench {
         /// Course enrollments on the platform.
         #[arg(long, default_value_t = 100_000)]
         enrollments: usize,
+        /// Keep the generated platform's deliberately bad records (they fail, and are sent again,
+        /// on every run: the platform is then not unchanged).
+        #[arg(long)]
+        bad_records: bool,
     },
 }
 
@@ -973,6 +977,9 @@ async fn run(command: Bench) -> anyhow::Result<()> {
             seconds,
             pool,
         } => bench_status(clients, seconds, pool).await,
-        Bench::Wal { enrollments } => wal::bench_wal(enrollments).await,
+        Bench::Wal {
+            enrollments,
+            bad_records,
+        } => wal::bench_wal(enrollments, bad_records).await,
     }
 }

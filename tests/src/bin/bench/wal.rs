@@ -2,17 +2,24 @@
 //! first sync of a generated platform, a vacuum (so autovacuum catching up with the sync's
 //! inserts is not counted), then a Resynchronize of each area (a run over all time: the verify
 //! phase, the listing, the unenrollment comparison) with nothing changed in Docebo or Salesforce.
+//! The generator's deliberately bad records are left out unless asked for: they fail, and are
+//! sent again, on every run, so a platform holding them is never unchanged.
 //! Reports the WAL each comparison inserted per record read, and the ledger's bytes per record.
 
 use anyhow::bail;
 use learnsync_client::pb;
+use learnsync_sim::GenerateParams;
 use learnsync_store::testing::{self, LedgerFootprint};
 
 use super::{Bed, platform};
 
-/// Syncs a platform of `enrollments` course enrollments, then measures the comparisons.
-pub(super) async fn bench_wal(enrollments: usize) -> anyhow::Result<()> {
-    let params = platform(enrollments, 46);
+/// Syncs a platform of `enrollments` course enrollments (with the generator's deliberately bad
+/// records, which fail on every run, when `bad_records`), then measures the comparisons.
+pub(super) async fn bench_wal(enrollments: usize, bad_records: bool) -> anyhow::Result<()> {
+    let params = GenerateParams {
+        bad_records: Some(bad_records),
+        ..platform(enrollments, 46)
+    };
     let mut bed = Bed::start(&params).await?;
     bed.spawn_worker(4)?;
     for area in [pb::Area::Users, pb::Area::Courses, pb::Area::Enrollments] {
