@@ -1293,18 +1293,20 @@ pub async fn ledger_delete(
 }
 
 /// Whether the schema the worker needs is there (the server runs the migrations): the tables and
-/// the newest columns the worker's statements use (`ledger.scope`, V0002; `runs.targets`, V0003).
+/// the newest columns the worker's statements use (`ledger.scope`, V0002; `runs.targets`, V0003;
+/// `jobs.seen_marks` with `ledger_seen`, V0010).
 pub async fn schema_ready(client: &impl GenericClient) -> Result<bool> {
     let row = client
         .query_one(
             "SELECT count(*) FROM information_schema.columns \
              WHERE table_schema = current_schema() \
                AND (table_name, column_name) IN (('jobs', 'checkpoint'), ('ledger', 'scope'), \
-                                                ('runs', 'targets'), ('docebo_budgets', 'paused_until'))",
+                                                ('runs', 'targets'), ('docebo_budgets', 'paused_until'), \
+                                                ('jobs', 'seen_marks'), ('ledger_seen', 'record_key'))",
             &[],
         )
         .await?;
-    Ok(row.try_get::<_, i64>(0)? == 4)
+    Ok(row.try_get::<_, i64>(0)? == 6)
 }
 
 // ---------------------------------------------------------------------------------------------
