@@ -209,6 +209,64 @@ pub async fn lock_waiters(client: &impl crate::GenericClient) -> Result<i64> {
     Ok(row.try_get(0)?)
 }
 
+/// Test support: empties every job's seen set as a crash of Postgres would (`ledger_seen` is
+/// unlogged), leaving the logged counts of the marks the jobs made.
+pub async fn lose_seen_sets(client: &impl crate::GenericClient) -> Result<()> {
+    client.batch_execute("TRUNCATE ledger_seen").await?;
+    Ok(())
+}
+
+/// Benchmark support: the WAL position where the next record will be inserted, in bytes
+/// (`pg_current_wal_insert_lsn()`: with `synchronous_commit = off` the written position,
+/// `pg_current_wal_lsn()`, trails it by what the WAL writer has not written yet).
+pub async fn wal_insert_position(client: &impl crate::GenericClient) -> Result<i64> {
+    let row = client
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// What the ledger occupies on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LedgerFootprint {
+    /// Rows in `ledger`.
+    pub rows: i64,
+    /// The table's bytes: heap, TOAST, free space and visibility maps.
+    pub table_bytes: i64,
+    /// Its indexes' bytes.
+    pub index_bytes: i64,
+    /// The seen sets' scratch table (`ledger_seen`, unlogged), table and indexes (0 when the
+    /// schema has none).
+    pub seen_bytes: i64,
+}
+
+/// Benchmark support: the ledger's rows and bytes on disk.
+pub async fn ledger_footprint(client: &impl crate::GenericClient) -> Result<LedgerFootprint> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM ledger), pg_table_size('ledger'), pg_indexes_size('ledger'), \
+                 coalesce(pg_total_relation_size(to_regclass('ledger_seen')), 0)",
+            &[],
+        )
+        .await?;
+    Ok(LedgerFootprint {
+        rows: row.try_get(0)?,
+        table_bytes: row.try_get(1)?,
+        index_bytes: row.try_get(2)?,
+        seen_bytes: row.try_get(3)?,
+    })
+}
+
+/// Benchmark support: vacuums and analyzes the database, so what a measurement counts is not
+/// autovacuum catching up with the writes before it.
+pub async fn vacuum(client: &impl crate::GenericClient) -> Result<()> {
+    client.batch_execute("VACUUM (ANALYZE)").await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

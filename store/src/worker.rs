@@ -448,10 +448,12 @@ pub async fn finish(client: &Transaction<'_>, job: &ClaimedJob, outcome: &Outcom
         return Ok(false);
     };
     let state: String = row.try_get(0)?;
-    // A check run's snapshot served its listing; a stopped or failed job's is of no use.
+    // A check run's snapshot served its listing; a stopped or failed job's is of no use; so are
+    // its seen marks.
     client
         .execute(
-            "DELETE FROM salesforce_snapshot WHERE job_id = $1",
+            "WITH snapshot AS (DELETE FROM salesforce_snapshot WHERE job_id = $1) \
+             DELETE FROM ledger_seen WHERE job_id = $1",
             &[&job.id],
         )
         .await?;
@@ -1066,85 +1068,218 @@ impl LedgerBatch<'_> {
     }
 }
 
-/// Marks records as present in the fenced job's run's listing without writing them (unchanged or
-/// failed ones), so that the unenrollment comparison does not take them for gone. The job's kind
-/// is the scope that lists them.
+// The seen set: the ledger records a job's listing contained and it did not write. A full
+// comparison of an unchanged platform marks every record so; the marks are scratch in the
+// unlogged `ledger_seen` (no WAL: the ledger is not rewritten to say "seen"), and the records the
+// run wrote carry its id in the ledger (`seen_run_id`, set by the write itself). A crash of
+// Postgres empties an unlogged table, and so the set: `jobs.seen_marks` (logged, moved in the
+// transaction that makes the marks) says how many the job made, every statement that reads the
+// set for an unenrollment first checks it is still there ([`Seen::Lost`] otherwise), and the job
+// then reads its listing again. Each check runs on the connection of the read it guards: a crash
+// between the two ends that connection, so the read fails instead of seeing an emptied set.
+
+/// What a read of a job's seen set found: the answer, or that the set lost marks the job made
+/// (a crash of Postgres emptied it): nothing may be unenrolled on it.
+#[must_use]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seen<T> {
+    /// The set holds every mark the job made.
+    Whole(T),
+    /// The set lost marks: the job must read its listing again.
+    Lost,
+}
+
+/// Marks records as present in the fenced job's listing without writing them (unchanged, failed
+/// or deferred ones), so that the unenrollment comparison does not take them for gone, and counts
+/// the new marks in the job's row (a key marked twice counts once). The job's kind is the scope
+/// that lists them: a ledger row of another scope (or none) takes it, the one change to the
+/// ledger, made only when the scope differs.
 pub async fn ledger_mark_seen(fenced: &Fenced<'_>, object: &str, keys: &[String]) -> Result<()> {
-    let client = fenced.tx;
-    let (connection_id, run_id, scope) = (
-        fenced.job.connection_id,
-        fenced.job.run_id,
-        fenced.job.kind.as_str(),
-    );
+    let job = fenced.job;
     if keys.is_empty() {
         return Ok(());
     }
-    client
+    fenced
+        .tx
         .execute(
-            "UPDATE ledger SET seen_run_id = $4, scope = $5 WHERE connection_id = $1 AND object = $2 \
-               AND record_key = ANY($3) \
-               AND (seen_run_id IS DISTINCT FROM $4 OR scope IS DISTINCT FROM $5)",
-            &[&connection_id, &object, &keys, &run_id, &scope],
+            "WITH scoped AS (UPDATE ledger SET scope = $4 WHERE connection_id = $1 AND object = $2 \
+                   AND record_key = ANY($3) AND scope IS DISTINCT FROM $4), \
+             marked AS (INSERT INTO ledger_seen (job_id, record_key) \
+                   SELECT $5, k FROM unnest($3::text[]) AS t(k) ON CONFLICT DO NOTHING RETURNING 1) \
+             UPDATE jobs SET seen_marks = seen_marks + (SELECT count(*) FROM marked) \
+             WHERE id = $5 AND EXISTS (SELECT 1 FROM marked)",
+            &[
+                &job.connection_id,
+                &object,
+                &keys,
+                &job.kind.as_str(),
+                &job.id,
+            ],
         )
         .await?;
     Ok(())
 }
 
-/// Lists, in key order after `after_key`, up to `limit` records of an object, listed by the job
-/// kind `scope`, that are live in the ledger but were not in this run's listing:
-/// `(record_key, salesforce_id)`.
-pub async fn ledger_unseen(
-    client: &impl GenericClient,
-    connection_id: Uuid,
-    object: &str,
-    scope: &str,
-    run_id: Uuid,
-    after_key: &str,
-    limit: i64,
-) -> Result<Vec<(String, Option<String>)>> {
-    let rows = client
-        .query(
-            "SELECT record_key, salesforce_id FROM ledger \
-             WHERE connection_id = $1 AND object = $2 AND record_key > $4 AND unenrolled_at IS NULL \
-               AND seen_run_id IS DISTINCT FROM $3 AND (scope = $6 OR scope IS NULL) \
-             ORDER BY record_key LIMIT $5",
-            &[&connection_id, &object, &run_id, &after_key, &limit, &scope],
-        )
-        .await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect()
+/// Whether a job's seen set holds every mark the job made: counts the set (`whole`), or only
+/// checks that a job that made marks still has some (one index probe: a crash empties the whole
+/// table, so this guards each batch a job reads while a whole count guards its phase).
+async fn seen_kept(client: &impl GenericClient, job_id: Uuid, whole: bool) -> Result<bool> {
+    let sql = if whole {
+        "SELECT j.seen_marks = (SELECT count(*) FROM ledger_seen s WHERE s.job_id = j.id) \
+         FROM jobs j WHERE j.id = $1"
+    } else {
+        "SELECT j.seen_marks = 0 OR EXISTS (SELECT 1 FROM ledger_seen s WHERE s.job_id = j.id) \
+         FROM jobs j WHERE j.id = $1"
+    };
+    let row = client.query_opt(sql, &[&job_id]).await?;
+    Ok(match row {
+        Some(row) => row.try_get(0)?,
+        None => false,
+    })
 }
 
-/// Of the given records of an object, those live in the ledger that this run's listing did not
+/// Whether a job's seen set holds every mark the job made (counted: a job checks this before it
+/// trusts a set it built earlier, e.g. when it resumes).
+pub async fn seen_whole(client: &impl GenericClient, job_id: Uuid) -> Result<bool> {
+    seen_kept(client, job_id, true).await
+}
+
+/// Forgets the fenced job's seen marks (its set lost some: it reads its listing again).
+pub async fn seen_reset(fenced: &Fenced<'_>) -> Result<()> {
+    fenced
+        .tx
+        .execute(
+            "WITH cleared AS (DELETE FROM ledger_seen WHERE job_id = $1) \
+             UPDATE jobs SET seen_marks = 0 WHERE id = $1",
+            &[&fenced.job.id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The condition on a ledger row `l` that the job's run (parameter `$run`) did not write it and
+/// the job (`$job`) did not mark it seen.
+fn unseen_by(run: u8, job: u8) -> String {
+    format!(
+        "l.seen_run_id IS DISTINCT FROM ${run} AND NOT EXISTS \
+         (SELECT 1 FROM ledger_seen s WHERE s.job_id = ${job} AND s.record_key = l.record_key)"
+    )
+}
+
+/// Lists, in key order after `after_key`, up to `limit` records of an object, listed by the job's
+/// kind, that are live in the ledger but were not in its listing: `(record_key, salesforce_id)`.
+pub async fn ledger_unseen(
+    client: &impl GenericClient,
+    job: &ClaimedJob,
+    object: &str,
+    after_key: &str,
+    limit: i64,
+) -> Result<Seen<Vec<(String, Option<String>)>>> {
+    if !seen_kept(client, job.id, false).await? {
+        return Ok(Seen::Lost);
+    }
+    let sql = format!(
+        "SELECT l.record_key, l.salesforce_id FROM ledger l \
+         WHERE l.connection_id = $1 AND l.object = $2 AND l.record_key > $4 \
+           AND l.unenrolled_at IS NULL AND (l.scope = $6 OR l.scope IS NULL) AND {} \
+         ORDER BY l.record_key LIMIT $5",
+        unseen_by(3, 7)
+    );
+    let rows = client
+        .query(
+            &sql,
+            &[
+                &job.connection_id,
+                &object,
+                &job.run_id,
+                &after_key,
+                &limit,
+                &job.kind.as_str(),
+                &job.id,
+            ],
+        )
+        .await?;
+    let unseen = rows
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_>>()?;
+    Ok(Seen::Whole(unseen))
+}
+
+/// Of the given records of an object, those live in the ledger that the job's listing did not
 /// contain and whose last known Docebo change is not later than their deletion (`fired_at`, per
 /// key; none: any): `(record_key, salesforce_id)` (deletions a webhook announced, checked
 /// against what the run read since and against a re-creation the deletion arrived after).
 pub async fn ledger_unseen_among(
     client: &impl GenericClient,
-    connection_id: Uuid,
+    job: &ClaimedJob,
     object: &str,
-    run_id: Uuid,
     deletions: &[(String, Option<DateTime<Utc>>)],
-) -> Result<Vec<(String, Option<String>)>> {
+) -> Result<Seen<Vec<(String, Option<String>)>>> {
+    if !seen_kept(client, job.id, false).await? {
+        return Ok(Seen::Lost);
+    }
     let keys: Vec<&str> = deletions.iter().map(|(key, _)| key.as_str()).collect();
     let fired: Vec<Option<DateTime<Utc>>> = deletions.iter().map(|(_, at)| *at).collect();
+    let sql = format!(
+        "SELECT l.record_key, l.salesforce_id FROM ledger l \
+         JOIN unnest($4::text[], $5::timestamptz[]) AS d(record_key, fired_at) \
+           ON d.record_key = l.record_key \
+         WHERE l.connection_id = $1 AND l.object = $2 AND l.unenrolled_at IS NULL AND {} \
+           AND (d.fired_at IS NULL OR l.docebo_updated_at IS NULL \
+                OR l.docebo_updated_at <= d.fired_at) \
+         ORDER BY l.record_key",
+        unseen_by(3, 6)
+    );
     let rows = client
         .query(
-            "SELECT l.record_key, l.salesforce_id FROM ledger l \
-             JOIN unnest($4::text[], $5::timestamptz[]) AS d(record_key, fired_at) \
-               ON d.record_key = l.record_key \
-             WHERE l.connection_id = $1 AND l.object = $2 AND l.unenrolled_at IS NULL \
-               AND l.seen_run_id IS DISTINCT FROM $3 \
-               AND (d.fired_at IS NULL OR l.docebo_updated_at IS NULL \
-                    OR l.docebo_updated_at <= d.fired_at) \
-             ORDER BY l.record_key",
-            &[&connection_id, &object, &run_id, &keys, &fired],
+            &sql,
+            &[
+                &job.connection_id,
+                &object,
+                &job.run_id,
+                &keys,
+                &fired,
+                &job.id,
+            ],
         )
         .await?;
-    rows.iter()
+    let unseen = rows
+        .iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(Seen::Whole(unseen))
+}
+
+/// The live records of an object listed by a job's kind that its listing did not contain, and
+/// all its live records: the unenrollment threshold's two numbers. Counts the seen set first.
+pub async fn ledger_unseen_count(
+    client: &impl GenericClient,
+    job: &ClaimedJob,
+    object: &str,
+) -> Result<Seen<(i64, i64)>> {
+    if !seen_kept(client, job.id, true).await? {
+        return Ok(Seen::Lost);
+    }
+    let sql = format!(
+        "SELECT count(*) FILTER (WHERE {}), count(*) FROM ledger l \
+         WHERE l.connection_id = $1 AND l.object = $2 AND l.unenrolled_at IS NULL \
+           AND (l.scope = $4 OR l.scope IS NULL)",
+        unseen_by(3, 5)
+    );
+    let row = client
+        .query_one(
+            &sql,
+            &[
+                &job.connection_id,
+                &object,
+                &job.run_id,
+                &job.kind.as_str(),
+                &job.id,
+            ],
+        )
+        .await?;
+    Ok(Seen::Whole((row.try_get(0)?, row.try_get(1)?)))
 }
 
 /// Marks records unenrolled in the ledger (Salesforce confirmed `Status__c = Unenrolled`). Their
@@ -1190,7 +1325,8 @@ pub async fn ledger_delete(
 
 /// Whether the schema the worker needs is there (the server runs the migrations): the tables and
 /// the newest columns the worker's statements use (`ledger.scope`, V0002; `runs.targets`, V0003;
-/// `docebo_budgets.tenant`, V0011).
+/// `docebo_budgets.tenant`, V0011; `jobs.seen_marks` with `ledger_seen`, V0010;
+/// `run_listings`, V0009; `ledger.mapping_version`, V0012).
 pub async fn schema_ready(client: &impl GenericClient) -> Result<bool> {
     let row = client
         .query_one(
@@ -1198,11 +1334,13 @@ pub async fn schema_ready(client: &impl GenericClient) -> Result<bool> {
              WHERE table_schema = current_schema() \
                AND (table_name, column_name) IN (('jobs', 'checkpoint'), ('ledger', 'scope'), \
                                                 ('runs', 'targets'), ('docebo_budgets', 'paused_until'), \
-                                                ('docebo_budgets', 'tenant'))",
+                                                ('docebo_budgets', 'tenant'), ('jobs', 'seen_marks'), \
+                                                ('ledger_seen', 'record_key'), ('run_listings', 'connection_id'), \
+                                                ('ledger', 'mapping_version'))",
             &[],
         )
         .await?;
-    Ok(row.try_get::<_, i64>(0)? == 5)
+    Ok(row.try_get::<_, i64>(0)? == 9)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1375,24 +1513,6 @@ pub async fn snapshot_size(client: &impl GenericClient, job_id: Uuid) -> Result<
         )
         .await?;
     Ok(row.try_get(0)?)
-}
-
-/// The live records of an object listed by a job's kind that this run's listing did not contain,
-/// and all its live records: the unenrollment threshold's two numbers.
-pub async fn ledger_unseen_count(
-    client: &impl GenericClient,
-    job: &ClaimedJob,
-    object: &str,
-) -> Result<(i64, i64)> {
-    let row = client
-        .query_one(
-            "SELECT count(*) FILTER (WHERE seen_run_id IS DISTINCT FROM $3), count(*) FROM ledger \
-             WHERE connection_id = $1 AND object = $2 AND unenrolled_at IS NULL \
-               AND (scope = $4 OR scope IS NULL)",
-            &[&job.connection_id, &object, &job.run_id, &job.kind.as_str()],
-        )
-        .await?;
-    Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
 // ---------------------------------------------------------------------------------------------

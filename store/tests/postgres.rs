@@ -8,6 +8,7 @@ use learnsync_store::connections::{self, NewConnection, SealedCredentials};
 use learnsync_store::model::{Area, JobKind, JobState, Mode, Run, RunState, UnenrollmentPolicy};
 use learnsync_store::worker::{
     self as store_worker, Allowance, ClaimedJob, Heartbeat, Lease, LedgerWrite, Outcome, Progress,
+    Seen,
 };
 use learnsync_store::{Options, Store, areas, runs, testing};
 use uuid::Uuid;
@@ -316,6 +317,30 @@ fn keys(list: &[&str]) -> Vec<String> {
     list.iter().map(|key| key.to_string()).collect()
 }
 
+/// The live ledger records of `job`'s scope its run neither wrote nor marked seen, its seen set
+/// whole.
+async fn unseen(store: &Store, job: &ClaimedJob, object: &str) -> Vec<(String, Option<String>)> {
+    let conn = store.conn().await.unwrap();
+    match store_worker::ledger_unseen(&conn, job, object, "", 10)
+        .await
+        .unwrap()
+    {
+        Seen::Whole(unseen) => unseen,
+        Seen::Lost => panic!("the seen set was lost"),
+    }
+}
+
+/// Marks `keys` seen by `job`, in a transaction of their own.
+async fn mark_seen(store: &Store, job: &ClaimedJob, object: &str, keys: Vec<String>) {
+    let mut conn = store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let fenced = store_worker::fence(&tx, job).await.unwrap().unwrap();
+    store_worker::ledger_mark_seen(&fenced, object, &keys)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_records_looks_up_marks_seen_unenrolls_and_deletes() {
     let store = store().await;
@@ -357,36 +382,37 @@ async fn the_ledger_records_looks_up_marks_seen_unenrolls_and_deletes() {
     assert_eq!(imported[&Area::Users], 3);
 
     // Everything was seen by the run that wrote it; another run has seen nothing yet.
-    let scope = JobKind::Users.as_str();
-    let unseen = |run_id: Uuid| {
+    let unseen = |job: ClaimedJob| {
         let store = store.clone();
-        async move {
-            let conn = store.conn().await.unwrap();
-            store_worker::ledger_unseen(&conn, connection_id, object, scope, run_id, "", 10)
-                .await
-                .unwrap()
-        }
+        async move { unseen(&store, &job, object).await }
     };
-    assert!(unseen(job.run_id).await.is_empty());
+    assert!(unseen(job.clone()).await.is_empty());
     assert!(finish(&store, &job, Outcome::Done).await);
     let next = resynchronize(&store, connection_id, (None, None)).await;
     let next_job = claim(&store, "w", LEASE, 1).await.remove(0);
     assert_eq!(next_job.run_id, next.id);
-    assert_eq!(unseen(next.id).await.len(), 3);
+    assert_eq!(unseen(next_job.clone()).await.len(), 3);
     let tx = conn.transaction().await.unwrap();
     let fenced = store_worker::fence(&tx, &next_job).await.unwrap().unwrap();
     store_worker::ledger_mark_seen(&fenced, object, &keys(&["1-1"]))
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let left: Vec<String> = unseen(next.id).await.into_iter().map(|(k, _)| k).collect();
+    let left: Vec<String> = unseen(next_job.clone())
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(left, keys(&["1-2", "1-3"]));
     let deletions: Vec<(String, Option<chrono::DateTime<chrono::Utc>>)> =
         all.iter().map(|key| (key.clone(), None)).collect();
-    let among =
-        store_worker::ledger_unseen_among(&conn, connection_id, object, next.id, &deletions)
+    let Seen::Whole(among) =
+        store_worker::ledger_unseen_among(&conn, &next_job, object, &deletions)
             .await
-            .unwrap();
+            .unwrap()
+    else {
+        panic!("the seen set was lost")
+    };
     assert_eq!(among.len(), 2);
     assert_eq!(among[0], ("1-2".to_string(), Some("a01-2".to_string())));
 
@@ -400,7 +426,7 @@ async fn the_ledger_records_looks_up_marks_seen_unenrolls_and_deletes() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert!(unseen(next.id).await.is_empty());
+    assert!(unseen(next_job.clone()).await.is_empty());
     let found = store_worker::ledger_lookup(&conn, connection_id, object, &all)
         .await
         .unwrap();
@@ -435,6 +461,119 @@ async fn the_ledger_records_looks_up_marks_seen_unenrolls_and_deletes() {
         runs::status(&conn, Uuid::new_v4()).await,
         Err(learnsync_store::Error::NotFound { .. })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seen_marks_are_counted_survive_a_takeover_and_a_lost_set_unenrolls_nothing() {
+    let store = store().await;
+    let connection_id = connection(&store).await;
+    let object = "Contact";
+    start(&store, connection_id, Area::Users).await;
+    let first = claim(&store, "w", LEASE, 1).await.remove(0);
+    let mut conn = store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let fenced = store_worker::fence(&tx, &first).await.unwrap().unwrap();
+    let all = ["1-1", "1-2", "1-3", "1-4"].map(|key| write(key, 1));
+    store_worker::ledger_record(&fenced, Area::Users, object, &all, true)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(finish(&store, &first, Outcome::Done).await);
+
+    // The full comparison's job marks what its listing saw, in two commits, a key twice; its
+    // lease runs out and another worker takes the job over: the marks are the job's, not the
+    // attempt's.
+    resynchronize(&store, connection_id, (None, None)).await;
+    let stale = claim(&store, "dead", lease(Duration::ZERO, Duration::ZERO), 1)
+        .await
+        .remove(0);
+    // A job that made no marks has a whole (empty) set: it saw nothing yet.
+    assert!(store_worker::seen_whole(&conn, stale.id).await.unwrap());
+    assert_eq!(unseen(&store, &stale, object).await.len(), 4);
+    mark_seen(&store, &stale, object, keys(&["1-1", "1-2", "1-2"])).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let job = claim(&store, "alive", LEASE, 1).await.remove(0);
+    assert_eq!((job.id, job.attempt), (stale.id, stale.attempt + 1));
+    mark_seen(&store, &job, object, keys(&["1-2", "1-3"])).await;
+    assert!(store_worker::seen_whole(&conn, job.id).await.unwrap());
+    assert_eq!(
+        unseen(&store, &job, object).await,
+        [("1-4".to_string(), Some("a01-4".to_string()))]
+    );
+    assert_eq!(
+        store_worker::ledger_unseen_count(&conn, &job, object)
+            .await
+            .unwrap(),
+        Seen::Whole((1, 4))
+    );
+    let deletions: Vec<(String, Option<chrono::DateTime<chrono::Utc>>)> =
+        ["1-1", "1-4"].map(|key| (key.to_string(), None)).to_vec();
+    assert_eq!(
+        store_worker::ledger_unseen_among(&conn, &job, object, &deletions)
+            .await
+            .unwrap(),
+        Seen::Whole(vec![("1-4".to_string(), Some("a01-4".to_string()))])
+    );
+    // Marking changed no ledger value.
+    let found = store_worker::ledger_lookup(&conn, connection_id, object, &keys(&["1-1"]))
+        .await
+        .unwrap();
+    assert_eq!(found["1-1"].value_hash, vec![1; 32]);
+
+    // Postgres crashes mid-job: the unlogged set is emptied, the logged count of marks stays.
+    // Every read that picks records to unenroll says the set is lost instead of answering with
+    // every record the listing saw.
+    learnsync_store::testing::lose_seen_sets(&conn)
+        .await
+        .unwrap();
+    assert!(!store_worker::seen_whole(&conn, job.id).await.unwrap());
+    assert_eq!(
+        store_worker::ledger_unseen(&conn, &job, object, "", 10)
+            .await
+            .unwrap(),
+        Seen::Lost
+    );
+    assert_eq!(
+        store_worker::ledger_unseen_count(&conn, &job, object)
+            .await
+            .unwrap(),
+        Seen::Lost
+    );
+    assert_eq!(
+        store_worker::ledger_unseen_among(&conn, &job, object, &deletions)
+            .await
+            .unwrap(),
+        Seen::Lost
+    );
+    // Nothing was unenrolled: every record is still live.
+    let found = store_worker::ledger_lookup(
+        &conn,
+        connection_id,
+        object,
+        &keys(&["1-1", "1-2", "1-3", "1-4"]),
+    )
+    .await
+    .unwrap();
+    assert!(found.values().all(|entry| !entry.unenrolled));
+
+    // The job starts its set again and reads its listing again: what it has not marked yet is
+    // unseen, and the set is whole.
+    let tx = conn.transaction().await.unwrap();
+    let fenced = store_worker::fence(&tx, &job).await.unwrap().unwrap();
+    store_worker::seen_reset(&fenced).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(store_worker::seen_whole(&conn, job.id).await.unwrap());
+    assert_eq!(unseen(&store, &job, object).await.len(), 4);
+    mark_seen(&store, &job, object, keys(&["1-1", "1-2", "1-3"])).await;
+    assert_eq!(unseen(&store, &job, object).await.len(), 1);
+    // The stale attempt marks nothing: it gets no fence.
+    let tx = conn.transaction().await.unwrap();
+    assert!(store_worker::fence(&tx, &stale).await.unwrap().is_none());
+    tx.rollback().await.unwrap();
+
+    // The job's end clears its set (its count stays: a finished job's set is not read again).
+    assert!(finish(&store, &job, Outcome::Done).await);
+    assert!(!store_worker::seen_whole(&conn, job.id).await.unwrap());
 }
 
 /// 36 calls an hour, all of them at once.

@@ -37,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "bench/calls.rs"]
 mod calls;
+#[path = "bench/wal.rs"]
+mod wal;
 
 /// Benchmarks of learnsync on the simulators.
 #[derive(Debug, Parser)]
@@ -120,6 +122,17 @@ enum Bench {
         /// The server's Postgres pool size (LEARNSYNC_DB_POOL_SIZE; 16 by default).
         #[arg(long, default_value_t = 16)]
         pool: usize,
+    },
+    /// What a full comparison of an unchanged platform writes to Postgres (WAL bytes per record)
+    /// and the ledger's bytes per record.
+    Wal {
+        /// Course enrollments on the platform.
+        #[arg(long, default_value_t = 100_000)]
+        enrollments: usize,
+        /// Keep the generated platform's deliberately bad records (they fail, and are sent again,
+        /// on every run: the platform is then not unchanged).
+        #[arg(long)]
+        bad_records: bool,
     },
 }
 
@@ -972,5 +985,9 @@ async fn run(command: Bench) -> anyhow::Result<()> {
             seconds,
             pool,
         } => bench_status(clients, seconds, pool).await,
+        Bench::Wal {
+            enrollments,
+            bad_records,
+        } => wal::bench_wal(enrollments, bad_records).await,
     }
 }

@@ -89,13 +89,19 @@ impl JobRun<'_> {
                 Vec::new()
             };
         let retry = if check { Vec::new() } else { written.retry };
+        // Only a job that compares its listing with the ledger keeps what it saw.
+        let seen: &[String] = if self.marks_seen() {
+            &written.seen
+        } else {
+            &[]
+        };
         self.ctx
             .fenced(async |fenced| {
                 store_worker::retry_forget(fenced, object, &forget).await?;
                 store_worker::retry_keep(fenced, area, object, &retry).await?;
                 store_worker::ledger_record(fenced, area, object, &written.ledger, maybe_new)
                     .await?;
-                store_worker::ledger_mark_seen(fenced, object, &written.seen).await?;
+                store_worker::ledger_mark_seen(fenced, object, seen).await?;
                 store_worker::deferred_add(fenced, &deferred).await?;
                 store_worker::deferred_remove(fenced, &written.retired).await?;
                 store_worker::progress(fenced, &progress).await?;

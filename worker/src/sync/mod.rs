@@ -72,6 +72,8 @@ pub struct JobRun<'a> {
     /// The connection keeps records of this object to read again (or this job kept some): the
     /// commits forget those they write or fail for good.
     retries: std::sync::atomic::AtomicBool,
+    /// This attempt read its listing again because its seen set was lost (once per attempt).
+    relisted: bool,
 }
 
 impl<'a> JobRun<'a> {
@@ -127,6 +129,7 @@ impl<'a> JobRun<'a> {
             ledger_empty: false,
             check_logged: Default::default(),
             retries: Default::default(),
+            relisted: false,
         })
     }
 
@@ -147,6 +150,21 @@ impl<'a> JobRun<'a> {
             .mapping
             .fit_to_org(self.ctx.job.kind.spec().entity, &describe)
             .map_err(|message| SyncError::Permanent(Failure::OrgMismatch(message)))?;
+        loop {
+            self.phases_from_checkpoint().await?;
+            // The unenrollment moved the job back to its listing: its seen set was lost.
+            if !(self.relisted && self.checkpoint.phase == Phase::List) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs the phases from the checkpoint's to the last.
+    async fn phases_from_checkpoint(&mut self) -> SyncResult<()> {
+        let listing = matches!(self.checkpoint.phase, Phase::List | Phase::Deferred);
+        if listing && self.seen_lost().await? {
+            self.relist().await?;
+        }
         if self.checkpoint.phase == Phase::List && self.snapshot_lost().await? {
             self.checkpoint.phase = Phase::Verify;
         }

@@ -4,10 +4,10 @@
 
 use chrono::{DateTime, Utc};
 use learnsync_store::model::{Counts, LogLevel, NewLogEvent, UnenrollmentPolicy};
-use learnsync_store::worker::{self as store_worker, Progress};
+use learnsync_store::worker::{self as store_worker, Progress, Seen};
 
 use super::JobRun;
-use super::checkpoint::Phase;
+use super::checkpoint::{Checkpoint, Phase};
 use super::write::Written;
 use crate::context::{Failure, SyncError, SyncResult};
 use crate::mapping::Fields;
@@ -67,16 +67,30 @@ impl JobRun<'_> {
         if announced.is_none() && !self.checkpoint.listing_complete {
             return self.unenroll_nothing().await;
         }
+        // What the listing saw is scratch a crash of Postgres empties: a job that lost it reads
+        // its listing again, and unenrolls nothing on what it no longer knows it saw.
+        if self.seen_lost().await? {
+            return self.relist().await;
+        }
         // A full run checks its count against the guard once, before the first batch; a check
         // run only reports.
-        if announced.is_none() && self.checkpoint.after_key.is_empty() && self.held().await? {
-            self.checkpoint.phase = Phase::Done;
-            return self
-                .commit(Some(&self.checkpoint), Written::default())
-                .await;
+        if announced.is_none() && self.checkpoint.after_key.is_empty() {
+            match self.held().await? {
+                Seen::Lost => return self.relist().await,
+                Seen::Whole(true) => {
+                    self.checkpoint.phase = Phase::Done;
+                    return self
+                        .commit(Some(&self.checkpoint), Written::default())
+                        .await;
+                }
+                Seen::Whole(false) => {}
+            }
         }
         loop {
-            let (unseen, last_key) = self.unseen_batch(announced.as_deref()).await?;
+            let Seen::Whole((unseen, last_key)) = self.unseen_batch(announced.as_deref()).await?
+            else {
+                return self.relist().await;
+            };
             let Some(last_key) = last_key else {
                 self.checkpoint.phase = Phase::Done;
                 return self
@@ -109,34 +123,27 @@ impl JobRun<'_> {
 
     /// Whether this full run's unenrollments stop here: a check run reports them (count and
     /// first keys) and unenrolls nothing; a run whose count is above the connection's guard, and
-    /// was not confirmed, holds them with a warning naming the count.
-    async fn held(&self) -> SyncResult<bool> {
+    /// was not confirmed, holds them with a warning naming the count. [`Seen::Lost`]: the seen
+    /// set lost marks, nothing can be counted.
+    async fn held(&self) -> SyncResult<Seen<bool>> {
         let job = &self.ctx.job;
         let object = self.mapping.object.as_str();
-        let (unseen, live) = {
-            let conn = self.ctx.store.conn().await?;
+        let conn = self.ctx.store.conn().await?;
+        let Seen::Whole((unseen, live)) =
             store_worker::ledger_unseen_count(&conn, job, object).await?
+        else {
+            return Ok(Seen::Lost);
         };
         let over = job.unenrollment_guard.holds(unseen, live);
         if !job.check_only && (!over || job.confirm_unenrollments) {
-            return Ok(false);
+            return Ok(Seen::Whole(false));
         }
-        let first: Vec<String> = {
-            let conn = self.ctx.store.conn().await?;
-            store_worker::ledger_unseen(
-                &conn,
-                job.connection_id,
-                object,
-                job.kind.as_str(),
-                job.run_id,
-                "",
-                20,
-            )
-            .await?
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect()
+        let Seen::Whole(first) = store_worker::ledger_unseen(&conn, job, object, "", 20).await?
+        else {
+            return Ok(Seen::Lost);
         };
+        drop(conn);
+        let first: Vec<String> = first.into_iter().map(|(key, _)| key).collect();
         let guard = job.unenrollment_guard;
         let mut events = Vec::new();
         if over && unseen > 0 {
@@ -144,7 +151,9 @@ impl JobRun<'_> {
                 NewLogEvent::new(
                     LogLevel::Warn,
                     format!(
-                        "{unseen} of {live} {object} records are gone from docebo's listing, more than                          the connection allows one run to unenroll (max({}, {}%)): {} until a                          resynchronize confirms them (confirm_unenrollments)",
+                        "{unseen} of {live} {object} records are gone from docebo's listing, more than \
+                         the connection allows one run to unenroll (max({}, {}%)): {} until a \
+                         resynchronize confirms them (confirm_unenrollments)",
                         guard.min_records,
                         guard.max_percent,
                         if job.check_only { "a synchronization would hold them" } else { "held" },
@@ -181,7 +190,7 @@ impl JobRun<'_> {
                 Ok(())
             })
             .await?;
-        Ok(true)
+        Ok(Seen::Whole(true))
     }
 
     /// Ends the phase without unenrolling anything, saying why (the listing is not known to be
@@ -211,24 +220,21 @@ impl JobRun<'_> {
     async fn unseen_batch(
         &self,
         announced: Option<&[Announced]>,
-    ) -> SyncResult<(Unseen, Option<String>)> {
+    ) -> SyncResult<Seen<(Unseen, Option<String>)>> {
         let job = &self.ctx.job;
         let object = self.mapping.object.as_str();
         let after_key = self.checkpoint.after_key.as_str();
         let conn = self.ctx.store.conn().await?;
         let Some(keys) = announced else {
-            let unseen = store_worker::ledger_unseen(
-                &conn,
-                job.connection_id,
-                object,
-                job.kind.as_str(),
-                job.run_id,
-                after_key,
-                UNENROLL_BATCH,
-            )
-            .await?;
-            let last = unseen.last().map(|(key, _)| key.clone());
-            return Ok((unseen, last));
+            let found =
+                store_worker::ledger_unseen(&conn, job, object, after_key, UNENROLL_BATCH).await?;
+            return Ok(match found {
+                Seen::Whole(unseen) => {
+                    let last = unseen.last().map(|(key, _)| key.clone());
+                    Seen::Whole((unseen, last))
+                }
+                Seen::Lost => Seen::Lost,
+            });
         };
         let batch: Vec<Announced> = keys
             .iter()
@@ -237,10 +243,68 @@ impl JobRun<'_> {
             .cloned()
             .collect();
         let last = batch.last().map(|(key, _)| key.clone());
-        let unseen =
-            store_worker::ledger_unseen_among(&conn, job.connection_id, object, job.run_id, &batch)
-                .await?;
-        Ok((unseen, last))
+        Ok(
+            match store_worker::ledger_unseen_among(&conn, job, object, &batch).await? {
+                Seen::Whole(unseen) => Seen::Whole((unseen, last)),
+                Seen::Lost => Seen::Lost,
+            },
+        )
+    }
+
+    /// Whether this job keeps what its listing saw: only a job that compares its listing with the
+    /// ledger (a full run's unenrollment, or a webhook run's announced deletions).
+    pub(super) fn marks_seen(&self) -> bool {
+        self.phase_after_deferred() == Phase::Unenroll
+    }
+
+    /// Whether the job's seen set lost marks it made (a crash of Postgres empties it).
+    pub(super) async fn seen_lost(&self) -> SyncResult<bool> {
+        if !self.marks_seen() {
+            return Ok(false);
+        }
+        let conn = self.ctx.store.conn().await?;
+        Ok(!store_worker::seen_whole(&conn, self.ctx.job.id).await?)
+    }
+
+    /// Reads the listing again from its start: the seen set lost marks, so what the listing
+    /// contained is no longer known. Records kept for a retry (`job_deferred`) and the verify
+    /// phase's outcome stay. Once per attempt: a set lost again fails the attempt (the job retries).
+    pub(super) async fn relist(&mut self) -> SyncResult<()> {
+        if self.relisted {
+            return Err(SyncError::Transient(Failure::Store(
+                "the records this job's listing saw were lost again".into(),
+            )));
+        }
+        self.relisted = true;
+        tracing::warn!("seen marks lost (postgres restarted?): reading the listing again");
+        self.checkpoint = Checkpoint {
+            phase: Phase::List,
+            page_size: self.checkpoint.page_size,
+            deferred_count: self.checkpoint.deferred_count,
+            snapshot_records: self.checkpoint.snapshot_records,
+            ..Checkpoint::default()
+        };
+        let progress = Progress {
+            checkpoint: Some(
+                serde_json::to_value(&self.checkpoint)
+                    .map_err(|error| SyncError::Permanent(Failure::Encode(error.to_string())))?,
+            ),
+            ..Progress::default()
+        };
+        let event = NewLogEvent::new(
+            LogLevel::Warn,
+            "the records this job's listing saw were lost (postgres restarted): reading the \
+             listing again, nothing unenrolled until it has",
+        )
+        .field("object", self.mapping.object.as_str());
+        self.ctx
+            .fenced(async |fenced| {
+                store_worker::seen_reset(fenced).await?;
+                store_worker::progress(fenced, &progress).await?;
+                store_worker::log(fenced, vec![event]).await?;
+                Ok(())
+            })
+            .await
     }
 
     /// Marks records unenrolled in Salesforce.
