@@ -10,6 +10,8 @@
 //!   statements.
 //! - [`worker`]: what workers do: claim jobs, keep leases, checkpoint, finish; the ledger and the
 //!   Docebo call budget.
+//! - [`observe`]: reads about the database as a whole (size, WAL, table sizes, scheduled runs)
+//!   for benchmarks and operators.
 //! - [`realtime`]: the schedule of incremental runs and full comparisons; webhook messages.
 //! - [`secrets`]: credentials encrypted at rest (AES-256-GCM).
 //! - [`listen`]: one long-lived LISTEN connection fanned out to tasks (NOTIFY as wake-up).
@@ -25,6 +27,7 @@ pub mod idempotency;
 pub mod listen;
 pub mod logs;
 pub mod model;
+pub mod observe;
 pub mod realtime;
 pub mod runs;
 pub mod secrets;

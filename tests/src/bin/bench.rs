@@ -35,6 +35,9 @@ use learnsync_store::secrets::Cipher;
 use rand::RngCore as _;
 use tokio_util::sync::CancellationToken;
 
+#[path = "bench/fleet.rs"]
+mod fleet;
+
 /// Benchmarks of learnsync on the simulators.
 #[derive(Debug, Parser)]
 #[command(name = "learnsync-bench", about)]
@@ -118,6 +121,8 @@ enum Bench {
         #[arg(long, default_value_t = 16)]
         pool: usize,
     },
+    /// A fleet of connections in realtime mode: schedule lateness, claim delay, CPU and Postgres.
+    Fleet(fleet::Args),
 }
 
 const TOKEN: &str = "bench-operator-token-000000000000000";
@@ -963,5 +968,6 @@ async fn run(command: Bench) -> anyhow::Result<()> {
             seconds,
             pool,
         } => bench_status(clients, seconds, pool).await,
+        Bench::Fleet(args) => fleet::bench_fleet(args).await,
     }
 }
