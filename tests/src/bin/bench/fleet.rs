@@ -45,6 +45,10 @@ pub(crate) struct Args {
     /// Course enrollments changed per minute across the fleet during the window.
     #[arg(long, default_value_t = 10)]
     changes_per_minute: u32,
+    /// The `learnsync-server` binary to run (another build, to compare); the one built next to
+    /// this binary by default.
+    #[arg(long)]
+    server: Option<std::path::PathBuf>,
 }
 
 /// A small platform: a few users, courses and enrollments, different for each connection.
@@ -132,7 +136,11 @@ impl FleetBed {
         rand::rng().fill_bytes(&mut key);
         let key_hex = hex::encode(key);
         let listen = format!("127.0.0.1:{}", free_port()?);
-        let server = Command::new(sibling("learnsync-server")?)
+        let server_binary = match &args.server {
+            Some(path) => path.clone(),
+            None => sibling("learnsync-server")?,
+        };
+        let server = Command::new(server_binary)
             .env("DATABASE_URL", postgres.url())
             .env("LEARNSYNC_LISTEN", &listen)
             .env("LEARNSYNC_TOKENS", format!("operator={TOKEN}"))
