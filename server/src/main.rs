@@ -34,7 +34,8 @@ struct Config {
     /// browsers send its `Secure` session cookie only over HTTPS or to localhost). Off when unset.
     #[arg(long, env = "LEARNSYNC_CONSOLE_LISTEN")]
     console_listen: Option<SocketAddr>,
-    /// How often the realtime scheduler looks for due runs, e.g. 5s.
+    /// The longest the realtime scheduler sleeps between passes, e.g. 5s (it wakes sooner, at most
+    /// once a second, when the next area falls due).
     #[arg(long, env = "LEARNSYNC_SCHEDULE_TICK", default_value = "5s", value_parser = humantime::parse_duration)]
     schedule_tick: Duration,
     /// How far before the watermark incremental runs read (a change at the boundary is never missed).

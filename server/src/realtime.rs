@@ -15,8 +15,14 @@ use tokio_util::sync::CancellationToken;
 /// How the loops behave.
 #[derive(Clone, Debug)]
 pub struct RealtimeOptions {
-    /// How often the scheduler looks for due areas.
+    /// The longest the scheduler sleeps between passes: it wakes sooner when the next area falls
+    /// due (but at most once a second, or once a tick when the tick is shorter), so a run starts
+    /// about when it is due rather than up to a tick later; the tick bounds how long an area that
+    /// a Configure or a first synchronization just made due can wait.
     pub schedule_tick: Duration,
+    /// Due areas the scheduler takes per transaction; a pass takes batch after batch until none
+    /// is left, so a fleet whose areas fall due faster than a batch a tick is not left behind.
+    pub schedule_batch: i64,
     /// How far before the watermark (or a webhook's time) runs read, so that a change written at
     /// the boundary, or a clock a little off, is never missed.
     pub overlap: Duration,
@@ -31,6 +37,7 @@ impl Default for RealtimeOptions {
     fn default() -> RealtimeOptions {
         RealtimeOptions {
             schedule_tick: Duration::from_secs(5),
+            schedule_batch: 100,
             overlap: Duration::from_secs(120),
             webhook_poll: Duration::from_secs(2),
             webhook_max_pending: 10_000,
@@ -40,41 +47,63 @@ impl Default for RealtimeOptions {
 
 /// Starts incremental runs and full comparisons as they fall due.
 pub async fn schedule(store: Store, options: RealtimeOptions, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(options.schedule_tick);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let wait = match schedule_once(&store, &options).await {
+            Ok(until_next) => next_wait(until_next, options.schedule_tick),
+            Err(error) => {
+                tracing::warn!(%error, "scheduler pass failed");
+                options.schedule_tick
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(error) = schedule_once(&store, &options).await {
-            tracing::warn!(%error, "scheduler tick failed");
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
+/// How long the scheduler sleeps after a pass: until the next area falls due, at least a second
+/// (or the tick, when shorter: each pass is a few statements, a fleet's areas fall due every few
+/// milliseconds), at most the tick.
+fn next_wait(until_next: Option<Duration>, tick: Duration) -> Duration {
+    let floor = tick.min(Duration::from_secs(1));
+    until_next.map_or(tick, |until| until.clamp(floor, tick))
+}
+
+/// Starts every run that is due, a batch per transaction until a batch comes back short; returns
+/// how long until the next area falls due.
 async fn schedule_once(
     store: &Store,
     options: &RealtimeOptions,
-) -> Result<(), learnsync_store::Error> {
+) -> Result<Option<Duration>, learnsync_store::Error> {
     let mut conn = store.conn().await?;
-    let tx = conn.transaction().await?;
-    let outcomes = realtime::schedule_due(&tx, options.overlap, 100).await?;
-    tx.commit().await?;
-    for outcome in outcomes {
-        match &outcome.run {
-            Some(run) => tracing::info!(
-                connection_id = %outcome.connection_id, area = %outcome.area, run_id = %run.id,
-                trace_id = %run.trace_id, full = outcome.full,
-                "scheduled run started"
-            ),
-            None => tracing::info!(
-                connection_id = %outcome.connection_id, area = %outcome.area,
-                "scheduled run skipped: a run is still active"
-            ),
+    loop {
+        let tx = conn.transaction().await?;
+        let outcomes = realtime::schedule_due(&tx, options.overlap, options.schedule_batch).await?;
+        tx.commit().await?;
+        let batch_was_full = outcomes.len() as i64 >= options.schedule_batch;
+        for outcome in outcomes {
+            log_scheduled(&outcome);
+        }
+        if !batch_was_full {
+            break;
         }
     }
-    Ok(())
+    realtime::until_next_due(&conn).await
+}
+
+fn log_scheduled(outcome: &realtime::Scheduled) {
+    match &outcome.run {
+        Some(run) => tracing::info!(
+            connection_id = %outcome.connection_id, area = %outcome.area, run_id = %run.id,
+            trace_id = %run.trace_id, full = outcome.full,
+            "scheduled run started"
+        ),
+        None => tracing::info!(
+            connection_id = %outcome.connection_id, area = %outcome.area,
+            "scheduled run skipped: a run is still active"
+        ),
+    }
 }
 
 /// Turns recorded webhook messages into runs: woken by a new message or a finished run, polling as
@@ -247,6 +276,23 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_scheduler_sleeps_until_the_next_due_area_within_its_bounds() {
+        let tick = Duration::from_secs(5);
+        assert_eq!(next_wait(None, tick), tick);
+        assert_eq!(next_wait(Some(Duration::from_secs(60)), tick), tick);
+        assert_eq!(
+            next_wait(Some(Duration::from_millis(2500)), tick),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            next_wait(Some(Duration::ZERO), tick),
+            Duration::from_secs(1)
+        );
+        let short = Duration::from_millis(200);
+        assert_eq!(next_wait(Some(Duration::ZERO), short), short);
+    }
 
     #[test]
     fn reads_single_and_grouped_events() {

@@ -264,6 +264,14 @@ impl RunningServer {
         let listener = tokio::net::TcpListener::bind(bind)
             .await
             .map_err(Error::Bind)?;
+        RunningServer::serve(listener, router)
+    }
+
+    /// Serves `router` on a bound listener until shut down.
+    pub fn serve(
+        listener: tokio::net::TcpListener,
+        router: Router,
+    ) -> Result<RunningServer, Error> {
         let addr = listener.local_addr().map_err(Error::Bind)?;
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -8,6 +8,8 @@
 //! - `docebo`: [`DoceboSim`]: OAuth2, the list endpoints, rate limiting (a leaky bucket, optionally with
 //!   a small burst), webhooks, data-set generation, and changes made while a client reads
 //!   ([`PageHook`]).
+//! - `fleet`: [`Fleet`]: many Docebo platforms and Salesforce orgs behind one server, under path
+//!   prefixes (`/docebo/{n}`, `/salesforce/{n}`), for the fleet benchmark.
 //! - `salesforce`: [`SalesforceSim`]: OAuth2 (client credentials, JWT bearer), the org schema, sObject
 //!   Collections, SOQL, Bulk API 2.0 ingest and query jobs, limits.
 //! - `main.rs`: the `learnsync-sim` binary serving both; `bin/sim-bench.rs`: their benchmark.
@@ -35,6 +37,7 @@
 
 pub mod common;
 pub mod docebo;
+pub mod fleet;
 pub mod salesforce;
 
 pub use common::{FailNext, FailShare, Faults, ListFault, SimClock};
@@ -42,6 +45,7 @@ pub use docebo::{
     BadRecord, DatasetSummary, DoceboConfig, DoceboSim, EntityKind, GenerateParams, PageAction,
     PageHook, RateLimit, WebhookEvent, WebhookStats,
 };
+pub use fleet::Fleet;
 pub use salesforce::{SalesforceConfig, SalesforceSim};
 
 /// Errors of the simulators' Rust API.

@@ -11,6 +11,8 @@
 //! - [`worker`]: what workers do: claim jobs, keep leases, checkpoint, finish; the ledger and the
 //!   Docebo call budget.
 //! - [`mappings`]: each connection's Salesforce mapping, versioned.
+//! - [`observe`]: reads about the database as a whole (size, WAL, table sizes, scheduled runs)
+//!   for benchmarks and operators.
 //! - [`realtime`]: the schedule of incremental runs and full comparisons; webhook messages.
 //! - [`secrets`]: credentials encrypted at rest (AES-256-GCM).
 //! - [`tls`]: TLS to Postgres as a URL's `sslmode` and `sslrootcert` ask (every connection).
@@ -28,6 +30,7 @@ pub mod listen;
 pub mod logs;
 pub mod mappings;
 pub mod model;
+pub mod observe;
 pub mod realtime;
 pub mod runs;
 pub mod secrets;

@@ -178,45 +178,48 @@ fn write(data: &RwLock<Data>) -> RwLockWriteGuard<'_, Data> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A running Docebo simulator. Dropping it stops the server.
+/// A running Docebo simulator. Dropping it stops the server (a platform of a [`crate::Fleet`] has
+/// none of its own: the fleet's server serves it under a path prefix).
 pub struct DoceboSim {
     state: Arc<DoceboState>,
-    server: RunningServer,
+    /// The simulator's own server; `None` for a platform of a fleet.
+    server: Option<RunningServer>,
+    /// The address the serving server listens on.
+    addr: SocketAddr,
     base_url: String,
 }
 
 impl DoceboSim {
     /// Starts the simulator on `config.bind` and returns once it accepts connections.
     pub async fn start(config: DoceboConfig) -> Result<DoceboSim, Error> {
-        let webhooks = Webhooks::new(
-            DeliverySettings {
-                timeout: config.webhook_timeout,
-                retry_base: config.webhook_retry_base,
-                max_attempts: config.webhook_max_attempts.max(1),
-                domain: config.domain.clone(),
-            },
-            tokio::runtime::Handle::current(),
-        );
-        let state = Arc::new(DoceboState {
-            rate_limit: Mutex::new(RateLimit::configured(&config)),
-            config,
-            clock: SimClock::default(),
-            data: RwLock::new(Data::default()),
-            tokens: Mutex::new(Tokens::default()),
-            buckets: Mutex::new(HashMap::new()),
-            faults: Mutex::new(FaultState::default()),
-            counters: Counters::default(),
-            webhooks,
-            page_hooks: Mutex::new(Vec::new()),
-        });
+        let state = DoceboState::new(config);
         let server = RunningServer::start(state.config.bind, router(state.clone())).await?;
         let base_url = format!("http://{}", server.addr);
         tracing::info!(%base_url, "docebo simulator listening");
         Ok(DoceboSim {
             state,
-            server,
+            addr: server.addr,
+            server: Some(server),
             base_url,
         })
+    }
+
+    /// A platform served by another server (a fleet's) at `base_url`, with the router that
+    /// answers its requests once the prefix is stripped.
+    pub(crate) fn hosted(
+        config: DoceboConfig,
+        addr: SocketAddr,
+        base_url: String,
+    ) -> (DoceboSim, Router) {
+        let state = DoceboState::new(config);
+        let router = router(state.clone());
+        let sim = DoceboSim {
+            state,
+            server: None,
+            addr,
+            base_url,
+        };
+        (sim, router)
     }
 
     /// Returns `http://127.0.0.1:<port>`, without a trailing slash.
@@ -226,7 +229,7 @@ impl DoceboSim {
 
     /// Returns the address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.server.addr
+        self.addr
     }
 
     /// Returns the configuration the simulator runs with.
@@ -380,13 +383,39 @@ impl DoceboSim {
         self.state.reset();
     }
 
-    /// Stops the server.
+    /// Stops the server (a fleet's platform has none: its fleet stops it).
     pub async fn shutdown(mut self) {
-        self.server.stop().await;
+        if let Some(server) = self.server.as_mut() {
+            server.stop().await;
+        }
     }
 }
 
 impl DoceboState {
+    fn new(config: DoceboConfig) -> Arc<DoceboState> {
+        let webhooks = Webhooks::new(
+            DeliverySettings {
+                timeout: config.webhook_timeout,
+                retry_base: config.webhook_retry_base,
+                max_attempts: config.webhook_max_attempts.max(1),
+                domain: config.domain.clone(),
+            },
+            tokio::runtime::Handle::current(),
+        );
+        Arc::new(DoceboState {
+            rate_limit: Mutex::new(RateLimit::configured(&config)),
+            config,
+            clock: SimClock::default(),
+            data: RwLock::new(Data::default()),
+            tokens: Mutex::new(Tokens::default()),
+            buckets: Mutex::new(HashMap::new()),
+            faults: Mutex::new(FaultState::default()),
+            counters: Counters::default(),
+            webhooks,
+            page_hooks: Mutex::new(Vec::new()),
+        })
+    }
+
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }

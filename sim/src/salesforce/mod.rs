@@ -174,53 +174,50 @@ fn write(org: &RwLock<Org>) -> RwLockWriteGuard<'_, Org> {
     org.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A running Salesforce simulator. Dropping it stops the server.
+/// A running Salesforce simulator. Dropping it stops the server (an org of a [`crate::Fleet`] has
+/// none of its own: the fleet's server serves it under a path prefix).
 pub struct SalesforceSim {
     state: Arc<SfState>,
-    server: RunningServer,
+    /// The simulator's own server; `None` for an org of a fleet.
+    server: Option<RunningServer>,
+    /// The address the serving server listens on.
+    addr: SocketAddr,
     base_url: String,
 }
 
 impl SalesforceSim {
     /// Starts the simulator on `config.bind` and returns once it accepts connections.
     pub async fn start(config: SalesforceConfig) -> Result<SalesforceSim, Error> {
-        config.schema.validate().map_err(Error::Schema)?;
-        let jwt_key = match &config.jwt_public_key_pem {
-            Some(pem) => Some(
-                jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes())
-                    .map_err(|e| Error::Key(e.to_string()))?,
-            ),
-            None => None,
-        };
-        let state = Arc::new(SfState {
-            org: RwLock::new(Org::new(config.schema.clone())),
-            usage: Mutex::new(Usage {
-                used: 0,
-                max: config.daily_api_limit,
-            }),
-            config,
-            base_url: Mutex::new(String::new()),
-            clock: SimClock::default(),
-            sessions: Mutex::new(HashMap::new()),
-            faults: Mutex::new(FaultState::default()),
-            counters: Counters::default(),
-            object_calls: Counters::default(),
-            jobs: Mutex::new(HashMap::new()),
-            query_jobs: Mutex::new(QueryJobs::default()),
-            cursors: Mutex::new(HashMap::new()),
-            jwt_key,
-            holds: Mutex::new(Holds::default()),
-            released: tokio::sync::watch::Sender::new(0),
-        });
+        let state = SfState::new(config)?;
         let server = RunningServer::start(state.config.bind, router(state.clone())).await?;
         let base_url = format!("http://{}", server.addr);
         *lock(&state.base_url) = base_url.clone();
         tracing::info!(%base_url, "salesforce simulator listening");
         Ok(SalesforceSim {
             state,
-            server,
+            addr: server.addr,
+            server: Some(server),
             base_url,
         })
+    }
+
+    /// An org served by another server (a fleet's) at `base_url` (also its tokens'
+    /// `instance_url`), with the router that answers its requests once the prefix is stripped.
+    pub(crate) fn hosted(
+        config: SalesforceConfig,
+        addr: SocketAddr,
+        base_url: String,
+    ) -> Result<(SalesforceSim, Router), Error> {
+        let state = SfState::new(config)?;
+        *lock(&state.base_url) = base_url.clone();
+        let router = router(state.clone());
+        let sim = SalesforceSim {
+            state,
+            server: None,
+            addr,
+            base_url,
+        };
+        Ok((sim, router))
     }
 
     /// Returns `http://127.0.0.1:<port>` (also the `instance_url` of tokens), without trailing slash.
@@ -230,7 +227,7 @@ impl SalesforceSim {
 
     /// Returns the address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.server.addr
+        self.addr
     }
 
     /// Returns the configuration the simulator runs with.
@@ -378,11 +375,44 @@ impl SalesforceSim {
 
     /// Stops the server.
     pub async fn shutdown(mut self) {
-        self.server.stop().await;
+        if let Some(server) = self.server.as_mut() {
+            server.stop().await;
+        }
     }
 }
 
 impl SfState {
+    fn new(config: SalesforceConfig) -> Result<Arc<SfState>, Error> {
+        config.schema.validate().map_err(Error::Schema)?;
+        let jwt_key = match &config.jwt_public_key_pem {
+            Some(pem) => Some(
+                jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes())
+                    .map_err(|e| Error::Key(e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(Arc::new(SfState {
+            org: RwLock::new(Org::new(config.schema.clone())),
+            usage: Mutex::new(Usage {
+                used: 0,
+                max: config.daily_api_limit,
+            }),
+            config,
+            base_url: Mutex::new(String::new()),
+            clock: SimClock::default(),
+            sessions: Mutex::new(HashMap::new()),
+            faults: Mutex::new(FaultState::default()),
+            counters: Counters::default(),
+            object_calls: Counters::default(),
+            jobs: Mutex::new(HashMap::new()),
+            query_jobs: Mutex::new(QueryJobs::default()),
+            cursors: Mutex::new(HashMap::new()),
+            jwt_key,
+            holds: Mutex::new(Holds::default()),
+            released: tokio::sync::watch::Sender::new(0),
+        }))
+    }
+
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }

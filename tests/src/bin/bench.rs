@@ -39,6 +39,8 @@ use tokio_util::sync::CancellationToken;
 mod calls;
 #[path = "bench/wal.rs"]
 mod wal;
+#[path = "bench/fleet.rs"]
+mod fleet;
 
 /// Benchmarks of learnsync on the simulators.
 #[derive(Debug, Parser)]
@@ -134,6 +136,8 @@ enum Bench {
         #[arg(long)]
         bad_records: bool,
     },
+    /// A fleet of connections in realtime mode: schedule lateness, claim delay, CPU and Postgres.
+    Fleet(fleet::Args),
 }
 
 const TOKEN: &str = "bench-operator-token-000000000000000";
@@ -989,5 +993,6 @@ async fn run(command: Bench) -> anyhow::Result<()> {
             enrollments,
             bad_records,
         } => wal::bench_wal(enrollments, bad_records).await,
+        Bench::Fleet(args) => fleet::bench_fleet(args).await,
     }
 }
