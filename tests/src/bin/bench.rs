@@ -37,10 +37,10 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "bench/calls.rs"]
 mod calls;
-#[path = "bench/wal.rs"]
-mod wal;
 #[path = "bench/fleet.rs"]
 mod fleet;
+#[path = "bench/wal.rs"]
+mod wal;
 
 /// Benchmarks of learnsync on the simulators.
 #[derive(Debug, Parser)]

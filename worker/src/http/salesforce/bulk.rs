@@ -55,21 +55,18 @@ impl SalesforceApi {
 
     /// Marks a job's upload complete: Salesforce starts processing it.
     pub async fn close_job(&self, session: &Session, job_id: &str) -> Answer<()> {
-        let body = json!({"state": "UploadComplete"}).to_string();
-        self.send(
-            session,
-            reqwest::Method::PATCH,
-            &job_path(job_id),
-            Body::Json(&body),
-        )
-        .await
-        .and_then(|_| Ok(()))
+        self.set_job_state(session, job_id, "UploadComplete").await
     }
 
     /// Aborts an ingest job: Salesforce processes none of its records not yet processed (a job
     /// given up on must not write later, over what a retry wrote since).
     pub async fn abort_job(&self, session: &Session, job_id: &str) -> Answer<()> {
-        let body = json!({"state": "Aborted"}).to_string();
+        self.set_job_state(session, job_id, "Aborted").await
+    }
+
+    /// Moves an ingest job to `state` (the one change of a job Bulk API 2.0 takes).
+    async fn set_job_state(&self, session: &Session, job_id: &str, state: &str) -> Answer<()> {
+        let body = json!({ "state": state }).to_string();
         self.send(
             session,
             reqwest::Method::PATCH,
