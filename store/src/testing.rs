@@ -216,19 +216,6 @@ pub async fn lose_seen_sets(client: &impl crate::GenericClient) -> Result<()> {
     Ok(())
 }
 
-/// Benchmark support: the WAL position where the next record will be inserted, in bytes
-/// (`pg_current_wal_insert_lsn()`: with `synchronous_commit = off` the written position,
-/// `pg_current_wal_lsn()`, trails it by what the WAL writer has not written yet).
-pub async fn wal_insert_position(client: &impl crate::GenericClient) -> Result<i64> {
-    let row = client
-        .query_one(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint",
-            &[],
-        )
-        .await?;
-    Ok(row.try_get(0)?)
-}
-
 /// What the ledger occupies on disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LedgerFootprint {

@@ -9,6 +9,7 @@
 use anyhow::bail;
 use learnsync_client::pb;
 use learnsync_sim::GenerateParams;
+use learnsync_store::observe;
 use learnsync_store::testing::{self, LedgerFootprint};
 
 use super::{Bed, platform};
@@ -35,9 +36,9 @@ pub(super) async fn bench_wal(enrollments: usize, bad_records: bool) -> anyhow::
     );
     let (mut total_wal, mut total_read) = (0i64, 0i64);
     for area in [pb::Area::Users, pb::Area::Courses, pb::Area::Enrollments] {
-        let before = testing::wal_insert_position(&conn).await?;
+        let before = observe::wal_position(&conn).await?;
         let (run, wall) = bed.sync(area, false).await?;
-        let wal = testing::wal_insert_position(&conn).await? - before;
+        let wal = observe::wal_position(&conn).await? - before;
         ended_well(&run)?;
         let counts = run.counts.unwrap_or_default();
         total_wal += wal;
