@@ -2,12 +2,19 @@
 //! with the job-level side around it: the platform's shared call budget before every call (token
 //! requests included), 429
 //! and 503 pausing the platform for every job on every worker (and said once in the job's log), a
-//! token kept across calls and renewed once on 401, every wait interruptible.
+//! token kept across calls and renewed once on 401, every wait interruptible. A worker's jobs
+//! of one connection share its token ([`Tokens`]): a run's jobs, and the next runs within the
+//! token's life, ask Docebo for one token, not one each (Docebo counts token requests).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use learnsync_store::ErrorCode;
 use learnsync_store::model::{LogLevel, NewLogEvent};
 use learnsync_store::secrets::DoceboCredentials;
 use tokio::sync::Mutex;
+use uuid::Uuid;
 
 use crate::budget::Budget;
 use crate::context::{JobCtx, SyncResult};
@@ -15,35 +22,79 @@ use crate::http::docebo::DoceboApi;
 pub use crate::http::docebo::{Page, PageRef};
 use crate::retry::{Decision, Policy, Tally};
 
+/// How long a token is reused: Docebo's tokens last an hour (`expires_in: 3600`); a token older
+/// than this is asked for again rather than risk a 401 (a renewal costs a call either way).
+const TOKEN_REUSE: Duration = Duration::from_secs(50 * 60);
+
+/// Past this many connections, a new slot first drops the slots no job holds.
+const TOKEN_SLOTS: usize = 1024;
+
+/// The Docebo tokens of a worker's jobs, one slot per connection, shared by every job of that
+/// connection the worker runs (cheap to clone). A slot's token serves only the very credentials
+/// it was asked for with: after an UpdateConnection the next job asks again.
+#[derive(Clone, Default)]
+pub struct Tokens(Arc<std::sync::Mutex<HashMap<Uuid, Slot>>>);
+
+type Slot = Arc<Mutex<Option<Held>>>;
+
+/// A token, the credentials it was asked for with, and when.
+struct Held {
+    credentials: DoceboCredentials,
+    token: String,
+    at: Instant,
+}
+
+impl Tokens {
+    /// The slot of a connection's token.
+    fn slot(&self, connection_id: Uuid) -> Slot {
+        let mut slots = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slots.len() >= TOKEN_SLOTS && !slots.contains_key(&connection_id) {
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        slots.entry(connection_id).or_default().clone()
+    }
+}
+
 /// A Docebo client for one job.
 pub struct Docebo {
     api: DoceboApi,
-    token: Mutex<Option<String>>,
+    credentials: DoceboCredentials,
+    token: Slot,
     budget: Budget,
 }
 
 impl Docebo {
-    /// A client for a connection's platform.
+    /// A client for a connection's platform, sharing the connection's token with the worker's
+    /// other jobs through `tokens`.
     pub fn new(
         http: learnsync_upstream::Http,
+        connection_id: Uuid,
         credentials: DoceboCredentials,
         budget: Budget,
+        tokens: &Tokens,
     ) -> Docebo {
         Docebo {
-            api: DoceboApi::new(http, credentials),
-            token: Mutex::new(None),
+            api: DoceboApi::new(http, credentials.clone()),
+            credentials,
+            token: tokens.slot(connection_id),
             budget,
         }
     }
 
-    /// The token, asked for when there is none (or `renew`).
-    async fn token(&self, ctx: &JobCtx, renew: bool) -> SyncResult<String> {
-        let mut token = self.token.lock().await;
-        if renew {
-            *token = None;
-        }
-        if let Some(current) = token.as_ref() {
-            return Ok(current.clone());
+    /// The token: the shared one when it was asked for with these credentials less than
+    /// [`TOKEN_REUSE`] ago and is not the one being renewed (`refused`: a 401 answered it; a
+    /// job that finds another job renewed it meanwhile takes the new one), else a new one.
+    async fn token(&self, ctx: &JobCtx, refused: Option<&str>) -> SyncResult<String> {
+        let mut held = self.token.lock().await;
+        if let Some(current) = held.as_ref()
+            && current.credentials == self.credentials
+            && current.at.elapsed() < TOKEN_REUSE
+            && refused != Some(current.token.as_str())
+        {
+            return Ok(current.token.clone());
         }
         let policy = Policy::docebo(&ctx.settings).for_token();
         // A token request is a call Docebo counts: it spends the budget like a page.
@@ -53,7 +104,11 @@ impl Docebo {
                 Ok(self.api.token().await)
             })
             .await?;
-        *token = Some(fresh.clone());
+        *held = Some(Held {
+            credentials: self.credentials.clone(),
+            token: fresh.clone(),
+            at: Instant::now(),
+        });
         Ok(fresh)
     }
 
@@ -77,7 +132,7 @@ impl Docebo {
         let mut tally = Tally::default();
         loop {
             // The token first: a token request spends its own call, and none is held meanwhile.
-            let token = self.token(ctx, false).await?;
+            let token = self.token(ctx, None).await?;
             self.budget.take(ctx).await?;
             let answer = ctx
                 .interruptible(async { Ok(self.api.list(&token, path, filters, at).await) })
@@ -89,7 +144,7 @@ impl Docebo {
             match policy.decide(signal, &mut tally) {
                 Decision::Renew => {
                     // The token expired or was revoked: authenticate again, once.
-                    self.token(ctx, true).await?;
+                    self.token(ctx, Some(&token)).await?;
                 }
                 Decision::Backoff(wait) => {
                     tracing::warn!(path, %failure, "docebo call failed, retrying");

@@ -44,6 +44,7 @@ pub struct Worker {
     cipher: Cipher,
     mapping: Arc<Mapping>,
     http: learnsync_upstream::Http,
+    tokens: crate::docebo::Tokens,
 }
 
 /// A job this worker runs, as the loop tracks it.
@@ -70,6 +71,7 @@ impl Worker {
             cipher,
             mapping: Arc::new(Mapping::default_mapping()?),
             http,
+            tokens: crate::docebo::Tokens::default(),
         })
     }
 
@@ -237,6 +239,7 @@ impl Worker {
             cipher: self.cipher.clone(),
             mapping: self.mapping.clone(),
             http: self.http.clone(),
+            tokens: self.tokens.clone(),
         }
     }
 }
@@ -248,6 +251,7 @@ struct JobRunner {
     cipher: Cipher,
     mapping: Arc<Mapping>,
     http: learnsync_upstream::Http,
+    tokens: crate::docebo::Tokens,
 }
 
 /// Aborts a task when dropped: a job's heartbeat dies with the job (or with an aborted worker).
@@ -388,7 +392,13 @@ impl JobRunner {
             job.docebo_calls_per_hour,
             self.settings.docebo_burst,
         );
-        let docebo = Docebo::new(self.http.clone(), credentials.docebo, budget);
+        let docebo = Docebo::new(
+            self.http.clone(),
+            job.connection_id,
+            credentials.docebo,
+            budget,
+            &self.tokens,
+        );
         let salesforce = Salesforce::new(self.http.clone(), credentials.salesforce);
         JobRun::new(ctx, docebo, salesforce, &mapping, mapping_version)?
             .run()

@@ -1,0 +1,63 @@
+//! Proves that a worker's jobs of one connection share its Docebo token: a full sync of every
+//! area asks Docebo for one token (Docebo counts token requests against the platform's calls),
+//! and a token Docebo stops accepting is renewed once for all of them.
+#![allow(clippy::unwrap_used)]
+
+use learnsync_e2e::env as common;
+
+use std::time::Duration;
+
+use common::{Env, sync_area, test_settings};
+use learnsync_sim::GenerateParams;
+use learnsync_store::model::{Area, RunState};
+use learnsync_worker::Settings;
+
+const TOKEN: &str = "POST /oauth2/token";
+
+fn token_requests(env: &Env) -> u64 {
+    env.docebo.counters().get(TOKEN).copied().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_workers_jobs_share_one_token_and_renew_it_once_when_it_expires() {
+    let env = Env::new(GenerateParams {
+        seed: 61,
+        scale: Some(0.2),
+        bad_records: Some(false),
+        ..GenerateParams::default()
+    })
+    .await;
+    // Four jobs at once: the courses and enrollments runs' jobs ask for a token together.
+    let worker = env.spawn_worker(Settings {
+        concurrency: 4,
+        ..test_settings("tokens")
+    });
+    env.docebo.clear_counters();
+    for area in [Area::Users, Area::Courses, Area::Enrollments] {
+        let run = sync_area(&env, area).await;
+        assert_eq!(run.state, RunState::Succeeded, "{area:?}: {run:#?}");
+    }
+    // Eight jobs in three runs: one token (each job asked for its own before).
+    assert_eq!(token_requests(&env), 1, "{:?}", env.docebo.counters());
+
+    // Docebo stops accepting it: the next run's jobs renew it once between them.
+    env.docebo.expire_tokens();
+    env.docebo.clear_counters();
+    let run = env.resynchronize(Area::Enrollments, false).await;
+    let run = env.wait_final(run.id, Duration::from_secs(60)).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    let renewals = token_requests(&env);
+    assert!(
+        renewals >= 1,
+        "the expired token was renewed: {:?}",
+        env.docebo.counters()
+    );
+    // Jobs that were refused the old token together take the one a first job renewed; only a
+    // job that renewed while another's request was in flight asks again.
+    assert!(
+        renewals < 4,
+        "{renewals} renewals for the run's 4 jobs: {:?}",
+        env.docebo.counters()
+    );
+    worker.stop().await;
+}
