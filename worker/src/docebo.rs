@@ -61,7 +61,6 @@ impl Tokens {
 /// A Docebo client for one job.
 pub struct Docebo {
     api: DoceboApi,
-    credentials: DoceboCredentials,
     token: Slot,
     budget: Budget,
 }
@@ -77,8 +76,7 @@ impl Docebo {
         tokens: &Tokens,
     ) -> Docebo {
         Docebo {
-            api: DoceboApi::new(http, credentials.clone()),
-            credentials,
+            api: DoceboApi::new(http, credentials),
             token: tokens.slot(connection_id),
             budget,
         }
@@ -90,7 +88,7 @@ impl Docebo {
     async fn token(&self, ctx: &JobCtx, refused: Option<&str>) -> SyncResult<String> {
         let mut held = self.token.lock().await;
         if let Some(current) = held.as_ref()
-            && current.credentials == self.credentials
+            && current.credentials == *self.api.credentials()
             && current.at.elapsed() < TOKEN_REUSE
             && refused != Some(current.token.as_str())
         {
@@ -105,7 +103,7 @@ impl Docebo {
             })
             .await?;
         *held = Some(Held {
-            credentials: self.credentials.clone(),
+            credentials: self.api.credentials().clone(),
             token: fresh.clone(),
             at: Instant::now(),
         });

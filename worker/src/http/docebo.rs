@@ -78,6 +78,11 @@ impl DoceboApi {
         }
     }
 
+    /// The credentials it authenticates with.
+    pub fn credentials(&self) -> &DoceboCredentials {
+        &self.credentials
+    }
+
     /// Asks for an access token. Refused credentials are permanent; 429 and 5xx transient.
     pub async fn token(&self) -> Answer<String> {
         let mut form = vec![
