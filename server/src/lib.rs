@@ -118,6 +118,9 @@ pub enum Error {
     /// The metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The HTTP client for the orgs' describes could not be built.
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then stops taking calls, ends open log
@@ -161,6 +164,7 @@ pub async fn serve_on(
             cancel.clone(),
             options.max_log_streams,
         ),
+        org_http: mapping::http(&options.upstream)?,
     };
     let mut listeners = listeners;
     let http = HttpTasks::spawn(

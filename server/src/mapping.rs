@@ -208,8 +208,10 @@ fn answered<T>(what: &str, answer: Answer<T>) -> Result<T, Status> {
     }
 }
 
-/// The HTTP client of a SetMapping's calls to the org, under the server's upstream policy.
-pub fn http(policy: &learnsync_upstream::Policy) -> Result<learnsync_upstream::Http, Status> {
+/// The HTTP client of SetMapping's calls to the orgs, under the server's upstream policy: built
+/// once when the server starts, its connections pooled across calls.
+pub fn http(
+    policy: &learnsync_upstream::Policy,
+) -> Result<learnsync_upstream::Http, reqwest::Error> {
     learnsync_upstream::Http::new(policy.clone(), ORG_TIMEOUT)
-        .map_err(|_| Status::internal("cannot build the http client"))
 }

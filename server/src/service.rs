@@ -30,6 +30,8 @@ pub struct Service {
     pub(crate) upstream: Arc<learnsync_upstream::Policy>,
     /// StreamLogs' open streams per token and the connections' shared log polls.
     pub(crate) log_streams: crate::followers::LogStreams,
+    /// The HTTP client SetMapping reads orgs' describes with ([`crate::mapping::http`]).
+    pub(crate) org_http: learnsync_upstream::Http,
 }
 
 /// Whether `principal` may see connection `connection_id`, given what reading it found: its
@@ -943,8 +945,8 @@ impl SyncService for Service {
         // answer instead of asking again.
         let (sealed, _) = connections::sealed_credentials(&tx, id).await.or_status()?;
         let credentials = self.cipher.open(id, &sealed).or_status()?;
-        let http = crate::mapping::http(&self.upstream)?;
-        crate::mapping::check_against_org(http, credentials.salesforce, &mapping).await?;
+        crate::mapping::check_against_org(self.org_http.clone(), credentials.salesforce, &mapping)
+            .await?;
         let stored = if request.check_only {
             learnsync_store::mappings::current(&tx, id)
                 .await
