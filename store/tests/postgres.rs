@@ -1,5 +1,6 @@
 //! The store's own statements against a real Postgres (a fresh database per test, from
-//! `store::testing`): the claim, the fence, the ledger, the Docebo call budget and the end of a run.
+//! `store::testing`): the claim, the fence, the ledger, the Docebo call budget, a run's shared
+//! listings and the end of a run.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -8,9 +9,10 @@ use learnsync_store::connections::{self, NewConnection, SealedCredentials};
 use learnsync_store::model::{Area, JobKind, JobState, Mode, Run, RunState, UnenrollmentPolicy};
 use learnsync_store::worker::{
     self as store_worker, Allowance, ClaimedJob, Heartbeat, Lease, LedgerWrite, Outcome, Progress,
-    Seen,
+    PublishedListing, Seen, SharedListing,
 };
 use learnsync_store::{Options, Store, areas, runs, testing};
+use serde_json::json;
 use uuid::Uuid;
 
 const LEASE: Lease = lease(Duration::from_secs(30), Duration::ZERO);
@@ -954,4 +956,122 @@ async fn handled_webhook_messages_are_purged_after_their_retention_and_pending_o
             .0,
         1
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A run's shared listings (`run_listings`)
+//
+// Proves a run's shared listing (`run_listings`) against a real Postgres: one job's attempt takes
+// the reading and the run's other jobs wait; when that attempt stops running before it published
+// (its lease taken over), the next job to ask takes the reading over and the stale attempt
+// publishes nothing; the published items and verdict reach every job of the run; and a connection's
+// rows of ended runs go with its next publication.
+
+const LISTING: &str = "/learn/v1/courses?sort_by=last_update&sort_by_direction=asc";
+
+/// The next claimable job, on a lease of `length`.
+async fn claim_one(store: &Store, owner: &str, length: Duration) -> ClaimedJob {
+    claim(store, owner, lease(length, Duration::ZERO), 1)
+        .await
+        .remove(0)
+}
+
+async fn ask(store: &Store, job: &ClaimedJob) -> SharedListing {
+    let conn = store.conn().await.unwrap();
+    store_worker::shared_listing(&conn, job, LISTING)
+        .await
+        .unwrap()
+}
+
+/// Publishes `items` as `job`'s reading; `None` when the attempt is fenced out or another took
+/// the reading over.
+async fn publish(
+    store: &Store,
+    job: &ClaimedJob,
+    items: Vec<serde_json::Value>,
+) -> Option<PublishedListing> {
+    let mut conn = store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let fenced = store_worker::fence(&tx, job).await.unwrap()?;
+    let published = store_worker::publish_listing(&fenced, LISTING, items, Some("moved".into()))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    published
+}
+
+async fn rows_of(store: &Store, run_id: Uuid) -> i64 {
+    let conn = store.conn().await.unwrap();
+    let row = conn
+        .query_one(
+            "SELECT count(*) FROM run_listings WHERE run_id = $1",
+            &[&run_id],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_is_taken_once_taken_over_from_a_stopped_attempt_and_shared() {
+    let store = store().await;
+    let connection_id = connection(&store).await;
+    let run = start(&store, connection_id, Area::Courses).await.id;
+    // The courses job on a live worker, the learning-plans job on one that dies (its lease runs
+    // out at once).
+    let live = claim_one(&store, "live", Duration::from_secs(30)).await;
+    assert_eq!((live.run_id, live.kind), (run, JobKind::Courses));
+    let dead = claim_one(&store, "dead", Duration::ZERO).await;
+    assert_eq!(dead.kind, JobKind::LearningPlans);
+
+    // The first to ask reads; asking again, it still does; the other waits on its attempt,
+    // which still runs (its lease ran out, but nobody took it over).
+    assert_eq!(ask(&store, &dead).await, SharedListing::Read);
+    assert_eq!(ask(&store, &dead).await, SharedListing::Read);
+    assert_eq!(ask(&store, &live).await, SharedListing::Wait);
+
+    // Its job taken over by another worker, the dead attempt no longer runs: the next job to
+    // ask reads; the stale attempt publishes nothing, the new attempt of its job waits.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let resumed = claim_one(&store, "other", Duration::from_secs(30)).await;
+    assert_eq!((resumed.id, resumed.attempt), (dead.id, dead.attempt + 1));
+    assert_eq!(ask(&store, &live).await, SharedListing::Read);
+    assert_eq!(
+        publish(&store, &dead, vec![json!({"id_course": 9})]).await,
+        None
+    );
+    assert_eq!(ask(&store, &resumed).await, SharedListing::Wait);
+    assert_eq!(
+        publish(&store, &resumed, vec![json!({"id_course": 9})]).await,
+        None
+    );
+
+    // The reader publishes: every job of the run gets its items and its verdict.
+    let items = vec![json!({"id_course": 1}), json!({"id_course": 2})];
+    let published = publish(&store, &live, items.clone()).await.unwrap();
+    let expected = PublishedListing {
+        items,
+        reading: format!("{}/{}", live.id, live.attempt),
+        incomplete: Some("moved".into()),
+    };
+    assert_eq!(published, expected);
+    assert_eq!(
+        ask(&store, &resumed).await,
+        SharedListing::Ready(expected.clone())
+    );
+    assert_eq!(ask(&store, &live).await, SharedListing::Ready(expected));
+
+    // Once the run ended, the connection's next publication deletes its rows.
+    let conn = store.conn().await.unwrap();
+    testing::finish_jobs_as_worker(&conn, run, JobState::Succeeded)
+        .await
+        .unwrap();
+    assert_eq!(rows_of(&store, run).await, 1);
+    let next = start(&store, connection_id, Area::Users).await.id;
+    let job = claim_one(&store, "live", Duration::from_secs(30)).await;
+    assert_eq!(job.run_id, next);
+    assert_eq!(ask(&store, &job).await, SharedListing::Read);
+    assert!(publish(&store, &job, Vec::new()).await.is_some());
+    assert_eq!(rows_of(&store, run).await, 0);
+    assert_eq!(rows_of(&store, next).await, 1);
 }
