@@ -28,7 +28,12 @@ use crate::model::{
 use crate::{CHANNEL_JOBS, Result, logs, runs};
 
 mod listings;
+mod sessions;
 pub use listings::{PublishedListing, SharedListing, publish_listing, shared_listing};
+pub use sessions::{
+    ListedSessions, SessionReading, listed_sessions, publish_sessions, save_session_page,
+    session_reading,
+};
 
 /// A running job another worker may take over (claim, or reap when its run is stopping): its lease
 /// ran out and so did its holder's write grace ([`Lease::write_grace`]). The index `jobs_takeover`
@@ -1166,6 +1171,28 @@ fn unseen_by(run: u8, job: u8) -> String {
     )
 }
 
+/// The condition on a session-enrollment ledger row `l` that a walk of a published sessions
+/// reading proves it gone when unseen ([`ListedSessions`]): parameters `$from` (when the reading
+/// began; null: the job read its own listing, nothing to add) and `$ids` (the sessions whose
+/// rosters the walk read, as text). A key ends with its session id (`{user_id}-{_session_id}`).
+fn proven_by(from: u8, ids: u8) -> String {
+    format!(
+        "(${from}::timestamptz IS NULL OR l.write_time < ${from} \
+          OR substring(l.record_key from '-([0-9]+)$') = ANY(${ids}::text[]))"
+    )
+}
+
+/// The parameters of [`proven_by`].
+fn proof_params(listed: Option<&ListedSessions>) -> (Option<DateTime<Utc>>, Vec<String>) {
+    match listed {
+        Some(listed) => (
+            Some(listed.read_from),
+            listed.session_ids.iter().map(i64::to_string).collect(),
+        ),
+        None => (None, Vec::new()),
+    }
+}
+
 /// Lists, in key order after `after_key`, up to `limit` records of an object, listed by the job's
 /// kind, that are live in the ledger but were not in its listing: `(record_key, salesforce_id)`.
 pub async fn ledger_unseen(
@@ -1174,6 +1201,7 @@ pub async fn ledger_unseen(
     object: &str,
     after_key: &str,
     limit: i64,
+    listed: Option<&ListedSessions>,
 ) -> Result<Seen<Vec<(String, Option<String>)>>> {
     if !seen_kept(client, job.id, false).await? {
         return Ok(Seen::Lost);
@@ -1181,10 +1209,12 @@ pub async fn ledger_unseen(
     let sql = format!(
         "SELECT l.record_key, l.salesforce_id FROM ledger l \
          WHERE l.connection_id = $1 AND l.object = $2 AND l.record_key > $4 \
-           AND l.unenrolled_at IS NULL AND (l.scope = $6 OR l.scope IS NULL) AND {} \
+           AND l.unenrolled_at IS NULL AND (l.scope = $6 OR l.scope IS NULL) AND {} AND {} \
          ORDER BY l.record_key LIMIT $5",
-        unseen_by(3, 7)
+        unseen_by(3, 7),
+        proven_by(8, 9)
     );
+    let (from, ids) = proof_params(listed);
     let rows = client
         .query(
             &sql,
@@ -1196,6 +1226,8 @@ pub async fn ledger_unseen(
                 &limit,
                 &job.kind.as_str(),
                 &job.id,
+                &from,
+                &ids,
             ],
         )
         .await?;
@@ -1257,16 +1289,19 @@ pub async fn ledger_unseen_count(
     client: &impl GenericClient,
     job: &ClaimedJob,
     object: &str,
+    listed: Option<&ListedSessions>,
 ) -> Result<Seen<(i64, i64)>> {
     if !seen_kept(client, job.id, true).await? {
         return Ok(Seen::Lost);
     }
     let sql = format!(
-        "SELECT count(*) FILTER (WHERE {}), count(*) FROM ledger l \
+        "SELECT count(*) FILTER (WHERE {} AND {}), count(*) FROM ledger l \
          WHERE l.connection_id = $1 AND l.object = $2 AND l.unenrolled_at IS NULL \
            AND (l.scope = $4 OR l.scope IS NULL)",
-        unseen_by(3, 5)
+        unseen_by(3, 5),
+        proven_by(6, 7)
     );
+    let (from, ids) = proof_params(listed);
     let row = client
         .query_one(
             &sql,
@@ -1276,6 +1311,8 @@ pub async fn ledger_unseen_count(
                 &job.run_id,
                 &job.kind.as_str(),
                 &job.id,
+                &from,
+                &ids,
             ],
         )
         .await?;
@@ -1326,7 +1363,7 @@ pub async fn ledger_delete(
 /// Whether the schema the worker needs is there (the server runs the migrations): the tables and
 /// the newest columns the worker's statements use (`ledger.scope`, V0002; `runs.targets`, V0003;
 /// `docebo_budgets.tenant`, V0011; `jobs.seen_marks` with `ledger_seen`, V0010;
-/// `run_listings`, V0009; `ledger.mapping_version`, V0012).
+/// `run_listings`, V0009; `ledger.mapping_version`, V0012; `session_readings`, V0013).
 pub async fn schema_ready(client: &impl GenericClient) -> Result<bool> {
     let row = client
         .query_one(
@@ -1336,11 +1373,11 @@ pub async fn schema_ready(client: &impl GenericClient) -> Result<bool> {
                                                 ('runs', 'targets'), ('docebo_budgets', 'paused_until'), \
                                                 ('docebo_budgets', 'tenant'), ('jobs', 'seen_marks'), \
                                                 ('ledger_seen', 'record_key'), ('run_listings', 'connection_id'), \
-                                                ('ledger', 'mapping_version'))",
+                                                ('ledger', 'mapping_version'), ('session_readings', 'session_ids'))",
             &[],
         )
         .await?;
-    Ok(row.try_get::<_, i64>(0)? == 9)
+    Ok(row.try_get::<_, i64>(0)? == 10)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -323,7 +323,7 @@ fn keys(list: &[&str]) -> Vec<String> {
 /// whole.
 async fn unseen(store: &Store, job: &ClaimedJob, object: &str) -> Vec<(String, Option<String>)> {
     let conn = store.conn().await.unwrap();
-    match store_worker::ledger_unseen(&conn, job, object, "", 10)
+    match store_worker::ledger_unseen(&conn, job, object, "", 10, None)
         .await
         .unwrap()
     {
@@ -503,7 +503,7 @@ async fn seen_marks_are_counted_survive_a_takeover_and_a_lost_set_unenrolls_noth
         [("1-4".to_string(), Some("a01-4".to_string()))]
     );
     assert_eq!(
-        store_worker::ledger_unseen_count(&conn, &job, object)
+        store_worker::ledger_unseen_count(&conn, &job, object, None)
             .await
             .unwrap(),
         Seen::Whole((1, 4))
@@ -530,13 +530,13 @@ async fn seen_marks_are_counted_survive_a_takeover_and_a_lost_set_unenrolls_noth
         .unwrap();
     assert!(!store_worker::seen_whole(&conn, job.id).await.unwrap());
     assert_eq!(
-        store_worker::ledger_unseen(&conn, &job, object, "", 10)
+        store_worker::ledger_unseen(&conn, &job, object, "", 10, None)
             .await
             .unwrap(),
         Seen::Lost
     );
     assert_eq!(
-        store_worker::ledger_unseen_count(&conn, &job, object)
+        store_worker::ledger_unseen_count(&conn, &job, object, None)
             .await
             .unwrap(),
         Seen::Lost
@@ -576,6 +576,69 @@ async fn seen_marks_are_counted_survive_a_takeover_and_a_lost_set_unenrolls_noth
     // The job's end clears its set (its count stays: a finished job's set is not read again).
     assert!(finish(&store, &job, Outcome::Done).await);
     assert!(!store_worker::seen_whole(&conn, job.id).await.unwrap());
+}
+
+/// Writes `keys` to the ledger in a run of its own (a resynchronization of the users area).
+async fn written_by_a_run(store: &Store, connection_id: Uuid, object: &str, keys: &[&str]) {
+    resynchronize(store, connection_id, (None, None)).await;
+    let job = claim(store, "w", LEASE, 1).await.remove(0);
+    let mut conn = store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let fenced = store_worker::fence(&tx, &job).await.unwrap().unwrap();
+    let writes: Vec<LedgerWrite> = keys.iter().map(|key| write(key, 1)).collect();
+    store_worker::ledger_record(&fenced, Area::Users, object, &writes, true)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(finish(store, &job, Outcome::Done).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_sessions_reading_proves_gone_only_what_it_read_or_what_predates_it() {
+    let store = store().await;
+    let connection_id = connection(&store).await;
+    let object = "Docebo_Session_Enrollment__c";
+    start(&store, connection_id, Area::Users).await;
+    let first = claim(&store, "w", LEASE, 1).await.remove(0);
+    assert!(finish(&store, &first, Outcome::Done).await);
+    // Enrollments of sessions 10 and 20, written before a sessions reading began; then of
+    // sessions 30 and 40, written after.
+    written_by_a_run(&store, connection_id, object, &["1-10", "1-20"]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let conn = store.conn().await.unwrap();
+    let read_from: chrono::DateTime<chrono::Utc> =
+        conn.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    written_by_a_run(&store, connection_id, object, &["1-30", "1-40"]).await;
+
+    // A full comparison that saw none of them walked a reading holding sessions 10 and 30: the
+    // rosters it read prove 1-10 and 1-30 gone, and 1-20 (its session existed before the
+    // reading, which lacks it) too; 1-40's session may be newer than the reading: kept.
+    resynchronize(&store, connection_id, (None, None)).await;
+    let job = claim(&store, "w", LEASE, 1).await.remove(0);
+    let listed = store_worker::ListedSessions {
+        read_from,
+        session_ids: vec![10, 30],
+    };
+    let found = store_worker::ledger_unseen(&conn, &job, object, "", 10, Some(&listed))
+        .await
+        .unwrap();
+    let keys_of = |found: Seen<Vec<(String, Option<String>)>>| match found {
+        Seen::Whole(found) => found.into_iter().map(|(key, _)| key).collect::<Vec<_>>(),
+        Seen::Lost => panic!("the seen set was lost"),
+    };
+    assert_eq!(keys_of(found), ["1-10", "1-20", "1-30"]);
+    assert_eq!(
+        store_worker::ledger_unseen_count(&conn, &job, object, Some(&listed))
+            .await
+            .unwrap(),
+        Seen::Whole((3, 4))
+    );
+    // A job that listed the sessions itself proves all four gone.
+    let own = store_worker::ledger_unseen(&conn, &job, object, "", 10, None)
+        .await
+        .unwrap();
+    assert_eq!(keys_of(own), ["1-10", "1-20", "1-30", "1-40"]);
 }
 
 /// 36 calls an hour, all of them at once.

@@ -27,7 +27,9 @@ fn settings() -> Settings {
 }
 
 /// A platform with users, courses and enrollments synchronized once (so that the next full run
-/// compares), and a worker reading pages of [`PAGE`] items.
+/// compares), and a worker reading pages of [`PAGE`] items. The courses area's latest run is
+/// then a check, which publishes no sessions reading: the roster jobs list the courses and the
+/// sessions themselves, and their walk's proofs are what these tests try.
 async fn synchronized(seed: u64) -> (Env, common::RunningWorker) {
     let env = Env::new(GenerateParams {
         seed,
@@ -43,6 +45,13 @@ async fn synchronized(seed: u64) -> (Env, common::RunningWorker) {
         let run = sync_area(&env, area).await;
         assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
     }
+    let check = learnsync_store::runs::ResyncOptions {
+        check_only: true,
+        ..learnsync_store::runs::ResyncOptions::default()
+    };
+    let run = env.resynchronize_with(Area::Courses, check).await;
+    let run = env.wait_final(run.id, Duration::from_secs(60)).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
     (env, worker)
 }
 

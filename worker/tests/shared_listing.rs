@@ -1,4 +1,4 @@
-//! Proves that each Docebo list page is read once per run of an area, whatever the number of jobs that need it: the course list is read once per run (twice per page when it spans several pages: one reading and its verification pass) and serves the courses and sessions jobs, and the webinar and ILT roster jobs, whichever of two workers holds them; each session course's sessions are listed once per run; the sync stays exact and a full comparison still unenrolls what Docebo deleted.
+//! Proves that each Docebo list page is read once, whatever the number of jobs that need it: the course list is read once per courses run (twice per page when it spans several pages: one reading and its verification pass) and serves the courses and sessions jobs, whichever of two workers holds them; each session course's sessions are listed once, by the courses run, and a full enrollments run's webinar and ILT roster jobs walk that reading instead of listing the course list and the sessions again, as long as it is the courses area's latest run's; the sync stays exact and a full comparison still unenrolls what Docebo deleted, sessions included.
 #![allow(clippy::unwrap_used)]
 
 use learnsync_e2e::env as common;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{Env, RunningWorker, sync_area, test_settings};
 use learnsync_sim::{EntityKind, GenerateParams};
 use learnsync_store::model::{Area, Run, RunState};
+use learnsync_store::runs;
 use learnsync_worker::Settings;
 
 const COURSE_LIST: &str = "GET /learn/v1/courses";
@@ -114,11 +115,11 @@ async fn a_run_reads_the_course_list_and_each_course_s_sessions_once() {
     assert_eq!(count(&courses, COURSE_LIST), 1, "{courses:?}");
     assert_eq!(count(&courses, SESSIONS), sessions, "{courses:?}");
 
-    // The webinar and ILT roster jobs share it too, and list each course's sessions once (a
-    // course is one type: its sessions serve one of them); each session's roster is read once.
+    // The webinar and ILT roster jobs walk the courses run's reading: they list neither the
+    // courses nor the sessions; each session's roster is read once.
     let (_, enrollments) = counted(&env, Area::Enrollments).await;
-    assert_eq!(count(&enrollments, COURSE_LIST), 1, "{enrollments:?}");
-    assert_eq!(count(&enrollments, SESSIONS), sessions, "{enrollments:?}");
+    assert_eq!(count(&enrollments, COURSE_LIST), 0, "{enrollments:?}");
+    assert_eq!(count(&enrollments, SESSIONS), 0, "{enrollments:?}");
     assert_eq!(
         count(&enrollments, ROSTERS),
         env.docebo.items(EntityKind::Sessions).len() as u64,
@@ -138,10 +139,20 @@ async fn a_course_list_of_several_pages_is_read_and_verified_once_per_run() {
     let pages = COURSES.div_ceil(PAGE as usize) as u64;
     let (env, workers) = platform(82, PAGE).await;
     let sessions = session_courses(&env);
-    for area in [Area::Users, Area::Courses] {
-        let run = sync_area(&env, area).await;
-        assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
-    }
+    let run = sync_area(&env, Area::Users).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    let (_, courses) = counted(&env, Area::Courses).await;
+    assert_eq!(count(&courses, COURSE_LIST), 2 * pages, "{courses:?}");
+    assert_eq!(count(&courses, SESSIONS), sessions, "{courses:?}");
+    // A check of the courses area is its latest run, and publishes nothing: the enrollments run
+    // lists the courses (and verifies them) and the sessions itself.
+    let check = runs::ResyncOptions {
+        check_only: true,
+        ..runs::ResyncOptions::default()
+    };
+    let run = env.resynchronize_with(Area::Courses, check).await;
+    let run = env.wait_final(run.id, Duration::from_secs(60)).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
     let (_, first) = counted(&env, Area::Enrollments).await;
     assert_eq!(count(&first, COURSE_LIST), 2 * pages, "{first:?}");
     assert_eq!(count(&first, SESSIONS), sessions, "{first:?}");
@@ -161,16 +172,83 @@ async fn a_course_list_of_several_pages_is_read_and_verified_once_per_run() {
     let again = calls(&env);
     assert_eq!(count(&again, COURSE_LIST), 2 * pages, "{again:?}");
     assert_eq!(count(&again, SESSIONS), sessions, "{again:?}");
-    let unenrolled: BTreeSet<String> = env
-        .salesforce
+    assert_eq!(unenrolled(&env), BTreeSet::from([key]));
+    for worker in workers {
+        worker.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_deleted_before_the_courses_run_has_its_enrollments_unenrolled() {
+    // Pages of 5 courses, so that the published course list is one of several pages.
+    let (env, workers) = platform(83, 5).await;
+    for area in [Area::Users, Area::Courses, Area::Enrollments] {
+        let run = sync_area(&env, area).await;
+        assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    }
+    assert_exact(&env);
+    // Docebo deletes a session with its roster, and a session enrollment of another session.
+    let enrollments = env.docebo.items(EntityKind::SessionEnrollments);
+    let session = enrollments[0]["session_id"].clone();
+    let roster: BTreeSet<String> = enrollments
+        .iter()
+        .filter(|item| item["session_id"] == session)
+        .map(|item| common::docebo_key(EntityKind::SessionEnrollments, item))
+        .collect();
+    assert!(!roster.is_empty());
+    for key in &roster {
+        env.docebo
+            .delete(EntityKind::SessionEnrollments, key)
+            .unwrap();
+    }
+    let session_key = match &session {
+        serde_json::Value::String(id) => id.clone(),
+        id => id.to_string(),
+    };
+    env.docebo
+        .delete(EntityKind::Sessions, &session_key)
+        .unwrap();
+    let other = enrollments
+        .iter()
+        .find(|item| item["session_id"] != session)
+        .map(|item| common::docebo_key(EntityKind::SessionEnrollments, item))
+        .unwrap();
+    env.docebo
+        .delete(EntityKind::SessionEnrollments, &other)
+        .unwrap();
+    // The courses run publishes a reading without that session; the enrollments run walks it
+    // (no course list, no sessions listed) and proves the session's enrollments gone: written
+    // before the reading began, their session is not in it.
+    let run = env.resynchronize(Area::Courses, false).await;
+    let run = env.wait_final(run.id, Duration::from_secs(60)).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    env.docebo.clear_counters();
+    let run = env.resynchronize(Area::Enrollments, false).await;
+    let run = env.wait_final(run.id, Duration::from_secs(60)).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    let walked = calls(&env);
+    assert_eq!(count(&walked, COURSE_LIST), 0, "{walked:?}");
+    assert_eq!(count(&walked, SESSIONS), 0, "{walked:?}");
+    assert_eq!(
+        count(&walked, ROSTERS),
+        env.docebo.items(EntityKind::Sessions).len() as u64,
+        "{walked:?}"
+    );
+    let mut gone = roster;
+    gone.insert(other);
+    assert_eq!(unenrolled(&env), gone);
+    for worker in workers {
+        worker.stop().await;
+    }
+}
+
+/// The session enrollments Salesforce holds as unenrolled.
+fn unenrolled(env: &Env) -> BTreeSet<String> {
+    env.salesforce
         .records("Docebo_Session_Enrollment__c")
         .unwrap()
         .into_iter()
         .filter(|record| record["Status__c"] == "Unenrolled")
         .map(|record| record["Enrollment_Key__c"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(unenrolled, BTreeSet::from([key]));
-    for worker in workers {
-        worker.stop().await;
-    }
+        .collect()
 }

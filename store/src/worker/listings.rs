@@ -46,7 +46,8 @@ pub async fn shared_listing(
             "INSERT INTO run_listings AS l (run_id, listing, connection_id, reader_job, reader_attempt) \
              VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (run_id, listing) DO UPDATE \
-                 SET reader_job = excluded.reader_job, reader_attempt = excluded.reader_attempt \
+                 SET reader_job = excluded.reader_job, reader_attempt = excluded.reader_attempt, \
+                     read_from = now() \
                  WHERE l.items IS NULL AND NOT EXISTS ( \
                      SELECT 1 FROM jobs j WHERE j.id = l.reader_job \
                        AND j.attempt = l.reader_attempt AND j.state = 'running')",

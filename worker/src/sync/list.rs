@@ -1,16 +1,25 @@
 //! The list phase: one task reads the Docebo listing and maps it into chunks while up to
 //! `writes_in_flight` chunks are written to Salesforce; a [`Pipeline`] decides what commits when.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use futures::StreamExt as _;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
+use learnsync_store::model::{JobKind, Listing};
+use learnsync_store::worker as store_worker;
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::JobRun;
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, Phase};
 use super::listing::{LeafPage, Scope, Walker, in_categories};
 use super::pipeline::{Chunk, ChunkEnd, Commit, Pending, Pipeline, hold};
 use super::shared::{self, Shared};
 use crate::context::{Interrupt, SyncError, SyncResult};
+
+/// A walk's shared root reading, and the published sessions it walks (roster jobs).
+type SharedRoot = (Option<Shared>, Option<Arc<HashMap<i64, Vec<Value>>>>);
 
 /// A chunk's commit.
 type CommitFuture<'a> = std::pin::Pin<Box<dyn Future<Output = SyncResult<()>> + Send + 'a>>;
@@ -40,10 +49,17 @@ impl JobRun<'_> {
             ended_before: self.ended_before(),
             verify: self.targets.is_none(),
         };
-        let shared = self.shared_root(&scope, page_size).await?;
+        let (shared, sessions) = self.shared_root(&scope, page_size).await?;
         let spec = self.ctx.job.kind.spec();
+        let (path, filters) = Walker::root(spec, &scope);
         let levels = self.checkpoint.levels.clone();
         let mut walker = Walker::new(spec, &self.docebo, scope, levels, page_size, shared);
+        if let Some(sessions) = sessions {
+            walker = walker.with_sessions(sessions);
+        }
+        if self.saves_sessions() {
+            walker = walker.saving_sessions();
+        }
         let pipeline = Pipeline::new(
             self.checkpoint.clone(),
             self.ctx.settings.writes_in_flight,
@@ -65,29 +81,86 @@ impl JobRun<'_> {
             () = reader => unreachable!("the reader waits for the writer"),
         };
         self.checkpoint = outcome?;
+        self.publish_sessions(&shared::listing_key(&path, &filters))
+            .await
+    }
+
+    /// Whether this job saves the sessions it reads and publishes them for the enrollments
+    /// area's roster jobs: the sessions job of a full courses run (all of time, every course).
+    fn saves_sessions(&self) -> bool {
+        let job = &self.ctx.job;
+        job.kind == JobKind::Sessions
+            && self.targets.is_none()
+            && !job.check_only
+            && self.leaf_filters().is_empty()
+    }
+
+    /// Whether this job walks the published sessions reading instead of listing the course list
+    /// and the sessions itself: a roster job of a full run (incremental runs list them, so that
+    /// they read the rosters of sessions newer than the courses area's last full run).
+    fn walks_published_sessions(&self) -> bool {
+        self.ctx.job.kind.spec().listing.reads_rosters()
+            && self.targets.is_none()
+            && self.leaf_filters().is_empty()
+    }
+
+    /// After the sessions job's listing, proven complete: publishes what it read (the run's
+    /// course list, shared under `listing`, and the sessions saved as read).
+    async fn publish_sessions(&self, listing: &str) -> SyncResult<()> {
+        if !self.saves_sessions()
+            || self.checkpoint.phase == Phase::List
+            || !self.checkpoint.listing_complete
+        {
+            return Ok(());
+        }
+        let categories = self.ctx.job.course_category_ids.clone();
+        let published = self
+            .ctx
+            .fenced(async |fenced| {
+                Ok(store_worker::publish_sessions(fenced, listing, &categories).await?)
+            })
+            .await?;
+        if published {
+            tracing::info!("sessions reading published for the enrollments area");
+        }
         Ok(())
     }
 
-    /// The run's shared reading of the listing's root level, when the run shares it (the course
-    /// list). A position stored in another reading (one a crash of Postgres emptied, read again
-    /// since) means nothing in this one: the walk starts over (the ledger makes what it already
-    /// wrote unchanged).
-    async fn shared_root(&mut self, scope: &Scope, page_size: u32) -> SyncResult<Option<Shared>> {
-        let (path, filters) = Walker::root(self.ctx.job.kind.spec(), scope);
-        if !shared::is_shared(&path, scope.targets.is_some()) {
-            return Ok(None);
-        }
-        let reading =
-            shared::shared_level(self.ctx, &self.docebo, &path, &filters, page_size).await?;
+    /// The shared reading of the listing's root level: the run's course list when the run shares
+    /// it, or (roster jobs of a full run) the courses area's published sessions reading, whose
+    /// sessions the walk then takes too. A position stored in another reading (one a crash of
+    /// Postgres emptied, read again since, or another courses run's) means nothing in this one:
+    /// the walk starts over (the ledger makes what it already wrote unchanged).
+    async fn shared_root(&mut self, scope: &Scope, page_size: u32) -> SyncResult<SharedRoot> {
+        let spec = self.ctx.job.kind.spec();
+        let published = match spec.listing {
+            Listing::Nested { course_types, .. } if self.walks_published_sessions() => {
+                shared::published_sessions(self.ctx, course_types).await?
+            }
+            _ => None,
+        };
+        let (reading, sessions) = match published {
+            Some((reading, sessions)) => (reading, Some(sessions)),
+            None => {
+                let (path, filters) = Walker::root(spec, scope);
+                if !shared::is_shared(&path, scope.targets.is_some()) {
+                    return Ok((None, None));
+                }
+                let reading =
+                    shared::shared_level(self.ctx, &self.docebo, &path, &filters, page_size)
+                        .await?;
+                (reading, None)
+            }
+        };
         let checkpoint = &mut self.checkpoint;
         if checkpoint.shared_reading.as_deref() != Some(reading.reading.as_str()) {
             if !checkpoint.levels.is_empty() {
-                tracing::info!("the run's course list was read again: the walk starts over");
+                tracing::info!("the listing's shared reading changed: the walk starts over");
                 checkpoint.levels.clear();
             }
             checkpoint.shared_reading = Some(reading.reading.clone());
         }
-        Ok(Some(reading))
+        Ok((Some(reading), sessions))
     }
 
     /// Writes the chunks the reader hands over and commits them as `pipeline` says; returns the

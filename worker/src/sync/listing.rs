@@ -8,14 +8,18 @@
 //! until a pass sees nothing move; every level's count must reach Docebo's `total_count`; a 404
 //! on a nested listing means "gone" only when its parent is confirmed gone.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use learnsync_store::model::{
     COURSES_PATH, KindSpec, Listing, LogLevel, NewLogEvent, WebhookParents,
 };
 use learnsync_store::realtime::Targets;
+use learnsync_store::worker::save_session_page;
 use serde_json::{Map, Value};
 
 use super::checkpoint::{Pos, Proof};
-use super::shared::{Shared, shared_page};
+use super::shared::{Shared, published_page, shared_page};
 use crate::context::{Failure, JobCtx, SyncError, SyncResult};
 use crate::docebo::{Docebo, Page, PageRef};
 use crate::mapping::{course_category, id_of};
@@ -41,6 +45,8 @@ struct Level {
     id_field: &'static str,
     /// What it lists, for the log (`courses`, `sessions of course 12`, ...).
     what: String,
+    /// The id of the item it lists the children of (a course's sessions: the course).
+    parent_id: Option<i64>,
 }
 
 /// One leaf page.
@@ -91,6 +97,12 @@ pub(super) struct Walker<'a> {
     /// The run's shared reading of the root level (the course list), walked instead of Docebo's
     /// pages: one consistent view, proven (or not) by the job that read it.
     shared: Option<Shared>,
+    /// The sessions of each session course as a published reading holds them, walked instead
+    /// of Docebo's pages (roster jobs of a full run: [`super::shared::published_sessions`]).
+    sessions: Option<Arc<HashMap<i64, Vec<Value>>>>,
+    /// Whether each session course's first page of sessions is saved as read, for the reading
+    /// the job publishes at its end (the sessions job of a full courses run).
+    saves_sessions: bool,
     /// The page size the positions count in.
     pub(super) page_size: u32,
 }
@@ -157,8 +169,22 @@ impl<'a> Walker<'a> {
             incomplete: shared.as_ref().and_then(|shared| shared.incomplete.clone()),
             done,
             shared,
+            sessions: None,
+            saves_sessions: false,
             page_size,
         }
+    }
+
+    /// Walks the sessions of `sessions` (by course id) instead of listing them.
+    pub(super) fn with_sessions(mut self, sessions: Arc<HashMap<i64, Vec<Value>>>) -> Self {
+        self.sessions = Some(sessions);
+        self
+    }
+
+    /// Saves each session course's first page of sessions as read.
+    pub(super) fn saving_sessions(mut self) -> Self {
+        self.saves_sessions = true;
+        self
     }
 
     /// The root level of `spec`'s listing: its path and filters (what a shared reading is of).
@@ -200,6 +226,7 @@ impl<'a> Walker<'a> {
             context: Map::new(),
             cursor_mode,
             id_field: "id_course",
+            parent_id: None,
         }
     }
 
@@ -264,6 +291,7 @@ impl<'a> Walker<'a> {
             cursor_mode: false,
             id_field: "id",
             what: format!("sessions of course {course_id}"),
+            parent_id: Some(course_id),
         })
     }
 
@@ -287,6 +315,7 @@ impl<'a> Walker<'a> {
             cursor_mode: false,
             id_field: "user_id",
             what: format!("roster of session {session_id}"),
+            parent_id: Some(session_id),
         })
     }
 
@@ -391,6 +420,12 @@ impl<'a> Walker<'a> {
             return Ok(shared_page(shared, at));
         }
         let level = &self.levels[d];
+        if d == 1
+            && let (Some(sessions), Some(course)) = (&self.sessions, level.parent_id)
+            && let Some(items) = sessions.get(&course)
+        {
+            return Ok(published_page(items, at));
+        }
         match self.docebo.list(ctx, &level.path, &level.filters, at).await {
             Err(SyncError::Permanent(failure)) if d > 0 && is_not_found(&failure) => {
                 if self.parent_listed(ctx, d).await? {
@@ -596,6 +631,13 @@ impl<'a> Walker<'a> {
         let first = at.page == 1 && at.cursor.is_none();
         let page = self.read_page(ctx, d, &at).await?;
         self.note_page(d, &page);
+        if self.saves_sessions
+            && first
+            && let Some(course) = self.levels[d].parent_id
+        {
+            let conn = ctx.store.conn().await?;
+            save_session_page(&conn, &ctx.job, course, &page.items, !page.has_more).await?;
+        }
         let context = self.levels[d].context.clone();
         let items: Vec<Value> = page
             .items

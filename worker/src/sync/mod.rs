@@ -11,7 +11,8 @@
 //! - `checkpoint`: [`Checkpoint`], [`Phase`], [`Pos`], [`Deferred`]: where a job is, as stored.
 //! - `listing`: the walk of a kind's Docebo listing (flat or nested), as its `KindSpec` says,
 //!   and the proof that it read everything (the comparison unenrolls only after one).
-//! - `shared`: the course list read once per run and shared by its jobs through Postgres.
+//! - `shared`: the course list read once per run and shared by its jobs through Postgres, and
+//!   the sessions a full courses run read, published for the enrollments area's roster jobs.
 //! - `pipeline`: the list phase's bookkeeping (what is in flight, what commits when), no IO.
 //! - `list`: the list phase: the reader and the writer loop that drive the pipeline.
 //! - `write`: writing a chunk and classifying Salesforce's answers into a `Written`.
@@ -74,6 +75,9 @@ pub struct JobRun<'a> {
     retries: std::sync::atomic::AtomicBool,
     /// This attempt read its listing again because its seen set was lost (once per attempt).
     relisted: bool,
+    /// The unenrollment of a roster job that walked the courses area's published sessions
+    /// reading: what that reading proves gone.
+    listed: Option<learnsync_store::worker::ListedSessions>,
 }
 
 impl<'a> JobRun<'a> {
@@ -130,6 +134,7 @@ impl<'a> JobRun<'a> {
             check_logged: Default::default(),
             retries: Default::default(),
             relisted: false,
+            listed: None,
         })
     }
 

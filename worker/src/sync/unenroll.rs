@@ -4,10 +4,11 @@
 
 use chrono::{DateTime, Utc};
 use learnsync_store::model::{Counts, LogLevel, NewLogEvent, UnenrollmentPolicy};
-use learnsync_store::worker::{self as store_worker, Progress, Seen};
+use learnsync_store::worker::{self as store_worker, ListedSessions, Progress, Seen};
 
 use super::JobRun;
 use super::checkpoint::{Checkpoint, Phase};
+use super::shared::SESSIONS_READING;
 use super::write::Written;
 use crate::context::{Failure, SyncError, SyncResult};
 use crate::mapping::Fields;
@@ -18,6 +19,17 @@ const UNENROLL_BATCH: i64 = COLLECTION_SIZE as i64;
 
 /// A deletion a webhook announced: the record's key and when Docebo fired it.
 pub(super) type Announced = (String, Option<DateTime<Utc>>);
+
+/// Where the course list and sessions a roster job walked came from ([`JobRun::walked_reading`]).
+enum Walked {
+    /// Its own listing.
+    Own,
+    /// The courses area's published reading: unseen records are gone when their session's roster
+    /// was read or they were written before the reading began.
+    Published(ListedSessions),
+    /// A published reading replaced since.
+    Replaced,
+}
 
 /// Ledger records to unenroll: keys with their Salesforce id, when known.
 type Unseen = Vec<(String, Option<String>)>;
@@ -72,6 +84,11 @@ impl JobRun<'_> {
         if self.seen_lost().await? {
             return self.relist().await;
         }
+        self.listed = match self.walked_reading().await? {
+            Walked::Own => None,
+            Walked::Published(listed) => Some(listed),
+            Walked::Replaced => return self.relist().await,
+        };
         // A full run checks its count against the guard once, before the first batch; a check
         // run only reports.
         if announced.is_none() && self.checkpoint.after_key.is_empty() {
@@ -130,7 +147,7 @@ impl JobRun<'_> {
         let object = self.mapping.object.as_str();
         let conn = self.ctx.store.conn().await?;
         let Seen::Whole((unseen, live)) =
-            store_worker::ledger_unseen_count(&conn, job, object).await?
+            store_worker::ledger_unseen_count(&conn, job, object, self.listed.as_ref()).await?
         else {
             return Ok(Seen::Lost);
         };
@@ -138,7 +155,8 @@ impl JobRun<'_> {
         if !job.check_only && (!over || job.confirm_unenrollments) {
             return Ok(Seen::Whole(false));
         }
-        let Seen::Whole(first) = store_worker::ledger_unseen(&conn, job, object, "", 20).await?
+        let Seen::Whole(first) =
+            store_worker::ledger_unseen(&conn, job, object, "", 20, self.listed.as_ref()).await?
         else {
             return Ok(Seen::Lost);
         };
@@ -226,8 +244,15 @@ impl JobRun<'_> {
         let after_key = self.checkpoint.after_key.as_str();
         let conn = self.ctx.store.conn().await?;
         let Some(keys) = announced else {
-            let found =
-                store_worker::ledger_unseen(&conn, job, object, after_key, UNENROLL_BATCH).await?;
+            let found = store_worker::ledger_unseen(
+                &conn,
+                job,
+                object,
+                after_key,
+                UNENROLL_BATCH,
+                self.listed.as_ref(),
+            )
+            .await?;
             return Ok(match found {
                 Seen::Whole(unseen) => {
                     let last = unseen.last().map(|(key, _)| key.clone());
@@ -249,6 +274,26 @@ impl JobRun<'_> {
                 Seen::Lost => Seen::Lost,
             },
         )
+    }
+
+    /// The sessions reading this job's walk took its course list and sessions from: its own
+    /// listing, or a published one (whose proof the unenrollment adds), or a published one that
+    /// another courses run has replaced since (what it proved is no longer known).
+    async fn walked_reading(&self) -> SyncResult<Walked> {
+        let Some(run) = self
+            .checkpoint
+            .shared_reading
+            .as_deref()
+            .and_then(|reading| reading.strip_prefix(SESSIONS_READING))
+        else {
+            return Ok(Walked::Own);
+        };
+        let Ok(run) = run.parse::<uuid::Uuid>() else {
+            return Ok(Walked::Replaced);
+        };
+        let conn = self.ctx.store.conn().await?;
+        let listed = store_worker::listed_sessions(&conn, self.ctx.job.connection_id, run).await?;
+        Ok(listed.map_or(Walked::Replaced, Walked::Published))
     }
 
     /// Whether this job keeps what its listing saw: only a job that compares its listing with the

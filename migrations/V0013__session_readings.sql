@@ -1,0 +1,44 @@
+-- The sessions read once for both areas (issue 13): a full run of the courses area lists every
+-- session course's sessions to write them; the enrollments area's roster jobs need the same
+-- list to know which rosters to read. The courses run's sessions job now publishes its reading,
+-- and a roster job of a full enrollments run walks it instead of listing the sessions again, as
+-- long as it is the reading of the courses area's latest run (so every session learnsync wrote
+-- is in it).
+
+-- When the reading of a run's shared listing began: a proof that uses the listing says "gone"
+-- only of what existed before then.
+ALTER TABLE run_listings ADD COLUMN read_from timestamptz NOT NULL DEFAULT now();
+
+-- A sessions job's reading in progress: each session course's sessions as Docebo answered them
+-- (the first page, and whether it was the whole listing), saved as read, before the checkpoint
+-- that covers it commits, so a resumed job still has the pages before its checkpoint.
+CREATE TABLE session_reading_pages (
+    job_id      uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    course_id   bigint NOT NULL,
+    -- The sessions (a JSON array of Docebo items).
+    items       jsonb NOT NULL,
+    -- One answer held the course's whole listing (a listing of several pages is not published:
+    -- the roster jobs would have to prove it, and list it themselves).
+    whole       boolean NOT NULL,
+    PRIMARY KEY (job_id, course_id)
+);
+
+-- A connection's published reading: the course list its sessions job walked, and the sessions of
+-- each session course; one per connection, the latest full courses run's.
+CREATE TABLE session_readings (
+    connection_id  uuid PRIMARY KEY REFERENCES connections (id) ON DELETE CASCADE,
+    -- The courses run whose sessions job read it.
+    run_id         uuid NOT NULL,
+    -- When the reading of the course list began (the sessions were listed after it): a session
+    -- not in it, of an enrollment written before then, was deleted.
+    read_from      timestamptz NOT NULL,
+    -- The courses area's category filter it was read under (empty: every course).
+    categories     bigint[] NOT NULL,
+    -- The course list, in listing order (a JSON array of Docebo items).
+    courses        jsonb NOT NULL,
+    -- Each session course's sessions: {"<course id>": [items], ...}, whole listings only.
+    sessions       jsonb NOT NULL,
+    -- Every session id in `sessions`.
+    session_ids    bigint[] NOT NULL,
+    publish_time   timestamptz NOT NULL DEFAULT now()
+);
