@@ -173,6 +173,12 @@ async fn a_course_edited_after_its_page_was_read_loses_nothing() {
     let shifted_calls = list_calls(&env);
     eprintln!("docebo calls, full read with nothing moving: {quiet_calls:?}");
     eprintln!("docebo calls, full read with a shift: {shifted_calls:?}");
+    // Nothing moving, one pass over the courses proves itself (they are sorted oldest change
+    // first, all older than the first page); the edit makes the reader verify them.
+    let courses_read = |calls: &BTreeMap<String, u64>| calls["GET /learn/v1/courses"];
+    let pages = courses(&env).len().div_ceil(PAGE) as u64;
+    assert_eq!(courses_read(&quiet_calls), pages);
+    assert!(courses_read(&shifted_calls) > pages, "{shifted_calls:?}");
 
     // Nothing live is unenrolled, the skipped course's enrollments least of all.
     assert!(!session_enrollments_of(&env, skipped).is_empty());

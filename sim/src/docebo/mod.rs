@@ -892,9 +892,13 @@ async fn api_guard(
         }
     }
     let mut response = next.run(request).await;
-    response
-        .headers_mut()
-        .insert("x-docebo-api-version", HeaderValue::from_static("1.0.0"));
+    let headers = response.headers_mut();
+    headers.insert("x-docebo-api-version", HeaderValue::from_static("1.0.0"));
+    // The platform's clock, as change times are on it (the simulated one: tests move it).
+    let date = state.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(date) = HeaderValue::from_str(&date) {
+        headers.insert(header::DATE, date);
+    }
     response
 }
 

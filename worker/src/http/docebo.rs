@@ -2,6 +2,9 @@
 //! 429 and 503 are throttling (with Retry-After when sent), 401 an expired token, other 5xx and
 //! network errors transient, other 4xx permanent.
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use learnsync_store::secrets::{DoceboCredentials, DoceboGrant};
 use learnsync_upstream::{Http, Prefix, cap};
 use serde_json::Value;
@@ -20,6 +23,10 @@ pub struct Page {
     pub total_count: Option<i64>,
     /// The cursor of the next page (cursor mode), if any.
     pub cursor: Option<String>,
+    /// A time on Docebo's clock no later than the moment it made the page: its `Date` header
+    /// less the exchange's duration (none without a readable `Date`). Items changed at or after
+    /// it carry a change time no earlier than its second.
+    pub made_after: Option<DateTime<Utc>>,
 }
 
 /// Where a list read starts.
@@ -149,11 +156,13 @@ impl DoceboApi {
             Err(refusal) => return refused(Upstream::Docebo, "url", &refusal),
         };
         let request = request.query(&query).bearer_auth(token);
+        let sent_at = std::time::Instant::now();
         let (sent, _span) = super::send(Upstream::Docebo, request).await;
         let response = match sent {
             Ok(response) => response,
             Err(error) => return unsent(Upstream::Docebo, false, &error),
         };
+        let made_after = made_after(response.headers(), sent_at.elapsed());
         let status = response.status().as_u16();
         crate::metrics::METRICS
             .api_calls
@@ -163,7 +172,7 @@ impl DoceboApi {
         if (200..300).contains(&status) {
             return match read_body(Upstream::Docebo, response, cap::JSON).await {
                 Ok(body) => match parse_page(&body) {
-                    Ok(page) => Answer::Ok(page),
+                    Ok(page) => Answer::Ok(Page { made_after, ..page }),
                     Err(failure) => Answer::Unreadable(failure),
                 },
                 Err(answer) => answer,
@@ -219,6 +228,14 @@ fn list_query(filters: &[(String, String)], at: &PageRef) -> Vec<(String, String
     query
 }
 
+/// A time on the server's clock no later than the moment it made its answer: the answer's `Date`
+/// (whole seconds, rounded down) less `elapsed`, the whole exchange.
+fn made_after(headers: &reqwest::header::HeaderMap, elapsed: Duration) -> Option<DateTime<Utc>> {
+    let date = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    let date = DateTime::parse_from_rfc2822(date).ok()?.with_timezone(&Utc);
+    Some(date - chrono::Duration::from_std(elapsed).ok()?)
+}
+
 /// Reads Docebo's list envelope.
 pub fn parse_page(body: &str) -> Result<Page, Failure> {
     let unreadable = |what: &str| Failure::Unreadable(format!("docebo page {what}"));
@@ -254,6 +271,7 @@ pub fn parse_page(body: &str) -> Result<Page, Failure> {
         has_more,
         total_count,
         cursor,
+        made_after: None,
     })
 }
 
@@ -261,6 +279,23 @@ pub fn parse_page(body: &str) -> Result<Page, Failure> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_page_was_made_no_earlier_than_its_date_less_the_exchange() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(made_after(&headers, Duration::ZERO), None);
+        headers.insert(
+            reqwest::header::DATE,
+            "Wed, 01 May 2024 12:00:05 GMT".parse().unwrap(),
+        );
+        let made = made_after(&headers, Duration::from_millis(2_500)).unwrap();
+        assert_eq!(
+            made,
+            "2024-05-01T12:00:02.5Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        headers.insert(reqwest::header::DATE, "yesterday".parse().unwrap());
+        assert_eq!(made_after(&headers, Duration::ZERO), None);
+    }
 
     #[test]
     fn reads_the_list_envelope() {

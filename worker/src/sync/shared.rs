@@ -14,6 +14,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use learnsync_store::model::COURSES_PATH;
 use learnsync_store::worker::{
     PublishedListing, SessionReading, SharedListing, publish_listing, session_reading,
@@ -26,7 +27,7 @@ use super::listing::MAX_VERIFY_PASSES;
 use super::listing::in_categories;
 use crate::context::{JobCtx, SyncResult};
 use crate::docebo::{Docebo, Page, PageRef};
-use crate::mapping::id_of;
+use crate::mapping::{docebo_time, id_of};
 
 /// What a published sessions reading's walk checkpoints name as the reading its positions count
 /// in: `sessions/<courses run id>`.
@@ -67,6 +68,7 @@ pub(super) fn shared_page(shared: &Shared, at: &PageRef) -> Page {
         total_count: Some(shared.items.len() as i64),
         items,
         cursor: None,
+        made_after: None,
     }
 }
 
@@ -79,6 +81,7 @@ pub(super) fn published_page(items: &[Value], at: &PageRef) -> Page {
         has_more: false,
         total_count: Some(items.len() as i64),
         cursor: None,
+        made_after: None,
     }
 }
 
@@ -187,6 +190,9 @@ pub(super) async fn shared_level(
     }
 }
 
+/// The course list's change time, which it is sorted by (oldest first).
+const CHANGED: &str = "date_last_updated";
+
 /// One pass over a listing read by page number.
 #[derive(Default)]
 struct Pass {
@@ -196,6 +202,48 @@ struct Pass {
     pages: u32,
     moved: bool,
     malformed: bool,
+    /// A Docebo time no later than the first page was made ([`Page::made_after`]).
+    started: Option<DateTime<Utc>>,
+    /// The latest change time read, while every item read has one, in listing order.
+    latest: Option<String>,
+    /// An item without a change time, or out of the listing's order: no proof by the order.
+    unordered: bool,
+}
+
+impl Pass {
+    /// Notes an item's change time: the listing is sorted by it, oldest first.
+    fn note_change(&mut self, item: &Value) {
+        match item.get(CHANGED).and_then(Value::as_str) {
+            Some(time) if time.len() == 19 && !time.starts_with("0000") => {
+                if self.latest.as_deref().is_some_and(|latest| time < latest) {
+                    self.unordered = true;
+                }
+                self.latest = Some(time.to_string());
+            }
+            _ => self.unordered = true,
+        }
+    }
+
+    /// Whether this one pass is proven whole by the listing's order, without a verification
+    /// pass. Sorted by change time, oldest first, a listing read by page number can skip an item
+    /// only when an item read earlier leaves its place: deleted (the total drops, unless a
+    /// creation makes up for it) or changed (it moves to the end, and is read twice or last). A
+    /// creation or a change lands at the end, with a change time no earlier than the first page:
+    /// the last page, read after it, would hold it. So when every page gave the same total, the
+    /// pass read that many items, none twice, and every change time read is older than the
+    /// second the first page was made in, nothing was created or changed while the pass ran;
+    /// then nothing was deleted either (the total stayed), and the pass read one unchanging list.
+    fn quiet_by_order(&self) -> bool {
+        let (Some(started), Some(latest)) = (self.started, self.latest.as_deref()) else {
+            return false;
+        };
+        let cutoff = docebo_time(started);
+        !self.moved
+            && !self.unordered
+            && !self.malformed
+            && self.total == Some(self.items.len() as i64)
+            && latest < cutoff.as_str()
+    }
 }
 
 /// Reads a whole listing (its items carry `id_course`), proving it as the module says; returns
@@ -220,7 +268,8 @@ async fn read_whole(
                 Some("docebo said more courses follow but sent an empty page".into()),
             ));
         }
-        if pass.pages == 1 || (number > 0 && !pass.moved && pass.total == Some(read)) {
+        let by_order = number == 0 && pass.quiet_by_order();
+        if pass.pages == 1 || by_order || (number > 0 && !pass.moved && pass.total == Some(read)) {
             // One answer, or a quiet verification pass: this pass alone is the whole list.
             let short = pass.total.filter(|total| read < *total);
             let reason = short
@@ -275,7 +324,10 @@ async fn read_pass(
         pass.pages += 1;
         match (pass.pages, page.total_count) {
             (_, None) => pass.moved = true,
-            (1, total) => pass.total = total,
+            (1, total) => {
+                pass.total = total;
+                pass.started = page.made_after;
+            }
             (_, total) if total != pass.total => pass.moved = true,
             _ => {}
         }
@@ -288,6 +340,7 @@ async fn read_pass(
             {
                 pass.moved = true;
             }
+            pass.note_change(&item);
             pass.items.push(item);
         }
         if !more || empty {
@@ -300,6 +353,7 @@ async fn read_pass(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn reading(count: i64) -> Shared {
@@ -355,6 +409,63 @@ mod tests {
             listing_key(COURSES_PATH, &sort),
             listing_key(COURSES_PATH, &since)
         );
+    }
+
+    /// A pass of three courses changed at `times`, Docebo's total being 3, its first page made
+    /// after 2024-05-01 12:00:00.5.
+    fn pass_of(times: &[&str]) -> Pass {
+        let mut pass = Pass {
+            total: Some(3),
+            pages: 2,
+            started: Some("2024-05-01T12:00:00.5Z".parse().unwrap()),
+            ..Pass::default()
+        };
+        for (id, time) in times.iter().enumerate() {
+            let item = serde_json::json!({ "id_course": id, CHANGED: time });
+            pass.note_change(&item);
+            pass.items.push(item);
+        }
+        pass
+    }
+
+    #[test]
+    fn one_pass_is_proven_by_its_order_only_when_nothing_changed_since_it_began() {
+        let old = [
+            "2024-04-01 00:00:00",
+            "2024-04-01 00:00:00",
+            "2024-05-01 11:59:59",
+        ];
+        assert!(pass_of(&old).quiet_by_order());
+        // Changed in the second the first page was made in: perhaps while the pass ran.
+        let late = [
+            "2024-04-01 00:00:00",
+            "2024-04-02 00:00:00",
+            "2024-05-01 12:00:00",
+        ];
+        assert!(!pass_of(&late).quiet_by_order());
+        // Not in the listing's order, or without a change time: the order proves nothing.
+        let unsorted = [
+            "2024-04-02 00:00:00",
+            "2024-04-01 00:00:00",
+            "2024-04-03 00:00:00",
+        ];
+        assert!(!pass_of(&unsorted).quiet_by_order());
+        let undated = [
+            "2024-04-01 00:00:00",
+            "0000-00-00 00:00:00",
+            "2024-04-03 00:00:00",
+        ];
+        assert!(!pass_of(&undated).quiet_by_order());
+        // Short of Docebo's total, moved, or without the time of the first page.
+        let mut short = pass_of(&old);
+        short.total = Some(4);
+        assert!(!short.quiet_by_order());
+        let mut moved = pass_of(&old);
+        moved.moved = true;
+        assert!(!moved.quiet_by_order());
+        let mut undated_page = pass_of(&old);
+        undated_page.started = None;
+        assert!(!undated_page.quiet_by_order());
     }
 
     #[test]
