@@ -1,6 +1,7 @@
-//! Proves that a worker's jobs of one connection share its Docebo token: a full sync of every
-//! area asks Docebo for one token (Docebo counts token requests against the platform's calls),
-//! and a token Docebo stops accepting is renewed once for all of them.
+//! Proves that the jobs of one connection share its Docebo token, within a worker and across
+//! workers (through Postgres): a full sync of every area asks Docebo for one token (Docebo counts
+//! token requests against the platform's calls), and a token Docebo stops accepting is renewed
+//! once for all of them.
 #![allow(clippy::unwrap_used)]
 
 use learnsync_e2e::env as common;
@@ -60,4 +61,43 @@ async fn a_workers_jobs_share_one_token_and_renew_it_once_when_it_expires() {
         env.docebo.counters()
     );
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn workers_share_one_token_through_postgres_and_renew_it_once_between_them() {
+    let env = Env::new(GenerateParams {
+        seed: 62,
+        scale: Some(0.2),
+        bad_records: Some(false),
+        ..GenerateParams::default()
+    })
+    .await;
+    env.docebo.clear_counters();
+    // A first worker asks for the token (the users run); a second, its own cache empty, runs
+    // the courses and enrollments with the token the first stored in Postgres.
+    let first = env.spawn_worker(test_settings("tokens-a"));
+    let run = sync_area(&env, Area::Users).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    first.stop().await;
+    let second = env.spawn_worker(test_settings("tokens-b"));
+    for area in [Area::Courses, Area::Enrollments] {
+        let run = sync_area(&env, area).await;
+        assert_eq!(run.state, RunState::Succeeded, "{area:?}: {run:#?}");
+    }
+    assert_eq!(token_requests(&env), 1, "{:?}", env.docebo.counters());
+
+    // Two workers, two jobs each, hold the token when Docebo stops accepting it: the jobs a 401
+    // answers, on either worker, renew it once between them.
+    let first = env.spawn_worker(Settings {
+        concurrency: 2,
+        ..test_settings("tokens-c")
+    });
+    env.docebo.expire_tokens();
+    env.docebo.clear_counters();
+    let run = env.resynchronize(Area::Enrollments, false).await;
+    let run = env.wait_final(run.id, Duration::from_secs(60)).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    assert_eq!(token_requests(&env), 1, "{:?}", env.docebo.counters());
+    first.stop().await;
+    second.stop().await;
 }
