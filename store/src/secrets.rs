@@ -1,6 +1,6 @@
-//! Connection credentials, encrypted at rest with AES-256-GCM. The key comes from the environment
-//! or a file, never from the database; the connection id is the associated data, so a ciphertext
-//! copied to another row does not decrypt.
+//! Connection credentials, and the Docebo tokens the workers share, encrypted at rest with
+//! AES-256-GCM. The key comes from the environment or a file, never from the database; the
+//! connection id is the associated data, so a ciphertext copied to another row does not decrypt.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -213,10 +213,55 @@ impl Cipher {
         mac.finalize().into_bytes().to_vec()
     }
 
+    /// A keyed fingerprint (HMAC-SHA-256, under the request digests' key) of a connection's Docebo
+    /// credentials, stored beside its shared Docebo token: a token serves only the credentials it
+    /// was asked for with, and the fingerprint tells which without storing them.
+    pub fn docebo_fingerprint(&self, connection_id: Uuid, docebo: &DoceboCredentials) -> Vec<u8> {
+        let (username, password) = match &docebo.grant {
+            DoceboGrant::ClientCredentials => ("", ""),
+            DoceboGrant::Password { username, password } => (username.as_str(), password.as_str()),
+        };
+        self.request_digest(&[
+            b"docebo token credentials",
+            connection_id.as_bytes(),
+            docebo.base_url.as_bytes(),
+            docebo.client_id.as_bytes(),
+            docebo.client_secret.as_bytes(),
+            docebo.grant.name().as_bytes(),
+            username.as_bytes(),
+            password.as_bytes(),
+        ])
+    }
+
     /// Encrypts credentials for one connection.
     pub fn seal(&self, connection_id: Uuid, credentials: &Credentials) -> Result<Vec<u8>> {
         let plaintext =
             serde_json::to_vec(credentials).map_err(|error| Error::Secrets(error.to_string()))?;
+        self.seal_bytes(connection_id.as_bytes(), &plaintext)
+    }
+
+    /// Decrypts the credentials of one connection.
+    pub fn open(&self, connection_id: Uuid, sealed: &[u8]) -> Result<Credentials> {
+        let plaintext = self.open_bytes(connection_id.as_bytes(), sealed, "credentials")?;
+        serde_json::from_slice(&plaintext)
+            .map_err(|error| Error::Secrets(format!("credentials are malformed: {error}")))
+    }
+
+    /// Encrypts a connection's Docebo access token (shared by the workers through Postgres). The
+    /// associated data names the connection and what this is, so a sealed token neither opens
+    /// for another connection nor as credentials.
+    pub fn seal_token(&self, connection_id: Uuid, token: &str) -> Result<Vec<u8>> {
+        self.seal_bytes(&token_aad(connection_id), token.as_bytes())
+    }
+
+    /// Decrypts a connection's Docebo access token.
+    pub fn open_token(&self, connection_id: Uuid, sealed: &[u8]) -> Result<String> {
+        let plaintext = self.open_bytes(&token_aad(connection_id), sealed, "token")?;
+        String::from_utf8(plaintext).map_err(|_| Error::Secrets("token is not UTF-8".into()))
+    }
+
+    /// Encrypts bytes under a fresh nonce, bound to `aad`: the nonce, then the ciphertext.
+    fn seal_bytes(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let ciphertext = self
@@ -224,8 +269,8 @@ impl Cipher {
             .encrypt(
                 &Nonce::from(nonce),
                 Payload {
-                    msg: &plaintext,
-                    aad: connection_id.as_bytes(),
+                    msg: plaintext,
+                    aad,
                 },
             )
             .map_err(|_| Error::Secrets("encryption failed".into()))?;
@@ -234,32 +279,36 @@ impl Cipher {
         Ok(sealed)
     }
 
-    /// Decrypts the credentials of one connection.
-    pub fn open(&self, connection_id: Uuid, sealed: &[u8]) -> Result<Credentials> {
+    /// Decrypts what [`Cipher::seal_bytes`] sealed with the same `aad`; `what` names it in errors.
+    fn open_bytes(&self, aad: &[u8], sealed: &[u8], what: &str) -> Result<Vec<u8>> {
         if sealed.len() <= NONCE_LEN {
-            return Err(Error::Secrets("sealed credentials are too short".into()));
+            return Err(Error::Secrets(format!("sealed {what}: too short")));
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce
             .try_into()
-            .map_err(|_| Error::Secrets("sealed credentials are too short".into()))?;
-        let plaintext = self
-            .cipher
+            .map_err(|_| Error::Secrets(format!("sealed {what}: too short")))?;
+        self.cipher
             .decrypt(
                 &Nonce::from(nonce),
                 Payload {
                     msg: ciphertext,
-                    aad: connection_id.as_bytes(),
+                    aad,
                 },
             )
             .map_err(|_| {
-                Error::Secrets(
-                    "credentials do not decrypt with this key (wrong key or tampered row)".into(),
-                )
-            })?;
-        serde_json::from_slice(&plaintext)
-            .map_err(|error| Error::Secrets(format!("credentials are malformed: {error}")))
+                Error::Secrets(format!(
+                    "sealed {what}: does not decrypt with this key (wrong key or tampered row)"
+                ))
+            })
     }
+}
+
+/// The associated data of a connection's sealed Docebo token.
+fn token_aad(connection_id: Uuid) -> Vec<u8> {
+    let mut aad = b"docebo token\0".to_vec();
+    aad.extend_from_slice(connection_id.as_bytes());
+    aad
 }
 
 #[cfg(test)]
@@ -321,6 +370,49 @@ mod tests {
         );
         assert_ne!(digest, cipher.request_digest(&[b"Star", b"tbody"]));
         assert_ne!(digest, sha2::Sha256::digest(b"Startbody").to_vec());
+    }
+
+    #[test]
+    fn tokens_seal_for_their_connection_only_and_never_open_as_credentials() {
+        let cipher = Cipher::random();
+        let id = Uuid::new_v4();
+        let sealed = cipher.seal_token(id, "the-token").unwrap();
+        assert!(!String::from_utf8_lossy(&sealed).contains("the-token"));
+        assert_eq!(cipher.open_token(id, &sealed).unwrap(), "the-token");
+        assert!(cipher.open_token(Uuid::new_v4(), &sealed).is_err());
+        assert!(cipher.open(id, &sealed).is_err());
+        let credentials = cipher.seal(id, &sample()).unwrap();
+        assert!(cipher.open_token(id, &credentials).is_err());
+    }
+
+    #[test]
+    fn docebo_fingerprints_follow_the_credentials_and_the_key() {
+        let cipher = Cipher::new(&[7u8; 32]);
+        let id = Uuid::new_v4();
+        let docebo = sample().docebo;
+        let fingerprint = cipher.docebo_fingerprint(id, &docebo);
+        assert_eq!(fingerprint, cipher.docebo_fingerprint(id, &docebo));
+        let changed = DoceboCredentials {
+            client_secret: "rotated".into(),
+            ..docebo.clone()
+        };
+        assert_ne!(fingerprint, cipher.docebo_fingerprint(id, &changed));
+        let password = DoceboCredentials {
+            grant: DoceboGrant::Password {
+                username: "u".into(),
+                password: "p".into(),
+            },
+            ..docebo.clone()
+        };
+        assert_ne!(fingerprint, cipher.docebo_fingerprint(id, &password));
+        assert_ne!(
+            fingerprint,
+            cipher.docebo_fingerprint(Uuid::new_v4(), &docebo)
+        );
+        assert_ne!(
+            fingerprint,
+            Cipher::new(&[8u8; 32]).docebo_fingerprint(id, &docebo)
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What workers do in Postgres: claim jobs, keep leases, checkpoint, finish; the record ledger,
-//! the Docebo call budget and the listings a run's jobs share ([`shared_listing`]).
+//! the Docebo call budget, the listings a run's jobs share ([`shared_listing`]) and each
+//! connection's Docebo token, shared by every worker ([`current_token`]).
 //!
 //! Every write a worker makes about a job names the attempt it holds: the job row is locked with
 //! `WHERE id = $1 AND attempt = $2 AND state = 'running'` ([`fence`]) at the start of the
@@ -34,6 +35,8 @@ pub use sessions::{
     ListedSessions, SessionReading, listed_sessions, publish_sessions, save_session_page,
     session_reading,
 };
+mod tokens;
+pub use tokens::{NewToken, StoredToken, current_token, lock_token, store_token};
 
 /// A running job another worker may take over (claim, or reap when its run is stopping): its lease
 /// ran out and so did its holder's write grace ([`Lease::write_grace`]). The index `jobs_takeover`
@@ -1363,7 +1366,8 @@ pub async fn ledger_delete(
 /// Whether the schema the worker needs is there (the server runs the migrations): the tables and
 /// the newest columns the worker's statements use (`ledger.scope`, V0002; `runs.targets`, V0003;
 /// `docebo_budgets.tenant`, V0011; `jobs.seen_marks` with `ledger_seen`, V0010;
-/// `run_listings`, V0009; `ledger.mapping_version`, V0012; `session_readings`, V0013).
+/// `run_listings`, V0009; `ledger.mapping_version`, V0012; `session_readings`, V0013;
+/// `docebo_tokens`, V0014).
 pub async fn schema_ready(client: &impl GenericClient) -> Result<bool> {
     let row = client
         .query_one(
@@ -1373,11 +1377,12 @@ pub async fn schema_ready(client: &impl GenericClient) -> Result<bool> {
                                                 ('runs', 'targets'), ('docebo_budgets', 'paused_until'), \
                                                 ('docebo_budgets', 'tenant'), ('jobs', 'seen_marks'), \
                                                 ('ledger_seen', 'record_key'), ('run_listings', 'connection_id'), \
-                                                ('ledger', 'mapping_version'), ('session_readings', 'session_ids'))",
+                                                ('ledger', 'mapping_version'), ('session_readings', 'session_ids'), \
+                                                ('docebo_tokens', 'version'))",
             &[],
         )
         .await?;
-    Ok(row.try_get::<_, i64>(0)? == 10)
+    Ok(row.try_get::<_, i64>(0)? == 11)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! The store's own statements against a real Postgres (a fresh database per test, from
 //! `store::testing`): the claim, the fence, the ledger, the Docebo call budget, a run's shared
-//! listings and the end of a run.
+//! listings, the shared Docebo token and the end of a run.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -1137,4 +1137,87 @@ async fn a_reading_is_taken_once_taken_over_from_a_stopped_attempt_and_shared() 
     assert!(publish(&store, &job, Vec::new()).await.is_some());
     assert_eq!(rows_of(&store, run).await, 0);
     assert_eq!(rows_of(&store, next).await, 1);
+}
+
+/// A token to store: `sealed` stands for its ciphertext.
+fn docebo_token(sealed: u8, lifetime: Duration) -> store_worker::NewToken {
+    store_worker::NewToken {
+        sealed: vec![sealed; 32],
+        fingerprint: vec![7; 32],
+        lifetime,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_docebo_token_is_replaced_only_at_the_version_read_and_goes_with_its_connection() {
+    let store = store().await;
+    let connection_id = connection(&store).await;
+    let conn = store.conn().await.unwrap();
+    let minute = Duration::from_secs(60);
+    assert_eq!(
+        store_worker::current_token(&conn, connection_id)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // The first worker stores the connection's first token; a second that also found none lost
+    // the race and is told so (it takes the stored one).
+    let stored = store_worker::store_token(&conn, connection_id, &docebo_token(1, minute), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.version, 1);
+    assert_eq!(
+        store_worker::store_token(&conn, connection_id, &docebo_token(2, minute), None)
+            .await
+            .unwrap(),
+        None
+    );
+    let read = store_worker::current_token(&conn, connection_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((read.sealed, read.fingerprint), (vec![1; 32], vec![7; 32]));
+    assert_eq!(read.version, 1);
+    assert!(read.fresh_for > Duration::from_secs(50) && read.fresh_for <= minute);
+
+    // A renewal replaces the version it read, once: a second renewal of that version is refused.
+    let renewed =
+        store_worker::store_token(&conn, connection_id, &docebo_token(3, minute), Some(1))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(renewed.version, 2);
+    assert_eq!(
+        store_worker::store_token(&conn, connection_id, &docebo_token(4, minute), Some(1))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // An expired token is still read, as expired: its version is what the next token replaces.
+    store_worker::store_token(
+        &conn,
+        connection_id,
+        &docebo_token(5, Duration::ZERO),
+        Some(2),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let expired = store_worker::current_token(&conn, connection_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((expired.version, expired.fresh_for), (3, Duration::ZERO));
+
+    // The token is deleted with its connection.
+    connections::delete(&conn, connection_id).await.unwrap();
+    assert_eq!(
+        store_worker::current_token(&conn, connection_id)
+            .await
+            .unwrap(),
+        None
+    );
 }

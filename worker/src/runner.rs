@@ -68,10 +68,10 @@ impl Worker {
         Ok(Worker {
             settings: Arc::new(settings),
             store,
-            cipher,
+            cipher: cipher.clone(),
             mapping: Arc::new(Mapping::default_mapping()?),
             http,
-            tokens: crate::docebo::Tokens::default(),
+            tokens: crate::docebo::Tokens::new(cipher),
         })
     }
 

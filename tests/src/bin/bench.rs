@@ -135,6 +135,10 @@ enum Bench {
         /// on every run: the platform is then not unchanged).
         #[arg(long)]
         bad_records: bool,
+        /// Change this percentage of the course enrollments in Docebo between the first sync and
+        /// the comparisons (their score), and report the WAL per changed record too.
+        #[arg(long, value_parser = clap::value_parser!(f64))]
+        changed: Option<f64>,
     },
     /// A fleet of connections in realtime mode: schedule lateness, claim delay, CPU and Postgres.
     Fleet(fleet::Args),
@@ -609,20 +613,7 @@ async fn bench_realtime(enrollments: usize) -> anyhow::Result<()> {
 
     // 0.1% of the enrollments change per hour: a quarter of that between two 15-minute runs.
     let changes = (enrollments as f64 * 0.001 / 4.0).ceil() as usize;
-    let keys: Vec<String> = bed
-        .docebo
-        .items(EntityKind::CourseEnrollments)
-        .iter()
-        .filter_map(|item| {
-            Some(format!(
-                "{}-{}",
-                item.get("user_id")?,
-                item.get("course_id")?
-            ))
-        })
-        .map(|key| key.replace('"', ""))
-        .take(changes)
-        .collect();
+    let keys: Vec<String> = enrollment_keys(&bed).into_iter().take(changes).collect();
     for key in &keys {
         bed.docebo.update(
             EntityKind::CourseEnrollments,
@@ -684,6 +675,23 @@ async fn bench_realtime(enrollments: usize) -> anyhow::Result<()> {
     let _ = full;
     bed.stop();
     Ok(())
+}
+
+/// The keys of the Docebo simulator's course enrollments (`"<user>-<course>"`, as
+/// `DoceboSim::update` takes them), oldest update first.
+fn enrollment_keys(bed: &Bed) -> Vec<String> {
+    bed.docebo
+        .items(EntityKind::CourseEnrollments)
+        .iter()
+        .filter_map(|item| {
+            Some(format!(
+                "{}-{}",
+                item.get("user_id")?,
+                item.get("course_id")?
+            ))
+        })
+        .map(|key| key.replace('"', ""))
+        .collect()
 }
 
 async fn bench_compare(enrollments: usize, python: PathBuf) -> anyhow::Result<()> {
@@ -992,7 +1000,8 @@ async fn run(command: Bench) -> anyhow::Result<()> {
         Bench::Wal {
             enrollments,
             bad_records,
-        } => wal::bench_wal(enrollments, bad_records).await,
+            changed,
+        } => wal::bench_wal(enrollments, bad_records, changed).await,
         Bench::Fleet(args) => fleet::bench_fleet(args).await,
     }
 }

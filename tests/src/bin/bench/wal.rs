@@ -4,19 +4,27 @@
 //! phase, the listing, the unenrollment comparison) with nothing changed in Docebo or Salesforce.
 //! The generator's deliberately bad records are left out unless asked for: they fail, and are
 //! sent again, on every run, so a platform holding them is never unchanged.
-//! Reports the WAL each comparison inserted per record read, and the ledger's bytes per record.
+//! `--changed PERCENT` changes that share of the course enrollments in Docebo (their score) between
+//! the first sync and the comparisons: the enrollments comparison then writes them.
+//! Reports the WAL each comparison inserted per record read (and per changed record), and the
+//! ledger's bytes per record.
 
 use anyhow::bail;
 use learnsync_client::pb;
-use learnsync_sim::GenerateParams;
+use learnsync_sim::{EntityKind, GenerateParams};
 use learnsync_store::observe;
 use learnsync_store::testing::{self, LedgerFootprint};
 
 use super::{Bed, platform};
 
 /// Syncs a platform of `enrollments` course enrollments (with the generator's deliberately bad
-/// records, which fail on every run, when `bad_records`), then measures the comparisons.
-pub(super) async fn bench_wal(enrollments: usize, bad_records: bool) -> anyhow::Result<()> {
+/// records, which fail on every run, when `bad_records`), changes `changed` percent of its course
+/// enrollments when asked, then measures the comparisons.
+pub(super) async fn bench_wal(
+    enrollments: usize,
+    bad_records: bool,
+    changed: Option<f64>,
+) -> anyhow::Result<()> {
     let params = GenerateParams {
         bad_records: Some(bad_records),
         ..platform(enrollments, 46)
@@ -30,9 +38,13 @@ pub(super) async fn bench_wal(enrollments: usize, bad_records: bool) -> anyhow::
     let conn = bed.store.conn().await?;
     testing::vacuum(&conn).await?;
     let synced = testing::ledger_footprint(&conn).await?;
+    let changed = match changed {
+        Some(percent) => change_enrollments(&bed, percent)?,
+        None => 0,
+    };
     println!("load average before the comparisons: {}", load_average());
     println!(
-        "| area | records read | unchanged | written | wal bytes | wal bytes / record read | wall s |"
+        "| area | records read | unchanged | written | wal bytes | wal bytes / record read | wal bytes / changed record | wall s |"
     );
     let (mut total_wal, mut total_read) = (0i64, 0i64);
     for area in [pb::Area::Users, pb::Area::Courses, pb::Area::Enrollments] {
@@ -43,8 +55,12 @@ pub(super) async fn bench_wal(enrollments: usize, bad_records: bool) -> anyhow::
         let counts = run.counts.unwrap_or_default();
         total_wal += wal;
         total_read += counts.read;
+        let per_changed = match area {
+            pb::Area::Enrollments if changed > 0 => format!("{:.1}", wal as f64 / changed as f64),
+            _ => String::new(),
+        };
         println!(
-            "| {} | {} | {} | {} | {wal} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {} | {wal} | {:.1} | {per_changed} | {:.1} |",
             area.as_str_name(),
             counts.read,
             counts.unchanged,
@@ -53,8 +69,13 @@ pub(super) async fn bench_wal(enrollments: usize, bad_records: bool) -> anyhow::
             wall.as_secs_f64(),
         );
     }
+    let per_changed = if changed > 0 {
+        format!("{:.1}", total_wal as f64 / changed as f64)
+    } else {
+        String::new()
+    };
     println!(
-        "| all | {total_read} | | | {total_wal} | {:.1} | |",
+        "| all | {total_read} | | | {total_wal} | {:.1} | {per_changed} | |",
         total_wal as f64 / total_read.max(1) as f64
     );
     println!("load average after the comparisons: {}", load_average());
@@ -70,6 +91,30 @@ pub(super) async fn bench_wal(enrollments: usize, bad_records: bool) -> anyhow::
     }
     bed.stop();
     Ok(())
+}
+
+/// Changes `percent` of the simulator's course enrollments, spread evenly over them: a score no
+/// generated enrollment has (generated scores are whole numbers), so each one changed differs
+/// from what Salesforce holds. Returns how many were changed.
+fn change_enrollments(bed: &Bed, percent: f64) -> anyhow::Result<usize> {
+    if !(percent > 0.0 && percent <= 100.0) {
+        bail!("--changed takes a percentage above 0 and at most 100, not {percent}");
+    }
+    let keys = super::enrollment_keys(bed);
+    let count = ((keys.len() as f64 * percent / 100.0).round() as usize).max(1);
+    let step = (keys.len() / count).max(1);
+    for key in keys.iter().step_by(step).take(count) {
+        bed.docebo.update(
+            EntityKind::CourseEnrollments,
+            key,
+            serde_json::json!({"enrollment_score": 12.34}),
+        )?;
+    }
+    println!(
+        "changed {count} of {} course enrollments ({percent}%)",
+        keys.len()
+    );
+    Ok(count)
 }
 
 fn print_footprint(label: &str, footprint: &LedgerFootprint) {
