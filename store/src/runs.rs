@@ -501,11 +501,13 @@ pub async fn finish_if_done(client: &impl GenericClient, run_id: Uuid) -> Result
             .await?;
         client
             .execute(
-                // The watermark never passes a record kept to be read again (retry_records): the
-                // next incremental run reads it.
+                // The watermark never passes a record kept to be read again from Docebo
+                // (retry_records without what it would write): the next incremental run reads it.
+                // A record kept with it is tried again from there.
                 "UPDATE area_configs a SET watermark = least(greatest(a.watermark, r.create_time), \
                      (SELECT min(t.docebo_updated_at) FROM retry_records t \
-                      WHERE t.connection_id = a.connection_id AND t.area = a.area)) \
+                      WHERE t.connection_id = a.connection_id AND t.area = a.area \
+                        AND t.record IS NULL)) \
                  FROM runs r WHERE r.id = $1 AND a.connection_id = r.connection_id AND a.area = r.area \
                    AND r.targets IS NULL AND r.timeframe_start IS NULL AND r.timeframe_end IS NULL",
                 &[&run_id],

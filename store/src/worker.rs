@@ -1367,7 +1367,7 @@ pub async fn ledger_delete(
 /// the newest columns the worker's statements use (`ledger.scope`, V0002; `runs.targets`, V0003;
 /// `docebo_budgets.tenant`, V0011; `jobs.seen_marks` with `ledger_seen`, V0010;
 /// `run_listings`, V0009; `ledger.mapping_version`, V0012; `session_readings`, V0013;
-/// `docebo_tokens`, V0014).
+/// `docebo_tokens`, V0014; `retry_records.record`, V0015).
 pub async fn schema_ready(client: &impl GenericClient) -> Result<bool> {
     let row = client
         .query_one(
@@ -1378,11 +1378,11 @@ pub async fn schema_ready(client: &impl GenericClient) -> Result<bool> {
                                                 ('docebo_budgets', 'tenant'), ('jobs', 'seen_marks'), \
                                                 ('ledger_seen', 'record_key'), ('run_listings', 'connection_id'), \
                                                 ('ledger', 'mapping_version'), ('session_readings', 'session_ids'), \
-                                                ('docebo_tokens', 'version'))",
+                                                ('docebo_tokens', 'version'), ('retry_records', 'record'))",
             &[],
         )
         .await?;
-    Ok(row.try_get::<_, i64>(0)? == 11)
+    Ok(row.try_get::<_, i64>(0)? == 12)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1569,6 +1569,9 @@ pub struct RetryRecord {
     pub docebo_updated_at: Option<DateTime<Utc>>,
     /// Why it failed.
     pub reason: String,
+    /// What it would write (the worker's deferred-record form), tried again from there by the
+    /// next incremental run; none: the next run must read it again from Docebo.
+    pub record: Option<serde_json::Value>,
 }
 
 /// Keeps records of the fenced job to read again (a key kept twice keeps its latest failure).
@@ -1585,16 +1588,19 @@ pub async fn retry_keep(
     let keys: Vec<&str> = records.iter().map(|r| r.record_key.as_str()).collect();
     let times: Vec<Option<DateTime<Utc>>> = records.iter().map(|r| r.docebo_updated_at).collect();
     let reasons: Vec<&str> = records.iter().map(|r| r.reason.as_str()).collect();
+    let payloads: Vec<Option<&serde_json::Value>> =
+        records.iter().map(|r| r.record.as_ref()).collect();
     fenced
         .tx
         .execute(
             "INSERT INTO retry_records (connection_id, area, object, record_key, scope, \
-                 docebo_updated_at, reason, run_id) \
-             SELECT $1, $2, $3, k, $4, t, r, $5 \
-             FROM unnest($6::text[], $7::timestamptz[], $8::text[]) AS u(k, t, r) \
+                 docebo_updated_at, reason, run_id, record) \
+             SELECT $1, $2, $3, k, $4, t, r, $5, p \
+             FROM unnest($6::text[], $7::timestamptz[], $8::text[], $9::jsonb[]) AS u(k, t, r, p) \
              ON CONFLICT (connection_id, object, record_key) DO UPDATE SET \
                  docebo_updated_at = least(retry_records.docebo_updated_at, excluded.docebo_updated_at), \
-                 reason = excluded.reason, run_id = excluded.run_id, scope = excluded.scope",
+                 reason = excluded.reason, run_id = excluded.run_id, scope = excluded.scope, \
+                 record = excluded.record",
             &[
                 &job.connection_id,
                 &area.as_str(),
@@ -1604,10 +1610,35 @@ pub async fn retry_keep(
                 &keys,
                 &times,
                 &reasons,
+                &payloads,
             ],
         )
         .await?;
     Ok(())
+}
+
+/// Hands the records of the fenced job's object and scope kept by earlier runs, with what they
+/// would write, to the job's deferred retry (`job_deferred`): an incremental run tries them again
+/// without reading Docebo. Returns how many (a record already there is not counted twice).
+pub async fn retry_load(fenced: &Fenced<'_>, object: &str) -> Result<u64> {
+    let job = fenced.job;
+    Ok(fenced
+        .tx
+        .execute(
+            "INSERT INTO job_deferred (job_id, record_key, record) \
+             SELECT $4, record_key, record FROM retry_records \
+             WHERE connection_id = $1 AND object = $2 AND scope = $3 AND run_id <> $5 \
+               AND record IS NOT NULL \
+             ON CONFLICT (job_id, record_key) DO NOTHING",
+            &[
+                &job.connection_id,
+                &object,
+                &job.kind.as_str(),
+                &job.id,
+                &job.run_id,
+            ],
+        )
+        .await?)
 }
 
 /// Forgets records written or failed for good by the fenced job.

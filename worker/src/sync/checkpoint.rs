@@ -50,6 +50,10 @@ pub struct Checkpoint {
     /// attempt), when the listing starts from one: a position in another reading is void.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_reading: Option<String>,
+    /// The records earlier runs kept to try again were handed to this job's deferred retry
+    /// (incremental runs: [`super::JobRun::load_retries`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retries_loaded: bool,
 }
 
 /// A job's phase.
@@ -210,6 +214,7 @@ mod tests {
             incomplete: Some("the courses kept changing".into()),
             listing_complete: false,
             shared_reading: Some("7b0c/2".into()),
+            retries_loaded: false,
         };
         let value = serde_json::to_value(&checkpoint).unwrap();
         assert_eq!(value["phase"], "deferred");

@@ -24,8 +24,7 @@ pub(super) fn admit_deferred(object: &str, checkpoint: &mut Checkpoint, written:
             checkpoint.deferred_count += 1;
             written.deferred.push(deferred);
         } else {
-            let (key, reason, updated_at) = (deferred.key, deferred.reason, deferred.updated_at);
-            written.fail_to_retry(object, &key, "INVALID_FIELD", &reason, updated_at);
+            written.fail_to_retry(object, "INVALID_FIELD", deferred);
         }
     }
 }
@@ -79,6 +78,38 @@ impl JobRun<'_> {
             written.retired = retired;
             self.commit(Some(&self.checkpoint), written).await?;
         }
+    }
+
+    /// Hands the records earlier runs kept to try again (with what they would write) to this
+    /// job's deferred retry, once per job: runs not over all time (incremental, timeframe) try
+    /// them from there without reading Docebo again. A run over all time reads every record (and
+    /// forgets those its listing no longer has); a webhook or check run leaves them.
+    pub(super) async fn load_retries(&mut self) -> SyncResult<()> {
+        if self.checkpoint.retries_loaded || !self.loads_retries() {
+            return Ok(());
+        }
+        let object = self.mapping.object.clone();
+        let loaded = self
+            .ctx
+            .fenced(async |fenced| Ok(store_worker::retry_load(fenced, &object).await?))
+            .await?;
+        if loaded > 0 {
+            tracing::info!(records = loaded, "trying again records earlier runs kept");
+        }
+        self.checkpoint.retries_loaded = true;
+        self.checkpoint.deferred_count += loaded as usize;
+        self.commit(Some(&self.checkpoint), Written::default())
+            .await
+    }
+
+    /// Whether this job tries again the records earlier runs kept (see [`Self::load_retries`]):
+    /// its listing then ends in the deferred phase even when it deferred nothing itself.
+    pub(super) fn loads_retries(&self) -> bool {
+        let job = &self.ctx.job;
+        !job.compares_everything()
+            && !job.check_only
+            && self.targets.is_none()
+            && self.retries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Moves the deferred records of a checkpoint written before `job_deferred` existed into it.

@@ -60,10 +60,17 @@ impl JobRun<'_> {
         if self.saves_sessions() {
             walker = walker.saving_sessions();
         }
+        // Records earlier runs kept are tried again in the deferred phase, whatever this
+        // listing deferred.
+        let after_listing = if self.loads_retries() && !self.checkpoint.retries_loaded {
+            Phase::Deferred
+        } else {
+            self.phase_after_deferred()
+        };
         let pipeline = Pipeline::new(
             self.checkpoint.clone(),
             self.ctx.settings.writes_in_flight,
-            self.phase_after_deferred(),
+            after_listing,
             self.mapping.object.clone(),
         );
         let (sender, chunks) = mpsc::channel::<SyncResult<Chunk>>(1);

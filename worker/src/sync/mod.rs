@@ -194,6 +194,7 @@ impl<'a> JobRun<'a> {
             self.ctx
                 .status("retrying records whose parent was missing")
                 .await?;
+            self.load_retries().await?;
             self.retry_deferred().await?;
             self.sweep_retries().await?;
         }

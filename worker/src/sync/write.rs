@@ -91,27 +91,22 @@ impl Written {
     }
 
     /// Counts a record failed for a reason that can pass (a missing parent, a record Salesforce
-    /// did not process): the next run of its area, incremental or not, reads it again.
-    pub(super) fn fail_to_retry(
-        &mut self,
-        object: &str,
-        key: &str,
-        code: &str,
-        reason: &str,
-        updated_at: Option<chrono::DateTime<chrono::Utc>>,
-    ) {
+    /// did not process): the next run of its area tries it again (an incremental run from what
+    /// it would write, `record`, whose `reason` is Salesforce's message).
+    pub(super) fn fail_to_retry(&mut self, object: &str, code: &str, record: Deferred) {
         self.counts.failed += 1;
         self.events.push(
-            NewLogEvent::new(LogLevel::Error, reason.to_string())
-                .record(key)
+            NewLogEvent::new(LogLevel::Error, record.reason.clone())
+                .record(record.key.as_str())
                 .code(code)
                 .field("object", object)
                 .field("retry", "next run"),
         );
         self.retry.push(RetryRecord {
-            record_key: key.to_string(),
-            docebo_updated_at: updated_at,
-            reason: format!("{code}: {reason}"),
+            record_key: record.key.clone(),
+            docebo_updated_at: record.updated_at,
+            reason: format!("{code}: {}", record.reason),
+            record: serde_json::to_value(&record).ok(),
         });
     }
 
@@ -209,28 +204,32 @@ fn classify(
             if ledger.contains_key(&record.key) {
                 written.seen.push(record.key.clone());
             }
-            written.deferred.push(Deferred {
-                key: record.key,
-                fields: record.fields,
-                hash: hex::encode(&record.hash),
-                updated_at: record.updated_at,
-                reason: failure.message,
-            });
+            written.deferred.push(deferred(record, failure.message));
         } else {
             let passes = is_missing_parent(&failure.code, &failure.message)
                 || RETRYABLE.contains(&failure.code.as_str());
+            if ledger.contains_key(&record.key) {
+                written.seen.push(record.key.clone());
+            }
             if passes {
-                let (code, message) = (&failure.code, &failure.message);
-                written.fail_to_retry(object, &record.key, code, message, record.updated_at);
+                written.fail_to_retry(object, &failure.code, deferred(record, failure.message));
             } else {
                 written.fail(object, &record.key, &failure.code, &failure.message);
-            }
-            if ledger.contains_key(&record.key) {
-                written.seen.push(record.key);
             }
         }
     }
     locked
+}
+
+/// A record kept to be written again, with Salesforce's `reason` for the failure.
+fn deferred(record: MappedRecord, reason: String) -> Deferred {
+    Deferred {
+        key: record.key,
+        fields: record.fields,
+        hash: hex::encode(&record.hash),
+        updated_at: record.updated_at,
+        reason,
+    }
 }
 
 impl JobRun<'_> {
