@@ -609,10 +609,6 @@ async fn bench_realtime(enrollments: usize) -> anyhow::Result<()> {
     bed.sync(pb::Area::Courses, true).await?;
     bed.clear_calls();
     let (full, full_time) = bed.sync(pb::Area::Enrollments, true).await?;
-    eprintln!(
-        "DEBUG full run: state {} error {:?}",
-        full.state, full.error_message
-    );
     let (full_calls, _) = bed.calls();
 
     // 0.1% of the enrollments change per hour: a quarter of that between two 15-minute runs.
