@@ -77,6 +77,18 @@ async fn counted(env: &Env, area: Area) -> (Run, BTreeMap<String, u64>) {
     (run, calls(env))
 }
 
+/// An enrollments run's calls when its roster jobs walked the courses run's published reading:
+/// no course list, no sessions, each session's roster once.
+fn assert_walked_the_published_reading(env: &Env, calls: &BTreeMap<String, u64>) {
+    assert_eq!(count(calls, COURSE_LIST), 0, "{calls:?}");
+    assert_eq!(count(calls, SESSIONS), 0, "{calls:?}");
+    assert_eq!(
+        count(calls, ROSTERS),
+        env.docebo.items(EntityKind::Sessions).len() as u64,
+        "{calls:?}"
+    );
+}
+
 /// Salesforce holds exactly what Docebo holds, object by object.
 fn assert_exact(env: &Env) {
     for (object, external_id, kind) in [
@@ -118,13 +130,7 @@ async fn a_run_reads_the_course_list_and_each_course_s_sessions_once() {
     // The webinar and ILT roster jobs walk the courses run's reading: they list neither the
     // courses nor the sessions; each session's roster is read once.
     let (_, enrollments) = counted(&env, Area::Enrollments).await;
-    assert_eq!(count(&enrollments, COURSE_LIST), 0, "{enrollments:?}");
-    assert_eq!(count(&enrollments, SESSIONS), 0, "{enrollments:?}");
-    assert_eq!(
-        count(&enrollments, ROSTERS),
-        env.docebo.items(EntityKind::Sessions).len() as u64,
-        "{enrollments:?}"
-    );
+    assert_walked_the_published_reading(&env, &enrollments);
     assert_exact(&env);
     for worker in workers {
         worker.stop().await;
@@ -227,13 +233,7 @@ async fn a_session_deleted_before_the_courses_run_has_its_enrollments_unenrolled
     let run = env.wait_final(run.id, Duration::from_secs(60)).await;
     assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
     let walked = calls(&env);
-    assert_eq!(count(&walked, COURSE_LIST), 0, "{walked:?}");
-    assert_eq!(count(&walked, SESSIONS), 0, "{walked:?}");
-    assert_eq!(
-        count(&walked, ROSTERS),
-        env.docebo.items(EntityKind::Sessions).len() as u64,
-        "{walked:?}"
-    );
+    assert_walked_the_published_reading(&env, &walked);
     let mut gone = roster;
     gone.insert(other);
     assert_eq!(unenrolled(&env), gone);
