@@ -225,8 +225,47 @@ fn spawn_background(
         notifications.subscribe(),
         cancel.child_token(),
     ));
-    tokio::spawn(maintenance(store.clone(), cancel.child_token()));
+    tokio::spawn(maintenance(
+        store.clone(),
+        options.realtime.run_retention,
+        cancel.child_token(),
+    ));
     notifications
+}
+
+/// Purges the runs ended longer ago than `retention`, a batch at a time (a bounded number of
+/// batches an hour, so that a backlog after a long outage drains without holding the database).
+async fn purge_runs(conn: &learnsync_store::Conn, retention: Duration) {
+    const MOST_BATCHES: usize = 100;
+    let (mut runs, mut logs) = (0, 0);
+    for _ in 0..MOST_BATCHES {
+        match learnsync_store::runs::purge_ended(
+            conn,
+            retention,
+            learnsync_store::runs::PURGE_BATCH,
+        )
+        .await
+        {
+            Ok((purged, events)) => {
+                runs += purged;
+                logs += events;
+                if purged < learnsync_store::runs::PURGE_BATCH as u64 {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "run purge failed");
+                break;
+            }
+        }
+    }
+    if runs > 0 {
+        tracing::info!(
+            runs,
+            log_events = logs,
+            "ended runs purged past their retention"
+        );
+    }
 }
 
 /// Serves the gRPC services on `listener` (over TLS when configured) until `shutdown`, then
@@ -417,9 +456,10 @@ fn spawn_http(
     }
 }
 
-/// Housekeeping any server may do, since every step is idempotent: forget old idempotency keys
-/// and webhook messages handled longer ago than their retention.
-async fn maintenance(store: Store, cancel: CancellationToken) {
+/// Housekeeping any server may do, since every step is idempotent: forget old idempotency keys,
+/// webhook messages handled longer ago than their retention, and runs ended longer ago than
+/// `run_retention` (with their jobs and log).
+async fn maintenance(store: Store, run_retention: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
@@ -433,6 +473,7 @@ async fn maintenance(store: Store, cancel: CancellationToken) {
                 continue;
             }
         };
+        purge_runs(&conn, run_retention).await;
         match learnsync_store::idempotency::purge_expired(&conn).await {
             Ok(purged) if purged > 0 => tracing::info!(purged, "expired idempotency keys purged"),
             Ok(_) => {}

@@ -45,6 +45,10 @@ struct Config {
     /// receiver answers 429 with Retry-After and records nothing.
     #[arg(long, env = "LEARNSYNC_WEBHOOK_MAX_PENDING", default_value_t = 10_000)]
     webhook_max_pending: i64,
+    /// How long an ended run is kept, with its jobs and log, e.g. 30d; the hourly housekeeping
+    /// purges older ones, each area's latest run excepted.
+    #[arg(long, env = "LEARNSYNC_RUN_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    run_retention: Duration,
     /// A file with the bearer tokens, instead of the LEARNSYNC_TOKENS environment variable: entries
     /// `operator=<token>` or `tenant:<name>=<token>`, comma or newline separated. Tokens are never
     /// taken from the command line.
@@ -173,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
     options.realtime.schedule_tick = config.schedule_tick;
     options.realtime.overlap = config.watermark_overlap;
     options.realtime.webhook_max_pending = config.webhook_max_pending.max(1);
+    options.realtime.run_retention = config.run_retention;
     options.upstream = config.upstream_allow.clone().unwrap_or_default();
     tracing::info!(upstream_allow = %options.upstream, "upstream policy");
     learnsync_server::serve_on(store, options, listeners, shutdown_signal()).await?;

@@ -31,7 +31,13 @@ pub struct RealtimeOptions {
     /// How many webhook messages a connection may hold waiting to be handled: past it the
     /// receiver answers 429 with `Retry-After` and records nothing.
     pub webhook_max_pending: i64,
+    /// How long an ended run is kept, with its jobs and log: the hourly housekeeping purges
+    /// older ones, each area's latest run excepted.
+    pub run_retention: Duration,
 }
+
+/// How long ended runs are kept by default: 30 days.
+pub const DEFAULT_RUN_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Default for RealtimeOptions {
     fn default() -> RealtimeOptions {
@@ -41,6 +47,7 @@ impl Default for RealtimeOptions {
             overlap: Duration::from_secs(120),
             webhook_poll: Duration::from_secs(2),
             webhook_max_pending: 10_000,
+            run_retention: DEFAULT_RUN_RETENTION,
         }
     }
 }

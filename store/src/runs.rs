@@ -538,6 +538,37 @@ pub async fn finish_if_done(client: &impl GenericClient, run_id: Uuid) -> Result
     Ok(Some(state))
 }
 
+/// Most runs one purge statement deletes ([`purge_ended`]).
+pub const PURGE_BATCH: i64 = 5_000;
+
+/// Deletes up to `batch` runs that ended more than `retention` ago, oldest first, with their jobs
+/// (and what hangs on them) and their log events; each area's latest run stays, whatever its age
+/// (GetStatus shows it, and the position of its first error). Returns how many runs and log
+/// events went.
+pub async fn purge_ended(
+    client: &impl GenericClient,
+    retention: std::time::Duration,
+    batch: i64,
+) -> Result<(u64, u64)> {
+    let seconds = retention.as_secs_f64();
+    let row = client
+        .query_one(
+            "WITH doomed AS ( \
+                 SELECT r.id FROM runs r \
+                 WHERE r.end_time < now() - make_interval(secs => $1) \
+                   AND EXISTS (SELECT 1 FROM runs n WHERE n.connection_id = r.connection_id \
+                               AND n.area = r.area AND n.create_time > r.create_time) \
+                 ORDER BY r.end_time LIMIT $2), \
+             logs AS (DELETE FROM log_events e USING doomed d WHERE e.run_id = d.id RETURNING 1), \
+             gone AS (DELETE FROM runs r USING doomed d WHERE r.id = d.id RETURNING 1) \
+             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM logs)",
+            &[&seconds, &batch],
+        )
+        .await?;
+    let (runs, logs): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    Ok((runs as u64, logs as u64))
+}
+
 /// Reads a run with its jobs.
 pub async fn get(client: &impl GenericClient, connection_id: Uuid, run_id: Uuid) -> Result<Run> {
     let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND connection_id = $2");

@@ -641,6 +641,70 @@ async fn a_published_sessions_reading_proves_gone_only_what_it_read_or_what_pred
     assert_eq!(keys_of(own), ["1-10", "1-20", "1-30", "1-40"]);
 }
 
+/// Runs one users run to its end (a worker claims its job and finishes it).
+async fn ended_users_run(store: &Store, connection_id: Uuid, first: bool) -> Uuid {
+    let run = if first {
+        start(store, connection_id, Area::Users).await
+    } else {
+        resynchronize(store, connection_id, (None, None)).await
+    };
+    let job = claim(store, "w", LEASE, 1).await.remove(0);
+    assert!(finish(store, &job, Outcome::Done).await);
+    run.id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_past_their_retention_go_with_their_jobs_and_log_but_each_area_s_latest_stays() {
+    let store = store().await;
+    let connection_id = connection(&store).await;
+    let mut ids = Vec::new();
+    for first in [true, false, false] {
+        ids.push(ended_users_run(&store, connection_id, first).await);
+    }
+    let conn = store.conn().await.unwrap();
+    let count =
+        async |sql: &str, run: Uuid| -> i64 { conn.query_one(sql, &[&run]).await.unwrap().get(0) };
+    let logs_of = "SELECT count(*) FROM log_events WHERE run_id = $1";
+    let jobs_of = "SELECT count(*) FROM jobs WHERE run_id = $1";
+    assert!(count(logs_of, ids[0]).await > 0);
+    // The first two ended 40 days ago, the last one too: it is the area's latest, and stays.
+    conn.execute(
+        "UPDATE runs SET end_time = now() - interval '40 days' WHERE id = ANY($1)",
+        &[&ids],
+    )
+    .await
+    .unwrap();
+    let retention = Duration::from_secs(30 * 24 * 3600);
+    let (runs_gone, logs_gone) = runs::purge_ended(&conn, retention, 1).await.unwrap();
+    assert_eq!(runs_gone, 1, "one batch of one");
+    assert!(logs_gone > 0);
+    let (runs_gone, _) = runs::purge_ended(&conn, retention, 10).await.unwrap();
+    assert_eq!(runs_gone, 1);
+    assert_eq!(
+        runs::purge_ended(&conn, retention, 10).await.unwrap(),
+        (0, 0)
+    );
+    for gone in &ids[..2] {
+        assert_eq!(
+            count("SELECT count(*) FROM runs WHERE id = $1", *gone).await,
+            0
+        );
+        assert_eq!(count(jobs_of, *gone).await, 0);
+        assert_eq!(count(logs_of, *gone).await, 0);
+    }
+    assert_eq!(count(jobs_of, ids[2]).await, 1);
+    assert!(count(logs_of, ids[2]).await > 0);
+    // No longer the latest, the old run goes; one ended within the retention stays, latest or
+    // not.
+    let recent = ended_users_run(&store, connection_id, false).await;
+    ended_users_run(&store, connection_id, false).await;
+    assert_eq!(runs::purge_ended(&conn, retention, 10).await.unwrap().0, 1);
+    assert_eq!(
+        count("SELECT count(*) FROM runs WHERE id = $1", recent).await,
+        1
+    );
+}
+
 /// 36 calls an hour, all of them at once.
 const SLOW: Allowance = Allowance {
     calls_per_hour: 36,
