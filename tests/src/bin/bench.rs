@@ -621,42 +621,14 @@ async fn bench_realtime(enrollments: usize) -> anyhow::Result<()> {
             serde_json::json!({"enrollment_score": 99}),
         )?;
     }
-    // What the scheduler does at a tick: an incremental run from the watermark minus the overlap.
-    bed.clear_calls();
-    let started = Instant::now();
-    let run_id = {
-        let mut conn = bed.store.conn().await?;
-        let tx = conn.transaction().await?;
-        let connection_id = uuid::Uuid::parse_str(&bed.connection_id)?;
-        let config = learnsync_store::areas::get(
-            &tx,
-            connection_id,
-            learnsync_store::model::Area::Enrollments,
-        )
-        .await?
-        .context("enrollments configured")?;
-        let request = learnsync_store::runs::RunRequest {
-            full_sync: false,
-            updated_from: config.watermark.map(|w| w - chrono::Duration::minutes(2)),
-            ..learnsync_store::runs::RunRequest::full(
-                learnsync_store::model::Trigger::Schedule,
-                (None, None),
-                false,
-            )
-        };
-        let run = learnsync_store::runs::create(
-            &tx,
-            connection_id,
-            learnsync_store::model::Area::Enrollments,
-            &request,
-        )
-        .await?;
-        tx.commit().await?;
-        run.id.to_string()
-    };
-    let incremental = bed.wait(&run_id).await?;
-    let incremental_time = started.elapsed();
-    let (incremental_calls, incremental_sf) = bed.calls();
+    // What the scheduler does at a tick: an incremental run of each area from its watermark
+    // minus the overlap, the courses area first.
+    let (_, courses_time, courses_calls, courses_families) =
+        incremental_run(&bed, learnsync_store::model::Area::Courses).await?;
+    let (incremental, incremental_time, incremental_calls, incremental_families) =
+        incremental_run(&bed, learnsync_store::model::Area::Enrollments).await?;
+    let incremental_sf = incremental_calls.1;
+    let incremental_calls = incremental_calls.0;
     let per_day = 96.0;
     let realtime_day = per_day * incremental_calls as f64 + full_calls as f64;
     let reload_day = per_day * full_calls as f64;
@@ -672,9 +644,55 @@ async fn bench_realtime(enrollments: usize) -> anyhow::Result<()> {
         reload_day,
         reload_day / realtime_day,
     );
+    println!("incremental enrollments run's docebo calls: {incremental_families}");
+    println!(
+        "incremental courses run: {} docebo calls ({courses_families}), {} salesforce calls, {:.2} s",
+        courses_calls.0,
+        courses_calls.1,
+        courses_time.as_secs_f64()
+    );
     let _ = full;
     bed.stop();
     Ok(())
+}
+
+/// Runs what the scheduler runs for `area` at a tick (an incremental run from the area's
+/// watermark minus the 2-minute overlap) with the call counters cleared first: the run, its
+/// time, its Docebo and Salesforce calls, and its Docebo calls by family.
+async fn incremental_run(
+    bed: &Bed,
+    area: learnsync_store::model::Area,
+) -> anyhow::Result<(pb::Run, Duration, (u64, u64), String)> {
+    bed.clear_calls();
+    let started = Instant::now();
+    let run_id = {
+        let mut conn = bed.store.conn().await?;
+        let tx = conn.transaction().await?;
+        let connection_id = uuid::Uuid::parse_str(&bed.connection_id)?;
+        let config = learnsync_store::areas::get(&tx, connection_id, area)
+            .await?
+            .context("area configured")?;
+        let request = learnsync_store::runs::RunRequest {
+            full_sync: false,
+            updated_from: config.watermark.map(|w| w - chrono::Duration::minutes(2)),
+            ..learnsync_store::runs::RunRequest::full(
+                learnsync_store::model::Trigger::Schedule,
+                (None, None),
+                false,
+            )
+        };
+        let run = learnsync_store::runs::create(&tx, connection_id, area, &request).await?;
+        tx.commit().await?;
+        run.id.to_string()
+    };
+    let run = bed.wait(&run_id).await?;
+    let time = started.elapsed();
+    Ok((
+        run,
+        time,
+        bed.calls(),
+        calls::by_family(&bed.docebo.counters()),
+    ))
 }
 
 /// The keys of the Docebo simulator's course enrollments (`"<user>-<course>"`, as
