@@ -1,9 +1,8 @@
--- The sessions read once for both areas (issue 13): a full run of the courses area lists every
--- session course's sessions to write them; the enrollments area's roster jobs need the same
+-- The sessions read once for both areas (issue 13): a run of the courses area lists the
+-- session courses' sessions to write them; the enrollments area's roster jobs need the same
 -- list to know which rosters to read. The courses run's sessions job now publishes its reading,
--- and a roster job of a full enrollments run walks it instead of listing the sessions again, as
--- long as it is the reading of the courses area's latest run (so every session learnsync wrote
--- is in it).
+-- and the roster jobs walk it instead of listing the sessions again, as long as it is the
+-- reading of the courses area's latest run (so every session learnsync wrote is in it).
 
 -- When the reading of a run's shared listing began: a proof that uses the listing says "gone"
 -- only of what existed before then.
@@ -20,18 +19,25 @@ CREATE TABLE session_reading_pages (
     -- One answer held the course's whole listing (a listing of several pages is not published:
     -- the roster jobs would have to prove it, and list it themselves).
     whole       boolean NOT NULL,
+    -- Read with the incremental run's `updated_from`: the sessions changed since, merged into
+    -- the connection's reading.
+    filtered    boolean NOT NULL DEFAULT false,
     PRIMARY KEY (job_id, course_id)
 );
 
 -- A connection's published reading: the course list its sessions job walked, and the sessions of
--- each session course; one per connection, the latest full courses run's.
+-- each session course; one per connection. A full courses run replaces it; an incremental one
+-- merges what it read into it (the sessions changed since, and the whole listing of a course
+-- the reading did not hold), when its `updated_from` is no later than `last_read_from`.
 CREATE TABLE session_readings (
     connection_id  uuid PRIMARY KEY REFERENCES connections (id) ON DELETE CASCADE,
-    -- The courses run whose sessions job read it.
+    -- The courses run whose sessions job read it, or last merged into it.
     run_id         uuid NOT NULL,
     -- When the reading of the course list began (the sessions were listed after it): a session
-    -- not in it, of an enrollment written before then, was deleted.
+    -- not in it, of an enrollment written before then, was deleted. Merges keep it.
     read_from      timestamptz NOT NULL,
+    -- When the latest reading merged into it began (the full one's, or an incremental one's).
+    last_read_from timestamptz NOT NULL,
     -- The courses area's category filter it was read under (empty: every course).
     categories     bigint[] NOT NULL,
     -- The course list, in listing order (a JSON array of Docebo items).

@@ -32,8 +32,8 @@ mod listings;
 mod sessions;
 pub use listings::{PublishedListing, SharedListing, publish_listing, shared_listing};
 pub use sessions::{
-    ListedSessions, SessionReading, listed_sessions, publish_sessions, save_session_page,
-    session_reading,
+    ListedSessions, SessionPage, SessionReading, listed_sessions, merge_sessions, publish_sessions,
+    save_session_page, session_pages, session_reading,
 };
 mod tokens;
 pub use tokens::{NewToken, StoredToken, current_token, lock_token, store_token};

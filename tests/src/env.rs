@@ -412,6 +412,31 @@ pub async fn configure(conn: &learnsync_store::Conn, connection_id: Uuid, area: 
     .unwrap();
 }
 
+/// An incremental run of an area from exactly its watermark (no overlap), as the scheduler makes
+/// one, run to its end with the worker(s) already running; returns the final run.
+pub async fn incremental(env: &Env, area: Area) -> Run {
+    let mut conn = env.store.conn().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let config = areas::lock(&tx, env.connection_id, area)
+        .await
+        .unwrap()
+        .unwrap();
+    let request = runs::RunRequest {
+        full_sync: false,
+        updated_from: config.watermark,
+        ..runs::RunRequest::full(
+            learnsync_store::model::Trigger::Schedule,
+            (None, None),
+            false,
+        )
+    };
+    let run = runs::create(&tx, env.connection_id, area, &request)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    env.wait_final(run.id, Duration::from_secs(60)).await
+}
+
 /// Runs an area to its end with the given worker(s) already running; returns the final run.
 pub async fn sync_area(env: &Env, area: Area) -> Run {
     let run = env.start(area, (None, None)).await;

@@ -242,6 +242,89 @@ async fn a_session_deleted_before_the_courses_run_has_its_enrollments_unenrolled
     }
 }
 
+/// The classroom and webinar courses without an end date: an incremental run still lists their
+/// sessions (the others ended long before the platform's clock).
+fn open_session_courses(env: &Env) -> u64 {
+    env.docebo
+        .items(EntityKind::Courses)
+        .iter()
+        .filter(|course| {
+            matches!(
+                course["course_type"].as_str(),
+                Some("classroom" | "webinar")
+            ) && course["end_date"]
+                .as_str()
+                .is_none_or(|date| date.starts_with("0000"))
+        })
+        .count() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_runs_merge_new_sessions_into_the_reading_the_rosters_walk() {
+    let (env, workers) = platform(84, 200).await;
+    for area in [Area::Users, Area::Courses, Area::Enrollments] {
+        let run = sync_area(&env, area).await;
+        assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    }
+    // A new classroom course, with a session that has not ended and a learner enrolled in it.
+    let user = env.docebo.items(EntityKind::Users)[0]["user_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.docebo
+        .create(
+            EntityKind::Courses,
+            serde_json::json!({"id_course": 990001, "code": "NEW-1", "name": "New classroom",
+                "course_type": "classroom", "start_date": null, "end_date": null}),
+        )
+        .unwrap();
+    env.docebo
+        .create(
+            EntityKind::Sessions,
+            serde_json::json!({"id": 990101, "course_id": 990001, "name": "New session",
+                "start_date": "2099-01-01 09:00:00", "end_date": "2099-01-01 17:00:00"}),
+        )
+        .unwrap();
+    env.docebo
+        .create(
+            EntityKind::SessionEnrollments,
+            serde_json::json!({"user_id": user.parse::<i64>().unwrap(), "session_id": 990101,
+                "status": "subscribed", "level": "student"}),
+        )
+        .unwrap();
+
+    // The incremental courses run lists the new course's sessions whole (the reading did not hold
+    // them) and the changes of the other session courses that have not ended (the new one is
+    // among those without an end date), and merges them.
+    env.docebo.clear_counters();
+    let run = common::incremental(&env, Area::Courses).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    let courses = calls(&env);
+    assert_eq!(
+        count(&courses, SESSIONS),
+        open_session_courses(&env),
+        "{courses:?}"
+    );
+    // The incremental enrollments run walks the merged reading: no course list, no sessions; it
+    // reads the one roster of a session that has not ended, the new one, and writes it.
+    env.docebo.clear_counters();
+    let run = common::incremental(&env, Area::Enrollments).await;
+    assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
+    let enrollments = calls(&env);
+    assert_eq!(count(&enrollments, COURSE_LIST), 0, "{enrollments:?}");
+    assert_eq!(count(&enrollments, SESSIONS), 0, "{enrollments:?}");
+    assert_eq!(count(&enrollments, ROSTERS), 1, "{enrollments:?}");
+    let key = format!("{user}-990101");
+    assert!(
+        env.salesforce_keys("Docebo_Session_Enrollment__c", "Enrollment_Key__c")
+            .contains(&key)
+    );
+    assert_exact(&env);
+    for worker in workers {
+        worker.stop().await;
+    }
+}
+
 /// The session enrollments Salesforce holds as unenrolled.
 fn unenrolled(env: &Env) -> BTreeSet<String> {
     env.salesforce

@@ -340,31 +340,6 @@ async fn unenrollments_above_the_guard_wait_for_a_confirmation() {
     worker.stop().await;
 }
 
-/// An incremental run of an area from exactly its watermark (no overlap), as the scheduler makes
-/// one; returns the finished run.
-async fn incremental(env: &Env, area: Area) -> Run {
-    let mut conn = env.store.conn().await.unwrap();
-    let tx = conn.transaction().await.unwrap();
-    let config = learnsync_store::areas::lock(&tx, env.connection_id, area)
-        .await
-        .unwrap()
-        .unwrap();
-    let request = learnsync_store::runs::RunRequest {
-        full_sync: false,
-        updated_from: config.watermark,
-        ..learnsync_store::runs::RunRequest::full(
-            learnsync_store::model::Trigger::Schedule,
-            (None, None),
-            false,
-        )
-    };
-    let run = learnsync_store::runs::create(&tx, env.connection_id, area, &request)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    env.wait_final(run.id, Duration::from_secs(60)).await
-}
-
 async fn watermark(env: &Env, area: Area) -> Option<chrono::DateTime<chrono::Utc>> {
     let conn = env.store.conn().await.unwrap();
     learnsync_store::areas::get(&conn, env.connection_id, area)
@@ -400,7 +375,7 @@ async fn a_record_whose_parent_was_missing_is_tried_again_by_the_next_incrementa
     // so that they do not list it again.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
 
-    let run = incremental(&env, Area::Enrollments).await;
+    let run = common::incremental(&env, Area::Enrollments).await;
     assert_eq!(run.state, RunState::SucceededWithErrors, "{run:#?}");
     assert_eq!(course_job(&run).counts.failed, 1, "{run:#?}");
     let log = env.run_log(run.id).await;
@@ -416,7 +391,7 @@ async fn a_record_whose_parent_was_missing_is_tried_again_by_the_next_incrementa
         Some(run.create_time)
     );
     // The parent still missing, the next incremental run tries it again and keeps it.
-    let run = incremental(&env, Area::Enrollments).await;
+    let run = common::incremental(&env, Area::Enrollments).await;
     assert_eq!(run.state, RunState::SucceededWithErrors, "{run:#?}");
     assert_eq!(course_job(&run).counts.failed, 1, "{run:#?}");
     assert_eq!(course_job(&run).counts.read, 0, "{run:#?}");
@@ -430,7 +405,7 @@ async fn a_record_whose_parent_was_missing_is_tried_again_by_the_next_incrementa
             .state,
         RunState::Succeeded
     );
-    let run = incremental(&env, Area::Enrollments).await;
+    let run = common::incremental(&env, Area::Enrollments).await;
     assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
     assert_eq!(course_job(&run).counts.written, 1, "{run:#?}");
     assert_eq!(course_job(&run).counts.read, 0, "{run:#?}");

@@ -1,9 +1,10 @@
-//! The sessions read once for both areas (`session_readings`): a full courses run's sessions job
-//! saves each session course's sessions as it reads them (`session_reading_pages`) and, its
-//! listing proven complete, publishes them with the course list it walked; a roster job of a
-//! full enrollments run walks that reading instead of listing the sessions again, but only while
-//! it is the reading of the courses area's latest run: every session learnsync wrote is then in
-//! it, and what it lacks is either deleted or newer than the reading (`read_from`).
+//! The sessions read once for both areas (`session_readings`): a courses run's sessions job saves
+//! each session course's sessions as it reads them (`session_reading_pages`) and, its listing
+//! proven complete, publishes them with the course list it walked (a full run replaces the
+//! connection's reading, an incremental one merges what changed into it); the enrollments area's
+//! roster jobs walk that reading instead of listing the sessions again, but only while it is the
+//! reading of the courses area's latest run: every session learnsync wrote is then in it, and
+//! what it lacks is either deleted or newer than the reading (`read_from`).
 
 use std::collections::HashMap;
 
@@ -20,8 +21,12 @@ use crate::Result;
 pub struct SessionReading {
     /// The courses run whose sessions job read it.
     pub run_id: Uuid,
-    /// When the reading of its course list began.
+    /// When the reading of its course list began (a merge keeps it).
     pub read_from: DateTime<Utc>,
+    /// When the latest reading merged into it began.
+    pub last_read_from: DateTime<Utc>,
+    /// Whether it is the reading of the courses area's latest run.
+    pub latest: bool,
     /// The category filter it was read under (empty: every course).
     pub categories: Vec<i64>,
     /// The course list, in listing order.
@@ -52,21 +57,129 @@ impl From<&SessionReading> for ListedSessions {
     }
 }
 
+/// One session course's sessions as a sessions job read them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionPage {
+    /// The course.
+    pub course_id: i64,
+    /// Its sessions (the first page).
+    pub items: Vec<Value>,
+    /// The one answer held the whole listing.
+    pub whole: bool,
+    /// Read with the run's `updated_from`: the sessions changed since.
+    pub filtered: bool,
+}
+
 /// Saves a sessions job's reading of one session course's sessions, as read (before the
-/// checkpoint that covers it commits). `whole`: the one answer held the whole listing.
+/// checkpoint that covers it commits).
 pub async fn save_session_page(
     client: &impl GenericClient,
     job: &ClaimedJob,
-    course_id: i64,
-    items: &[Value],
-    whole: bool,
+    page: &SessionPage,
 ) -> Result<()> {
     client
         .execute(
-            "INSERT INTO session_reading_pages (job_id, course_id, items, whole) \
-             VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (job_id, course_id) DO UPDATE SET items = excluded.items, whole = excluded.whole",
-            &[&job.id, &course_id, &tokio_postgres::types::Json(items), &whole],
+            "INSERT INTO session_reading_pages (job_id, course_id, items, whole, filtered) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (job_id, course_id) DO UPDATE SET items = excluded.items, \
+                 whole = excluded.whole, filtered = excluded.filtered",
+            &[
+                &job.id,
+                &page.course_id,
+                &tokio_postgres::types::Json(&page.items),
+                &page.whole,
+                &page.filtered,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The pages a sessions job saved.
+pub async fn session_pages(
+    client: &impl GenericClient,
+    job: &ClaimedJob,
+) -> Result<Vec<SessionPage>> {
+    let rows = client
+        .query(
+            "SELECT course_id, items, whole, filtered FROM session_reading_pages WHERE job_id = $1",
+            &[&job.id],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let items = match row.try_get::<_, Value>("items")? {
+                Value::Array(items) => items,
+                _ => Vec::new(),
+            };
+            Ok(SessionPage {
+                course_id: row.try_get("course_id")?,
+                items,
+                whole: row.try_get("whole")?,
+                filtered: row.try_get("filtered")?,
+            })
+        })
+        .collect()
+}
+
+/// Replaces the connection's reading, still `previous` (the run that last published it), by
+/// `sessions` merged by the fenced incremental sessions job, with the course list it walked (the
+/// run's shared listing `listing`, published and proven); the reading's start stays. Deletes the
+/// job's pages as [`publish_sessions`] does. False when the reading changed since it was read,
+/// or the course list is gone or unproven: nothing is merged then.
+pub async fn merge_sessions(
+    fenced: &Fenced<'_>,
+    previous: Uuid,
+    listing: &str,
+    sessions: &HashMap<i64, Vec<Value>>,
+) -> Result<bool> {
+    let job = fenced.job;
+    let by_course: serde_json::Map<String, Value> = sessions
+        .iter()
+        .map(|(course, items)| (course.to_string(), Value::Array(items.clone())))
+        .collect();
+    let mut ids: Vec<i64> = sessions
+        .values()
+        .flatten()
+        .filter_map(|item| match item.get("id")? {
+            Value::Number(id) => id.as_i64(),
+            Value::String(id) => id.parse().ok(),
+            _ => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let merged = fenced
+        .tx
+        .execute(
+            "UPDATE session_readings s SET run_id = $2, courses = l.items, sessions = $5, \
+                 session_ids = $6, last_read_from = l.read_from, publish_time = now() \
+             FROM run_listings l \
+             WHERE s.connection_id = $1 AND s.run_id = $3 \
+               AND l.run_id = $2 AND l.listing = $4 AND l.items IS NOT NULL AND l.incomplete IS NULL",
+            &[
+                &job.connection_id,
+                &job.run_id,
+                &previous,
+                &listing,
+                &Value::Object(by_course),
+                &ids,
+            ],
+        )
+        .await?;
+    delete_pages(fenced).await?;
+    Ok(merged == 1)
+}
+
+/// Deletes the fenced job's saved pages, and those of its connection's jobs that ended.
+async fn delete_pages(fenced: &Fenced<'_>) -> Result<()> {
+    fenced
+        .tx
+        .execute(
+            "DELETE FROM session_reading_pages p USING jobs j \
+             WHERE j.id = p.job_id AND j.connection_id = $1 \
+               AND (j.id = $2 OR j.state NOT IN ('queued', 'running'))",
+            &[&fenced.job.connection_id, &fenced.job.id],
         )
         .await?;
     Ok(())
@@ -91,44 +204,39 @@ pub async fn publish_sessions(
                   ids AS (SELECT (s->>'id')::bigint AS id FROM pages, jsonb_array_elements(pages.items) s \
                           WHERE jsonb_typeof(pages.items) = 'array' AND (s->>'id') ~ '^[0-9]{1,18}$') \
              INSERT INTO session_readings \
-                 (connection_id, run_id, read_from, categories, courses, sessions, session_ids) \
-             SELECT $1, $2, l.read_from, $5, l.items, \
+                 (connection_id, run_id, read_from, last_read_from, categories, courses, sessions, \
+                  session_ids) \
+             SELECT $1, $2, l.read_from, l.read_from, $5, l.items, \
                     coalesce((SELECT jsonb_object_agg(course_id::text, items) FROM pages), '{}'::jsonb), \
                     coalesce((SELECT array_agg(DISTINCT id) FROM ids), '{}') \
              FROM run_listings l \
              WHERE l.run_id = $2 AND l.listing = $4 AND l.items IS NOT NULL AND l.incomplete IS NULL \
              ON CONFLICT (connection_id) DO UPDATE SET run_id = excluded.run_id, \
-                 read_from = excluded.read_from, categories = excluded.categories, \
+                 read_from = excluded.read_from, last_read_from = excluded.last_read_from, \
+                 categories = excluded.categories, \
                  courses = excluded.courses, sessions = excluded.sessions, \
                  session_ids = excluded.session_ids, publish_time = now()",
             &[&job.connection_id, &job.run_id, &job.id, &listing, &categories],
         )
         .await?;
-    fenced
-        .tx
-        .execute(
-            "DELETE FROM session_reading_pages p USING jobs j \
-             WHERE j.id = p.job_id AND j.connection_id = $1 \
-               AND (j.id = $2 OR j.state NOT IN ('queued', 'running'))",
-            &[&job.connection_id, &job.id],
-        )
-        .await?;
+    delete_pages(fenced).await?;
     Ok(published == 1)
 }
 
-/// The connection's published sessions reading, when it is the reading of the courses area's
-/// latest run (a later run, even one still going, may have written sessions it lacks).
+/// The connection's published sessions reading, saying whether it is the reading of the courses
+/// area's latest run (only then may a roster job walk it: a later run, even one still going, may
+/// have written sessions it lacks).
 pub async fn session_reading(
     client: &impl GenericClient,
     connection_id: Uuid,
 ) -> Result<Option<SessionReading>> {
     let row = client
         .query_opt(
-            "SELECT s.run_id, s.read_from, s.categories, s.courses, s.sessions, s.session_ids \
-             FROM session_readings s \
-             WHERE s.connection_id = $1 AND s.run_id = ( \
-                 SELECT r.id FROM runs r WHERE r.connection_id = $1 AND r.area = 'courses' \
-                 ORDER BY r.create_time DESC, r.id DESC LIMIT 1)",
+            "SELECT s.run_id, s.read_from, s.last_read_from, s.categories, s.courses, s.sessions, \
+                    s.session_ids, s.run_id IS NOT DISTINCT FROM ( \
+                        SELECT r.id FROM runs r WHERE r.connection_id = $1 AND r.area = 'courses' \
+                        ORDER BY r.create_time DESC, r.id DESC LIMIT 1) AS latest \
+             FROM session_readings s WHERE s.connection_id = $1",
             &[&connection_id],
         )
         .await?;
@@ -152,6 +260,8 @@ pub async fn session_reading(
     Ok(Some(SessionReading {
         run_id: row.try_get("run_id")?,
         read_from: row.try_get("read_from")?,
+        last_read_from: row.try_get("last_read_from")?,
+        latest: row.try_get("latest")?,
         categories: row.try_get("categories")?,
         courses,
         sessions,

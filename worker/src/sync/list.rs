@@ -1,13 +1,12 @@
 //! The list phase: one task reads the Docebo listing and maps it into chunks while up to
 //! `writes_in_flight` chunks are written to Salesforce; a [`Pipeline`] decides what commits when.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt as _;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
-use learnsync_store::model::{JobKind, Listing};
-use learnsync_store::worker as store_worker;
+use learnsync_store::model::Listing;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -15,8 +14,10 @@ use super::JobRun;
 use super::checkpoint::{Checkpoint, Phase};
 use super::listing::{LeafPage, Scope, Walker, in_categories};
 use super::pipeline::{Chunk, ChunkEnd, Commit, Pending, Pipeline, hold};
+use super::published;
 use super::shared::{self, Shared};
 use crate::context::{Interrupt, SyncError, SyncResult};
+use crate::mapping::id_of;
 
 /// A walk's shared root reading, and the published sessions it walks (roster jobs).
 type SharedRoot = (Option<Shared>, Option<Arc<HashMap<i64, Vec<Value>>>>);
@@ -52,13 +53,19 @@ impl JobRun<'_> {
         let (shared, sessions) = self.shared_root(&scope, page_size).await?;
         let spec = self.ctx.job.kind.spec();
         let (path, filters) = Walker::root(spec, &scope);
+        let saving = self.session_saving().await?;
+        let root: HashSet<i64> = shared
+            .iter()
+            .flat_map(|shared| shared.items.iter())
+            .filter_map(|course| id_of(course, "id_course"))
+            .collect();
         let levels = self.checkpoint.levels.clone();
         let mut walker = Walker::new(spec, &self.docebo, scope, levels, page_size, shared);
         if let Some(sessions) = sessions {
             walker = walker.with_sessions(sessions);
         }
-        if self.saves_sessions() {
-            walker = walker.saving_sessions();
+        if let Some(saving) = &saving {
+            walker = walker.saving_sessions(saving.known());
         }
         // Records earlier runs kept are tried again in the deferred phase, whatever this
         // listing deferred.
@@ -88,49 +95,14 @@ impl JobRun<'_> {
             () = reader => unreachable!("the reader waits for the writer"),
         };
         self.checkpoint = outcome?;
-        self.publish_sessions(&shared::listing_key(&path, &filters))
-            .await
-    }
-
-    /// Whether this job saves the sessions it reads and publishes them for the enrollments
-    /// area's roster jobs: the sessions job of a full courses run (all of time, every course).
-    fn saves_sessions(&self) -> bool {
-        let job = &self.ctx.job;
-        job.kind == JobKind::Sessions
-            && self.targets.is_none()
-            && !job.check_only
-            && self.leaf_filters().is_empty()
+        let listing = shared::listing_key(&path, &filters);
+        self.publish_sessions(saving, &listing, &root).await
     }
 
     /// Whether this job walks the published sessions reading instead of listing the course list
-    /// and the sessions itself: a roster job of a full run (incremental runs list them, so that
-    /// they read the rosters of sessions newer than the courses area's last full run).
+    /// and the sessions itself: a roster job, outside webhook runs.
     fn walks_published_sessions(&self) -> bool {
-        self.ctx.job.kind.spec().listing.reads_rosters()
-            && self.targets.is_none()
-            && self.leaf_filters().is_empty()
-    }
-
-    /// After the sessions job's listing, proven complete: publishes what it read (the run's
-    /// course list, shared under `listing`, and the sessions saved as read).
-    async fn publish_sessions(&self, listing: &str) -> SyncResult<()> {
-        if !self.saves_sessions()
-            || self.checkpoint.phase == Phase::List
-            || !self.checkpoint.listing_complete
-        {
-            return Ok(());
-        }
-        let categories = self.ctx.job.course_category_ids.clone();
-        let published = self
-            .ctx
-            .fenced(async |fenced| {
-                Ok(store_worker::publish_sessions(fenced, listing, &categories).await?)
-            })
-            .await?;
-        if published {
-            tracing::info!("sessions reading published for the enrollments area");
-        }
-        Ok(())
+        self.ctx.job.kind.spec().listing.reads_rosters() && self.targets.is_none()
     }
 
     /// The shared reading of the listing's root level: the run's course list when the run shares
@@ -142,7 +114,7 @@ impl JobRun<'_> {
         let spec = self.ctx.job.kind.spec();
         let published = match spec.listing {
             Listing::Nested { course_types, .. } if self.walks_published_sessions() => {
-                shared::published_sessions(self.ctx, course_types).await?
+                published::published_sessions(self.ctx, course_types).await?
             }
             _ => None,
         };

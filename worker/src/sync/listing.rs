@@ -8,18 +8,19 @@
 //! until a pass sees nothing move; every level's count must reach Docebo's `total_count`; a 404
 //! on a nested listing means "gone" only when its parent is confirmed gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use learnsync_store::model::{
     COURSES_PATH, KindSpec, Listing, LogLevel, NewLogEvent, WebhookParents,
 };
 use learnsync_store::realtime::Targets;
-use learnsync_store::worker::save_session_page;
+use learnsync_store::worker::{SessionPage, save_session_page};
 use serde_json::{Map, Value};
 
 use super::checkpoint::{Pos, Proof};
-use super::shared::{Shared, published_page, shared_page};
+use super::published::published_page;
+use super::shared::{Shared, shared_page};
 use crate::context::{Failure, JobCtx, SyncError, SyncResult};
 use crate::docebo::{Docebo, Page, PageRef};
 use crate::mapping::{course_category, id_of};
@@ -101,8 +102,10 @@ pub(super) struct Walker<'a> {
     /// of Docebo's pages (roster jobs of a full run: [`super::shared::published_sessions`]).
     sessions: Option<Arc<HashMap<i64, Vec<Value>>>>,
     /// Whether each session course's first page of sessions is saved as read, for the reading
-    /// the job publishes at its end (the sessions job of a full courses run).
-    saves_sessions: bool,
+    /// the job publishes at its end (the sessions job of a courses run); with the courses the
+    /// published reading holds when the job merges into it (an incremental run), whose sessions
+    /// it reads changed since `updated_from` (the others whole, ended or not).
+    saves_sessions: Option<Option<Arc<HashSet<i64>>>>,
     /// The page size the positions count in.
     pub(super) page_size: u32,
 }
@@ -170,7 +173,7 @@ impl<'a> Walker<'a> {
             done,
             shared,
             sessions: None,
-            saves_sessions: false,
+            saves_sessions: None,
             page_size,
         }
     }
@@ -181,10 +184,17 @@ impl<'a> Walker<'a> {
         self
     }
 
-    /// Saves each session course's first page of sessions as read.
-    pub(super) fn saving_sessions(mut self) -> Self {
-        self.saves_sessions = true;
+    /// Saves each session course's first page of sessions as read; `known`: the courses whose
+    /// sessions the reading merged into holds (the others are read whole).
+    pub(super) fn saving_sessions(mut self, known: Option<Arc<HashSet<i64>>>) -> Self {
+        self.saves_sessions = Some(known);
         self
+    }
+
+    /// Whether the sessions of `course` are read whole although the run reads changes only: the
+    /// reading this job merges into does not hold them.
+    fn unknown_course(&self, course: i64) -> bool {
+        matches!(&self.saves_sessions, Some(Some(known)) if !known.contains(&course))
     }
 
     /// The root level of `spec`'s listing: its path and filters (what a shared reading is of).
@@ -247,8 +257,9 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// The sessions of a course of one of `course_types`, in the area's categories (rosters: a
-    /// course that has not ended, among those webhooks named).
+    /// The sessions of a course of one of `course_types`, in the area's categories: in
+    /// incremental runs, of a course that has not ended (unless read whole for a merge); for
+    /// rosters, among those webhooks named.
     fn sessions_of(
         &self,
         course: &Value,
@@ -267,7 +278,8 @@ impl<'a> Walker<'a> {
         if !in_categories(&self.scope.categories, course) {
             return None;
         }
-        if roster && self.ended(course) {
+        let whole = !roster && self.unknown_course(course_id);
+        if self.ended(course) && !whole {
             return None;
         }
         if roster
@@ -282,7 +294,7 @@ impl<'a> Walker<'a> {
         Some(Level {
             path: format!("/course/v1/courses/{course_id}/sessions"),
             // The sessions are the leaves unless rosters are read below them.
-            filters: if roster {
+            filters: if roster || whole {
                 Vec::new()
             } else {
                 self.scope.leaf_filters.clone()
@@ -631,12 +643,18 @@ impl<'a> Walker<'a> {
         let first = at.page == 1 && at.cursor.is_none();
         let page = self.read_page(ctx, d, &at).await?;
         self.note_page(d, &page);
-        if self.saves_sessions
+        if self.saves_sessions.is_some()
             && first
-            && let Some(course) = self.levels[d].parent_id
+            && let Some(course_id) = self.levels[d].parent_id
         {
+            let saved = SessionPage {
+                course_id,
+                items: page.items.clone(),
+                whole: !page.has_more,
+                filtered: !self.levels[d].filters.is_empty(),
+            };
             let conn = ctx.store.conn().await?;
-            save_session_page(&conn, &ctx.job, course, &page.items, !page.has_more).await?;
+            save_session_page(&conn, &ctx.job, &saved).await?;
         }
         let context = self.levels[d].context.clone();
         let items: Vec<Value> = page

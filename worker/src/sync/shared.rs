@@ -12,26 +12,17 @@
 //! unenrolls).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use learnsync_store::model::COURSES_PATH;
-use learnsync_store::worker::{
-    PublishedListing, SessionReading, SharedListing, publish_listing, session_reading,
-    shared_listing,
-};
+use learnsync_store::worker::{PublishedListing, SharedListing, publish_listing, shared_listing};
 use serde_json::Value;
 
 use super::checkpoint::Pos;
 use super::listing::MAX_VERIFY_PASSES;
-use super::listing::in_categories;
 use crate::context::{JobCtx, SyncResult};
 use crate::docebo::{Docebo, Page, PageRef};
 use crate::mapping::{docebo_time, id_of};
-
-/// What a published sessions reading's walk checkpoints name as the reading its positions count
-/// in: `sessions/<courses run id>`.
-pub(super) const SESSIONS_READING: &str = "sessions/";
 
 /// A run's published reading of a shared listing.
 pub(super) type Shared = PublishedListing;
@@ -70,81 +61,6 @@ pub(super) fn shared_page(shared: &Shared, at: &PageRef) -> Page {
         cursor: None,
         made_after: None,
     }
-}
-
-/// A page of a course's sessions from a published reading, which holds the whole listing as one
-/// answer: its first page has every item.
-pub(super) fn published_page(items: &[Value], at: &PageRef) -> Page {
-    let first = at.page <= 1 && at.cursor.is_none();
-    Page {
-        items: if first { items.to_vec() } else { Vec::new() },
-        has_more: false,
-        total_count: Some(items.len() as i64),
-        cursor: None,
-        made_after: None,
-    }
-}
-
-/// The sessions reading a roster job of a full run walks instead of listing the course list and
-/// the sessions itself (their root and middle levels): the courses area's latest run's, read
-/// under the job's category filter, holding the whole listing of every session course of the
-/// job's `course_types`. `None`: the job lists them itself.
-pub(super) async fn published_sessions(
-    ctx: &JobCtx,
-    course_types: &[&str],
-) -> SyncResult<Option<(Shared, Arc<HashMap<i64, Vec<Value>>>)>> {
-    let reading = {
-        let conn = ctx.store.conn().await?;
-        session_reading(&conn, ctx.job.connection_id).await?
-    };
-    let Some(reading) = reading else {
-        return Ok(None);
-    };
-    let categories = &ctx.job.course_category_ids;
-    if let Some(course) = unfit_course(&reading, categories, course_types) {
-        tracing::debug!(
-            course,
-            "the published sessions reading does not fit this job: listing the sessions"
-        );
-        return Ok(None);
-    }
-    let shared = Shared {
-        items: reading.courses,
-        reading: format!("{SESSIONS_READING}{}", reading.run_id),
-        incomplete: None,
-    };
-    Ok(Some((shared, Arc::new(reading.sessions))))
-}
-
-/// Why a reading does not serve a job of this category filter and course types: `Some(0)` when
-/// it was read under other categories, or the id of a course of those types whose sessions it
-/// does not hold whole.
-fn unfit_course(
-    reading: &SessionReading,
-    categories: &[i64],
-    course_types: &[&str],
-) -> Option<i64> {
-    let sorted = |ids: &[i64]| {
-        let mut ids = ids.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    };
-    if sorted(&reading.categories) != sorted(categories) {
-        return Some(0);
-    }
-    reading
-        .courses
-        .iter()
-        .filter(|course| {
-            course
-                .get("course_type")
-                .and_then(Value::as_str)
-                .is_some_and(|kind| course_types.contains(&kind.to_ascii_lowercase().as_str()))
-                && in_categories(categories, course)
-        })
-        .filter_map(|course| id_of(course, "id_course"))
-        .find(|id| !reading.sessions.contains_key(id))
 }
 
 /// The run's reading of the listing `path` with `filters`: published by another job, or read

@@ -8,7 +8,7 @@ use learnsync_store::worker::{self as store_worker, ListedSessions, Progress, Se
 
 use super::JobRun;
 use super::checkpoint::{Checkpoint, Phase};
-use super::shared::SESSIONS_READING;
+use super::published::SESSIONS_READING;
 use super::write::Written;
 use crate::context::{Failure, SyncError, SyncResult};
 use crate::mapping::Fields;
