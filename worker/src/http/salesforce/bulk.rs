@@ -270,22 +270,38 @@ fn parse_bulk_error(text: &str) -> RecordFailure {
     }
 }
 
+/// A CSV column: a field, and the parent's external id for a lookup (`Field__r.Ext__c`).
+type Column<'a> = (&'a str, Option<&'a str>);
+
+/// The column of a field's value.
+fn column_of<'a>(field: &'a str, value: &'a FieldValue) -> Column<'a> {
+    match value {
+        FieldValue::Lookup { external_id, .. } => (field, Some(&**external_id)),
+        FieldValue::Plain(_) => (field, None),
+    }
+}
+
+/// Whether two columns are the same; names shared with the mapping compare by address first.
+fn same_column(a: Column<'_>, b: Column<'_>) -> bool {
+    let same = |x: &str, y: &str| std::ptr::eq(x, y) || x == y;
+    same(a.0, b.0)
+        && match (a.1, b.1) {
+            (Some(x), Some(y)) => same(x, y),
+            (None, None) => true,
+            _ => false,
+        }
+}
+
 /// Writes records as Bulk API CSV: relationship columns as `Rel__r.Ext__c`, nulls as `#N/A`.
 pub fn to_csv(records: &[&Fields], external_id: &str) -> Result<String, Failure> {
     // Columns in first-seen order; a lookup by external id is `Relationship__r.Field__c`.
-    let mut columns: Vec<(String, Option<String>)> = vec![(external_id.to_string(), None)];
+    let mut columns: Vec<Column<'_>> = vec![(external_id, None)];
     for record in records {
         for (field, value) in record.iter() {
             // A handful of columns: a scan allocates nothing, unlike a set of owned names.
-            let reference = match value {
-                FieldValue::Lookup { external_id, .. } => Some(&**external_id),
-                FieldValue::Plain(_) => None,
-            };
-            let known = columns
-                .iter()
-                .any(|(f, k)| f == field && k.as_deref() == reference);
-            if !known {
-                columns.push((field.to_string(), reference.map(str::to_string)));
+            let column = column_of(field, value);
+            if !columns.iter().any(|known| same_column(*known, column)) {
+                columns.push(column);
             }
         }
     }
@@ -301,26 +317,15 @@ pub fn to_csv(records: &[&Fields], external_id: &str) -> Result<String, Failure>
         .map_err(fail)?;
     }
     writer.write_record(None::<&[u8]>).map_err(fail)?;
-    let mut number = String::new();
+    let mut row = Row {
+        cells: vec![None; columns.len()],
+        hints: Vec::new(),
+        number: String::new(),
+    };
     for record in records {
-        for (field, reference) in &columns {
-            let text = match (record.get(field), reference) {
-                (Some(FieldValue::Lookup { external_id, key }), Some(reference))
-                    if **external_id == **reference =>
-                {
-                    Some(key.as_str())
-                }
-                (Some(FieldValue::Plain(Value::String(text))), None) => Some(text.as_str()),
-                (Some(FieldValue::Plain(Value::Null)) | None, _) => None,
-                (Some(FieldValue::Plain(other)), None) => {
-                    number.clear();
-                    std::fmt::Write::write_fmt(&mut number, format_args!("{other}"))
-                        .map_err(|error| Failure::Encode(error.to_string()))?;
-                    Some(number.as_str())
-                }
-                _ => None,
-            };
-            writer.write_field(text.unwrap_or("#N/A")).map_err(fail)?;
+        row.fill(&columns, record);
+        for cell in 0..columns.len() {
+            writer.write_field(row.text(cell)?).map_err(fail)?;
         }
         writer.write_record(None::<&[u8]>).map_err(fail)?;
     }
@@ -329,6 +334,56 @@ pub fn to_csv(records: &[&Fields], external_id: &str) -> Result<String, Failure>
         .map_err(|error| Failure::Encode(format!("cannot write bulk csv: {error}")))?;
     String::from_utf8(bytes)
         .map_err(|error| Failure::Encode(format!("bulk csv is not utf-8: {error}")))
+}
+
+/// One CSV row being written: each column's value, placed by walking the record's fields once
+/// (records of one chunk have the same fields in the same order, so the previous record's
+/// columns are tried first) rather than looked up by name for every column.
+struct Row<'a> {
+    /// The value in each column, if the record has one.
+    cells: Vec<Option<&'a FieldValue>>,
+    /// The column of the previous record's field at each position.
+    hints: Vec<usize>,
+    /// A number's text.
+    number: String,
+}
+
+impl<'a> Row<'a> {
+    /// Places a record's values in their columns.
+    fn fill(&mut self, columns: &[Column<'a>], record: &'a Fields) {
+        self.cells.iter_mut().for_each(|cell| *cell = None);
+        for (position, (field, value)) in record.iter().enumerate() {
+            let column = column_of(field, value);
+            let hinted = self
+                .hints
+                .get(position)
+                .copied()
+                .filter(|at| columns.get(*at).is_some_and(|c| same_column(*c, column)));
+            let at = hinted.or_else(|| columns.iter().position(|c| same_column(*c, column)));
+            let Some(at) = at else { continue };
+            self.cells[at] = Some(value);
+            match self.hints.get_mut(position) {
+                Some(hint) => *hint = at,
+                None => self.hints.push(at),
+            }
+        }
+    }
+
+    /// A column's text: a lookup's key, text, a number's or a boolean's text, `#N/A` for null.
+    fn text(&mut self, cell: usize) -> Result<&str, Failure> {
+        let text = match self.cells[cell] {
+            Some(FieldValue::Lookup { key, .. }) => key.as_str(),
+            Some(FieldValue::Plain(Value::String(text))) => text.as_str(),
+            Some(FieldValue::Plain(Value::Null)) | None => "#N/A",
+            Some(FieldValue::Plain(other)) => {
+                self.number.clear();
+                std::fmt::Write::write_fmt(&mut self.number, format_args!("{other}"))
+                    .map_err(|error| Failure::Encode(error.to_string()))?;
+                self.number.as_str()
+            }
+        };
+        Ok(text)
+    }
 }
 
 /// Reads a Bulk API 2.0 result CSV: `(external id value, value of column)` per row. Only the two
@@ -348,7 +403,9 @@ fn read_results(
     let (Some(key_at), value_at) = (position(external_id), position(column)) else {
         return Ok(Vec::new());
     };
-    let mut rows = Vec::new();
+    // A row a line (a quoted value may hold more): room for every row at once.
+    let lines = text.bytes().filter(|byte| *byte == b'\n').count();
+    let mut rows = Vec::with_capacity(lines);
     let mut record = csv::StringRecord::new();
     while reader.read_record(&mut record).map_err(unreadable)? {
         let Some(key) = record.get(key_at) else {
