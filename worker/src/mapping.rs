@@ -458,22 +458,57 @@ pub fn docebo_time(time: DateTime<Utc>) -> String {
     time.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-/// Formats a time as Salesforce's REST API wants it (`%Y-%m-%dT%H:%M:%SZ`, written directly:
-/// this runs for every date of every record).
+/// Formats a time as Salesforce's REST API wants it (`%Y-%m-%dT%H:%M:%SZ`, written digit by
+/// digit: this runs for every date of every record).
 pub fn salesforce_time(time: DateTime<Utc>) -> String {
-    use chrono::{Datelike as _, Timelike as _};
-    if !(0..=9999).contains(&time.year()) {
+    use chrono::Timelike as _;
+    let mut out = String::with_capacity(20);
+    if !push_date(&mut out, time) {
         return time.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     }
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        time.year(),
-        time.month(),
-        time.day(),
-        time.hour(),
-        time.minute(),
-        time.second()
-    )
+    out.push('T');
+    push_digits(&mut out, time.hour(), 2);
+    out.push(':');
+    push_digits(&mut out, time.minute(), 2);
+    out.push(':');
+    push_digits(&mut out, time.second(), 2);
+    out.push('Z');
+    out
+}
+
+/// Formats a time's date as Salesforce's date fields want it (`%Y-%m-%d`).
+fn salesforce_date(time: DateTime<Utc>) -> String {
+    let mut out = String::with_capacity(10);
+    if !push_date(&mut out, time) {
+        return time.format("%Y-%m-%d").to_string();
+    }
+    out
+}
+
+/// Writes `YYYY-MM-DD`; false (nothing written) for a year outside 0 to 9999, which the format
+/// strings write otherwise.
+fn push_date(out: &mut String, time: DateTime<Utc>) -> bool {
+    use chrono::Datelike as _;
+    let Ok(year) = u32::try_from(time.year()) else {
+        return false;
+    };
+    if year > 9999 {
+        return false;
+    }
+    push_digits(out, year, 4);
+    out.push('-');
+    push_digits(out, time.month(), 2);
+    out.push('-');
+    push_digits(out, time.day(), 2);
+    true
+}
+
+/// Writes the last `width` decimal digits of `value`, zero-padded.
+fn push_digits(out: &mut String, value: u32, width: u32) {
+    for place in (0..width).rev() {
+        let digit = (value / 10u32.pow(place)) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 /// Docebo's usual `YYYY-MM-DD HH:MM:SS`, read without a format string (every date of every
@@ -544,7 +579,7 @@ fn render_key(template: &str, item: &Value) -> Option<String> {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
         let close = after.find('}')?;
-        out.push_str(&id_of(item, &after[..close])?.to_string());
+        out.push_str(itoa::Buffer::new().format(id_of(item, &after[..close])?));
         rest = &after[close + 1..];
     }
     out.push_str(rest);
@@ -635,7 +670,7 @@ impl FieldMapping {
                     Some(id) => {
                         return Ok(Converted::Set(FieldValue::Lookup {
                             external_id: external_id.clone(),
-                            key: id.to_string(),
+                            key: itoa::Buffer::new().format(id).to_string(),
                         }));
                     }
                     None if source.is_null() => Value::Null,
@@ -658,9 +693,7 @@ impl FieldMapping {
                 Err(reason) => return Err(("INVALID_DATE", reason)),
             },
             FieldKind::Date => match parse_docebo_time(source) {
-                Ok(time) => time.map_or(Value::Null, |time| {
-                    Value::String(time.format("%Y-%m-%d").to_string())
-                }),
+                Ok(time) => time.map_or(Value::Null, |time| Value::String(salesforce_date(time))),
                 Err(reason) => return Err(("INVALID_DATE", reason)),
             },
             FieldKind::Number { precision, scale } => number_value(source, *precision, *scale)?,
@@ -955,63 +988,52 @@ fn tighten(kind: &mut FieldKind, org_field: &Value) {
 }
 
 /// Hashes the values with the keys in a fixed order, whatever the map's iteration order: the
-/// object, then `{key:value,...}` with keys sorted and scalars in their compact JSON form. Nothing
-/// is cloned or rendered to an intermediate string.
+/// object, then `{key:value,...}` with keys sorted and scalars in their compact JSON form. The
+/// bytes are written into one buffer and hashed at once (not fed piece by piece).
 fn hash_fields(object: &str, fields: &Fields) -> Vec<u8> {
-    /// Feeds what serde_json writes straight into the hasher.
-    struct Feed<'a>(&'a mut sha2::Sha256);
-    impl std::io::Write for Feed<'_> {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.update(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    fn feed_map(hasher: &mut sha2::Sha256, map: &Map<String, Value>) {
+    fn feed_map(bytes: &mut Vec<u8>, map: &Map<String, Value>) {
         let mut entries: Vec<(&String, &Value)> = map.iter().collect();
         // Sorted already unless serde_json keeps insertion order; then this sorts.
         if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
             entries.sort_by(|a, b| a.0.cmp(b.0));
         }
-        hasher.update(b"{");
+        bytes.push(b'{');
         for (key, value) in entries {
-            hasher.update(key.as_bytes());
-            hasher.update(b":");
-            feed(hasher, value);
-            hasher.update(b",");
+            bytes.extend_from_slice(key.as_bytes());
+            bytes.push(b':');
+            feed(bytes, value);
+            bytes.push(b',');
         }
-        hasher.update(b"}");
+        bytes.push(b'}');
     }
-    fn feed(hasher: &mut sha2::Sha256, value: &Value) {
+    fn feed(bytes: &mut Vec<u8>, value: &Value) {
         match value {
-            Value::Object(map) => feed_map(hasher, map),
-            // Writing into a hasher cannot fail.
-            other => serde_json::to_writer(Feed(hasher), other).unwrap_or_default(),
+            Value::Object(map) => feed_map(bytes, map),
+            // Writing into a vector cannot fail.
+            other => serde_json::to_writer(&mut *bytes, other).unwrap_or_default(),
         }
     }
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(object.as_bytes());
+    let mut bytes = Vec::with_capacity(512);
+    bytes.extend_from_slice(object.as_bytes());
     // Fields are kept in name order: the bytes are those of the sorted JSON object.
-    hasher.update(b"{");
+    bytes.push(b'{');
     for (name, value) in fields.iter() {
-        hasher.update(name.as_bytes());
-        hasher.update(b":");
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(b':');
         match value {
-            FieldValue::Plain(value) => feed(&mut hasher, value),
+            FieldValue::Plain(value) => feed(&mut bytes, value),
             FieldValue::Lookup { external_id, key } => {
-                hasher.update(b"{");
-                hasher.update(external_id.as_bytes());
-                hasher.update(b":");
-                serde_json::to_writer(Feed(&mut hasher), key).unwrap_or_default();
-                hasher.update(b",}");
+                bytes.push(b'{');
+                bytes.extend_from_slice(external_id.as_bytes());
+                bytes.push(b':');
+                serde_json::to_writer(&mut bytes, key).unwrap_or_default();
+                bytes.extend_from_slice(b",}");
             }
         }
-        hasher.update(b",");
+        bytes.push(b',');
     }
-    hasher.update(b"}");
-    hasher.finalize().to_vec()
+    bytes.push(b'}');
+    sha2::Sha256::digest(&bytes).to_vec()
 }
 
 #[cfg(test)]
