@@ -546,6 +546,20 @@ fn text_of(value: &Value) -> Option<String> {
     }
 }
 
+/// Appends a value's text as [`text_of`] gives it (nothing for null), without a copy of it.
+fn push_text(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => {}
+        Value::String(text) => out.push_str(text),
+        Value::Bool(flag) => out.push_str(if *flag { "true" } else { "false" }),
+        Value::Number(number) => {
+            // Writing into a string cannot fail.
+            let _ = std::fmt::Write::write_fmt(out, format_args!("{number}"));
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
 /// Renders a template: `{field}` placeholders take the item's values (missing ones: empty).
 fn render(template: &str, item: &Value) -> String {
     let mut out = String::new();
@@ -556,8 +570,8 @@ fn render(template: &str, item: &Value) -> String {
         match after.find('}') {
             Some(close) => {
                 let field = &after[..close];
-                if let Some(text) = item.get(field).and_then(text_of) {
-                    out.push_str(&text);
+                if let Some(value) = item.get(field) {
+                    push_text(&mut out, value);
                 }
                 rest = &after[close + 1..];
             }
@@ -786,64 +800,27 @@ fn picklist_value(source: &Value, values: &BTreeMap<String, String>) -> Result<V
 impl ObjectMapping {
     /// Maps a Docebo item (with any `_` context fields the sync added) to a record.
     pub fn map(&self, item: &Value) -> Result<MappedRecord, RecordError> {
-        let Some(key) = render_key(&self.key, item) else {
-            return Err(RecordError {
-                key: raw_key(&self.key, item),
-                code: "INVALID_KEY".into(),
-                message: format!("the item has no numeric key ({})", self.key),
-            });
+        self.mapper().map(item)
+    }
+
+    /// A mapper of many items: where each field goes in a record is worked out once.
+    pub fn mapper(&self) -> Mapper<'_> {
+        let mut names: Vec<Arc<str>> = vec![self.external_id.clone(), NAME_FIELD.clone()];
+        names.extend(self.fields.iter().map(|field| field.field.clone()));
+        names.sort();
+        names.dedup();
+        let slot = |name: &str| {
+            names
+                .binary_search_by(|known| (**known).cmp(name))
+                .unwrap_or_default()
         };
-        let mut fields = Fields(Vec::with_capacity(self.fields.len() + 2));
-        let mut matches = Vec::new();
-        fields.insert_plain(self.external_id.clone(), Value::String(key.clone()));
-        if !self.name.is_empty() {
-            let name = self
-                .name
-                .iter()
-                .map(|template| render(template, item).trim().to_string())
-                .find(|name| !name.is_empty() && !name.starts_with('/') && !name.ends_with('/'))
-                .unwrap_or_else(|| key.clone());
-            // Name is our own label, not Docebo data: shortening it loses nothing.
-            fields.insert_plain(
-                NAME_FIELD.clone(),
-                Value::String(name.chars().take(80).collect()),
-            );
+        Mapper {
+            external_id: slot(&self.external_id),
+            name: slot(&NAME_FIELD),
+            fields: self.fields.iter().map(|field| slot(&field.field)).collect(),
+            names,
+            mapping: self,
         }
-        for field in &self.fields {
-            let converted = field.convert(item).map_err(|(code, message)| RecordError {
-                key: key.clone(),
-                code: code.to_string(),
-                message: format!("{}: {message}", field.field),
-            })?;
-            match converted {
-                Converted::Pending(pending) => matches.push(pending),
-                Converted::Set(value) => fields.insert(field.field.clone(), value),
-                Converted::Value(value) if field.required && value.is_null() => {
-                    return Err(RecordError {
-                        key,
-                        code: "REQUIRED_FIELD_MISSING".into(),
-                        message: format!("{}: a value is required", field.field),
-                    });
-                }
-                Converted::Value(value) => fields.insert_plain(field.field.clone(), value),
-            }
-        }
-        let mut updated_at = None;
-        for marker in &self.updated_at {
-            if let Some(value) = item.get(marker)
-                && let Ok(Some(time)) = parse_docebo_time(value)
-            {
-                updated_at = updated_at.max(Some(time));
-            }
-        }
-        let hash = hash_fields(&self.object, &fields);
-        Ok(MappedRecord {
-            key,
-            fields,
-            hash,
-            updated_at,
-            matches,
-        })
     }
 
     /// Sets a record's resolved lookups by value and hashes it again.
@@ -887,6 +864,104 @@ impl ObjectMapping {
             Value::String(salesforce_time(at)),
         );
         Some(fields)
+    }
+}
+
+/// Maps items of one mapping to records. A record's fields are kept in name order: each field
+/// mapping's place among the names a record may carry is worked out once
+/// ([`ObjectMapping::mapper`]), not by a sorted insertion per field of every record.
+pub struct Mapper<'a> {
+    mapping: &'a ObjectMapping,
+    /// The names a record may carry, sorted and distinct.
+    names: Vec<Arc<str>>,
+    /// The place of the external id among them.
+    external_id: usize,
+    /// The place of `Name`.
+    name: usize,
+    /// The place of each field mapping's field.
+    fields: Vec<usize>,
+}
+
+impl Mapper<'_> {
+    /// Maps a Docebo item (with any `_` context fields the sync added) to a record.
+    pub fn map(&self, item: &Value) -> Result<MappedRecord, RecordError> {
+        let mapping = self.mapping;
+        let Some(key) = render_key(&mapping.key, item) else {
+            return Err(RecordError {
+                key: raw_key(&mapping.key, item),
+                code: "INVALID_KEY".into(),
+                message: format!("the item has no numeric key ({})", mapping.key),
+            });
+        };
+        // Each name's value; a later field mapping of the same name wins.
+        let mut cells: Vec<Option<FieldValue>> = vec![None; self.names.len()];
+        cells[self.external_id] = Some(FieldValue::Plain(Value::String(key.clone())));
+        if !mapping.name.is_empty() {
+            cells[self.name] = Some(FieldValue::Plain(Value::String(record_name(
+                &mapping.name,
+                item,
+                &key,
+            ))));
+        }
+        let mut matches = Vec::new();
+        for (field, &slot) in mapping.fields.iter().zip(&self.fields) {
+            let converted = field.convert(item).map_err(|(code, message)| RecordError {
+                key: key.clone(),
+                code: code.to_string(),
+                message: format!("{}: {message}", field.field),
+            })?;
+            cells[slot] = match converted {
+                Converted::Pending(pending) => {
+                    matches.push(pending);
+                    continue;
+                }
+                Converted::Set(value) => Some(value),
+                Converted::Value(value) if field.required && value.is_null() => {
+                    return Err(RecordError {
+                        key,
+                        code: "REQUIRED_FIELD_MISSING".into(),
+                        message: format!("{}: a value is required", field.field),
+                    });
+                }
+                Converted::Value(value) => Some(FieldValue::Plain(value)),
+            };
+        }
+        let fields = Fields(
+            cells
+                .into_iter()
+                .zip(&self.names)
+                .filter_map(|(cell, name)| Some((name.clone(), cell?)))
+                .collect(),
+        );
+        Ok(MappedRecord {
+            hash: hash_fields(&mapping.object, &fields),
+            updated_at: mapping.updated_at_of(item),
+            key,
+            fields,
+            matches,
+        })
+    }
+}
+
+/// A record's `Name`: the first template that renders to a name (not empty, no dangling `/`),
+/// else the key; at most 80 characters (it is our own label, not Docebo data: shortening it
+/// loses nothing).
+fn record_name(templates: &[String], item: &Value, key: &str) -> String {
+    for template in templates {
+        let rendered = render(template, item);
+        let name = rendered.trim();
+        if !name.is_empty() && !name.starts_with('/') && !name.ends_with('/') {
+            return first_chars(name, 80);
+        }
+    }
+    first_chars(key, 80)
+}
+
+/// The first `count` characters of a text.
+fn first_chars(text: &str, count: usize) -> String {
+    match text.char_indices().nth(count) {
+        Some((at, _)) => text[..at].to_string(),
+        None => text.to_string(),
     }
 }
 
