@@ -322,13 +322,13 @@ pub fn to_csv(records: &[&Fields], external_id: &str) -> Result<String, Failure>
         number: String::new(),
         integer: itoa::Buffer::new(),
     };
+    let only = columns.len() == 1;
     for record in records {
         row.fill(&columns, record);
         for cell in 0..columns.len() {
             if cell > 0 {
                 csv.push(',');
             }
-            let only = columns.len() == 1;
             push_field(&mut csv, row.text(cell)?, only);
         }
         csv.push('\n');
@@ -480,6 +480,7 @@ fn read_results(
 /// ending at `\n`, `\r\n` or `\r`, empty lines skipped, a field in quotes holding any of these
 /// with `""` for a quote (text after its closing quote is kept, as the crate does).
 struct CsvFields<'a> {
+    /// What is left to read.
     rest: &'a str,
 }
 
