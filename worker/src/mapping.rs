@@ -458,22 +458,57 @@ pub fn docebo_time(time: DateTime<Utc>) -> String {
     time.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-/// Formats a time as Salesforce's REST API wants it (`%Y-%m-%dT%H:%M:%SZ`, written directly:
-/// this runs for every date of every record).
+/// Formats a time as Salesforce's REST API wants it (`%Y-%m-%dT%H:%M:%SZ`, written digit by
+/// digit: this runs for every date of every record).
 pub fn salesforce_time(time: DateTime<Utc>) -> String {
-    use chrono::{Datelike as _, Timelike as _};
-    if !(0..=9999).contains(&time.year()) {
+    use chrono::Timelike as _;
+    let mut out = String::with_capacity(20);
+    if !push_date(&mut out, time) {
         return time.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     }
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        time.year(),
-        time.month(),
-        time.day(),
-        time.hour(),
-        time.minute(),
-        time.second()
-    )
+    out.push('T');
+    push_digits(&mut out, time.hour(), 2);
+    out.push(':');
+    push_digits(&mut out, time.minute(), 2);
+    out.push(':');
+    push_digits(&mut out, time.second(), 2);
+    out.push('Z');
+    out
+}
+
+/// Formats a time's date as Salesforce's date fields want it (`%Y-%m-%d`).
+fn salesforce_date(time: DateTime<Utc>) -> String {
+    let mut out = String::with_capacity(10);
+    if !push_date(&mut out, time) {
+        return time.format("%Y-%m-%d").to_string();
+    }
+    out
+}
+
+/// Writes `YYYY-MM-DD`; false (nothing written) for a year outside 0 to 9999, which the format
+/// strings write otherwise.
+fn push_date(out: &mut String, time: DateTime<Utc>) -> bool {
+    use chrono::Datelike as _;
+    let Ok(year) = u32::try_from(time.year()) else {
+        return false;
+    };
+    if year > 9999 {
+        return false;
+    }
+    push_digits(out, year, 4);
+    out.push('-');
+    push_digits(out, time.month(), 2);
+    out.push('-');
+    push_digits(out, time.day(), 2);
+    true
+}
+
+/// Writes the last `width` decimal digits of `value`, zero-padded.
+fn push_digits(out: &mut String, value: u32, width: u32) {
+    for place in (0..width).rev() {
+        let digit = (value / 10u32.pow(place)) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 /// Docebo's usual `YYYY-MM-DD HH:MM:SS`, read without a format string (every date of every
@@ -511,6 +546,20 @@ fn text_of(value: &Value) -> Option<String> {
     }
 }
 
+/// Appends a value's text as [`text_of`] gives it (nothing for null), without a copy of it.
+fn push_text(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => {}
+        Value::String(text) => out.push_str(text),
+        Value::Bool(flag) => out.push_str(if *flag { "true" } else { "false" }),
+        Value::Number(number) => {
+            // Writing into a string cannot fail.
+            let _ = std::fmt::Write::write_fmt(out, format_args!("{number}"));
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
 /// Renders a template: `{field}` placeholders take the item's values (missing ones: empty).
 fn render(template: &str, item: &Value) -> String {
     let mut out = String::new();
@@ -521,8 +570,8 @@ fn render(template: &str, item: &Value) -> String {
         match after.find('}') {
             Some(close) => {
                 let field = &after[..close];
-                if let Some(text) = item.get(field).and_then(text_of) {
-                    out.push_str(&text);
+                if let Some(value) = item.get(field) {
+                    push_text(&mut out, value);
                 }
                 rest = &after[close + 1..];
             }
@@ -544,7 +593,7 @@ fn render_key(template: &str, item: &Value) -> Option<String> {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
         let close = after.find('}')?;
-        out.push_str(&id_of(item, &after[..close])?.to_string());
+        out.push_str(itoa::Buffer::new().format(id_of(item, &after[..close])?));
         rest = &after[close + 1..];
     }
     out.push_str(rest);
@@ -635,7 +684,7 @@ impl FieldMapping {
                     Some(id) => {
                         return Ok(Converted::Set(FieldValue::Lookup {
                             external_id: external_id.clone(),
-                            key: id.to_string(),
+                            key: itoa::Buffer::new().format(id).to_string(),
                         }));
                     }
                     None if source.is_null() => Value::Null,
@@ -658,9 +707,7 @@ impl FieldMapping {
                 Err(reason) => return Err(("INVALID_DATE", reason)),
             },
             FieldKind::Date => match parse_docebo_time(source) {
-                Ok(time) => time.map_or(Value::Null, |time| {
-                    Value::String(time.format("%Y-%m-%d").to_string())
-                }),
+                Ok(time) => time.map_or(Value::Null, |time| Value::String(salesforce_date(time))),
                 Err(reason) => return Err(("INVALID_DATE", reason)),
             },
             FieldKind::Number { precision, scale } => number_value(source, *precision, *scale)?,
@@ -753,64 +800,27 @@ fn picklist_value(source: &Value, values: &BTreeMap<String, String>) -> Result<V
 impl ObjectMapping {
     /// Maps a Docebo item (with any `_` context fields the sync added) to a record.
     pub fn map(&self, item: &Value) -> Result<MappedRecord, RecordError> {
-        let Some(key) = render_key(&self.key, item) else {
-            return Err(RecordError {
-                key: raw_key(&self.key, item),
-                code: "INVALID_KEY".into(),
-                message: format!("the item has no numeric key ({})", self.key),
-            });
+        self.mapper().map(item)
+    }
+
+    /// A mapper of many items: where each field goes in a record is worked out once.
+    pub fn mapper(&self) -> Mapper<'_> {
+        let mut names: Vec<Arc<str>> = vec![self.external_id.clone(), NAME_FIELD.clone()];
+        names.extend(self.fields.iter().map(|field| field.field.clone()));
+        names.sort();
+        names.dedup();
+        let slot = |name: &str| {
+            names
+                .binary_search_by(|known| (**known).cmp(name))
+                .unwrap_or_default()
         };
-        let mut fields = Fields(Vec::with_capacity(self.fields.len() + 2));
-        let mut matches = Vec::new();
-        fields.insert_plain(self.external_id.clone(), Value::String(key.clone()));
-        if !self.name.is_empty() {
-            let name = self
-                .name
-                .iter()
-                .map(|template| render(template, item).trim().to_string())
-                .find(|name| !name.is_empty() && !name.starts_with('/') && !name.ends_with('/'))
-                .unwrap_or_else(|| key.clone());
-            // Name is our own label, not Docebo data: shortening it loses nothing.
-            fields.insert_plain(
-                NAME_FIELD.clone(),
-                Value::String(name.chars().take(80).collect()),
-            );
+        Mapper {
+            external_id: slot(&self.external_id),
+            name: slot(&NAME_FIELD),
+            fields: self.fields.iter().map(|field| slot(&field.field)).collect(),
+            names,
+            mapping: self,
         }
-        for field in &self.fields {
-            let converted = field.convert(item).map_err(|(code, message)| RecordError {
-                key: key.clone(),
-                code: code.to_string(),
-                message: format!("{}: {message}", field.field),
-            })?;
-            match converted {
-                Converted::Pending(pending) => matches.push(pending),
-                Converted::Set(value) => fields.insert(field.field.clone(), value),
-                Converted::Value(value) if field.required && value.is_null() => {
-                    return Err(RecordError {
-                        key,
-                        code: "REQUIRED_FIELD_MISSING".into(),
-                        message: format!("{}: a value is required", field.field),
-                    });
-                }
-                Converted::Value(value) => fields.insert_plain(field.field.clone(), value),
-            }
-        }
-        let mut updated_at = None;
-        for marker in &self.updated_at {
-            if let Some(value) = item.get(marker)
-                && let Ok(Some(time)) = parse_docebo_time(value)
-            {
-                updated_at = updated_at.max(Some(time));
-            }
-        }
-        let hash = hash_fields(&self.object, &fields);
-        Ok(MappedRecord {
-            key,
-            fields,
-            hash,
-            updated_at,
-            matches,
-        })
     }
 
     /// Sets a record's resolved lookups by value and hashes it again.
@@ -854,6 +864,104 @@ impl ObjectMapping {
             Value::String(salesforce_time(at)),
         );
         Some(fields)
+    }
+}
+
+/// Maps items of one mapping to records. A record's fields are kept in name order: each field
+/// mapping's place among the names a record may carry is worked out once
+/// ([`ObjectMapping::mapper`]), not by a sorted insertion per field of every record.
+pub struct Mapper<'a> {
+    mapping: &'a ObjectMapping,
+    /// The names a record may carry, sorted and distinct.
+    names: Vec<Arc<str>>,
+    /// The place of the external id among them.
+    external_id: usize,
+    /// The place of `Name`.
+    name: usize,
+    /// The place of each field mapping's field.
+    fields: Vec<usize>,
+}
+
+impl Mapper<'_> {
+    /// Maps a Docebo item (with any `_` context fields the sync added) to a record.
+    pub fn map(&self, item: &Value) -> Result<MappedRecord, RecordError> {
+        let mapping = self.mapping;
+        let Some(key) = render_key(&mapping.key, item) else {
+            return Err(RecordError {
+                key: raw_key(&mapping.key, item),
+                code: "INVALID_KEY".into(),
+                message: format!("the item has no numeric key ({})", mapping.key),
+            });
+        };
+        // Each name's value; a later field mapping of the same name wins.
+        let mut cells: Vec<Option<FieldValue>> = vec![None; self.names.len()];
+        cells[self.external_id] = Some(FieldValue::Plain(Value::String(key.clone())));
+        if !mapping.name.is_empty() {
+            cells[self.name] = Some(FieldValue::Plain(Value::String(record_name(
+                &mapping.name,
+                item,
+                &key,
+            ))));
+        }
+        let mut matches = Vec::new();
+        for (field, &slot) in mapping.fields.iter().zip(&self.fields) {
+            let converted = field.convert(item).map_err(|(code, message)| RecordError {
+                key: key.clone(),
+                code: code.to_string(),
+                message: format!("{}: {message}", field.field),
+            })?;
+            cells[slot] = match converted {
+                Converted::Pending(pending) => {
+                    matches.push(pending);
+                    continue;
+                }
+                Converted::Set(value) => Some(value),
+                Converted::Value(value) if field.required && value.is_null() => {
+                    return Err(RecordError {
+                        key,
+                        code: "REQUIRED_FIELD_MISSING".into(),
+                        message: format!("{}: a value is required", field.field),
+                    });
+                }
+                Converted::Value(value) => Some(FieldValue::Plain(value)),
+            };
+        }
+        let fields = Fields(
+            cells
+                .into_iter()
+                .zip(&self.names)
+                .filter_map(|(cell, name)| Some((name.clone(), cell?)))
+                .collect(),
+        );
+        Ok(MappedRecord {
+            hash: hash_fields(&mapping.object, &fields),
+            updated_at: mapping.updated_at_of(item),
+            key,
+            fields,
+            matches,
+        })
+    }
+}
+
+/// A record's `Name`: the first template that renders to a name (not empty, no dangling `/`),
+/// else the key; at most 80 characters (it is our own label, not Docebo data: shortening it
+/// loses nothing).
+fn record_name(templates: &[String], item: &Value, key: &str) -> String {
+    for template in templates {
+        let rendered = render(template, item);
+        let name = rendered.trim();
+        if !name.is_empty() && !name.starts_with('/') && !name.ends_with('/') {
+            return first_chars(name, 80);
+        }
+    }
+    first_chars(key, 80)
+}
+
+/// The first `count` characters of a text.
+fn first_chars(text: &str, count: usize) -> String {
+    match text.char_indices().nth(count) {
+        Some((at, _)) => text[..at].to_string(),
+        None => text.to_string(),
     }
 }
 
@@ -955,63 +1063,52 @@ fn tighten(kind: &mut FieldKind, org_field: &Value) {
 }
 
 /// Hashes the values with the keys in a fixed order, whatever the map's iteration order: the
-/// object, then `{key:value,...}` with keys sorted and scalars in their compact JSON form. Nothing
-/// is cloned or rendered to an intermediate string.
+/// object, then `{key:value,...}` with keys sorted and scalars in their compact JSON form. The
+/// bytes are written into one buffer and hashed at once (not fed piece by piece).
 fn hash_fields(object: &str, fields: &Fields) -> Vec<u8> {
-    /// Feeds what serde_json writes straight into the hasher.
-    struct Feed<'a>(&'a mut sha2::Sha256);
-    impl std::io::Write for Feed<'_> {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.update(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    fn feed_map(hasher: &mut sha2::Sha256, map: &Map<String, Value>) {
+    fn feed_map(bytes: &mut Vec<u8>, map: &Map<String, Value>) {
         let mut entries: Vec<(&String, &Value)> = map.iter().collect();
         // Sorted already unless serde_json keeps insertion order; then this sorts.
         if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
             entries.sort_by(|a, b| a.0.cmp(b.0));
         }
-        hasher.update(b"{");
+        bytes.push(b'{');
         for (key, value) in entries {
-            hasher.update(key.as_bytes());
-            hasher.update(b":");
-            feed(hasher, value);
-            hasher.update(b",");
+            bytes.extend_from_slice(key.as_bytes());
+            bytes.push(b':');
+            feed(bytes, value);
+            bytes.push(b',');
         }
-        hasher.update(b"}");
+        bytes.push(b'}');
     }
-    fn feed(hasher: &mut sha2::Sha256, value: &Value) {
+    fn feed(bytes: &mut Vec<u8>, value: &Value) {
         match value {
-            Value::Object(map) => feed_map(hasher, map),
-            // Writing into a hasher cannot fail.
-            other => serde_json::to_writer(Feed(hasher), other).unwrap_or_default(),
+            Value::Object(map) => feed_map(bytes, map),
+            // Writing into a vector cannot fail.
+            other => serde_json::to_writer(&mut *bytes, other).unwrap_or_default(),
         }
     }
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(object.as_bytes());
+    let mut bytes = Vec::with_capacity(512);
+    bytes.extend_from_slice(object.as_bytes());
     // Fields are kept in name order: the bytes are those of the sorted JSON object.
-    hasher.update(b"{");
+    bytes.push(b'{');
     for (name, value) in fields.iter() {
-        hasher.update(name.as_bytes());
-        hasher.update(b":");
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(b':');
         match value {
-            FieldValue::Plain(value) => feed(&mut hasher, value),
+            FieldValue::Plain(value) => feed(&mut bytes, value),
             FieldValue::Lookup { external_id, key } => {
-                hasher.update(b"{");
-                hasher.update(external_id.as_bytes());
-                hasher.update(b":");
-                serde_json::to_writer(Feed(&mut hasher), key).unwrap_or_default();
-                hasher.update(b",}");
+                bytes.push(b'{');
+                bytes.extend_from_slice(external_id.as_bytes());
+                bytes.push(b':');
+                serde_json::to_writer(&mut bytes, key).unwrap_or_default();
+                bytes.extend_from_slice(b",}");
             }
         }
-        hasher.update(b",");
+        bytes.push(b',');
     }
-    hasher.update(b"}");
-    hasher.finalize().to_vec()
+    bytes.push(b'}');
+    sha2::Sha256::digest(&bytes).to_vec()
 }
 
 #[cfg(test)]

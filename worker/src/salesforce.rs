@@ -298,7 +298,7 @@ impl Salesforce {
         })
         .await?;
         self.wait_for_bulk_job(ctx, job, BulkJob::Ingest).await?;
-        let mut by_key: HashMap<String, RecordResult> = HashMap::with_capacity(records.len());
+        let mut files = Vec::with_capacity(2);
         for successful in [true, false] {
             let rows = self
                 .call(ctx, Exchange::Read, |session: Session| async move {
@@ -307,36 +307,11 @@ impl Salesforce {
                         .await
                 })
                 .await?;
-            for (key, value) in rows {
-                let result = if successful {
-                    RecordResult {
-                        success: true,
-                        id: Some(value).filter(|id| !id.is_empty()),
-                        errors: Vec::new(),
-                    }
-                } else {
-                    crate::http::salesforce::bulk_failure(&value)
-                };
-                by_key.insert(key, result);
-            }
+            files.push(rows);
         }
-        Ok(records
-            .iter()
-            .map(|record| {
-                let key = match record.get(external_id) {
-                    Some(FieldValue::Plain(Value::String(key))) => key.as_str(),
-                    _ => "",
-                };
-                by_key.remove(key).unwrap_or(RecordResult {
-                    success: false,
-                    id: None,
-                    errors: vec![RecordFailure {
-                        code: "UNPROCESSED".into(),
-                        message: "salesforce did not process the record".into(),
-                    }],
-                })
-            })
-            .collect())
+        let failed = files.pop().unwrap_or_default();
+        let successful = files.pop().unwrap_or_default();
+        Ok(bulk_outcomes(records, external_id, successful, failed))
     }
 
     /// Starts a Bulk API 2.0 query job and waits until its results can be read; returns its id.
@@ -465,6 +440,60 @@ impl Salesforce {
     }
 }
 
+/// The outcome of each record sent in a Bulk ingest job, in the order sent, from the job's
+/// result files (`(external id, sf__Id)` and `(external id, sf__Error)` rows): a failure row wins
+/// A record is in one file at most (in neither: failed with `UNPROCESSED`). Result files list
+/// their rows in the order sent, so each record's row is first looked for at the head of each
+/// file (no map of every key); rows met out of order send the rest through a map by key.
+fn bulk_outcomes(
+    records: &[&Fields],
+    external_id: &str,
+    successful: Vec<(String, String)>,
+    failed: Vec<(String, String)>,
+) -> Vec<RecordResult> {
+    let success = |id: String| RecordResult {
+        success: true,
+        id: Some(id).filter(|id| !id.is_empty()),
+        errors: Vec::new(),
+    };
+    let failure = |text: String| crate::http::salesforce::bulk_failure(&text);
+    let mut successful = successful.into_iter().peekable();
+    let mut failed = failed.into_iter().peekable();
+    let mut strays: Option<HashMap<String, RecordResult>> = None;
+    let mut outcomes = Vec::with_capacity(records.len());
+    for record in records {
+        let key = match record.get(external_id) {
+            Some(FieldValue::Plain(Value::String(key))) => key.as_str(),
+            _ => "",
+        };
+        let outcome = match &mut strays {
+            Some(strays) => strays.remove(key),
+            None if failed.peek().is_some_and(|(k, _)| k == key) => {
+                failed.next().map(|(_, text)| failure(text))
+            }
+            None if successful.peek().is_some_and(|(k, _)| k == key) => {
+                successful.next().map(|(_, id)| success(id))
+            }
+            None => {
+                // Out of order: the rest by key, failures over successes as above.
+                let mut by_key: HashMap<String, RecordResult> = HashMap::new();
+                by_key.extend(successful.by_ref().map(|(k, id)| (k, success(id))));
+                by_key.extend(failed.by_ref().map(|(k, text)| (k, failure(text))));
+                strays.insert(by_key).remove(key)
+            }
+        };
+        outcomes.push(outcome.unwrap_or_else(|| RecordResult {
+            success: false,
+            id: None,
+            errors: vec![RecordFailure {
+                code: "UNPROCESSED".into(),
+                message: "salesforce did not process the record".into(),
+            }],
+        }));
+    }
+    outcomes
+}
+
 /// Which kind of Bulk API 2.0 job is polled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BulkJob {
@@ -472,4 +501,58 @@ enum BulkJob {
     Ingest,
     /// A query: a stop ends the wait.
     Query,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn record(key: &str) -> Fields {
+        let mut fields = Fields::default();
+        fields.insert_plain(Arc::from("Key__c"), Value::String(key.into()));
+        fields
+    }
+
+    fn rows(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect()
+    }
+
+    /// What each record came to: its id, its error code, or `UNPROCESSED`.
+    fn outcomes(
+        keys: &[&str],
+        successful: &[(&str, &str)],
+        failed: &[(&str, &str)],
+    ) -> Vec<String> {
+        let records: Vec<Fields> = keys.iter().map(|key| record(key)).collect();
+        let records: Vec<&Fields> = records.iter().collect();
+        bulk_outcomes(&records, "Key__c", rows(successful), rows(failed))
+            .into_iter()
+            .map(|result| match result.id {
+                Some(id) => id,
+                None => result.errors[0].code.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bulk_results_are_matched_to_records_in_and_out_of_order() {
+        let in_order = outcomes(
+            &["1", "2", "3", "4"],
+            &[("1", "a1"), ("3", "a3")],
+            &[("2", "INVALID_FIELD:bad:X__c --")],
+        );
+        assert_eq!(in_order, ["a1", "INVALID_FIELD", "a3", "UNPROCESSED"]);
+        let shuffled = outcomes(
+            &["1", "2", "3", "4"],
+            &[("3", "a3"), ("4", "a4"), ("1", "a1")],
+            &[("2", "STRING_TOO_LONG:long:Name --")],
+        );
+        assert_eq!(shuffled, ["a1", "STRING_TOO_LONG", "a3", "a4"]);
+    }
 }

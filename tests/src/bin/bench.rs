@@ -465,7 +465,7 @@ async fn bench_sync(
         "| course enrollments | records | wall s | records/s | docebo calls /1k | salesforce calls /1k | worker cpu s | worker peak MiB | postgres cpu s | failed (by design) |"
     );
     println!(
-        "| {enrollments} | {records} | {:.1} (users {:.1}, courses {:.1}, enrollments {:.1}) | {:.0} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {failed} |",
+        "| {enrollments} | {records} | {:.1} (users {:.1}, courses {:.1}, enrollments {:.1}) | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {failed} |",
         wall.as_secs_f64(),
         users_time.as_secs_f64(),
         courses_time.as_secs_f64(),
@@ -476,6 +476,10 @@ async fn bench_sync(
         worker_cpu,
         worker_peak,
         pg_cpu,
+    );
+    println!(
+        "worker cpu per record: {:.2} us",
+        worker_cpu * 1e6 / records as f64
     );
     println!("docebo calls: {docebo_calls} ({docebo_by_family})");
     if let Some((per_hour, burst)) = limit {

@@ -239,10 +239,13 @@ fn made_after(headers: &reqwest::header::HeaderMap, elapsed: Duration) -> Option
 /// Reads Docebo's list envelope.
 pub fn parse_page(body: &str) -> Result<Page, Failure> {
     let unreadable = |what: &str| Failure::Unreadable(format!("docebo page {what}"));
-    let value: Value = serde_json::from_str(body).map_err(|_| unreadable("is not JSON"))?;
-    let data = value.get("data").ok_or_else(|| unreadable("has no data"))?;
-    let items = match data.get("items") {
-        Some(Value::Array(items)) => items.clone(),
+    let mut value: Value = serde_json::from_str(body).map_err(|_| unreadable("is not JSON"))?;
+    let data = value
+        .get_mut("data")
+        .ok_or_else(|| unreadable("has no data"))?;
+    // The items are taken out of the parsed page, not copied (a page's worth of maps each).
+    let items = match data.get_mut("items") {
+        Some(Value::Array(items)) => std::mem::take(items),
         Some(Value::Null) | None => Vec::new(),
         Some(_) => return Err(unreadable("items is not an array")),
     };

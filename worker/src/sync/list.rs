@@ -327,6 +327,7 @@ impl JobRun<'_> {
                 ..
             }
         );
+        let mapper = self.mapping.mapper();
         for item in page.items {
             if !self.in_timeframe(&item) {
                 continue;
@@ -335,7 +336,7 @@ impl JobRun<'_> {
                 continue;
             }
             end.read += 1;
-            gathered.records.push(self.mapping.map(&item));
+            gathered.records.push(mapper.map(&item));
         }
     }
 }

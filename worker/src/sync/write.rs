@@ -162,13 +162,20 @@ fn sort_out(object: &str, records: Vec<Pending>) -> (Written, Vec<MappedRecord>,
             }
         }
     }
-    let mut last_index: HashMap<String, usize> = HashMap::new();
+    // Keys borrowed, not copied: which index of each key is its last.
+    let mut last_index: HashMap<&str, usize> = HashMap::with_capacity(mapped.len());
     for (index, record) in mapped.iter().enumerate() {
-        last_index.insert(record.key.clone(), index);
+        last_index.insert(record.key.as_str(), index);
     }
-    let mut unique: Vec<MappedRecord> = Vec::with_capacity(last_index.len());
-    for (index, record) in mapped.into_iter().enumerate() {
-        if last_index.get(&record.key) == Some(&index) {
+    let last: Vec<bool> = mapped
+        .iter()
+        .enumerate()
+        .map(|(index, record)| last_index.get(record.key.as_str()) == Some(&index))
+        .collect();
+    drop(last_index);
+    let mut unique: Vec<MappedRecord> = Vec::with_capacity(mapped.len());
+    for (record, last) in mapped.into_iter().zip(last) {
+        if last {
             unique.push(record);
         } else {
             written.counts.unchanged += 1;
@@ -260,6 +267,8 @@ impl JobRun<'_> {
         // least half of it goes through Bulk API 2.0 (a handful of calls instead of one per 200).
         let use_bulk = to_write.len() > COLLECTION_SIZE
             && to_write.len() as i64 * 2 >= self.ctx.settings.bulk_threshold;
+        // Room for every confirmed write at once (a bulk chunk's worth of entries).
+        written.ledger.reserve(to_write.len());
         let rounds = Rounds {
             ledger: &ledger,
             use_bulk,

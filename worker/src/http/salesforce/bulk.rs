@@ -1,6 +1,8 @@
 //! The Bulk API 2.0 side of the thin Salesforce client: an upsert ingest job's steps (create,
 //! upload its CSV, close, poll, read results), one exchange each, and the CSV both ways.
 
+use std::borrow::Cow;
+
 use serde_json::{Value, json};
 
 use super::{API_VERSION, Body, RecordFailure, RecordResult, SalesforceApi, Session, not_json};
@@ -270,94 +272,283 @@ fn parse_bulk_error(text: &str) -> RecordFailure {
     }
 }
 
+/// A CSV column: a field, and the parent's external id for a lookup (`Field__r.Ext__c`).
+type Column<'a> = (&'a str, Option<&'a str>);
+
+/// The column of a field's value.
+fn column_of<'a>(field: &'a str, value: &'a FieldValue) -> Column<'a> {
+    match value {
+        FieldValue::Lookup { external_id, .. } => (field, Some(&**external_id)),
+        FieldValue::Plain(_) => (field, None),
+    }
+}
+
+/// Whether two columns are the same; names shared with the mapping compare by address first.
+fn same_column(a: Column<'_>, b: Column<'_>) -> bool {
+    let same = |x: &str, y: &str| std::ptr::eq(x, y) || x == y;
+    same(a.0, b.0)
+        && match (a.1, b.1) {
+            (Some(x), Some(y)) => same(x, y),
+            (None, None) => true,
+            _ => false,
+        }
+}
+
 /// Writes records as Bulk API CSV: relationship columns as `Rel__r.Ext__c`, nulls as `#N/A`.
 pub fn to_csv(records: &[&Fields], external_id: &str) -> Result<String, Failure> {
     // Columns in first-seen order; a lookup by external id is `Relationship__r.Field__c`.
-    let mut columns: Vec<(String, Option<String>)> = vec![(external_id.to_string(), None)];
+    let mut columns: Vec<Column<'_>> = vec![(external_id, None)];
     for record in records {
         for (field, value) in record.iter() {
             // A handful of columns: a scan allocates nothing, unlike a set of owned names.
-            let reference = match value {
-                FieldValue::Lookup { external_id, .. } => Some(&**external_id),
-                FieldValue::Plain(_) => None,
-            };
-            let known = columns
-                .iter()
-                .any(|(f, k)| f == field && k.as_deref() == reference);
-            if !known {
-                columns.push((field.to_string(), reference.map(str::to_string)));
+            let column = column_of(field, value);
+            if !columns.iter().any(|known| same_column(*known, column)) {
+                columns.push(column);
             }
         }
     }
-    let mut writer = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::with_capacity(records.len() * 160));
-    let fail = |error: csv::Error| Failure::Encode(format!("cannot write bulk csv: {error}"));
-    for (field, key) in &columns {
-        match key {
-            Some(key) => writer.write_field(format!("{field}.{key}")),
-            None => writer.write_field(field),
-        }
-        .map_err(fail)?;
-    }
-    writer.write_record(None::<&[u8]>).map_err(fail)?;
-    let mut number = String::new();
+    let mut csv = String::with_capacity(records.len() * 160);
+    let header: Vec<String> = columns
+        .iter()
+        .map(|(field, key)| match key {
+            Some(key) => format!("{field}.{key}"),
+            None => field.to_string(),
+        })
+        .collect();
+    push_row(&mut csv, header.iter().map(String::as_str));
+    let mut row = Row {
+        cells: vec![None; columns.len()],
+        hints: Vec::new(),
+        number: String::new(),
+        integer: itoa::Buffer::new(),
+    };
+    let only = columns.len() == 1;
     for record in records {
-        for (field, reference) in &columns {
-            let text = match (record.get(field), reference) {
-                (Some(FieldValue::Lookup { external_id, key }), Some(reference))
-                    if **external_id == **reference =>
-                {
-                    Some(key.as_str())
-                }
-                (Some(FieldValue::Plain(Value::String(text))), None) => Some(text.as_str()),
-                (Some(FieldValue::Plain(Value::Null)) | None, _) => None,
-                (Some(FieldValue::Plain(other)), None) => {
-                    number.clear();
-                    std::fmt::Write::write_fmt(&mut number, format_args!("{other}"))
-                        .map_err(|error| Failure::Encode(error.to_string()))?;
-                    Some(number.as_str())
-                }
-                _ => None,
-            };
-            writer.write_field(text.unwrap_or("#N/A")).map_err(fail)?;
+        row.fill(&columns, record);
+        for cell in 0..columns.len() {
+            if cell > 0 {
+                csv.push(',');
+            }
+            push_field(&mut csv, row.text(cell)?, only);
         }
-        writer.write_record(None::<&[u8]>).map_err(fail)?;
+        csv.push('\n');
     }
-    let bytes = writer
-        .into_inner()
-        .map_err(|error| Failure::Encode(format!("cannot write bulk csv: {error}")))?;
-    String::from_utf8(bytes)
-        .map_err(|error| Failure::Encode(format!("bulk csv is not utf-8: {error}")))
+    Ok(csv)
+}
+
+/// Appends a row of fields and its line end.
+fn push_row<'a>(csv: &mut String, fields: impl ExactSizeIterator<Item = &'a str>) {
+    let only = fields.len() == 1;
+    for (at, field) in fields.enumerate() {
+        if at > 0 {
+            csv.push(',');
+        }
+        push_field(csv, field, only);
+    }
+    csv.push('\n');
+}
+
+/// Appends a field as the csv crate writes one (`QuoteStyle::Necessary`): in quotes, its quotes
+/// doubled, when it holds a comma, a quote or a line break (or is a row's only field, empty);
+/// as it is otherwise. Written here, not through the crate's writer: this runs for every field
+/// of every record sent in bulk.
+fn push_field(csv: &mut String, field: &str, only: bool) {
+    let special = field
+        .bytes()
+        .any(|byte| matches!(byte, b',' | b'"' | b'\n' | b'\r'));
+    let quoted = special || (only && field.is_empty());
+    if !quoted {
+        csv.push_str(field);
+        return;
+    }
+    csv.push('"');
+    csv.push_str(&field.replace('"', "\"\""));
+    csv.push('"');
+}
+
+/// One CSV row being written: each column's value, placed by walking the record's fields once
+/// (records of one chunk have the same fields in the same order, so the previous record's
+/// columns are tried first) rather than looked up by name for every column.
+struct Row<'a> {
+    /// The value in each column, if the record has one.
+    cells: Vec<Option<&'a FieldValue>>,
+    /// The column of the previous record's field at each position.
+    hints: Vec<usize>,
+    /// A number's text.
+    number: String,
+    /// An integer's text.
+    integer: itoa::Buffer,
+}
+
+impl<'a> Row<'a> {
+    /// Places a record's values in their columns.
+    fn fill(&mut self, columns: &[Column<'a>], record: &'a Fields) {
+        self.cells.iter_mut().for_each(|cell| *cell = None);
+        for (position, (field, value)) in record.iter().enumerate() {
+            let column = column_of(field, value);
+            let hinted = self
+                .hints
+                .get(position)
+                .copied()
+                .filter(|at| columns.get(*at).is_some_and(|c| same_column(*c, column)));
+            let at = hinted.or_else(|| columns.iter().position(|c| same_column(*c, column)));
+            let Some(at) = at else { continue };
+            self.cells[at] = Some(value);
+            match self.hints.get_mut(position) {
+                Some(hint) => *hint = at,
+                None => self.hints.push(at),
+            }
+        }
+    }
+
+    /// A column's text: a lookup's key, text, a number's or a boolean's text, `#N/A` for null.
+    fn text(&mut self, cell: usize) -> Result<&str, Failure> {
+        let text = match self.cells[cell] {
+            Some(FieldValue::Lookup { key, .. }) => key.as_str(),
+            Some(FieldValue::Plain(Value::String(text))) => text.as_str(),
+            Some(FieldValue::Plain(Value::Null)) | None => "#N/A",
+            Some(FieldValue::Plain(Value::Bool(flag))) => {
+                if *flag {
+                    "true"
+                } else {
+                    "false"
+                }
+            }
+            // Integers through itoa (their display's digits), without the formatting machinery.
+            Some(FieldValue::Plain(Value::Number(number))) if number.is_i64() => {
+                self.integer.format(number.as_i64().unwrap_or_default())
+            }
+            Some(FieldValue::Plain(other)) => {
+                self.number.clear();
+                std::fmt::Write::write_fmt(&mut self.number, format_args!("{other}"))
+                    .map_err(|error| Failure::Encode(error.to_string()))?;
+                self.number.as_str()
+            }
+        };
+        Ok(text)
+    }
 }
 
 /// Reads a Bulk API 2.0 result CSV: `(external id value, value of column)` per row. Only the two
-/// columns are kept (the results repeat every field sent).
+/// columns are kept (the results repeat every field sent), read with [`CsvFields`] rather than
+/// the csv crate's reader, which parses every field of every row.
 fn read_results(
     text: &str,
     external_id: &str,
     column: &str,
 ) -> Result<Vec<(String, String)>, Failure> {
-    let unreadable =
-        |error: csv::Error| Failure::Unreadable(format!("bulk results unreadable: {error}"));
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_reader(text.as_bytes());
-    let headers = reader.headers().map_err(unreadable)?;
+    let mut csv = CsvFields::new(text);
+    if !csv.next_row() {
+        return Ok(Vec::new());
+    }
+    let mut headers = Vec::new();
+    loop {
+        let (header, more) = csv.field();
+        headers.push(header);
+        if !more {
+            break;
+        }
+    }
     let position = |name: &str| headers.iter().position(|header| header == name);
     let (Some(key_at), value_at) = (position(external_id), position(column)) else {
         return Ok(Vec::new());
     };
     let mut rows = Vec::new();
-    let mut record = csv::StringRecord::new();
-    while reader.read_record(&mut record).map_err(unreadable)? {
-        let Some(key) = record.get(key_at) else {
-            continue;
-        };
-        let value = value_at.and_then(|at| record.get(at)).unwrap_or_default();
-        rows.push((key.to_string(), value.to_string()));
+    while csv.next_row() {
+        let (mut key, mut value) = (None, None);
+        let mut at = 0;
+        loop {
+            let (field, more) = csv.field();
+            if at == key_at {
+                key = Some(field);
+            } else if Some(at) == value_at {
+                value = Some(field);
+            }
+            at += 1;
+            if !more {
+                break;
+            }
+        }
+        if let Some(key) = key {
+            rows.push((key.into_owned(), value.unwrap_or_default().into_owned()));
+        }
     }
     Ok(rows)
+}
+
+/// A CSV text read field by field as the csv crate reads it by default: `,` between fields, rows
+/// ending at `\n`, `\r\n` or `\r`, empty lines skipped, a field in quotes holding any of these
+/// with `""` for a quote (text after its closing quote is kept, as the crate does).
+struct CsvFields<'a> {
+    /// What is left to read.
+    rest: &'a str,
+}
+
+impl<'a> CsvFields<'a> {
+    /// A reader of `text` (a byte order mark before it is skipped).
+    fn new(text: &'a str) -> CsvFields<'a> {
+        CsvFields {
+            rest: text.strip_prefix('\u{feff}').unwrap_or(text),
+        }
+    }
+
+    /// Goes to the next row, past empty lines; false at the end of the text.
+    fn next_row(&mut self) -> bool {
+        self.rest = self.rest.trim_start_matches(['\r', '\n']);
+        !self.rest.is_empty()
+    }
+
+    /// The row's next field, and whether the row goes on after it. Read byte by byte: the bytes
+    /// looked for are ASCII, so every index found is a character boundary.
+    fn field(&mut self) -> (Cow<'a, str>, bool) {
+        let (text, bytes) = (self.rest, self.rest.as_bytes());
+        let mut field = Cow::Borrowed("");
+        // Where the part after the quotes (all of an unquoted field) starts.
+        let mut plain = 0;
+        if bytes.first() == Some(&b'"') {
+            let mut from = 1;
+            loop {
+                let Some(offset) = bytes[from..].iter().position(|byte| *byte == b'"') else {
+                    // Never closed: the rest of the text.
+                    append(&mut field, &text[from..]);
+                    self.rest = "";
+                    return (field, false);
+                };
+                let quote = from + offset;
+                append(&mut field, &text[from..quote]);
+                if bytes.get(quote + 1) != Some(&b'"') {
+                    plain = quote + 1;
+                    break;
+                }
+                field.to_mut().push('"');
+                from = quote + 2;
+            }
+        }
+        let end = bytes[plain..]
+            .iter()
+            .position(|byte| matches!(byte, b',' | b'\r' | b'\n'))
+            .map_or(bytes.len(), |offset| plain + offset);
+        if end > plain {
+            append(&mut field, &text[plain..end]);
+        }
+        let (more, next) = match bytes.get(end) {
+            Some(b',') => (true, end + 1),
+            Some(b'\r') if bytes.get(end + 1) == Some(&b'\n') => (false, end + 2),
+            Some(_) => (false, end + 1),
+            None => (false, end),
+        };
+        self.rest = &text[next..];
+        (field, more)
+    }
+}
+
+/// Appends text to a field, borrowing while it is one piece.
+fn append<'a>(field: &mut Cow<'a, str>, text: &'a str) {
+    if matches!(field, Cow::Borrowed("")) {
+        *field = Cow::Borrowed(text);
+        return;
+    }
+    field.to_mut().push_str(text);
 }
 
 #[cfg(test)]
@@ -366,6 +557,93 @@ mod tests {
     use serde_json::Map;
 
     use super::*;
+
+    /// The csv crate's writing of rows, which `to_csv` must match byte for byte.
+    fn csv_crate(rows: &[Vec<&str>]) -> String {
+        let mut writer = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_writer(Vec::new());
+        for row in rows {
+            writer.write_record(row).unwrap();
+        }
+        String::from_utf8(writer.into_inner().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn bulk_csv_is_written_as_the_csv_crate_writes_it() {
+        let texts = [
+            "plain",
+            "a, b",
+            "say \"hi\"",
+            "two\nlines",
+            "cr\r",
+            "",
+            " spaced ",
+            "#N/A",
+            "ünïcödé",
+        ];
+        let mut records = Vec::new();
+        for text in texts {
+            let mut record = Map::new();
+            record.insert("Key__c".into(), json!(text));
+            record.insert("Name".into(), json!(format!("{text},{text}")));
+            records.push(Fields::from_map(&record));
+        }
+        let refs: Vec<&Fields> = records.iter().collect();
+        let mut rows = vec![vec!["Key__c", "Name"]];
+        let names: Vec<String> = texts.iter().map(|text| format!("{text},{text}")).collect();
+        rows.extend(texts.iter().zip(&names).map(|(t, n)| vec![*t, n.as_str()]));
+        assert_eq!(to_csv(&refs, "Key__c").unwrap(), csv_crate(&rows));
+        // A row's only field, empty, is quoted (else the line would read as no field).
+        let mut record = Map::new();
+        record.insert("Key__c".into(), json!(""));
+        let alone = Fields::from_map(&record);
+        let expected = csv_crate(&[vec!["Key__c"], vec![""]]);
+        assert_eq!(to_csv(&[&alone], "Key__c").unwrap(), expected);
+    }
+
+    #[test]
+    fn results_are_read_as_the_csv_crate_reads_them() {
+        let text = "\u{feff}\"sf__Id\",sf__Created,Key__c,Name\r\n\
+            a01,true,1,plain\r\n\
+            \r\n\
+            a02,false,\"2\",\"with \"\"quotes\"\", and a comma\"\n\
+            a03,false,3,\"two\nlines\"\n\
+            \"a\"04,true,\"4\"x,\n\
+            ,,5\r\
+            a06,true\n\
+            a07,true,7,\"never closed";
+        for (column, at) in [("Name", 3), ("sf__Id", 0), ("sf__Created", 1)] {
+            let expected = crate_read(text, 2, at);
+            assert_eq!(read_results(text, "Key__c", column).unwrap(), expected);
+        }
+        assert_eq!(
+            crate_read(text, 2, 3).len(),
+            6,
+            "short and empty rows are skipped"
+        );
+    }
+
+    /// The csv crate's reading of a result CSV: `(field key_at, field value_at)` per row.
+    fn crate_read(text: &str, key_at: usize, value_at: usize) -> Vec<(String, String)> {
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_reader(text.as_bytes());
+        assert_eq!(
+            &reader.headers().unwrap()[0],
+            "sf__Id",
+            "no byte order mark"
+        );
+        let mut rows = Vec::new();
+        for record in reader.records() {
+            let record = record.unwrap();
+            if let Some(key) = record.get(key_at) {
+                let value = record.get(value_at).unwrap_or_default();
+                rows.push((key.to_string(), value.to_string()));
+            }
+        }
+        rows
+    }
 
     #[test]
     fn writes_bulk_csv_and_reads_bulk_errors() {
