@@ -247,6 +247,40 @@ pub async fn ledger_footprint(client: &impl crate::GenericClient) -> Result<Ledg
     })
 }
 
+/// Benchmark support: a fleet's history for the connection: `runs` courses runs that ended
+/// `days_ago` days ago (a second apart), each with its three jobs and `logs` log events.
+pub async fn fill_ended_runs(
+    client: &impl crate::GenericClient,
+    connection_id: uuid::Uuid,
+    runs: i64,
+    logs: i64,
+    days_ago: i32,
+) -> Result<()> {
+    client
+        .execute(
+            "WITH r AS ( \
+                 INSERT INTO runs (id, connection_id, area, trigger, full_sync, state, create_time, \
+                                   start_time, end_time) \
+                 SELECT gen_random_uuid(), $1, 'courses', 'schedule', false, 'succeeded', t, t, \
+                        t + interval '1 second' \
+                 FROM generate_series(1, $2::bigint) g, \
+                      LATERAL (SELECT now() - make_interval(days => $3) \
+                                      - make_interval(secs => g::float8) AS t) times \
+                 RETURNING id), \
+             j AS (INSERT INTO jobs (id, run_id, connection_id, kind, state) \
+                   SELECT gen_random_uuid(), r.id, $1, k, 'succeeded' \
+                   FROM r, unnest(ARRAY['courses', 'learning_plans', 'sessions']) k RETURNING 1), \
+             s AS (UPDATE connections SET log_sequence = log_sequence + $2::bigint * $4::bigint \
+                   WHERE id = $1 RETURNING log_sequence - $2::bigint * $4::bigint AS base) \
+             INSERT INTO log_events (connection_id, sequence, run_id, level, message) \
+             SELECT $1, s.base + row_number() OVER (), r.id, 2, 'history' \
+             FROM s, r, generate_series(1, $4::bigint) e",
+            &[&connection_id, &runs, &days_ago, &logs],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Benchmark support: vacuums and analyzes the database, so what a measurement counts is not
 /// autovacuum catching up with the writes before it.
 pub async fn vacuum(client: &impl crate::GenericClient) -> Result<()> {

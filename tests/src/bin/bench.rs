@@ -14,6 +14,7 @@
 //! - `control`: GetStatus throughput and latency, Start-to-claim delay, StreamLogs delivery delay.
 //! - `status --clients N --seconds S [--pool P]`: GetStatus alone, N concurrent clients for S seconds, on a
 //!   connection with finished runs (with their jobs), records in the ledger and an active run.
+//! - `purge --runs N`: the hourly retention purge over a history of N ended runs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ use tokio_util::sync::CancellationToken;
 mod calls;
 #[path = "bench/fleet.rs"]
 mod fleet;
+#[path = "bench/purge.rs"]
+mod purge;
 #[path = "bench/wal.rs"]
 mod wal;
 
@@ -142,6 +145,12 @@ enum Bench {
     },
     /// A fleet of connections in realtime mode: schedule lateness, claim delay, CPU and Postgres.
     Fleet(fleet::Args),
+    /// What the hourly retention purge costs over a history of ended runs.
+    Purge {
+        /// Ended runs past the retention (as many again are kept within it).
+        #[arg(long, default_value_t = 100_000)]
+        runs: i64,
+    },
 }
 
 const TOKEN: &str = "bench-operator-token-000000000000000";
@@ -1025,5 +1034,6 @@ async fn run(command: Bench) -> anyhow::Result<()> {
             changed,
         } => wal::bench_wal(enrollments, bad_records, changed).await,
         Bench::Fleet(args) => fleet::bench_fleet(args).await,
+        Bench::Purge { runs } => purge::bench_purge(runs).await,
     }
 }
