@@ -290,11 +290,7 @@ pub async fn schedule_due(
                 let request = if full_due {
                     RunRequest::full(Trigger::Schedule, (None, None), false)
                 } else {
-                    RunRequest {
-                        full_sync: false,
-                        updated_from: watermark.map(|w| w - overlap),
-                        ..RunRequest::full(Trigger::Schedule, (None, None), false)
-                    }
+                    RunRequest::incremental(watermark, overlap)
                 };
                 Some(runs::create(client, connection_id, area, &request).await?)
             }

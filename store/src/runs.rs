@@ -141,6 +141,16 @@ impl RunRequest {
         }
     }
 
+    /// What the scheduler starts at a tick: an incremental run from the area's `watermark` less
+    /// `overlap` (over all time when the area has none yet).
+    pub fn incremental(watermark: Option<DateTime<Utc>>, overlap: chrono::Duration) -> RunRequest {
+        RunRequest {
+            full_sync: false,
+            updated_from: watermark.map(|w| w - overlap),
+            ..RunRequest::full(Trigger::Schedule, (None, None), false)
+        }
+    }
+
     /// The same request with a Resynchronize's options.
     pub fn with(mut self, options: ResyncOptions) -> RunRequest {
         self.rewrite_unchanged = options.rewrite_unchanged;

@@ -421,15 +421,7 @@ pub async fn incremental(env: &Env, area: Area) -> Run {
         .await
         .unwrap()
         .unwrap();
-    let request = runs::RunRequest {
-        full_sync: false,
-        updated_from: config.watermark,
-        ..runs::RunRequest::full(
-            learnsync_store::model::Trigger::Schedule,
-            (None, None),
-            false,
-        )
-    };
+    let request = runs::RunRequest::incremental(config.watermark, chrono::Duration::zero());
     let run = runs::create(&tx, env.connection_id, area, &request)
         .await
         .unwrap();

@@ -229,17 +229,10 @@ async fn an_incremental_run_reads_only_what_changed_since_the_watermark() {
         .unwrap()
         .unwrap();
     assert_eq!(config.watermark, Some(first.create_time));
-    let request = learnsync_store::runs::RunRequest {
-        full_sync: false,
-        updated_from: config
-            .watermark
-            .map(|time| time - chrono::Duration::seconds(60)),
-        ..learnsync_store::runs::RunRequest::full(
-            learnsync_store::model::Trigger::Schedule,
-            (None, None),
-            false,
-        )
-    };
+    let request = learnsync_store::runs::RunRequest::incremental(
+        config.watermark,
+        chrono::Duration::seconds(60),
+    );
     let run = learnsync_store::runs::create(&tx, env.connection_id, Area::Users, &request)
         .await
         .unwrap();

@@ -685,15 +685,10 @@ async fn incremental_run(
         let config = learnsync_store::areas::get(&tx, connection_id, area)
             .await?
             .context("area configured")?;
-        let request = learnsync_store::runs::RunRequest {
-            full_sync: false,
-            updated_from: config.watermark.map(|w| w - chrono::Duration::minutes(2)),
-            ..learnsync_store::runs::RunRequest::full(
-                learnsync_store::model::Trigger::Schedule,
-                (None, None),
-                false,
-            )
-        };
+        let request = learnsync_store::runs::RunRequest::incremental(
+            config.watermark,
+            chrono::Duration::minutes(2),
+        );
         let run = learnsync_store::runs::create(&tx, connection_id, area, &request).await?;
         tx.commit().await?;
         run.id.to_string()
