@@ -25,6 +25,15 @@ CREATE TABLE session_reading_pages (
     PRIMARY KEY (job_id, course_id)
 );
 
+-- The session ids of a reading's sessions ({"<course id>": [items], ...}): each item's numeric
+-- `id` (Docebo sends ids as numbers or strings).
+CREATE FUNCTION session_ids_of(sessions jsonb) RETURNS bigint[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(array_agg(DISTINCT (s->>'id')::bigint), '{}')
+    FROM jsonb_each(sessions) c, jsonb_array_elements(c.value) s
+    WHERE jsonb_typeof(c.value) = 'array' AND (s->>'id') ~ '^[0-9]{1,18}$'
+$$;
+
 -- A connection's published reading: the course list its sessions job walked, and the sessions of
 -- each session course; one per connection. A full courses run replaces it; an incremental one
 -- merges what it read into it (the sessions changed since, and the whole listing of a course
@@ -45,6 +54,6 @@ CREATE TABLE session_readings (
     -- Each session course's sessions: {"<course id>": [items], ...}, whole listings only.
     sessions       jsonb NOT NULL,
     -- Every session id in `sessions`.
-    session_ids    bigint[] NOT NULL,
+    session_ids    bigint[] GENERATED ALWAYS AS (session_ids_of(sessions)) STORED,
     publish_time   timestamptz NOT NULL DEFAULT now()
 );

@@ -21,8 +21,6 @@ use crate::Result;
 pub struct SessionReading {
     /// The courses run whose sessions job read it.
     pub run_id: Uuid,
-    /// When the reading of its course list began (a merge keeps it).
-    pub read_from: DateTime<Utc>,
     /// When the latest reading merged into it began.
     pub last_read_from: DateTime<Utc>,
     /// Whether it is the reading of the courses area's latest run.
@@ -33,8 +31,6 @@ pub struct SessionReading {
     pub courses: Vec<Value>,
     /// Each session course's sessions (whole listings only), by course id.
     pub sessions: HashMap<i64, Vec<Value>>,
-    /// Every session id in `sessions`.
-    pub session_ids: Vec<i64>,
 }
 
 /// What a roster job's unenrollment may take as gone when it walked a published reading rather
@@ -46,15 +42,6 @@ pub struct ListedSessions {
     pub read_from: DateTime<Utc>,
     /// The sessions whose rosters the job read.
     pub session_ids: Vec<i64>,
-}
-
-impl From<&SessionReading> for ListedSessions {
-    fn from(reading: &SessionReading) -> ListedSessions {
-        ListedSessions {
-            read_from: reading.read_from,
-            session_ids: reading.session_ids.clone(),
-        }
-    }
 }
 
 /// One session course's sessions as a sessions job read them.
@@ -138,22 +125,11 @@ pub async fn merge_sessions(
         .iter()
         .map(|(course, items)| (course.to_string(), Value::Array(items.clone())))
         .collect();
-    let mut ids: Vec<i64> = sessions
-        .values()
-        .flatten()
-        .filter_map(|item| match item.get("id")? {
-            Value::Number(id) => id.as_i64(),
-            Value::String(id) => id.parse().ok(),
-            _ => None,
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
     let merged = fenced
         .tx
         .execute(
             "UPDATE session_readings s SET run_id = $2, courses = l.items, sessions = $5, \
-                 session_ids = $6, last_read_from = l.read_from, publish_time = now() \
+                 last_read_from = l.read_from, publish_time = now() \
              FROM run_listings l \
              WHERE s.connection_id = $1 AND s.run_id = $3 \
                AND l.run_id = $2 AND l.listing = $4 AND l.items IS NOT NULL AND l.incomplete IS NULL",
@@ -163,7 +139,6 @@ pub async fn merge_sessions(
                 &previous,
                 &listing,
                 &Value::Object(by_course),
-                &ids,
             ],
         )
         .await?;
@@ -200,22 +175,17 @@ pub async fn publish_sessions(
         .tx
         .execute(
             "WITH pages AS (SELECT course_id, items FROM session_reading_pages \
-                            WHERE job_id = $3 AND whole), \
-                  ids AS (SELECT (s->>'id')::bigint AS id FROM pages, jsonb_array_elements(pages.items) s \
-                          WHERE jsonb_typeof(pages.items) = 'array' AND (s->>'id') ~ '^[0-9]{1,18}$') \
+                            WHERE job_id = $3 AND whole) \
              INSERT INTO session_readings \
-                 (connection_id, run_id, read_from, last_read_from, categories, courses, sessions, \
-                  session_ids) \
+                 (connection_id, run_id, read_from, last_read_from, categories, courses, sessions) \
              SELECT $1, $2, l.read_from, l.read_from, $5, l.items, \
-                    coalesce((SELECT jsonb_object_agg(course_id::text, items) FROM pages), '{}'::jsonb), \
-                    coalesce((SELECT array_agg(DISTINCT id) FROM ids), '{}') \
+                    coalesce((SELECT jsonb_object_agg(course_id::text, items) FROM pages), '{}'::jsonb) \
              FROM run_listings l \
              WHERE l.run_id = $2 AND l.listing = $4 AND l.items IS NOT NULL AND l.incomplete IS NULL \
              ON CONFLICT (connection_id) DO UPDATE SET run_id = excluded.run_id, \
                  read_from = excluded.read_from, last_read_from = excluded.last_read_from, \
                  categories = excluded.categories, \
-                 courses = excluded.courses, sessions = excluded.sessions, \
-                 session_ids = excluded.session_ids, publish_time = now()",
+                 courses = excluded.courses, sessions = excluded.sessions, publish_time = now()",
             &[&job.connection_id, &job.run_id, &job.id, &listing, &categories],
         )
         .await?;
@@ -232,8 +202,8 @@ pub async fn session_reading(
 ) -> Result<Option<SessionReading>> {
     let row = client
         .query_opt(
-            "SELECT s.run_id, s.read_from, s.last_read_from, s.categories, s.courses, s.sessions, \
-                    s.session_ids, s.run_id IS NOT DISTINCT FROM ( \
+            "SELECT s.run_id, s.last_read_from, s.categories, s.courses, s.sessions, \
+                    s.run_id IS NOT DISTINCT FROM ( \
                         SELECT r.id FROM runs r WHERE r.connection_id = $1 AND r.area = 'courses' \
                         ORDER BY r.create_time DESC, r.id DESC LIMIT 1) AS latest \
              FROM session_readings s WHERE s.connection_id = $1",
@@ -259,13 +229,11 @@ pub async fn session_reading(
     }
     Ok(Some(SessionReading {
         run_id: row.try_get("run_id")?,
-        read_from: row.try_get("read_from")?,
         last_read_from: row.try_get("last_read_from")?,
         latest: row.try_get("latest")?,
         categories: row.try_get("categories")?,
         courses,
         sessions,
-        session_ids: row.try_get("session_ids")?,
     }))
 }
 

@@ -14,7 +14,7 @@ use super::JobRun;
 use super::checkpoint::{Checkpoint, Phase};
 use super::listing::{LeafPage, Scope, Walker, in_categories};
 use super::pipeline::{Chunk, ChunkEnd, Commit, Pending, Pipeline, hold};
-use super::published;
+use super::published::{self, Saving};
 use super::shared::{self, Shared};
 use crate::context::{Interrupt, SyncError, SyncResult};
 use crate::mapping::id_of;
@@ -54,11 +54,15 @@ impl JobRun<'_> {
         let spec = self.ctx.job.kind.spec();
         let (path, filters) = Walker::root(spec, &scope);
         let saving = self.session_saving().await?;
-        let root: HashSet<i64> = shared
-            .iter()
-            .flat_map(|shared| shared.items.iter())
-            .filter_map(|course| id_of(course, "id_course"))
-            .collect();
+        // A merge drops the courses no longer listed: the course list's ids, kept for it.
+        let root: HashSet<i64> = match (&saving, &shared) {
+            (Some(Saving::Merge { .. }), Some(shared)) => shared
+                .items
+                .iter()
+                .filter_map(|course| id_of(course, "id_course"))
+                .collect(),
+            _ => HashSet::new(),
+        };
         let levels = self.checkpoint.levels.clone();
         let mut walker = Walker::new(spec, &self.docebo, scope, levels, page_size, shared);
         if let Some(sessions) = sessions {
@@ -106,7 +110,7 @@ impl JobRun<'_> {
     }
 
     /// The shared reading of the listing's root level: the run's course list when the run shares
-    /// it, or (roster jobs of a full run) the courses area's published sessions reading, whose
+    /// it, or (roster jobs outside webhook runs) the courses area's published sessions reading, whose
     /// sessions the walk then takes too. A position stored in another reading (one a crash of
     /// Postgres emptied, read again since, or another courses run's) means nothing in this one:
     /// the walk starts over (the ledger makes what it already wrote unchanged).

@@ -99,13 +99,14 @@ pub(super) struct Walker<'a> {
     /// pages: one consistent view, proven (or not) by the job that read it.
     shared: Option<Shared>,
     /// The sessions of each session course as a published reading holds them, walked instead
-    /// of Docebo's pages (roster jobs of a full run: [`super::shared::published_sessions`]).
+    /// of Docebo's pages (roster jobs: [`super::published::published_sessions`]).
     sessions: Option<Arc<HashMap<i64, Vec<Value>>>>,
     /// Whether each session course's first page of sessions is saved as read, for the reading
-    /// the job publishes at its end (the sessions job of a courses run); with the courses the
-    /// published reading holds when the job merges into it (an incremental run), whose sessions
-    /// it reads changed since `updated_from` (the others whole, ended or not).
-    saves_sessions: Option<Option<Arc<HashSet<i64>>>>,
+    /// the job publishes at its end (the sessions job of a courses run).
+    saves_sessions: bool,
+    /// With [`Self::saves_sessions`] in an incremental run: the courses whose sessions the
+    /// reading merged into holds (the others' are read whole).
+    known_courses: Option<Arc<HashSet<i64>>>,
     /// The page size the positions count in.
     pub(super) page_size: u32,
 }
@@ -173,7 +174,8 @@ impl<'a> Walker<'a> {
             done,
             shared,
             sessions: None,
-            saves_sessions: None,
+            saves_sessions: false,
+            known_courses: None,
             page_size,
         }
     }
@@ -187,14 +189,17 @@ impl<'a> Walker<'a> {
     /// Saves each session course's first page of sessions as read; `known`: the courses whose
     /// sessions the reading merged into holds (the others are read whole).
     pub(super) fn saving_sessions(mut self, known: Option<Arc<HashSet<i64>>>) -> Self {
-        self.saves_sessions = Some(known);
+        self.saves_sessions = true;
+        self.known_courses = known;
         self
     }
 
     /// Whether the sessions of `course` are read whole although the run reads changes only: the
     /// reading this job merges into does not hold them.
     fn unknown_course(&self, course: i64) -> bool {
-        matches!(&self.saves_sessions, Some(Some(known)) if !known.contains(&course))
+        self.known_courses
+            .as_ref()
+            .is_some_and(|known| !known.contains(&course))
     }
 
     /// The root level of `spec`'s listing: its path and filters (what a shared reading is of).
@@ -643,7 +648,7 @@ impl<'a> Walker<'a> {
         let first = at.page == 1 && at.cursor.is_none();
         let page = self.read_page(ctx, d, &at).await?;
         self.note_page(d, &page);
-        if self.saves_sessions.is_some()
+        if self.saves_sessions
             && first
             && let Some(course_id) = self.levels[d].parent_id
         {
