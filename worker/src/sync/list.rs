@@ -110,8 +110,8 @@ impl JobRun<'_> {
     }
 
     /// The shared reading of the listing's root level: the run's course list when the run shares
-    /// it, or (roster jobs outside webhook runs) the courses area's published sessions reading, whose
-    /// sessions the walk then takes too. A position stored in another reading (one a crash of
+    /// it, or (roster jobs outside webhook runs) the courses area's published sessions reading,
+    /// whose sessions the walk then takes too. A position stored in another reading (one a crash of
     /// Postgres emptied, read again since, or another courses run's) means nothing in this one:
     /// the walk starts over (the ledger makes what it already wrote unchanged).
     async fn shared_root(&mut self, scope: &Scope, page_size: u32) -> SyncResult<SharedRoot> {
